@@ -1,0 +1,590 @@
+//! PBIP pipeline configuration: the YAML schema ([`Config`]), `--set key=value` overrides, validation
+//! that reports every problem at once, path resolution, and dataset discovery from the split and
+//! labels CSVs ([`Dataset`]).
+//!
+//! Loading order: read YAML → apply overrides to the YAML tree → deserialise (unknown keys and wrong
+//! types are errors naming the key path) → resolve relative paths against the config file's folder →
+//! validate.
+
+mod dataset;
+mod schema;
+
+pub use dataset::{
+    Dataset, DatasetErrors, DatasetProblem, ProblemKind, SUPPORTED_SLIDE_EXTENSIONS, SlideEntry, Split, SplitRow,
+    normalise_slide_key, parse_labels_csv, parse_split_csv,
+};
+pub use schema::*;
+
+use std::fmt;
+use std::path::{Component, Path, PathBuf};
+
+use serde_yaml::{Mapping, Value};
+
+/// File name of the resolved config written into each stage's output folder.
+pub const RESOLVED_CONFIG_FILE: &str = "config.resolved.yaml";
+
+/// One invalid value found by [`Config::validate`].
+#[derive(Debug, Clone, PartialEq)]
+pub struct Problem {
+    /// Dotted key path, e.g. `inference.overlap_ratio`.
+    pub key: String,
+    /// What is wrong and what is allowed.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Errors from loading a configuration.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    /// The file could not be read.
+    #[error("cannot read config file {path}: {source}")]
+    Read {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The file is not YAML.
+    #[error("{origin}: not valid YAML: {source}")]
+    Yaml {
+        /// File name or description of the source.
+        origin: String,
+        /// The parse error.
+        source: serde_yaml::Error,
+    },
+    /// A key has the wrong type, is unknown, or a required key is missing.
+    #[error("{origin}: key `{key}`: {message}")]
+    Field {
+        /// File name or description of the source.
+        origin: String,
+        /// Dotted key path.
+        key: String,
+        /// The deserialisation message (expected type / allowed keys).
+        message: String,
+    },
+    /// A `--set` override is malformed or names an unknown key.
+    #[error("invalid override `--set {arg}`: {message}")]
+    Override {
+        /// The override as given.
+        arg: String,
+        /// What is wrong (with the allowed keys at that level).
+        message: String,
+    },
+    /// Values parsed but are invalid; every problem is listed.
+    #[error("{origin}: {} invalid value(s):\n{}", problems.len(), format_problems(problems))]
+    Invalid {
+        /// File name or description of the source.
+        origin: String,
+        /// All problems.
+        problems: Vec<Problem>,
+    },
+    /// The resolved config could not be written.
+    #[error("cannot write {path}: {source}")]
+    Write {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// The config could not be serialised.
+    #[error("cannot serialise config: {0}")]
+    Serialise(serde_yaml::Error),
+}
+
+fn format_problems(problems: &[Problem]) -> String {
+    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+}
+
+/// A parsed `--set a.b.c=value` override.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Override {
+    /// The text as given.
+    pub raw: String,
+    /// Key path components.
+    pub path: Vec<String>,
+    /// Value parsed as YAML (numbers, bools, lists, null, strings).
+    pub value: Value,
+}
+
+impl Override {
+    /// Parses `section.key=value`; the value is parsed as YAML.
+    pub fn parse(raw: &str) -> Result<Override, ConfigError> {
+        let err = |message: &str| ConfigError::Override { arg: raw.to_string(), message: message.to_string() };
+        let (key, value) = raw.split_once('=').ok_or_else(|| err("expected KEY=VALUE, e.g. training.epochs=2"))?;
+        let key = key.trim();
+        if key.is_empty() {
+            return Err(err("empty key"));
+        }
+        let path: Vec<String> = key.split('.').map(|s| s.trim().to_string()).collect();
+        if path.iter().any(|p| p.is_empty()) {
+            return Err(err("empty component in the key path"));
+        }
+        let value = if value.trim().is_empty() {
+            Value::Null
+        } else {
+            serde_yaml::from_str::<Value>(value)
+                .map_err(|e| err(&format!("value `{value}` is not valid YAML: {e}")))?
+        };
+        Ok(Override { raw: raw.to_string(), path, value })
+    }
+}
+
+fn schema_tree() -> Value {
+    // Serialising the defaults gives every key (Options as null), i.e. the schema's key tree.
+    serde_yaml::to_value(Config::default()).unwrap_or(Value::Null)
+}
+
+fn keys_of(map: &Mapping) -> String {
+    map.keys().filter_map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+}
+
+/// Applies overrides to a YAML tree, checking every key path against the schema.
+pub fn apply_overrides(tree: &mut Value, overrides: &[Override]) -> Result<(), ConfigError> {
+    let schema = schema_tree();
+    for ov in overrides {
+        if !tree.is_mapping() {
+            *tree = Value::Mapping(Mapping::new());
+        }
+        let mut schema_node = &schema;
+        let mut node = &mut *tree;
+        for (i, part) in ov.path.iter().enumerate() {
+            let so_far = ov.path[..=i].join(".");
+            let Some(smap) = schema_node.as_mapping() else {
+                return Err(ConfigError::Override {
+                    arg: ov.raw.clone(),
+                    message: format!("`{}` is a value, not a section", ov.path[..i].join(".")),
+                });
+            };
+            let Some(child_schema) = smap.get(part.as_str()) else {
+                let level = if i == 0 { "top level".to_string() } else { format!("`{}`", ov.path[..i].join(".")) };
+                return Err(ConfigError::Override {
+                    arg: ov.raw.clone(),
+                    message: format!("unknown key `{so_far}`; allowed keys at {level}: {}", keys_of(smap)),
+                });
+            };
+            schema_node = child_schema;
+            if !node.is_mapping() {
+                *node = Value::Mapping(Mapping::new());
+            }
+            let Value::Mapping(map) = node else {
+                return Err(ConfigError::Override { arg: ov.raw.clone(), message: format!("`{so_far}` is not a section") });
+            };
+            let last = i + 1 == ov.path.len();
+            let key = Value::String(part.clone());
+            if last {
+                map.insert(key, ov.value.clone());
+                break;
+            }
+            node = map.entry(key).or_insert(Value::Mapping(Mapping::new()));
+        }
+    }
+    Ok(())
+}
+
+fn clean_path(p: &Path) -> PathBuf {
+    let mut out = PathBuf::new();
+    for c in p.components() {
+        match c {
+            Component::CurDir => {}
+            other => out.push(other.as_os_str()),
+        }
+    }
+    out
+}
+
+fn resolve(base: &Path, p: &mut PathBuf) {
+    if p.as_os_str().is_empty() {
+        return;
+    }
+    if p.is_relative() {
+        *p = clean_path(&base.join(&*p));
+    }
+}
+
+impl Config {
+    /// Loads a config file, applies `--set` overrides (strings `a.b=v`), resolves relative paths
+    /// against the file's folder and validates.
+    pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = std::path::absolute(&base).unwrap_or(base);
+        Config::from_yaml_str(&text, &base, &path.display().to_string(), overrides)
+    }
+
+    /// Parses YAML text (see [`Config::load`]); `base_dir` is where relative paths resolve and
+    /// `origin` names the source in error messages.
+    pub fn from_yaml_str(text: &str, base_dir: &Path, origin: &str, overrides: &[String]) -> Result<Config, ConfigError> {
+        let mut tree: Value =
+            serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml { origin: origin.to_string(), source })?;
+        if tree.is_null() {
+            tree = Value::Mapping(Mapping::new());
+        }
+        let parsed: Vec<Override> = overrides.iter().map(|o| Override::parse(o)).collect::<Result<_, _>>()?;
+        apply_overrides(&mut tree, &parsed)?;
+        let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
+            let key = e.path().to_string();
+            ConfigError::Field { origin: origin.to_string(), key, message: e.into_inner().to_string() }
+        })?;
+        cfg.resolve_paths(base_dir);
+        let problems = cfg.validate();
+        if !problems.is_empty() {
+            return Err(ConfigError::Invalid { origin: origin.to_string(), problems });
+        }
+        Ok(cfg)
+    }
+
+    /// Makes every relative path absolute against `base_dir`.
+    pub fn resolve_paths(&mut self, base_dir: &Path) {
+        let p = &mut self.paths;
+        for path in [&mut p.split_csv, &mut p.labels_csv, &mut p.wsi_dir, &mut p.coordinates_dir, &mut p.work_dir] {
+            resolve(base_dir, path);
+        }
+        for opt in [
+            &mut p.gt_dir,
+            &mut self.prototypes.encoder.weights,
+            &mut self.prototypes.encoder.projection_weights,
+            &mut self.model.pretrained,
+        ] {
+            if let Some(path) = opt.as_mut() {
+                resolve(base_dir, path);
+            }
+        }
+    }
+
+    /// Number of classes.
+    pub fn num_classes(&self) -> usize {
+        self.class_order.len()
+    }
+
+    /// Checks every value; returns all problems (empty = valid).
+    pub fn validate(&self) -> Vec<Problem> {
+        let mut v = Vec::new();
+        let mut bad = |key: &str, message: String| v.push(Problem { key: key.to_string(), message });
+
+        // classes
+        if self.class_order.is_empty() {
+            bad("class_order", "must list at least one class name, e.g. [benign, tumor]".into());
+        }
+        let mut seen = std::collections::BTreeSet::new();
+        for name in &self.class_order {
+            if name.trim().is_empty() {
+                bad("class_order", "class names must not be empty".into());
+            } else if name.contains(['/', '\\']) || name == "." || name == ".." {
+                bad("class_order", format!("class name `{name}` is used as a file name and must not contain path separators"));
+            }
+            if !seen.insert(name.as_str()) {
+                bad("class_order", format!("duplicate class name `{name}`; names must be unique"));
+            }
+        }
+        if self.patch_size == 0 {
+            bad("patch_size", "must be > 0 pixels (e.g. 224)".into());
+        }
+
+        // paths
+        if self.paths.coordinates_suffix.is_empty() {
+            bad("paths.coordinates_suffix", "must not be empty (e.g. .npy)".into());
+        }
+
+        // prototypes
+        let pr = &self.prototypes;
+        if pr.k_list.len() != self.class_order.len() {
+            bad(
+                "prototypes.k_list",
+                format!(
+                    "has {} entries but class_order has {} classes ({}); give one k per class",
+                    pr.k_list.len(),
+                    self.class_order.len(),
+                    self.class_order.join(", ")
+                ),
+            );
+        }
+        if pr.k_list.contains(&0) {
+            bad("prototypes.k_list", "every k must be >= 1".into());
+        }
+        if pr.num_per_class == 0 {
+            bad("prototypes.num_per_class", "must be >= 1 slide".into());
+        }
+        if pr.samples_per_wsi == 0 {
+            bad("prototypes.samples_per_wsi", "must be >= 1 coordinate".into());
+        }
+        if pr.batch_size == 0 {
+            bad("prototypes.batch_size", "must be >= 1".into());
+        }
+        let enc = &pr.encoder;
+        if enc.embed_dim == 0 {
+            bad("prototypes.encoder.embed_dim", "must be >= 1".into());
+        }
+        if enc.depths.is_empty() || enc.depths.len() != enc.heads.len() {
+            bad(
+                "prototypes.encoder.depths",
+                format!("depths ({}) and heads ({}) must be non-empty and of equal length", enc.depths.len(), enc.heads.len()),
+            );
+        }
+        if enc.heads.contains(&0) {
+            bad("prototypes.encoder.heads", "every head count must be >= 1".into());
+        }
+        if enc.window == 0 {
+            bad("prototypes.encoder.window", "must be >= 1".into());
+        }
+        check_normalize(&mut bad, "prototypes.encoder.normalize", &enc.normalize);
+        let km = &pr.kmeans;
+        if km.n_init == 0 {
+            bad("prototypes.kmeans.n_init", "must be >= 1".into());
+        }
+        if km.max_iter == 0 {
+            bad("prototypes.kmeans.max_iter", "must be >= 1".into());
+        }
+        if km.nearest_k == Some(0) {
+            bad("prototypes.kmeans.nearest_k", "must be >= 1 or null".into());
+        }
+
+        // model
+        if self.model.strides.len() != 4 || self.model.strides.contains(&0) {
+            bad("model.strides", format!("must be 4 positive strides (e.g. [4, 2, 2, 1]), got {:?}", self.model.strides));
+        }
+
+        // training
+        let t = &self.training;
+        if t.epochs == 0 {
+            bad("training.epochs", "must be >= 1".into());
+        }
+        if t.batch_size == 0 {
+            bad("training.batch_size", "must be >= 1".into());
+        }
+        if !(t.optimizer.lr.is_finite() && t.optimizer.lr > 0.0) {
+            bad("training.optimizer.lr", format!("must be a finite number > 0, got {}", t.optimizer.lr));
+        }
+        if !(t.optimizer.weight_decay.is_finite() && t.optimizer.weight_decay >= 0.0) {
+            bad("training.optimizer.weight_decay", format!("must be >= 0, got {}", t.optimizer.weight_decay));
+        }
+        if t.optimizer.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
+            bad("training.optimizer.betas", format!("each beta must be in [0, 1), got {:?}", t.optimizer.betas));
+        }
+        if !(t.optimizer.eps > 0.0) {
+            bad("training.optimizer.eps", "must be > 0".into());
+        }
+        if !(t.scheduler.warmup_epochs >= 0.0) {
+            bad("training.scheduler.warmup_epochs", "must be >= 0".into());
+        }
+        if !(t.scheduler.power > 0.0) {
+            bad("training.scheduler.power", "must be > 0".into());
+        }
+        let lw = &t.loss_weights;
+        if lw.scale_weights.len() != 4 {
+            bad("training.loss_weights.scale_weights", format!("needs 4 weights (one per scale), got {}", lw.scale_weights.len()));
+        }
+        for (k, x) in [
+            ("training.loss_weights.contrastive", lw.contrastive),
+            ("training.loss_weights.cam_smooth", lw.cam_smooth),
+            ("training.loss_weights.cam_sparsity", lw.cam_sparsity),
+            ("training.cam_mean_weight", t.cam_mean_weight),
+        ] {
+            if !(x.is_finite() && x >= 0.0) {
+                bad(k, format!("must be a finite number >= 0, got {x}"));
+            }
+        }
+        if lw.scale_weights.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+            bad("training.loss_weights.scale_weights", "weights must be finite and >= 0".into());
+        }
+        if t.validation_interval == 0 {
+            bad("training.validation_interval", "must be >= 1 iteration".into());
+        }
+        if t.checkpoint_interval == 0 {
+            bad("training.checkpoint_interval", "must be >= 1 iteration".into());
+        }
+        if t.iterations_per_epoch == Some(0) {
+            bad("training.iterations_per_epoch", "must be >= 1 or null".into());
+        }
+        if let Some(g) = t.grad_clip
+            && !(g.is_finite() && g > 0.0)
+        {
+            bad("training.grad_clip", format!("must be > 0 or null, got {g}"));
+        }
+        if !(t.temperature.is_finite() && t.temperature > 0.0) {
+            bad("training.temperature", format!("must be > 0, got {}", t.temperature));
+        }
+        if !(0.0..=1.0).contains(&t.mask_threshold) {
+            bad("training.mask_threshold", format!("must be in [0, 1], got {}", t.mask_threshold));
+        }
+        if t.log_interval == 0 {
+            bad("training.log_interval", "must be >= 1".into());
+        }
+        if !(0.0..=1.0).contains(&t.augment.color_jitter) {
+            bad("training.augment.color_jitter", "must be in [0, 1]".into());
+        }
+        check_normalize(&mut bad, "training.normalize", &t.normalize);
+
+        // validation / evaluation
+        if self.validation.patches_per_slide == 0 {
+            bad("validation.patches_per_slide", "must be >= 1".into());
+        }
+        let ev = &self.evaluation;
+        if ev.patches_per_slide == PatchCount::Count(0) {
+            bad("evaluation.patches_per_slide", "must be >= 1 or \"all\"".into());
+        }
+        if ev.fuse_weights.len() != 4 || ev.fuse_weights.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
+            bad("evaluation.fuse_weights", format!("needs 4 finite weights >= 0 (one per scale), got {:?}", ev.fuse_weights));
+        }
+        if ev.tta_multipliers.is_empty() || ev.tta_multipliers.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+            bad("evaluation.tta_multipliers", "needs at least one multiplier > 0".into());
+        }
+
+        // inference
+        let inf = &self.inference;
+        if inf.batch_size == 0 {
+            bad("inference.batch_size", "must be >= 1".into());
+        }
+        if !(inf.overlap_ratio >= 0.0 && inf.overlap_ratio < 1.0) {
+            bad("inference.overlap_ratio", format!("must be in [0, 1) (fraction of the tile side), got {}", inf.overlap_ratio));
+        }
+        if inf.patch_size == Some(0) {
+            bad("inference.patch_size", "must be > 0 or null".into());
+        }
+        if inf.output_downsample == 0 {
+            bad("inference.output_downsample", "must be >= 1".into());
+        }
+        let pp = &inf.post_processing;
+        if pp.morphological_op != MorphOp::None && pp.kernel_size == 0 {
+            bad("inference.post_processing.kernel_size", "must be >= 1 when morphological_op is closing or opening".into());
+        }
+        if inf.crf.iterations == 0 && inf.use_crf {
+            bad("inference.crf.iterations", "must be >= 1 when use_crf is true".into());
+        }
+        if let Some(a) = inf.min_component_size_um2
+            && !(a.is_finite() && a >= 0.0)
+        {
+            bad("inference.min_component_size_um2", "must be >= 0 or null".into());
+        }
+        v
+    }
+
+    /// The config as YAML text (paths as resolved).
+    pub fn to_yaml_string(&self) -> Result<String, ConfigError> {
+        serde_yaml::to_string(self).map_err(ConfigError::Serialise)
+    }
+
+    /// Writes the resolved config to `<dir>/config.resolved.yaml` (creating `dir`), returns the path.
+    pub fn write_resolved(&self, dir: &Path) -> Result<PathBuf, ConfigError> {
+        let text = self.to_yaml_string()?;
+        std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write { path: dir.to_path_buf(), source })?;
+        let path = dir.join(RESOLVED_CONFIG_FILE);
+        let tmp = dir.join(format!(".{RESOLVED_CONFIG_FILE}.tmp"));
+        std::fs::write(&tmp, text).map_err(|source| ConfigError::Write { path: tmp.clone(), source })?;
+        std::fs::rename(&tmp, &path).map_err(|source| ConfigError::Write { path: path.clone(), source })?;
+        Ok(path)
+    }
+
+    /// The effective network input size for inference.
+    pub fn inference_patch_size(&self) -> u32 {
+        self.inference.patch_size.unwrap_or(self.patch_size)
+    }
+
+    /// The effective k-means seed.
+    pub fn kmeans_seed(&self) -> u64 {
+        self.prototypes.kmeans.seed.unwrap_or(self.seed)
+    }
+}
+
+fn check_normalize(bad: &mut impl FnMut(&str, String), key: &str, n: &Normalize) {
+    if n.mean.len() != 3 || n.mean.iter().any(|x| !x.is_finite()) {
+        bad(&format!("{key}.mean"), format!("needs 3 finite values, got {:?}", n.mean));
+    }
+    if n.std.len() != 3 || n.std.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
+        bad(&format!("{key}.std"), format!("needs 3 values > 0, got {:?}", n.std));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MINIMAL: &str = "paths: {split_csv: s.csv, labels_csv: l.csv, wsi_dir: w, coordinates_dir: c}\nclass_order: [a, b]\n";
+
+    fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
+        let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+        Config::from_yaml_str(text, Path::new("/base"), "test.yaml", &sets)
+    }
+
+    #[test]
+    fn minimal_gets_seed_defaults_and_resolved_paths() {
+        let c = load(MINIMAL, &[]).unwrap();
+        assert_eq!(c.training.epochs, 8);
+        assert_eq!(c.training.optimizer.lr, 1e-3);
+        assert_eq!(c.inference.overlap_ratio, 0.5);
+        assert_eq!(c.paths.wsi_dir, PathBuf::from("/base/w"));
+        assert_eq!(c.paths.work_dir, PathBuf::from("/base/work_dir"));
+    }
+
+    #[test]
+    fn set_overrides_are_typed() {
+        let c = load(MINIMAL, &["training.epochs=2", "training.optimizer.lr=5e-5", "prototypes.k_list=[1,2]", "inference.use_crf=false"])
+            .unwrap();
+        assert_eq!(c.training.epochs, 2);
+        assert_eq!(c.training.optimizer.lr, 5e-5);
+        assert_eq!(c.prototypes.k_list, vec![1, 2]);
+        assert!(!c.inference.use_crf);
+    }
+
+    #[test]
+    fn set_unknown_key_lists_allowed() {
+        let e = load(MINIMAL, &["training.optimiser.lr=1"]).unwrap_err().to_string();
+        assert!(e.contains("unknown key `training.optimiser`"), "{e}");
+        assert!(e.contains("optimizer") && e.contains("epochs"), "{e}");
+        let e = load(MINIMAL, &["training.epochs.x=1"]).unwrap_err().to_string();
+        assert!(e.contains("not a section"), "{e}");
+        let e = load(MINIMAL, &["noequals"]).unwrap_err().to_string();
+        assert!(e.contains("KEY=VALUE"), "{e}");
+    }
+
+    #[test]
+    fn unknown_field_and_wrong_type_name_the_path() {
+        let e = load(&format!("{MINIMAL}training: {{epochz: 3}}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("test.yaml") && e.contains("training") && e.contains("epochz"), "{e}");
+        let e = load(&format!("{MINIMAL}training: {{optimizer: {{lr: fast}}}}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("training.optimizer.lr"), "{e}");
+        let e = load(&format!("{MINIMAL}model: {{backbone: mit_b9}}\n"), &[]).unwrap_err().to_string();
+        assert!(e.contains("model.backbone") && e.contains("mit_b5"), "{e}");
+    }
+
+    #[test]
+    fn validation_reports_all_problems() {
+        let e = load(
+            MINIMAL,
+            &["prototypes.k_list=[3]", "inference.overlap_ratio=1.0", "training.optimizer.lr=0", "patch_size=0", "training.batch_size=0"],
+        )
+        .unwrap_err();
+        let ConfigError::Invalid { problems, .. } = &e else { panic!("{e}") };
+        let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
+        for k in ["prototypes.k_list", "inference.overlap_ratio", "training.optimizer.lr", "patch_size", "training.batch_size"] {
+            assert!(keys.contains(&k), "{k} missing in {keys:?}");
+        }
+        let e = load(MINIMAL, &["class_order=[a, a]"]).unwrap_err().to_string();
+        assert!(e.contains("duplicate class name `a`"), "{e}");
+        let e = load(MINIMAL, &["class_order=[]", "prototypes.k_list=[]"]).unwrap_err().to_string();
+        assert!(e.contains("class_order"), "{e}");
+    }
+
+    #[test]
+    fn patch_count_all_or_number() {
+        let c = load(MINIMAL, &["evaluation.patches_per_slide=all"]).unwrap();
+        assert_eq!(c.evaluation.patches_per_slide, PatchCount::All(AllKeyword::All));
+        let c = load(MINIMAL, &["evaluation.patches_per_slide=4"]).unwrap();
+        assert_eq!(c.evaluation.patches_per_slide, PatchCount::Count(4));
+        assert!(load(MINIMAL, &["evaluation.patches_per_slide=some"]).is_err());
+    }
+
+    #[test]
+    fn resolved_roundtrip() {
+        let c = load(MINIMAL, &["prototypes.kmeans.init=numpy_legacy"]).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = c.write_resolved(dir.path()).unwrap();
+        let c2 = Config::load(&p, &[]).unwrap();
+        assert_eq!(c, c2);
+    }
+}

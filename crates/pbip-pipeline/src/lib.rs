@@ -1,0 +1,133 @@
+//! PBIP pipeline stages. One module per stage; [`STAGES`] lists the implemented ones in order.
+//!
+//! Each stage reads a validated [`pbip_config::Config`], writes its outputs under
+//! `<paths.work_dir>/<stage folder>/` together with the resolved config, and can tell whether its
+//! outputs are complete and up to date ([`stage_freshness`]) so that `pbip run` can skip it.
+
+pub mod stage0_sample_prototypes;
+
+use std::path::{Path, PathBuf};
+use std::time::SystemTime;
+
+use pbip_config::Config;
+
+/// Errors of the pipeline stages.
+#[derive(Debug, thiserror::Error)]
+pub enum PipelineError {
+    /// Invalid configuration.
+    #[error(transparent)]
+    Config(#[from] pbip_config::ConfigError),
+    /// Dataset problems (all of them).
+    #[error(transparent)]
+    Dataset(#[from] pbip_config::DatasetErrors),
+    /// A coordinate file could not be read or written.
+    #[error(transparent)]
+    Coords(#[from] pbip_coords::CoordError),
+    /// A slide could not be opened or read.
+    #[error(transparent)]
+    Slide(#[from] pbip_slide::SlideError),
+    /// A file could not be written or read.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The IO error.
+        source: std::io::Error,
+    },
+    /// JSON (de)serialisation.
+    #[error("{path}: {message}")]
+    Json {
+        /// The file.
+        path: PathBuf,
+        /// What failed.
+        message: String,
+    },
+    /// The input data cannot produce a valid output (message names slides / classes).
+    #[error("{stage}: {message}")]
+    Data {
+        /// Stage name.
+        stage: &'static str,
+        /// What is wrong.
+        message: String,
+    },
+}
+
+/// A pipeline stage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StageInfo {
+    /// Stage number (0..5).
+    pub index: usize,
+    /// CLI subcommand name.
+    pub command: &'static str,
+    /// One-line description.
+    pub description: &'static str,
+    /// Output folder name under `paths.work_dir`.
+    pub output_dir: &'static str,
+}
+
+/// The implemented stages, in execution order.
+pub const STAGES: &[StageInfo] = &[StageInfo {
+    index: 0,
+    command: "sample-prototypes",
+    description: "sample prototype coordinates per class from the training slides",
+    output_dir: stage0_sample_prototypes::OUTPUT_DIR,
+}];
+
+/// What a stage run produced.
+#[derive(Debug, Clone)]
+pub struct StageReport {
+    /// The stage.
+    pub stage: StageInfo,
+    /// Output folder.
+    pub output_dir: PathBuf,
+    /// Every file written.
+    pub outputs: Vec<PathBuf>,
+    /// Human-readable summary lines.
+    pub summary: Vec<String>,
+}
+
+/// Whether a stage's outputs can be reused.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Freshness {
+    /// Outputs are complete, newer than their inputs, and made with the same relevant settings.
+    UpToDate,
+    /// The stage must run; the reason says why.
+    Stale(String),
+}
+
+/// Options common to every stage run.
+#[derive(Debug, Clone, Default)]
+pub struct RunOptions {
+    /// Show progress bars (when stderr is a terminal).
+    pub progress: bool,
+}
+
+/// Runs stage `index`.
+pub fn run_stage(index: usize, cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError> {
+    match index {
+        0 => stage0_sample_prototypes::run(cfg, opts).map(|r| r.report),
+        other => Err(PipelineError::Data { stage: "run", message: format!("stage {other} is not implemented") }),
+    }
+}
+
+/// Tells whether stage `index` can be skipped.
+pub fn stage_freshness(index: usize, cfg: &Config) -> Freshness {
+    match index {
+        0 => stage0_sample_prototypes::freshness(cfg),
+        other => Freshness::Stale(format!("stage {other} is not implemented")),
+    }
+}
+
+/// Modification time of a file (None if missing).
+pub(crate) fn mtime(path: &Path) -> Option<SystemTime> {
+    std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// Writes bytes to `path` atomically (temp file in the same folder, then rename).
+pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
+    let io = |source| PipelineError::Io { path: path.to_path_buf(), source };
+    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let tmp = path.with_file_name(format!(".{file_name}.tmp"));
+    std::fs::write(&tmp, bytes).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}

@@ -1,0 +1,466 @@
+//! Stage 0: sample prototype coordinates per class from the training slides.
+//!
+//! * Training slides are grouped by class: a slide belongs to **every** class it is labelled with
+//!   (multi-hot labels), so a multi-label slide can be sampled for several classes (independently).
+//!   With single-label data (one class index per slide) each slide belongs to exactly one class.
+//!   Slides with no positive label are never sampled.
+//! * Per class (in `class_order`), up to `prototypes.num_per_class` slides are drawn without
+//!   replacement from that class's slides (sorted by name), then up to `prototypes.samples_per_wsi`
+//!   coordinates per slide. All randomness comes from ChaCha8 seeded with `seed`, stream = class
+//!   index, so the same config gives byte-identical outputs.
+//! * Geometry per coordinate comes from the coordinate file (tile_level, tile_size_resized, output
+//!   size, tile_size_lv0, resize_factor); missing fields default to level 0, `patch_size`, and
+//!   `tile_size_lv0 = tile_size_resized × level downsample`.
+//! * With `slide.coordinate_origin: centre`, (x, y) are converted to the top-left corner
+//!   (`x − tile_size_lv0/2`) so outputs always use the level-0 top-left convention.
+//! * Coordinates whose top-left corner lies outside the slide, or whose level does not exist, are
+//!   dropped with a warning; if every coordinate of a sampled slide is invalid, the stage fails.
+//!   Tiles that overhang the right/bottom border are kept (the reader pads) and counted.
+//!
+//! Outputs in `<work_dir>/prototype_coordinates/`: `<class>.npy` (PBIP prototype structured array),
+//! `summary.json` (counts per class and slide, written last), `config.resolved.yaml`.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::PathBuf;
+
+use indicatif::{ProgressBar, ProgressStyle};
+use pbip_config::{Config, CoordinateOrigin, Dataset, SlideBackend, SlideEntry, Split};
+use pbip_coords::{Coordinates, PrototypeRecord, ReadOptions};
+use pbip_slide::{Backend, OpenOptions, Slide};
+use rand::SeedableRng;
+use rand_chacha::ChaCha8Rng;
+use serde::{Deserialize, Serialize};
+
+use crate::{Freshness, PipelineError, RunOptions, STAGES, StageReport, mtime, write_atomic};
+
+/// Output folder name under `paths.work_dir`.
+pub const OUTPUT_DIR: &str = "prototype_coordinates";
+/// Summary file name.
+pub const SUMMARY_FILE: &str = "summary.json";
+
+const STAGE: &str = "sample-prototypes";
+
+/// Per-class result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassSummary {
+    /// Class name.
+    pub class: String,
+    /// Class index in class_order.
+    pub index: usize,
+    /// Output file name (in the output folder).
+    pub file: String,
+    /// Training slides labelled with this class.
+    pub slides_available: usize,
+    /// Slides sampled.
+    pub slides_sampled: usize,
+    /// Coordinates written.
+    pub coordinates: usize,
+    /// Coordinates written per slide (wsi_name with extension).
+    pub per_slide: BTreeMap<String, usize>,
+}
+
+/// Contents of `summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Stage0Summary {
+    /// Settings this output depends on (compared by `pbip run` to decide whether to rerun).
+    pub fingerprint: serde_json::Value,
+    /// One entry per class, in class_order.
+    pub classes: Vec<ClassSummary>,
+    /// Coordinates dropped (top-left outside the slide or missing level), per slide.
+    pub dropped: BTreeMap<String, usize>,
+    /// Kept coordinates whose tile overhangs the slide border, per slide.
+    pub overhanging: BTreeMap<String, usize>,
+}
+
+/// Result of [`run`].
+#[derive(Debug, Clone)]
+pub struct Stage0Result {
+    /// Generic report.
+    pub report: StageReport,
+    /// The summary written to `summary.json`.
+    pub summary: Stage0Summary,
+}
+
+/// Output folder of stage 0 for `cfg`.
+pub fn output_dir(cfg: &Config) -> PathBuf {
+    cfg.paths.work_dir.join(OUTPUT_DIR)
+}
+
+/// Path of the `.npy` file of class `class`.
+pub fn class_file(cfg: &Config, class: &str) -> PathBuf {
+    output_dir(cfg).join(format!("{class}.npy"))
+}
+
+fn fingerprint(cfg: &Config) -> serde_json::Value {
+    serde_json::json!({
+        "seed": cfg.seed,
+        "class_order": cfg.class_order,
+        "patch_size": cfg.patch_size,
+        "num_per_class": cfg.prototypes.num_per_class,
+        "samples_per_wsi": cfg.prototypes.samples_per_wsi,
+        "coordinate_origin": format!("{:?}", cfg.slide.coordinate_origin),
+        "split_csv": cfg.paths.split_csv,
+        "labels_csv": cfg.paths.labels_csv,
+        "wsi_dir": cfg.paths.wsi_dir,
+        "coordinates_dir": cfg.paths.coordinates_dir,
+        "coordinates_suffix": cfg.paths.coordinates_suffix,
+    })
+}
+
+/// Slide open options from the config.
+pub fn open_options(cfg: &Config, cache: bool) -> OpenOptions {
+    OpenOptions {
+        backend: match cfg.slide.backend {
+            SlideBackend::Auto => Backend::Auto,
+            SlideBackend::Rust => Backend::Rust,
+            SlideBackend::Openslide => Backend::OpenSlide,
+        },
+        cache_bytes: if cache { (cfg.slide.cache_mb as usize).saturating_mul(1 << 20) } else { 0 },
+        background_rgb: cfg.slide.background,
+    }
+}
+
+struct SlideGeom {
+    width: u64,
+    height: u64,
+    downsamples: Vec<f64>,
+}
+
+#[derive(Default)]
+struct RowFilter {
+    dropped: usize,
+    overhanging: usize,
+}
+
+/// Turns all coordinate rows of a slide into validated prototype records (top-left convention).
+fn slide_records(
+    cfg: &Config,
+    entry: &SlideEntry,
+    coords: &Coordinates,
+    geom: &SlideGeom,
+    stats: &mut RowFilter,
+) -> Result<Vec<PrototypeRecord>, PipelineError> {
+    let wsi_name = entry.wsi_name();
+    let mut out = Vec::with_capacity(coords.len());
+    for i in 0..coords.len() {
+        let Some(g) = coords.get_geometry(i, cfg.patch_size) else { continue };
+        let Some(ds) = geom.downsamples.get(g.level as usize).copied() else {
+            stats.dropped += 1;
+            continue;
+        };
+        let lv0 = coords
+            .tile_size_lv0
+            .as_ref()
+            .and_then(|v| v.get(i).copied())
+            .unwrap_or_else(|| (g.read_size_px as f64 * ds).round() as u32);
+        let rf = coords
+            .resize_factor
+            .as_ref()
+            .and_then(|v| v.get(i).copied())
+            .unwrap_or(g.read_size_px as f64 / g.out_size_px.max(1) as f64);
+        let (mut x, mut y) = (coords.x[i], coords.y[i]);
+        if cfg.slide.coordinate_origin == CoordinateOrigin::Centre {
+            x -= i64::from(lv0 / 2);
+            y -= i64::from(lv0 / 2);
+        }
+        if x < 0 || y < 0 || x as u64 >= geom.width || y as u64 >= geom.height {
+            stats.dropped += 1;
+            continue;
+        }
+        if x as u64 + u64::from(lv0) > geom.width || y as u64 + u64::from(lv0) > geom.height {
+            stats.overhanging += 1;
+        }
+        let to_i32 = |v: i64, what: &str| {
+            i32::try_from(v).map_err(|_| PipelineError::Data {
+                stage: STAGE,
+                message: format!("{}: row {i}: {what} = {v} does not fit in int32", entry.coordinates_path.display()),
+            })
+        };
+        out.push(PrototypeRecord {
+            x: to_i32(x, "x")?,
+            y: to_i32(y, "y")?,
+            tile_level: to_i32(i64::from(g.level), "tile_level")?,
+            tile_size_resized: to_i32(i64::from(g.read_size_px), "tile_size_resized")?,
+            tile_size: to_i32(i64::from(g.out_size_px), "tile_size")?,
+            tile_size_lv0: to_i32(i64::from(lv0), "tile_size_lv0")?,
+            resize_factor: rf as f32,
+            wsi_name: wsi_name.clone(),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs stage 0 with the given config.
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineError> {
+    let dataset = Dataset::load(cfg)?;
+    let train = dataset.split(Split::Train);
+    let n_classes = cfg.class_order.len();
+
+    // Group training slides by class (a slide belongs to every class it is labelled with).
+    let mut by_class: Vec<Vec<&SlideEntry>> = vec![Vec::new(); n_classes];
+    for s in &train {
+        for c in s.class_indices() {
+            if let Some(list) = by_class.get_mut(c) {
+                list.push(*s);
+            }
+        }
+    }
+    let empty: Vec<&str> =
+        by_class.iter().enumerate().filter(|(_, v)| v.is_empty()).map(|(i, _)| cfg.class_order[i].as_str()).collect();
+    if !empty.is_empty() {
+        return Err(PipelineError::Data {
+            stage: STAGE,
+            message: format!(
+                "no training slide is labelled with class(es) {} ({} training slides in {})",
+                empty.join(", "),
+                train.len(),
+                cfg.paths.split_csv.display()
+            ),
+        });
+    }
+
+    // Choose slides per class.
+    let mut chosen: Vec<(ChaCha8Rng, Vec<&SlideEntry>)> = Vec::with_capacity(n_classes);
+    for (c, list) in by_class.iter_mut().enumerate() {
+        list.sort_by(|a, b| a.name.cmp(&b.name));
+        let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
+        rng.set_stream(c as u64);
+        let k = cfg.prototypes.num_per_class.min(list.len());
+        let mut idx = rand::seq::index::sample(&mut rng, list.len(), k).into_vec();
+        idx.sort_unstable();
+        chosen.push((rng, idx.into_iter().map(|i| list[i]).collect()));
+    }
+
+    let total: usize = chosen.iter().map(|(_, v)| v.len()).sum();
+    let bar = if opts.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides {msg}") {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix("stage 0: sampling");
+
+    let open_opts = open_options(cfg, false);
+    let mut geoms: HashMap<String, SlideGeom> = HashMap::new();
+    let mut records_cache: HashMap<String, (Vec<PrototypeRecord>, RowFilter)> = HashMap::new();
+    let mut per_class_records: Vec<Vec<PrototypeRecord>> = Vec::with_capacity(n_classes);
+    let mut classes = Vec::with_capacity(n_classes);
+    let mut dropped = BTreeMap::new();
+    let mut overhanging = BTreeMap::new();
+
+    for (c, (mut rng, slides)) in chosen.into_iter().enumerate() {
+        let class = &cfg.class_order[c];
+        let mut recs = Vec::new();
+        let mut per_slide = BTreeMap::new();
+        for entry in &slides {
+            bar.set_message(entry.name.clone());
+            if !records_cache.contains_key(&entry.name) {
+                if !geoms.contains_key(&entry.name) {
+                    let slide = Slide::open(&entry.slide_path, &open_opts)?;
+                    let (width, height) = slide.dimensions();
+                    geoms.insert(entry.name.clone(), SlideGeom { width, height, downsamples: slide.level_downsamples().to_vec() });
+                }
+                let geom = &geoms[&entry.name];
+                let coords = Coordinates::read_with(&entry.coordinates_path, &ReadOptions { allow_negative: true })?;
+                let mut stats = RowFilter::default();
+                let rows = slide_records(cfg, entry, &coords, geom, &mut stats)?;
+                if rows.is_empty() {
+                    return Err(PipelineError::Data {
+                        stage: STAGE,
+                        message: format!(
+                            "slide `{}`: none of the {} coordinates in {} lies inside the slide ({} x {} px, {} levels; coordinate_origin {:?}) — wrong slide, wrong coordinate file, or wrong slide.coordinate_origin?",
+                            entry.wsi_name(),
+                            coords.len(),
+                            entry.coordinates_path.display(),
+                            geom.width,
+                            geom.height,
+                            geom.downsamples.len(),
+                            cfg.slide.coordinate_origin
+                        ),
+                    });
+                }
+                if stats.dropped > 0 {
+                    tracing::warn!(
+                        slide = %entry.wsi_name(),
+                        dropped = stats.dropped,
+                        total = coords.len(),
+                        "dropped coordinates outside the slide or at a missing level"
+                    );
+                }
+                records_cache.insert(entry.name.clone(), (rows, stats));
+            }
+            let (rows, stats) = &records_cache[&entry.name];
+            if stats.dropped > 0 {
+                dropped.insert(entry.wsi_name(), stats.dropped);
+            }
+            if stats.overhanging > 0 {
+                overhanging.insert(entry.wsi_name(), stats.overhanging);
+            }
+            let k = cfg.prototypes.samples_per_wsi.min(rows.len());
+            let mut idx = rand::seq::index::sample(&mut rng, rows.len(), k).into_vec();
+            idx.sort_unstable();
+            recs.extend(idx.iter().map(|&i| rows[i].clone()));
+            per_slide.insert(entry.wsi_name(), k);
+            bar.inc(1);
+        }
+        tracing::info!(class = %class, slides = slides.len(), coordinates = recs.len(), "sampled prototype coordinates");
+        classes.push(ClassSummary {
+            class: class.clone(),
+            index: c,
+            file: format!("{class}.npy"),
+            slides_available: by_class[c].len(),
+            slides_sampled: slides.len(),
+            coordinates: recs.len(),
+            per_slide,
+        });
+        per_class_records.push(recs);
+    }
+    bar.finish_and_clear();
+
+    let out_dir = output_dir(cfg);
+    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io { path: out_dir.clone(), source })?;
+    // Remove a stale summary first so an interrupted run never looks complete.
+    let summary_path = out_dir.join(SUMMARY_FILE);
+    if summary_path.exists() {
+        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io { path: summary_path.clone(), source })?;
+    }
+    let mut outputs = Vec::new();
+    for (c, recs) in per_class_records.iter().enumerate() {
+        let path = class_file(cfg, &cfg.class_order[c]);
+        let bytes = pbip_coords::encode_prototype_npy(&path, recs)?;
+        write_atomic(&path, &bytes)?;
+        outputs.push(path);
+    }
+    let cfg_path = cfg.write_resolved(&out_dir)?;
+    outputs.push(cfg_path);
+    let summary = Stage0Summary { fingerprint: fingerprint(cfg), classes, dropped, overhanging };
+    let json = serde_json::to_vec_pretty(&summary)
+        .map_err(|e| PipelineError::Json { path: summary_path.clone(), message: e.to_string() })?;
+    write_atomic(&summary_path, &json)?;
+    outputs.push(summary_path);
+
+    let mut lines = Vec::new();
+    for c in &summary.classes {
+        lines.push(format!(
+            "{}: {} coordinates from {} of {} training slides -> {}",
+            c.class,
+            c.coordinates,
+            c.slides_sampled,
+            c.slides_available,
+            out_dir.join(&c.file).display()
+        ));
+    }
+    let dropped_total: usize = summary.dropped.values().sum();
+    if dropped_total > 0 {
+        lines.push(format!("dropped {dropped_total} coordinates outside their slide (see summary.json)"));
+    }
+    Ok(Stage0Result {
+        report: StageReport { stage: STAGES[0], output_dir: out_dir, outputs, summary: lines },
+        summary,
+    })
+}
+
+/// Reads `summary.json` of a previous run.
+pub fn read_summary(cfg: &Config) -> Result<Stage0Summary, PipelineError> {
+    let path = output_dir(cfg).join(SUMMARY_FILE);
+    let text = std::fs::read_to_string(&path).map_err(|source| PipelineError::Io { path: path.clone(), source })?;
+    serde_json::from_str(&text).map_err(|e| PipelineError::Json { path, message: e.to_string() })
+}
+
+fn newest(paths: impl IntoIterator<Item = PathBuf>) -> Result<std::time::SystemTime, String> {
+    let mut newest = std::time::UNIX_EPOCH;
+    for p in paths {
+        let t = mtime(&p).ok_or_else(|| format!("input {} is missing", p.display()))?;
+        newest = newest.max(t);
+    }
+    Ok(newest)
+}
+
+/// Whether stage 0's outputs are complete, newer than every input, and made with the same settings.
+pub fn freshness(cfg: &Config) -> Freshness {
+    let summary = match read_summary(cfg) {
+        Ok(s) => s,
+        Err(_) => return Freshness::Stale("no previous summary.json".into()),
+    };
+    if summary.fingerprint != fingerprint(cfg) {
+        return Freshness::Stale("settings changed since the last run".into());
+    }
+    let out_dir = output_dir(cfg);
+    let mut outputs: Vec<PathBuf> = cfg.class_order.iter().map(|c| class_file(cfg, c)).collect();
+    outputs.push(out_dir.join(SUMMARY_FILE));
+    outputs.push(out_dir.join(pbip_config::RESOLVED_CONFIG_FILE));
+    let mut oldest_out = None;
+    for p in &outputs {
+        match mtime(p) {
+            Some(t) => oldest_out = Some(oldest_out.map_or(t, |o: std::time::SystemTime| o.min(t))),
+            None => return Freshness::Stale(format!("output {} is missing", p.display())),
+        }
+    }
+    let dataset = match Dataset::load(cfg) {
+        Ok(d) => d,
+        Err(e) => return Freshness::Stale(format!("dataset does not load: {e}")),
+    };
+    let mut inputs: Vec<PathBuf> = vec![cfg.paths.split_csv.clone(), cfg.paths.labels_csv.clone()];
+    for s in dataset.split(Split::Train) {
+        inputs.push(s.coordinates_path.clone());
+        inputs.push(s.slide_path.clone());
+    }
+    match (newest(inputs), oldest_out) {
+        (Ok(new_in), Some(old_out)) if old_out >= new_in => Freshness::UpToDate,
+        (Ok(_), _) => Freshness::Stale("an input is newer than the outputs".into()),
+        (Err(e), _) => Freshness::Stale(e),
+    }
+}
+
+/// Path helper for tests and callers: the `.npy` files of all classes.
+pub fn class_files(cfg: &Config) -> Vec<(String, PathBuf)> {
+    cfg.class_order.iter().map(|c| (c.clone(), class_file(cfg, c))).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn entry() -> SlideEntry {
+        SlideEntry {
+            name: "s".into(),
+            split: Split::Train,
+            labels: vec![1, 0],
+            slide_path: PathBuf::from("/d/s.svs"),
+            coordinates_path: PathBuf::from("/d/s.npy"),
+            gt_path: None,
+        }
+    }
+
+    #[test]
+    fn rows_are_filtered_and_converted() {
+        let mut cfg = Config::default();
+        cfg.patch_size = 100;
+        let geom = SlideGeom { width: 1000, height: 500, downsamples: vec![1.0, 4.0] };
+        let mut c = Coordinates::from_xy(vec![0, 950, 1000, -1, 10, 10], vec![0, 10, 10, 0, 499, 20]);
+        c.tile_level = Some(vec![0, 0, 0, 0, 0, 1]);
+        let mut stats = RowFilter::default();
+        let r = slide_records(&cfg, &entry(), &c, &geom, &mut stats).unwrap();
+        // x=1000 and x=-1 are outside; (950,10) and (10,499) overhang.
+        assert_eq!(r.len(), 4);
+        assert_eq!(stats.dropped, 2);
+        assert_eq!(stats.overhanging, 2);
+        assert_eq!(r[0].wsi_name, "s.svs");
+        assert_eq!((r[0].tile_level, r[0].tile_size_resized, r[0].tile_size_lv0), (0, 100, 100));
+        // Level 1 without tile_size_lv0: 100 px read at downsample 4 -> 400 level-0 px.
+        assert_eq!((r[3].tile_level, r[3].tile_size_lv0), (1, 400));
+
+        // Centre origin: shifted by half the level-0 footprint; (0,0) becomes outside.
+        cfg.slide.coordinate_origin = CoordinateOrigin::Centre;
+        let c = Coordinates::from_xy(vec![0, 60], vec![0, 70]);
+        let mut stats = RowFilter::default();
+        let r = slide_records(&cfg, &entry(), &c, &geom, &mut stats).unwrap();
+        assert_eq!(stats.dropped, 1);
+        assert_eq!((r[0].x, r[0].y), (10, 20));
+
+        // Missing level is dropped.
+        let mut c = Coordinates::from_xy(vec![0], vec![0]);
+        c.tile_level = Some(vec![5]);
+        let mut stats = RowFilter::default();
+        assert!(slide_records(&cfg, &entry(), &c, &geom, &mut stats).unwrap().is_empty());
+        assert_eq!(stats.dropped, 1);
+    }
+}

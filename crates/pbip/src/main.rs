@@ -1,0 +1,271 @@
+//! `pbip`: command-line interface of the PBIP pipeline.
+
+mod demo;
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use pbip_config::Config;
+use pbip_pipeline::{Freshness, RunOptions, STAGES};
+use pbip_slide::{Backend, OpenOptions, Slide};
+
+/// PBIP: prototype-based weakly supervised segmentation of whole-slide images.
+#[derive(Debug, Parser)]
+#[command(name = "pbip", version, about, propagate_version = true)]
+struct Cli {
+    /// More log output (-v debug, -vv trace). RUST_LOG overrides.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    verbose: u8,
+    /// Log format on stderr.
+    #[arg(long, value_enum, default_value_t = LogFormat::Text, global = true)]
+    log_format: LogFormat,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object per line.
+    Json,
+}
+
+/// `--config` and `--set`, shared by every stage.
+#[derive(Debug, Clone, Args)]
+struct ConfigArgs {
+    /// Pipeline config (YAML). Relative paths in it resolve against its folder.
+    #[arg(short, long, value_name = "FILE.yaml")]
+    config: PathBuf,
+    /// Override a config key, e.g. --set training.epochs=2 --set prototypes.k_list=[3,3] (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    set: Vec<String>,
+}
+
+impl ConfigArgs {
+    fn load(&self) -> Result<Config> {
+        Ok(Config::load(&self.config, &self.set)?)
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum BackendArg {
+    /// Pure Rust when possible, else OpenSlide.
+    Auto,
+    /// Pure-Rust reader only.
+    Rust,
+    /// OpenSlide only (libopenslide loaded at run time).
+    Openslide,
+}
+
+impl From<BackendArg> for Backend {
+    fn from(b: BackendArg) -> Backend {
+        match b {
+            BackendArg::Auto => Backend::Auto,
+            BackendArg::Rust => Backend::Rust,
+            BackendArg::Openslide => Backend::OpenSlide,
+        }
+    }
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Stage 0: sample prototype coordinates per class from the training slides.
+    SamplePrototypes(ConfigArgs),
+    /// Run the implemented stages in order, skipping those whose outputs are up to date.
+    Run {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Rerun every stage even if its outputs are up to date.
+        #[arg(long)]
+        force: bool,
+    },
+    /// Generate a synthetic dataset (slides, masks, coordinates, CSVs, config).
+    Synth {
+        /// Output folder.
+        #[arg(long)]
+        out: PathBuf,
+        /// Number of slides.
+        #[arg(long, default_value_t = 8)]
+        slides: usize,
+        /// Slide side, in level-0 pixels.
+        #[arg(long, default_value_t = 4096)]
+        size: u32,
+        /// Random seed.
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+    },
+    /// Generate a small synthetic dataset and run the implemented stages on it (CPU-sized).
+    Demo {
+        /// Output folder (data/ and work_dir/ inside).
+        #[arg(long, default_value = "./pbip-demo")]
+        out: PathBuf,
+        /// Slide side in pixels (for tests).
+        #[arg(long, hide = true, default_value_t = 2048)]
+        size: u32,
+        /// Number of slides (for tests).
+        #[arg(long, hide = true, default_value_t = 8)]
+        slides: usize,
+    },
+    /// Print slide dimensions, levels, mpp, vendor and backend.
+    SlideInfo {
+        /// Slide files.
+        #[arg(required = true, value_name = "SLIDE")]
+        slides: Vec<PathBuf>,
+        /// Print JSON (keys width, height, level_count, levels, mpp_x, mpp_y, vendor, backend, ...).
+        #[arg(long)]
+        json: bool,
+        /// Slide reader.
+        #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+        backend: BackendArg,
+    },
+    /// Read a region and write it as PNG: X, Y in level-0 pixels (top-left), WIDTH x HEIGHT at LEVEL.
+    #[command(allow_negative_numbers = true)]
+    ReadRegion {
+        /// Slide file.
+        slide: PathBuf,
+        /// Level-0 x of the top-left corner.
+        x: i64,
+        /// Level-0 y of the top-left corner.
+        y: i64,
+        /// Pyramid level.
+        level: usize,
+        /// Width in level pixels.
+        width: u32,
+        /// Height in level pixels.
+        height: u32,
+        /// Output PNG.
+        out: PathBuf,
+        /// Slide reader.
+        #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
+        backend: BackendArg,
+    },
+}
+
+fn init_logging(verbose: u8, format: LogFormat) {
+    use tracing_subscriber::EnvFilter;
+    let default = match verbose {
+        0 => "info",
+        1 => "debug",
+        _ => "trace",
+    };
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(verbose > 0);
+    let _ = match format {
+        LogFormat::Text => builder.try_init(),
+        LogFormat::Json => builder.json().try_init(),
+    };
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.log_format);
+    match run(cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            for cause in e.chain().skip(1) {
+                eprintln!("  caused by: {cause}");
+            }
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn progress() -> RunOptions {
+    RunOptions { progress: true }
+}
+
+fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::SamplePrototypes(args) => {
+            let cfg = args.load()?;
+            let report = pbip_pipeline::run_stage(0, &cfg, &progress())?;
+            print_report(&report);
+            Ok(())
+        }
+        Command::Run { config, force } => {
+            let cfg = config.load()?;
+            run_pipeline(&cfg, force)
+        }
+        Command::Synth { out, slides, size, seed } => {
+            let summary = demo::synth(&out, slides, size, seed)?;
+            println!("{summary}");
+            Ok(())
+        }
+        Command::Demo { out, size, slides } => demo::demo(&out, size, slides),
+        Command::SlideInfo { slides, json, backend } => slide_info(&slides, json, backend),
+        Command::ReadRegion { slide, x, y, level, width, height, out, backend } => {
+            read_region(&slide, x, y, level, width, height, &out, backend)
+        }
+    }
+}
+
+/// Runs every implemented stage in order (skipping up-to-date ones unless `force`).
+pub(crate) fn run_pipeline(cfg: &Config, force: bool) -> Result<()> {
+    for stage in STAGES {
+        if !force {
+            match pbip_pipeline::stage_freshness(stage.index, cfg) {
+                Freshness::UpToDate => {
+                    println!(
+                        "stage {} ({}): up to date, skipped ({})",
+                        stage.index,
+                        stage.command,
+                        cfg.paths.work_dir.join(stage.output_dir).display()
+                    );
+                    continue;
+                }
+                Freshness::Stale(why) => tracing::info!(stage = stage.command, "running: {why}"),
+            }
+        }
+        let report = pbip_pipeline::run_stage(stage.index, cfg, &progress())
+            .with_context(|| format!("stage {} ({}) failed", stage.index, stage.command))?;
+        print_report(&report);
+    }
+    Ok(())
+}
+
+fn print_report(report: &pbip_pipeline::StageReport) {
+    println!("stage {} ({}): outputs in {}", report.stage.index, report.stage.command, report.output_dir.display());
+    for line in &report.summary {
+        println!("  {line}");
+    }
+}
+
+fn open_slide(path: &Path, backend: BackendArg) -> Result<Slide> {
+    let opts = OpenOptions { backend: backend.into(), ..OpenOptions::default() };
+    Ok(Slide::open(path, &opts)?)
+}
+
+fn slide_info(slides: &[PathBuf], json: bool, backend: BackendArg) -> Result<()> {
+    let mut infos = Vec::with_capacity(slides.len());
+    for p in slides {
+        infos.push(open_slide(p, backend)?.info());
+    }
+    if json {
+        let text = if infos.len() == 1 { serde_json::to_string_pretty(&infos[0])? } else { serde_json::to_string_pretty(&infos)? };
+        println!("{text}");
+    } else {
+        for (i, info) in infos.iter().enumerate() {
+            if i > 0 {
+                println!();
+            }
+            print!("{info}");
+        }
+    }
+    Ok(())
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_region(slide: &Path, x: i64, y: i64, level: usize, width: u32, height: u32, out: &Path, backend: BackendArg) -> Result<()> {
+    if width == 0 || height == 0 {
+        bail!("WIDTH and HEIGHT must be > 0 (got {width} x {height})");
+    }
+    let s = open_slide(slide, backend)?;
+    let img = s.read_region(x, y, level, width, height)?;
+    pbip_slide::write_png(out, &img)?;
+    println!("wrote {} ({} x {} px, level {level}, backend {})", out.display(), img.width, img.height, s.backend_name());
+    Ok(())
+}
