@@ -1,0 +1,422 @@
+//! Exports: palette / RGB / overlay PNGs and QuPath-compatible GeoJSON.
+//!
+//! # PNG
+//!
+//! - [`write_label_png`]: 8-bit *indexed* PNG of a label map; palette entry `k` is the colour of class
+//!   `k` (classes beyond the given palette are black), a `tRNS` chunk makes index
+//!   [`NO_LABEL`] (255) fully transparent and every other index opaque. Pixel values stay the class
+//!   indices, so `PIL.Image.open(p)` / `np.array` gives the label map back.
+//! - [`write_rgb_png`]: plain RGB8 PNG.
+//! - [`overlay_labels`]: blends class colours over an RGB thumbnail (label map resampled to the
+//!   thumbnail with nearest neighbour, pixel centres aligned; [`NO_LABEL`] is not drawn) and draws a
+//!   **text-free legend** in the top-left corner: a white box with a black border holding one filled
+//!   square per class, in class-index order from top to bottom (the order of `class_order`), each
+//!   square `max(6, min(W, H) / 32)` pixels.
+//!
+//! # GeoJSON
+//!
+//! [`label_map_to_geojson`] traces, for every class present, the boundaries of its 4-connected
+//! components on the pixel-edge grid (pixel `(x, y)` covers `[x, x+1] x [y, y+1]`): every pixel side
+//! between the class and anything else (or the image border) is a directed edge with the class on
+//! its right-hand side (image coordinates, y down); edges are chained into closed rings, turning
+//! toward the class at diagonal "saddle" vertices so that diagonal-only neighbours stay separate
+//! (consistent with 4-connectivity). Collinear vertices are dropped. Rings with positive shoelace
+//! area are exteriors, the others holes; each hole belongs to the component on its right. Vertex
+//! coordinates are multiplied by `downsample` (level-0 pixels per output pixel), so polygons are in
+//! level-0 pixel coordinates. Output: a `FeatureCollection` with one `Feature` per class:
+//! `{"type": "Feature", "geometry": Polygon | MultiPolygon, "properties": {"objectType":
+//! "annotation", "classification": {"name", "color": [r, g, b]}}}` — the layout QuPath imports.
+//! Rings are closed (first point repeated last). Exterior rings have positive area in image
+//! coordinates, i.e. they are counter-clockwise when y is taken as pointing up (RFC 7946 order).
+
+use crate::NO_LABEL;
+use crate::error::{PostError, Result, invalid};
+use crate::morph::{Connectivity, label_mask};
+use std::io::{BufWriter, Write};
+use std::path::Path;
+
+/// Default class colours (index = class). Chosen to be distinguishable on H&E.
+pub const DEFAULT_PALETTE: [[u8; 3]; 12] = [
+    [0, 114, 178],   // blue
+    [213, 94, 0],    // vermillion
+    [0, 158, 115],   // green
+    [240, 228, 66],  // yellow
+    [204, 121, 167], // purple
+    [86, 180, 233],  // sky blue
+    [230, 159, 0],   // orange
+    [0, 0, 0],       // black
+    [128, 128, 128], // grey
+    [255, 0, 255],   // magenta
+    [0, 255, 255],   // cyan
+    [128, 0, 0],     // maroon
+];
+
+/// Colour of class `k` in [`DEFAULT_PALETTE`] (cycling).
+pub fn default_color(k: usize) -> [u8; 3] {
+    DEFAULT_PALETTE[k % DEFAULT_PALETTE.len()]
+}
+
+/// A class as exported: name and RGB colour.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClassInfo {
+    /// Class name (from `class_order`).
+    pub name: String,
+    /// RGB colour.
+    pub color: [u8; 3],
+}
+
+impl ClassInfo {
+    /// Class infos for names with the default palette.
+    pub fn from_names(names: &[impl AsRef<str>]) -> Vec<ClassInfo> {
+        names.iter().enumerate().map(|(k, n)| ClassInfo { name: n.as_ref().to_string(), color: default_color(k) }).collect()
+    }
+}
+
+fn create_file(path: &Path) -> Result<BufWriter<std::fs::File>> {
+    std::fs::File::create(path)
+        .map(BufWriter::new)
+        .map_err(|source| PostError::Io { path: path.to_path_buf(), source })
+}
+
+fn png_err(path: &Path) -> impl Fn(png::EncodingError) -> PostError + '_ {
+    move |source| PostError::Png { path: path.to_path_buf(), source }
+}
+
+/// Writes a label map as an indexed PNG (see the module docs). `palette[k]` is class `k`'s colour.
+pub fn write_label_png(path: &Path, labels: &[u8], width_px: u32, height_px: u32, palette: &[[u8; 3]]) -> Result<()> {
+    if labels.len() != width_px as usize * height_px as usize || width_px == 0 || height_px == 0 {
+        return invalid(format!("{}: label map has {} values for {width_px}x{height_px}", path.display(), labels.len()));
+    }
+    let mut plte = vec![0u8; 256 * 3];
+    for (k, c) in palette.iter().take(255).enumerate() {
+        plte[3 * k..3 * k + 3].copy_from_slice(c);
+    }
+    let mut trns = vec![255u8; 256];
+    trns[NO_LABEL as usize] = 0;
+    let mut enc = png::Encoder::new(create_file(path)?, width_px, height_px);
+    enc.set_color(png::ColorType::Indexed);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_palette(plte);
+    enc.set_trns(trns);
+    enc.set_compression(png::Compression::Fast);
+    let mut w = enc.write_header().map_err(png_err(path))?;
+    w.write_image_data(labels).map_err(png_err(path))?;
+    w.finish().map_err(png_err(path))
+}
+
+/// Writes an RGB8 (HWC, row-major) PNG.
+pub fn write_rgb_png(path: &Path, rgb: &[u8], width_px: u32, height_px: u32) -> Result<()> {
+    if rgb.len() != 3 * width_px as usize * height_px as usize || width_px == 0 || height_px == 0 {
+        return invalid(format!("{}: RGB buffer has {} bytes for {width_px}x{height_px}x3", path.display(), rgb.len()));
+    }
+    let mut enc = png::Encoder::new(create_file(path)?, width_px, height_px);
+    enc.set_color(png::ColorType::Rgb);
+    enc.set_depth(png::BitDepth::Eight);
+    enc.set_compression(png::Compression::Fast);
+    let mut w = enc.write_header().map_err(png_err(path))?;
+    w.write_image_data(rgb).map_err(png_err(path))?;
+    w.finish().map_err(png_err(path))
+}
+
+/// Overlay of a label map (`label_w x label_h`) on an RGB thumbnail (`thumb_w x thumb_h`), with class
+/// colours blended at `alpha` (0..=1) and a text-free legend (see the module docs). Returns RGB8.
+#[allow(clippy::too_many_arguments)]
+pub fn overlay_labels(
+    thumb_rgb: &[u8],
+    thumb_w: usize,
+    thumb_h: usize,
+    labels: &[u8],
+    label_w: usize,
+    label_h: usize,
+    palette: &[[u8; 3]],
+    alpha: f32,
+) -> Result<Vec<u8>> {
+    if thumb_rgb.len() != 3 * thumb_w * thumb_h || thumb_w == 0 || thumb_h == 0 {
+        return invalid(format!("overlay: thumbnail has {} bytes for {thumb_w}x{thumb_h}x3", thumb_rgb.len()));
+    }
+    if labels.len() != label_w * label_h || label_w == 0 || label_h == 0 {
+        return invalid(format!("overlay: label map has {} values for {label_w}x{label_h}", labels.len()));
+    }
+    if !(0.0..=1.0).contains(&alpha) {
+        return invalid(format!("overlay: alpha must be in [0, 1], got {alpha}"));
+    }
+    let mut out = thumb_rgb.to_vec();
+    for y in 0..thumb_h {
+        let ly = (((y as f64 + 0.5) * label_h as f64 / thumb_h as f64) as usize).min(label_h - 1);
+        for x in 0..thumb_w {
+            let lx = (((x as f64 + 0.5) * label_w as f64 / thumb_w as f64) as usize).min(label_w - 1);
+            let l = labels[ly * label_w + lx];
+            if l == NO_LABEL || l as usize >= palette.len() {
+                continue;
+            }
+            let c = palette[l as usize];
+            for ch in 0..3 {
+                let p = &mut out[3 * (y * thumb_w + x) + ch];
+                *p = ((1.0 - alpha) * *p as f32 + alpha * c[ch] as f32).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    draw_legend(&mut out, thumb_w, thumb_h, palette);
+    Ok(out)
+}
+
+fn draw_legend(img: &mut [u8], w: usize, h: usize, palette: &[[u8; 3]]) {
+    if palette.is_empty() {
+        return;
+    }
+    let s = (w.min(h) / 32).max(6);
+    let pad = (s / 3).max(2);
+    let box_w = s + 2 * pad;
+    let box_h = palette.len() * (s + pad) + pad;
+    let mut fill = |x0: usize, y0: usize, bw: usize, bh: usize, c: [u8; 3]| {
+        for y in y0..(y0 + bh).min(h) {
+            for x in x0..(x0 + bw).min(w) {
+                img[3 * (y * w + x)..3 * (y * w + x) + 3].copy_from_slice(&c);
+            }
+        }
+    };
+    fill(0, 0, box_w + 2, box_h + 2, [0, 0, 0]);
+    fill(1, 1, box_w, box_h, [255, 255, 255]);
+    for (k, &c) in palette.iter().enumerate() {
+        fill(1 + pad, 1 + pad + k * (s + pad), s, s, c);
+    }
+}
+
+/// One polygon in output-grid corner coordinates: exterior ring and holes, each ring closed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Polygon {
+    /// Exterior ring (closed).
+    pub exterior: Vec<(i64, i64)>,
+    /// Hole rings (closed).
+    pub holes: Vec<Vec<(i64, i64)>>,
+}
+
+/// Traces the polygons (one per 4-connected component) of pixels equal to `class` (see the module
+/// docs), in output-grid pixel-corner coordinates.
+pub fn trace_class_polygons(labels: &[u8], width_px: usize, height_px: usize, class: u8) -> Result<Vec<Polygon>> {
+    let (w, h) = (width_px, height_px);
+    if labels.len() != w * h {
+        return invalid(format!("trace_class_polygons: {} values for {w}x{h}", labels.len()));
+    }
+    let mask: Vec<bool> = labels.iter().map(|&l| l == class).collect();
+    let (comp, n) = label_mask(&mask, w, h, Connectivity::Four)?;
+    if n == 0 {
+        return Ok(Vec::new());
+    }
+    let vw = (w + 1) as u64;
+    let vid = |x: usize, y: usize| y as u64 * vw + x as u64;
+    // Directed edges (start vertex, direction 0:+x 1:+y 2:-x 3:-y), sorted by start vertex.
+    let mut edges: Vec<(u64, u8)> = Vec::new();
+    let inside = |x: isize, y: isize| x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h && mask[y as usize * w + x as usize];
+    for y in 0..h {
+        for x in 0..w {
+            if !mask[y * w + x] {
+                continue;
+            }
+            let (xi, yi) = (x as isize, y as isize);
+            if !inside(xi, yi - 1) {
+                edges.push((vid(x, y), 0));
+            }
+            if !inside(xi + 1, yi) {
+                edges.push((vid(x + 1, y), 1));
+            }
+            if !inside(xi, yi + 1) {
+                edges.push((vid(x + 1, y + 1), 2));
+            }
+            if !inside(xi - 1, yi) {
+                edges.push((vid(x, y + 1), 3));
+            }
+        }
+    }
+    edges.sort_unstable();
+    let mut used = vec![false; edges.len()];
+    let find = |v: u64, d: u8| -> Option<usize> { edges.binary_search(&(v, d)).ok() };
+    let step = |v: u64, d: u8| -> u64 {
+        match d {
+            0 => v + 1,
+            1 => v + vw,
+            2 => v - 1,
+            _ => v - vw,
+        }
+    };
+    let mut outers: Vec<Option<Vec<(i64, i64)>>> = vec![None; n + 1];
+    let mut holes: Vec<Vec<Vec<(i64, i64)>>> = vec![Vec::new(); n + 1];
+    for start in 0..edges.len() {
+        if used[start] {
+            continue;
+        }
+        let mut ring: Vec<(i64, i64)> = Vec::new();
+        let mut e = start;
+        let mut prev_dir: Option<u8> = None;
+        loop {
+            used[e] = true;
+            let (v, d) = edges[e];
+            if prev_dir != Some(d) {
+                ring.push(((v % vw) as i64, (v / vw) as i64));
+            }
+            prev_dir = Some(d);
+            let nv = step(v, d);
+            let next = [(d + 1) % 4, d, (d + 3) % 4].iter().find_map(|&nd| find(nv, nd));
+            match next {
+                Some(ne) if ne == start => break,
+                Some(ne) if !used[ne] => e = ne,
+                _ => {
+                    return invalid(format!("trace_class_polygons: broken boundary at vertex {nv} (internal error)"));
+                }
+            }
+        }
+        // Drop the start vertex if it is collinear with the closing edge.
+        if ring.len() > 1 && edges[start].1 == prev_dir.unwrap_or(255) {
+            ring.remove(0);
+        }
+        let first = ring[0];
+        ring.push(first);
+        let area2: i64 = ring.windows(2).map(|p| p[0].0 * p[1].1 - p[1].0 * p[0].1).sum();
+        let (v, d) = edges[start];
+        let (vx, vy) = ((v % vw) as usize, (v / vw) as usize);
+        let (px, py) = match d {
+            0 => (vx, vy),
+            1 => (vx - 1, vy),
+            2 => (vx - 1, vy - 1),
+            _ => (vx, vy - 1),
+        };
+        let c = comp[py * w + px] as usize;
+        if area2 > 0 {
+            outers[c] = Some(ring);
+        } else {
+            holes[c].push(ring);
+        }
+    }
+    let mut polys = Vec::with_capacity(n);
+    for c in 1..=n {
+        if let Some(ext) = outers[c].take() {
+            polys.push(Polygon { exterior: ext, holes: std::mem::take(&mut holes[c]) });
+        }
+    }
+    Ok(polys)
+}
+
+fn ring_json(ring: &[(i64, i64)], ds: f64) -> serde_json::Value {
+    serde_json::Value::Array(
+        ring.iter().map(|&(x, y)| serde_json::json!([x as f64 * ds, y as f64 * ds])).collect(),
+    )
+}
+
+/// QuPath-compatible GeoJSON `FeatureCollection` of the class regions of a label map, in level-0
+/// pixels (output-grid corner coordinates times `downsample`). Labels `>= classes.len()` (and
+/// [`NO_LABEL`]) are not exported.
+pub fn label_map_to_geojson(
+    labels: &[u8],
+    width_px: usize,
+    height_px: usize,
+    downsample: f64,
+    classes: &[ClassInfo],
+) -> Result<serde_json::Value> {
+    if !(downsample.is_finite() && downsample > 0.0) {
+        return invalid(format!("GeoJSON: downsample must be > 0, got {downsample}"));
+    }
+    if classes.len() > 255 {
+        return invalid(format!("GeoJSON: at most 255 classes, got {}", classes.len()));
+    }
+    let mut features = Vec::new();
+    for (k, ci) in classes.iter().enumerate() {
+        let polys = trace_class_polygons(labels, width_px, height_px, k as u8)?;
+        if polys.is_empty() {
+            continue;
+        }
+        let poly_coords: Vec<serde_json::Value> = polys
+            .iter()
+            .map(|p| {
+                let mut rings = vec![ring_json(&p.exterior, downsample)];
+                rings.extend(p.holes.iter().map(|r| ring_json(r, downsample)));
+                serde_json::Value::Array(rings)
+            })
+            .collect();
+        let geometry = if poly_coords.len() == 1 {
+            serde_json::json!({"type": "Polygon", "coordinates": poly_coords[0]})
+        } else {
+            serde_json::json!({"type": "MultiPolygon", "coordinates": poly_coords})
+        };
+        features.push(serde_json::json!({
+            "type": "Feature",
+            "geometry": geometry,
+            "properties": {
+                "objectType": "annotation",
+                "classification": {"name": ci.name, "color": [ci.color[0], ci.color[1], ci.color[2]]}
+            }
+        }));
+    }
+    Ok(serde_json::json!({"type": "FeatureCollection", "features": features}))
+}
+
+/// Writes a GeoJSON value to `path`.
+pub fn write_geojson(path: &Path, value: &serde_json::Value) -> Result<()> {
+    let mut f = create_file(path)?;
+    serde_json::to_writer(&mut f, value)
+        .map_err(|e| PostError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
+    f.flush().map_err(|source| PostError::Io { path: path.to_path_buf(), source })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn single_pixel_and_hole() {
+        let p = trace_class_polygons(&[1], 1, 1, 1).unwrap();
+        assert_eq!(p, vec![Polygon { exterior: vec![(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)], holes: vec![] }]);
+        #[rustfmt::skip]
+        let ring = [1u8, 1, 1,
+                    1, 0, 1,
+                    1, 1, 1];
+        let p = trace_class_polygons(&ring, 3, 3, 1).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(p[0].exterior.len(), 5);
+        assert_eq!(p[0].holes, vec![vec![(1, 1), (1, 2), (2, 2), (2, 1), (1, 1)]]);
+    }
+
+    #[test]
+    fn saddle_gives_two_polygons() {
+        let p = trace_class_polygons(&[1, 0, 0, 1], 2, 2, 1).unwrap();
+        assert_eq!(p.len(), 2);
+        assert!(p.iter().all(|q| q.exterior.len() == 5 && q.holes.is_empty()));
+    }
+
+    #[test]
+    fn label_png_round_trip_header() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("m.png");
+        let labels = vec![0u8, 1, 255, 2, 1, 0];
+        write_label_png(&path, &labels, 3, 2, &DEFAULT_PALETTE[..3]).unwrap();
+        let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&path).unwrap()));
+        let mut r = dec.read_info().unwrap();
+        let info = r.info();
+        assert_eq!(info.color_type, png::ColorType::Indexed);
+        let trns = info.trns.as_ref().unwrap().to_vec();
+        assert_eq!(trns[255], 0);
+        assert_eq!(trns[0], 255);
+        let pal = info.palette.as_ref().unwrap().to_vec();
+        assert_eq!(&pal[3..6], &DEFAULT_PALETTE[1]);
+        let mut buf = vec![0u8; r.output_buffer_size().unwrap()];
+        let fi = r.next_frame(&mut buf).unwrap();
+        assert_eq!(&buf[..fi.buffer_size()], &labels[..]);
+        assert!(write_label_png(&path, &labels, 4, 2, &DEFAULT_PALETTE).is_err());
+    }
+
+    #[test]
+    fn overlay_blends_and_draws_legend() {
+        let (w, h) = (64, 64);
+        let thumb = vec![100u8; 3 * w * h];
+        let labels = vec![1u8, 255, 255, 0];
+        let o = overlay_labels(&thumb, w, h, &labels, 2, 2, &DEFAULT_PALETTE[..2], 0.5).unwrap();
+        // bottom-left quadrant is NO_LABEL -> unchanged
+        assert_eq!(&o[3 * (50 * w + 10)..3 * (50 * w + 10) + 3], &[100, 100, 100]);
+        // bottom-right = class 0 blended
+        let c = DEFAULT_PALETTE[0];
+        let want: Vec<u8> = c.iter().map(|&v| ((100.0 + v as f32) / 2.0).round() as u8).collect();
+        assert_eq!(&o[3 * (50 * w + 50)..3 * (50 * w + 50) + 3], &want[..]);
+        // legend: black border pixel at (0, 0), first class square present
+        assert_eq!(&o[0..3], &[0, 0, 0]);
+        assert_eq!(&o[3 * (4 * w + 4)..3 * (4 * w + 4) + 3], &DEFAULT_PALETTE[0]);
+    }
+}
