@@ -191,6 +191,11 @@ fn clean_path(p: &Path) -> PathBuf {
     for c in p.components() {
         match c {
             Component::CurDir => {}
+            // Lexical `..`: drop the previous normal component (paths are printed to users; a
+            // symlinked folder followed by `..` is the one case where this differs from the OS).
+            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+                out.pop();
+            }
             other => out.push(other.as_os_str()),
         }
     }
