@@ -195,6 +195,8 @@ pub struct Prototypes {
     pub encoder: Encoder,
     /// Cosine k-means.
     pub kmeans: KMeans,
+    /// Exemplar patches shown per prototype in the stage-2 PNG sheets.
+    pub sheet_patches_per_cluster: usize,
 }
 
 impl Default for Prototypes {
@@ -206,6 +208,7 @@ impl Default for Prototypes {
             batch_size: 32,
             encoder: Encoder::default(),
             kmeans: KMeans::default(),
+            sheet_patches_per_cluster: 8,
         }
     }
 }

@@ -4,7 +4,10 @@
 //! `<paths.work_dir>/<stage folder>/` together with the resolved config, and can tell whether its
 //! outputs are complete and up to date ([`stage_freshness`]) so that `pbip run` can skip it.
 
+pub mod encoder;
 pub mod stage0_sample_prototypes;
+pub mod stage1_embed_prototypes;
+pub mod stage2_cluster_prototypes;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -71,7 +74,10 @@ pub const STAGES: &[StageInfo] = &[StageInfo {
     command: "sample-prototypes",
     description: "sample prototype coordinates per class from the training slides",
     output_dir: stage0_sample_prototypes::OUTPUT_DIR,
-}];
+},
+    stage1_embed_prototypes::INFO,
+    stage2_cluster_prototypes::INFO,
+];
 
 /// What a stage run produced.
 #[derive(Debug, Clone)]
@@ -106,6 +112,8 @@ pub struct RunOptions {
 pub fn run_stage(index: usize, cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError> {
     match index {
         0 => stage0_sample_prototypes::run(cfg, opts).map(|r| r.report),
+        1 => stage1_embed_prototypes::run(cfg, opts),
+        2 => stage2_cluster_prototypes::run(cfg, opts),
         other => Err(PipelineError::Data { stage: "run", message: format!("stage {other} is not implemented") }),
     }
 }
@@ -114,6 +122,8 @@ pub fn run_stage(index: usize, cfg: &Config, opts: &RunOptions) -> Result<StageR
 pub fn stage_freshness(index: usize, cfg: &Config) -> Freshness {
     match index {
         0 => stage0_sample_prototypes::freshness(cfg),
+        1 => stage1_embed_prototypes::freshness(cfg),
+        2 => stage2_cluster_prototypes::freshness(cfg),
         other => Freshness::Stale(format!("stage {other} is not implemented")),
     }
 }
@@ -121,6 +131,28 @@ pub fn stage_freshness(index: usize, cfg: &Config) -> Freshness {
 /// Modification time of a file (None if missing).
 pub(crate) fn mtime(path: &Path) -> Option<SystemTime> {
     std::fs::metadata(path).and_then(|m| m.modified()).ok()
+}
+
+/// `UpToDate` when every output exists and none is older than the newest input.
+pub(crate) fn compare_mtimes(outputs: &[PathBuf], inputs: &[PathBuf]) -> Freshness {
+    let mut oldest_out: Option<SystemTime> = None;
+    for p in outputs {
+        match mtime(p) {
+            Some(t) => oldest_out = Some(oldest_out.map_or(t, |o| o.min(t))),
+            None => return Freshness::Stale(format!("output {} is missing", p.display())),
+        }
+    }
+    let mut newest_in = SystemTime::UNIX_EPOCH;
+    for p in inputs {
+        match mtime(p) {
+            Some(t) => newest_in = newest_in.max(t),
+            None => return Freshness::Stale(format!("input {} is missing", p.display())),
+        }
+    }
+    match oldest_out {
+        Some(o) if o >= newest_in => Freshness::UpToDate,
+        _ => Freshness::Stale("an input is newer than the outputs".into()),
+    }
 }
 
 /// Writes bytes to `path` atomically (temp file in the same folder, then rename).

@@ -80,6 +80,24 @@ pub fn demo(out: &Path, size: u32, slides: usize) -> Result<()> {
             c.per_slide.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
         );
     }
-    println!("  not implemented yet: stages 1-5 (features, k-means, training, evaluation, inference)");
+    let ex = pbip_pipeline::stage1_embed_prototypes::exemplars_path(&cfg);
+    println!("  stage 1 exemplar features:   {}", ex.display());
+    let (bank, meta) = pbip_pipeline::stage2_cluster_prototypes::read_prototypes(
+        &pbip_pipeline::stage2_cluster_prototypes::prototypes_path(&cfg),
+    )?;
+    println!(
+        "  stage 2 prototype bank:      {} ({} x {}, k_list {:?})",
+        pbip_pipeline::stage2_cluster_prototypes::prototypes_path(&cfg).display(),
+        bank.shape.first().copied().unwrap_or(0),
+        meta.dim,
+        meta.k_list
+    );
+    println!(
+        "  stage 2 prototype sheets:    {}",
+        pbip_pipeline::stage1_embed_prototypes::output_dir(&cfg)
+            .join(pbip_pipeline::stage2_cluster_prototypes::SHEETS_DIR)
+            .display()
+    );
+    println!("  not implemented yet: stages 3-5 (training, evaluation, inference)");
     Ok(())
 }

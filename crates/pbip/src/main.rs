@@ -74,6 +74,10 @@ impl From<BackendArg> for Backend {
 enum Command {
     /// Stage 0: sample prototype coordinates per class from the training slides.
     SamplePrototypes(ConfigArgs),
+    /// Stage 1: encoder (MedCLIP/Swin) features of the prototype patches.
+    EmbedPrototypes(ConfigArgs),
+    /// Stage 2: per-class cosine k-means of the features → the prototype bank.
+    ClusterPrototypes(ConfigArgs),
     /// Run the implemented stages in order, skipping those whose outputs are up to date.
     Run {
         #[command(flatten)]
@@ -180,12 +184,9 @@ fn progress() -> RunOptions {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::SamplePrototypes(args) => {
-            let cfg = args.load()?;
-            let report = pbip_pipeline::run_stage(0, &cfg, &progress())?;
-            print_report(&report);
-            Ok(())
-        }
+        Command::SamplePrototypes(args) => run_one(0, &args),
+        Command::EmbedPrototypes(args) => run_one(1, &args),
+        Command::ClusterPrototypes(args) => run_one(2, &args),
         Command::Run { config, force } => {
             let cfg = config.load()?;
             run_pipeline(&cfg, force)
@@ -201,6 +202,13 @@ fn run(cli: Cli) -> Result<()> {
             read_region(&slide, x, y, level, width, height, &out, backend)
         }
     }
+}
+
+fn run_one(stage: usize, args: &ConfigArgs) -> Result<()> {
+    let cfg = args.load()?;
+    let report = pbip_pipeline::run_stage(stage, &cfg, &progress())?;
+    print_report(&report);
+    Ok(())
 }
 
 /// Runs every implemented stage in order (skipping up-to-date ones unless `force`).

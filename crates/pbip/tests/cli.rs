@@ -265,6 +265,11 @@ fn demo_runs_end_to_end() {
         let f = out_dir.join("work/prototype_coordinates").join(format!("{class}.npy"));
         let c = Coordinates::read(&f).unwrap();
         assert!(!c.is_empty(), "{}", f.display());
+        let sheet = out_dir.join("work/image_features/prototype_sheets").join(format!("{class}.png"));
+        assert!(sheet.is_file(), "{}", sheet.display());
+    }
+    for f in ["exemplars.safetensors", "encoder.safetensors", "prototypes.safetensors"] {
+        assert!(out_dir.join("work/image_features").join(f).is_file(), "{f} missing:\n{out}");
     }
     // Second run reuses data and skips the up-to-date stage.
     let out = ok(&["demo", "--out", s(&out_dir), "--size", "1024", "--slides", "4"]);

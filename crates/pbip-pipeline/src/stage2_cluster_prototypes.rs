@@ -1,0 +1,338 @@
+//! Stage 2: per-class cosine k-means of the stage-1 features → the prototype bank.
+//!
+//! Per class (class_order): the class's exemplar rows are L2-normalised and clustered with
+//! [`pbip_kmeans::fit_f32`] (k = `prototypes.k_list[c]`; init, restarts, empty-cluster policy,
+//! iterations and seed from `prototypes.kmeans`; `nearest_k` selects the paper variant where a
+//! prototype is the normalised mean of the `nearest_k` members nearest its centre).
+//!
+//! Outputs in `<work_dir>/image_features/`:
+//! * `prototypes.safetensors`: `features` [ΣK, D] (unit rows, class_order then cluster);
+//!   metadata `pbip` (JSON [`PrototypesMeta`]: k_list, class_order, cumsum_k, per-cluster sizes and
+//!   mean cosine to the centre, k-means settings, the exemplar file and encoder identity).
+//! * `prototype_sheets/<class>.png`: one row per prototype, the `sheet_patches_per_cluster`
+//!   exemplar patches most similar to it (left = most similar), so a person can see what each
+//!   prototype stands for.
+//! * `prototypes.json`: the metadata, human-readable, written last (completion marker).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use pbip_config::{Config, EmptyCluster, KMeansInit};
+use pbip_kmeans::{EmptyClusterPolicy, InitMethod, KMeansConfig};
+use pbip_slide::{Origin, PatchGeometry, RgbImage, Slide};
+use pbip_weights::{HostTensor, TensorMap};
+use serde::{Deserialize, Serialize};
+
+use crate::encoder::{EncoderIdentity, META_KEY};
+use crate::stage1_embed_prototypes as stage1;
+use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport};
+
+/// Prototype bank file.
+pub const PROTOTYPES_FILE: &str = "prototypes.safetensors";
+/// Summary / completion marker.
+pub const SUMMARY_FILE: &str = "prototypes.json";
+/// Folder of the per-class PNG sheets.
+pub const SHEETS_DIR: &str = "prototype_sheets";
+/// Thumbnail side in the sheets, pixels.
+pub const SHEET_THUMB_PX: u32 = 112;
+
+const STAGE: &str = "cluster-prototypes";
+
+/// Stage description.
+pub const INFO: StageInfo = StageInfo {
+    index: 2,
+    command: STAGE,
+    description: "per-class cosine k-means of the exemplar features (the prototype bank)",
+    output_dir: stage1::OUTPUT_DIR,
+};
+
+/// Per-class clustering result.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClassClusters {
+    /// Class name.
+    pub class: String,
+    /// Exemplars of the class.
+    pub exemplars: usize,
+    /// k.
+    pub k: usize,
+    /// Members per cluster.
+    pub cluster_sizes: Vec<usize>,
+    /// Mean cosine of the members to their centre (null for an empty cluster).
+    pub mean_cosine: Vec<Option<f64>>,
+    /// Σ cos(x, own centre).
+    pub objective: f64,
+    /// Lloyd iterations of the kept run.
+    pub iterations: usize,
+    /// Whether the kept run converged.
+    pub converged: bool,
+}
+
+/// Metadata of `prototypes.safetensors` (also `prototypes.json`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PrototypesMeta {
+    /// Format tag.
+    pub format: String,
+    /// Class names.
+    pub class_order: Vec<String>,
+    /// Prototypes per class.
+    pub k_list: Vec<usize>,
+    /// `cumsum([0] + k_list)`.
+    pub cumsum_k: Vec<usize>,
+    /// Feature width.
+    pub dim: usize,
+    /// Per-class details.
+    pub classes: Vec<ClassClusters>,
+    /// k-means settings used.
+    pub kmeans: serde_json::Value,
+    /// The exemplar file the prototypes come from.
+    pub exemplars: PathBuf,
+    /// Encoder of the exemplars (training must use the same).
+    pub encoder: EncoderIdentity,
+    /// Settings this output depends on.
+    pub fingerprint: serde_json::Value,
+}
+
+/// Path of `prototypes.safetensors`.
+pub fn prototypes_path(cfg: &Config) -> PathBuf {
+    stage1::output_dir(cfg).join(PROTOTYPES_FILE)
+}
+
+fn fingerprint(cfg: &Config) -> serde_json::Value {
+    serde_json::json!({
+        "class_order": cfg.class_order,
+        "k_list": cfg.prototypes.k_list,
+        "kmeans": cfg.prototypes.kmeans,
+        "seed": cfg.kmeans_seed(),
+        "sheet_patches_per_cluster": cfg.prototypes.sheet_patches_per_cluster,
+    })
+}
+
+fn data_err(message: String) -> PipelineError {
+    PipelineError::Data { stage: STAGE, message }
+}
+
+/// The k-means settings of the config for class `c`.
+pub fn kmeans_config(cfg: &Config, k: usize) -> KMeansConfig {
+    let km = &cfg.prototypes.kmeans;
+    KMeansConfig {
+        k,
+        max_iter: km.max_iter,
+        init: match km.init {
+            KMeansInit::Random => InitMethod::Random,
+            KMeansInit::KMeansPlusPlus => InitMethod::KMeansPlusPlus,
+            KMeansInit::NumpyLegacy => InitMethod::NumpyLegacy,
+        },
+        n_init: km.n_init,
+        seed: cfg.kmeans_seed(),
+        empty_cluster: match km.empty_cluster {
+            EmptyCluster::Keep => EmptyClusterPolicy::Keep,
+            EmptyCluster::ReseedFarthest => EmptyClusterPolicy::ReseedFarthest,
+        },
+        nearest_members: km.nearest_k,
+        ..KMeansConfig::default()
+    }
+}
+
+fn column(map: &TensorMap, name: &str, n: usize, path: &Path) -> Result<Vec<f32>, PipelineError> {
+    match map.get(name) {
+        Some(t) if t.data.len() == n => Ok(t.data.clone()),
+        Some(t) => Err(data_err(format!("{}: `{name}` has {} values, expected {n}", path.display(), t.data.len()))),
+        None => Err(data_err(format!("{}: tensor `{name}` is missing", path.display()))),
+    }
+}
+
+/// Runs stage 2.
+pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineError> {
+    let ex_path = stage1::exemplars_path(cfg);
+    if !ex_path.is_file() {
+        return Err(data_err(format!("{} is missing: run `pbip embed-prototypes` first", ex_path.display())));
+    }
+    let (map, ex_meta) = stage1::read_exemplars(&ex_path)?;
+    if ex_meta.class_order != cfg.class_order {
+        return Err(data_err(format!(
+            "{} was computed for class_order {:?}, the config has {:?}: rerun `pbip embed-prototypes`",
+            ex_path.display(),
+            ex_meta.class_order,
+            cfg.class_order
+        )));
+    }
+    let feats = map.get("features").ok_or_else(|| data_err(format!("{}: tensor `features` is missing", ex_path.display())))?;
+    let (n, dim) = match feats.shape.as_slice() {
+        [n, d] => (*n, *d),
+        s => return Err(data_err(format!("{}: `features` has shape {s:?}, expected [N, D]", ex_path.display()))),
+    };
+    let class_ix = column(&map, "class_index", n, &ex_path)?;
+    let slide_ix = column(&map, "slide_index", n, &ex_path)?;
+    let xs = column(&map, "x_lv0", n, &ex_path)?;
+    let ys = column(&map, "y_lv0", n, &ex_path)?;
+    let levels = column(&map, "tile_level", n, &ex_path)?;
+    let sizes = column(&map, "tile_size_resized", n, &ex_path)?;
+
+    let mut bank: Vec<f32> = Vec::new();
+    let mut classes = Vec::new();
+    let mut cumsum = vec![0usize];
+    let mut sheets: Vec<(String, Vec<Vec<usize>>)> = Vec::new();
+    for (c, class) in cfg.class_order.iter().enumerate() {
+        let k = cfg.prototypes.k_list.get(c).copied().unwrap_or(0);
+        let rows: Vec<usize> = (0..n).filter(|&i| class_ix[i] as usize == c).collect();
+        if rows.is_empty() {
+            return Err(data_err(format!("class `{class}` has no exemplars in {}", ex_path.display())));
+        }
+        if rows.len() < k {
+            return Err(data_err(format!(
+                "class `{class}` has {} exemplar(s) but prototypes.k_list asks for k = {k}: lower k or raise \
+                 prototypes.num_per_class / samples_per_wsi",
+                rows.len()
+            )));
+        }
+        let mut x = Vec::with_capacity(rows.len() * dim);
+        for &r in &rows {
+            x.extend_from_slice(&feats.data[r * dim..(r + 1) * dim]);
+        }
+        let res = pbip_kmeans::fit_f32(&x, rows.len(), dim, &kmeans_config(cfg, k))
+            .map_err(|e| data_err(format!("class `{class}` ({} exemplars): {e}", rows.len())))?;
+        bank.extend(res.prototypes_f32());
+        cumsum.push(cumsum[c] + k);
+        // Members of each cluster sorted by cosine to the prototype (features unit-normalised).
+        let norm: Vec<f64> = pbip_kmeans::normalize_rows(&x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), rows.len(), dim)
+            .map_err(|e| data_err(format!("class `{class}`: {e}")))?;
+        let per = cfg.prototypes.sheet_patches_per_cluster;
+        let mut sheet_rows = Vec::with_capacity(k);
+        for j in 0..k {
+            let p = &res.prototypes[j * dim..(j + 1) * dim];
+            let mut members: Vec<(f64, usize)> = (0..rows.len())
+                .filter(|&i| res.assignment[i] == j)
+                .map(|i| (norm[i * dim..(i + 1) * dim].iter().zip(p).map(|(a, b)| a * b).sum::<f64>(), rows[i]))
+                .collect();
+            members.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+            sheet_rows.push(members.into_iter().take(per).map(|(_, r)| r).collect());
+        }
+        sheets.push((class.clone(), sheet_rows));
+        tracing::info!(class = %class, k, exemplars = rows.len(), iterations = res.iterations, sizes = ?res.cluster_sizes, "clustered");
+        classes.push(ClassClusters {
+            class: class.clone(),
+            exemplars: rows.len(),
+            k,
+            cluster_sizes: res.cluster_sizes.clone(),
+            mean_cosine: res.mean_cosine.clone(),
+            objective: res.objective,
+            iterations: res.iterations,
+            converged: res.converged,
+        });
+    }
+
+    let out_dir = stage1::output_dir(cfg);
+    let summary_path = out_dir.join(SUMMARY_FILE);
+    if summary_path.exists() {
+        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io { path: summary_path.clone(), source })?;
+    }
+    let total_k = *cumsum.last().unwrap_or(&0);
+    let meta = PrototypesMeta {
+        format: "pbip.prototypes.v1".into(),
+        class_order: cfg.class_order.clone(),
+        k_list: cfg.prototypes.k_list.clone(),
+        cumsum_k: cumsum,
+        dim,
+        classes,
+        kmeans: serde_json::to_value(kmeans_config(cfg, 0)).unwrap_or_default(),
+        exemplars: ex_path.clone(),
+        encoder: ex_meta.encoder.clone(),
+        fingerprint: fingerprint(cfg),
+    };
+    let json = serde_json::to_string_pretty(&meta)
+        .map_err(|e| PipelineError::Json { path: summary_path.clone(), message: e.to_string() })?;
+    let mut tensors = TensorMap::new();
+    tensors.insert("features".into(), HostTensor::new(vec![total_k, dim], bank).map_err(|e| data_err(e.to_string()))?);
+    let mut st_meta = BTreeMap::new();
+    st_meta.insert(META_KEY.to_string(), json.clone());
+    let proto_path = out_dir.join(PROTOTYPES_FILE);
+    pbip_weights::write_safetensors_atomic(&proto_path, &tensors, &st_meta)
+        .map_err(|e| data_err(format!("{}: {e}", proto_path.display())))?;
+
+    // Sheets: read the exemplar patches again (cheap; a few per prototype).
+    let sheet_dir = out_dir.join(SHEETS_DIR);
+    std::fs::create_dir_all(&sheet_dir).map_err(|source| PipelineError::Io { path: sheet_dir.clone(), source })?;
+    let open_opts = crate::stage0_sample_prototypes::open_options(cfg, true);
+    let mut open: BTreeMap<usize, Slide> = BTreeMap::new();
+    let mut outputs = vec![proto_path.clone()];
+    for (class, rows) in &sheets {
+        let cols = rows.iter().map(Vec::len).max().unwrap_or(0).max(1) as u32;
+        let t = SHEET_THUMB_PX;
+        let gap = 4u32;
+        let mut sheet = RgbImage::filled(cols * (t + gap) + gap, rows.len() as u32 * (t + gap) + gap, [255, 255, 255]);
+        for (j, members) in rows.iter().enumerate() {
+            for (m, &r) in members.iter().enumerate() {
+                let si = slide_ix[r] as usize;
+                if !open.contains_key(&si) {
+                    let path = ex_meta.slide_paths.get(si).ok_or_else(|| data_err(format!("slide index {si} out of range")))?;
+                    open.insert(si, Slide::open(path, &open_opts)?);
+                }
+                let Some(slide) = open.get(&si) else { continue };
+                let geom = PatchGeometry {
+                    level: levels[r] as usize,
+                    read_size_px: sizes[r] as u32,
+                    out_size_px: t,
+                    origin: Origin::TopLeft,
+                };
+                let img = slide.read_patch(xs[r] as i64, ys[r] as i64, &geom)?;
+                blit(&mut sheet, &img, gap + m as u32 * (t + gap), gap + j as u32 * (t + gap));
+            }
+        }
+        let p = sheet_dir.join(format!("{class}.png"));
+        pbip_slide::write_png(&p, &sheet)?;
+        outputs.push(p);
+    }
+    let cfg_path = cfg.write_resolved(&out_dir)?;
+    outputs.push(cfg_path);
+    crate::write_atomic(&summary_path, json.as_bytes())?;
+    outputs.push(summary_path);
+
+    let mut summary = vec![format!("{total_k} prototypes ({dim}-d) -> {}", proto_path.display())];
+    for c in &meta.classes {
+        summary.push(format!(
+            "{}: k={} from {} exemplars, cluster sizes {:?}, mean cosine {}",
+            c.class,
+            c.k,
+            c.exemplars,
+            c.cluster_sizes,
+            c.mean_cosine.iter().map(|m| m.map_or("-".into(), |v| format!("{v:.4}"))).collect::<Vec<_>>().join(" ")
+        ));
+    }
+    summary.push(format!("prototype sheets: {}", sheet_dir.display()));
+    Ok(StageReport { stage: INFO, output_dir: out_dir, outputs, summary })
+}
+
+fn blit(dst: &mut RgbImage, src: &RgbImage, x0: u32, y0: u32) {
+    for y in 0..src.height.min(dst.height.saturating_sub(y0)) {
+        let w = src.width.min(dst.width.saturating_sub(x0)) as usize;
+        let s = (y as usize * src.width as usize) * 3;
+        let d = ((y0 + y) as usize * dst.width as usize + x0 as usize) * 3;
+        dst.data[d..d + w * 3].copy_from_slice(&src.data[s..s + w * 3]);
+    }
+}
+
+/// Reads a prototype bank: features `[ΣK, D]` (row-major) and metadata.
+pub fn read_prototypes(path: &Path) -> Result<(HostTensor, PrototypesMeta), PipelineError> {
+    let (map, meta) = pbip_weights::read_tensors(path).map_err(|e| data_err(format!("{}: {e}", path.display())))?;
+    let json = meta
+        .get(META_KEY)
+        .ok_or_else(|| data_err(format!("{}: no pbip metadata (not written by `pbip cluster-prototypes`)", path.display())))?;
+    let meta: PrototypesMeta =
+        serde_json::from_str(json).map_err(|e| PipelineError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+    let f = map.get("features").cloned().ok_or_else(|| data_err(format!("{}: tensor `features` is missing", path.display())))?;
+    Ok((f, meta))
+}
+
+/// Whether stage 2's outputs are complete, newer than stage 1's, and made with the same settings.
+pub fn freshness(cfg: &Config) -> Freshness {
+    let dir = stage1::output_dir(cfg);
+    let summary: Option<PrototypesMeta> =
+        std::fs::read_to_string(dir.join(SUMMARY_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let Some(summary) = summary else {
+        return Freshness::Stale(format!("no previous {SUMMARY_FILE}"));
+    };
+    if summary.fingerprint != fingerprint(cfg) {
+        return Freshness::Stale("settings changed since the last run".into());
+    }
+    crate::compare_mtimes(&[dir.join(PROTOTYPES_FILE), dir.join(SUMMARY_FILE)], &[dir.join(stage1::EXEMPLARS_FILE)])
+}
