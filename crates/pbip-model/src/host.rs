@@ -1,0 +1,3 @@
+//! Host-side tensors: the shared [`HostTensor`] / [`TensorMap`] of `pbip-weights`.
+
+pub use pbip_weights::{HostTensor, TensorMap};
