@@ -112,7 +112,8 @@ impl SwinConfig {
 
     /// Parses a JSON object with HF `SwinConfig` field names (e.g. the fixture's `swin` metadata).
     pub fn from_json(json: &str) -> Result<Self, EncoderError> {
-        let c: Self = serde_json::from_str(json).map_err(|e| EncoderError::Config(format!("{e} in {json}")))?;
+        let c: Self = serde_json::from_str(json)
+            .map_err(|e| EncoderError::Config(format!("{e} in {json}")))?;
         c.validate()?;
         Ok(c)
     }
@@ -135,7 +136,11 @@ impl SwinConfig {
     /// Checks the settings are usable.
     pub fn validate(&self) -> Result<(), EncoderError> {
         let err = |m: String| Err(EncoderError::Config(m));
-        if self.patch_size == 0 || self.embed_dim == 0 || self.window_size == 0 || self.proj_dim == 0 {
+        if self.patch_size == 0
+            || self.embed_dim == 0
+            || self.window_size == 0
+            || self.proj_dim == 0
+        {
             return err(format!("sizes must be positive: {self:?}"));
         }
         if self.num_channels == 0 {
@@ -148,17 +153,26 @@ impl SwinConfig {
             ));
         }
         if self.depths.len() > 8 {
-            return err(format!("at most 8 stages supported, got {}", self.depths.len()));
+            return err(format!(
+                "at most 8 stages supported, got {}",
+                self.depths.len()
+            ));
         }
         for (i, &h) in self.num_heads.iter().enumerate() {
             if h == 0 || !self.stage_dim(i).is_multiple_of(h) {
-                return err(format!("stage {i}: width {} is not divisible by {h} heads", self.stage_dim(i)));
+                return err(format!(
+                    "stage {i}: width {} is not divisible by {h} heads",
+                    self.stage_dim(i)
+                ));
             }
         }
         let ratio_ok = self.mlp_ratio.is_finite() && self.mlp_ratio > 0.0;
         let eps_ok = self.layer_norm_eps.is_finite() && self.layer_norm_eps > 0.0;
         if !ratio_ok || !eps_ok {
-            return err(format!("mlp_ratio {} / layer_norm_eps {} invalid", self.mlp_ratio, self.layer_norm_eps));
+            return err(format!(
+                "mlp_ratio {} / layer_norm_eps {} invalid",
+                self.mlp_ratio, self.layer_norm_eps
+            ));
         }
         Ok(())
     }
@@ -178,8 +192,13 @@ mod tests {
         assert_eq!(c.proj_dim, 512);
         assert_eq!(c.mlp_hidden(3), 768);
         assert_eq!(SwinConfig::swin_tiny().num_features(), 768);
-        assert!(SwinConfig::from_json(r#"{"embed_dim": 24, "depths": [1], "num_heads": [5]}"#).is_err());
-        assert!(SwinConfig::from_json(r#"{"embed_dim": 24, "depths": [1, 2], "num_heads": [1]}"#).is_err());
+        assert!(
+            SwinConfig::from_json(r#"{"embed_dim": 24, "depths": [1], "num_heads": [5]}"#).is_err()
+        );
+        assert!(
+            SwinConfig::from_json(r#"{"embed_dim": 24, "depths": [1, 2], "num_heads": [1]}"#)
+                .is_err()
+        );
         assert!(SwinConfig::from_json("nope").is_err());
     }
 }

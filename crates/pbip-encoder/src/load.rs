@@ -76,7 +76,12 @@ impl<'a> Builder<'a> {
         Tensor::from_data(TensorData::new(v, shape), &self.device)
     }
 
-    pub(crate) fn param<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Param<Tensor<D>> {
+    pub(crate) fn param<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Param<Tensor<D>> {
         Param::from_tensor(self.tensor(name, shape, init))
     }
 
@@ -123,11 +128,16 @@ impl<'a> Builder<'a> {
             // torch nn.Linear default (kaiming_uniform, a=sqrt(5)): U(-1/sqrt(in), 1/sqrt(in)).
             ProjSource::Random(rng) => {
                 let bound = 1.0 / (d_in as f64).sqrt();
-                (0..d_in * d_out).map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * bound) as f32).collect()
+                (0..d_in * d_out)
+                    .map(|_| ((rng.random::<f64>() * 2.0 - 1.0) * bound) as f32)
+                    .collect()
             }
         };
         let w: Tensor<2> = Tensor::from_data(TensorData::new(v, [d_out, d_in]), &self.device);
-        Linear { weight: Param::from_tensor(w.transpose()), bias: None }
+        Linear {
+            weight: Param::from_tensor(w.transpose()),
+            bias: None,
+        }
     }
 }
 
@@ -163,7 +173,9 @@ fn ignorable(name: &str) -> bool {
 }
 
 fn canonical_map(map: &TensorMap) -> TensorMap {
-    map.iter().filter_map(|(k, v)| canonical_swin_name(k).map(|c| (c, v.clone()))).collect()
+    map.iter()
+        .filter_map(|(k, v)| canonical_swin_name(k).map(|c| (c, v.clone())))
+        .collect()
 }
 
 impl MedClipVision {
@@ -215,9 +227,15 @@ impl MedClipVision {
             proj_problem: None,
         };
         let model = MedClipVision::build(&mut b, cfg);
-        let mut expected: Vec<(String, Vec<usize>)> =
-            b.expected.iter().map(|(n, s)| (format!("{prefix}{SWIN_SUBPREFIX}{n}"), s.clone())).collect();
-        expected.push((format!("{prefix}{PROJECTION_NAME}"), vec![cfg.proj_dim, cfg.num_features()]));
+        let mut expected: Vec<(String, Vec<usize>)> = b
+            .expected
+            .iter()
+            .map(|(n, s)| (format!("{prefix}{SWIN_SUBPREFIX}{n}"), s.clone()))
+            .collect();
+        expected.push((
+            format!("{prefix}{PROJECTION_NAME}"),
+            vec![cfg.proj_dim, cfg.num_features()],
+        ));
         // Re-assemble the (canonicalised) names actually present under the prefix for one check.
         let mut present = TensorMap::new();
         for (k, v) in swin {
@@ -236,7 +254,11 @@ impl MedClipVision {
             &|n| n.strip_prefix(swin_prefix.as_str()).is_some_and(ignorable),
             &ctx,
         )?;
-        tracing::debug!(prefix, tensors = expected.len(), "loaded MedCLIP vision tower");
+        tracing::debug!(
+            prefix,
+            tensors = expected.len(),
+            "loaded MedCLIP vision tower"
+        );
         Ok(model)
     }
 
@@ -268,7 +290,8 @@ impl MedClipVision {
         let model = MedClipVision::build(&mut b, cfg);
         let ctx = format!("Swin weights under prefix {swin_prefix:?}");
         // With an empty prefix, tensors of other heads (`classifier.*`, `pooler.*`) may sit alongside.
-        let extra_ok = |n: &str| ignorable(n) || n.starts_with("classifier.") || n.starts_with("pooler.");
+        let extra_ok =
+            |n: &str| ignorable(n) || n.starts_with("classifier.") || n.starts_with("pooler.");
         let swin_result = check_tensors(&swin, &b.expected, &extra_ok, &ctx);
         match (swin_result, b.proj_problem) {
             (Ok(()), None) => Ok(model),
@@ -278,11 +301,24 @@ impl MedClipVision {
                 unexpected: vec![],
                 mis_shaped: vec![(PROJECTION_NAME.into(), e, f)],
             })),
-            (Err(WeightsError::NameMismatch { context, missing, unexpected, mut mis_shaped }), p) => {
+            (
+                Err(WeightsError::NameMismatch {
+                    context,
+                    missing,
+                    unexpected,
+                    mut mis_shaped,
+                }),
+                p,
+            ) => {
                 if let Some((e, f)) = p {
                     mis_shaped.push((PROJECTION_NAME.into(), e, f));
                 }
-                Err(EncoderError::Weights(WeightsError::NameMismatch { context, missing, unexpected, mis_shaped }))
+                Err(EncoderError::Weights(WeightsError::NameMismatch {
+                    context,
+                    missing,
+                    unexpected,
+                    mis_shaped,
+                }))
             }
             (Err(e), _) => Err(e.into()),
         }
@@ -315,15 +351,25 @@ impl MedClipVision {
         let mut put = |name: String, t: HostTensor| {
             out.insert(name, t);
         };
-        put(format!("{sp}embeddings.patch_embeddings.projection.weight"), host(self.patch_embed.weight.val())?);
+        put(
+            format!("{sp}embeddings.patch_embeddings.projection.weight"),
+            host(self.patch_embed.weight.val())?,
+        );
         if let Some(bias) = &self.patch_embed.bias {
-            put(format!("{sp}embeddings.patch_embeddings.projection.bias"), host(bias.val())?);
+            put(
+                format!("{sp}embeddings.patch_embeddings.projection.bias"),
+                host(bias.val())?,
+            );
         }
         ln_out(&self.embed_norm, &format!("{sp}embeddings.norm"), &mut put)?;
         for (s, stage) in self.stages.iter().enumerate() {
             for (i, blk) in stage.blocks.iter().enumerate() {
                 let p = format!("{sp}encoder.layers.{s}.blocks.{i}");
-                ln_out(&blk.layernorm_before, &format!("{p}.layernorm_before"), &mut put)?;
+                ln_out(
+                    &blk.layernorm_before,
+                    &format!("{p}.layernorm_before"),
+                    &mut put,
+                )?;
                 lin_out(&blk.q_proj, &format!("{p}.attention.q_proj"), &mut put)?;
                 lin_out(&blk.k_proj, &format!("{p}.attention.k_proj"), &mut put)?;
                 lin_out(&blk.v_proj, &format!("{p}.attention.v_proj"), &mut put)?;
@@ -332,7 +378,11 @@ impl MedClipVision {
                     format!("{p}.attention.relative_position_bias.relative_position_bias_table"),
                     host(blk.relative_position_bias_table.val())?,
                 );
-                ln_out(&blk.layernorm_after, &format!("{p}.layernorm_after"), &mut put)?;
+                ln_out(
+                    &blk.layernorm_after,
+                    &format!("{p}.layernorm_after"),
+                    &mut put,
+                )?;
                 lin_out(&blk.fc1, &format!("{p}.mlp.fc1"), &mut put)?;
                 lin_out(&blk.fc2, &format!("{p}.mlp.fc2"), &mut put)?;
             }
@@ -343,18 +393,27 @@ impl MedClipVision {
             }
         }
         ln_out(&self.layernorm, &format!("{sp}layernorm"), &mut put)?;
-        put(format!("{prefix}{PROJECTION_NAME}"), host(self.projection.weight.val().transpose())?);
+        put(
+            format!("{prefix}{PROJECTION_NAME}"),
+            host(self.projection.weight.val().transpose())?,
+        );
         Ok(out)
     }
 }
 
 fn host<const D: usize>(t: Tensor<D>) -> Result<HostTensor, EncoderError> {
     let shape = t.dims().to_vec();
-    let data = t.try_into_vec_as::<f32>().map_err(|e| EncoderError::Backend(format!("{e:?}")))?;
+    let data = t
+        .try_into_vec_as::<f32>()
+        .map_err(|e| EncoderError::Backend(format!("{e:?}")))?;
     Ok(HostTensor { shape, data })
 }
 
-fn lin_out(l: &Linear, p: &str, put: &mut dyn FnMut(String, HostTensor)) -> Result<(), EncoderError> {
+fn lin_out(
+    l: &Linear,
+    p: &str,
+    put: &mut dyn FnMut(String, HostTensor),
+) -> Result<(), EncoderError> {
     put(format!("{p}.weight"), host(l.weight.val().transpose())?);
     if let Some(b) = &l.bias {
         put(format!("{p}.bias"), host(b.val())?);
@@ -362,7 +421,11 @@ fn lin_out(l: &Linear, p: &str, put: &mut dyn FnMut(String, HostTensor)) -> Resu
     Ok(())
 }
 
-fn ln_out(l: &LayerNorm, p: &str, put: &mut dyn FnMut(String, HostTensor)) -> Result<(), EncoderError> {
+fn ln_out(
+    l: &LayerNorm,
+    p: &str,
+    put: &mut dyn FnMut(String, HostTensor),
+) -> Result<(), EncoderError> {
     put(format!("{p}.weight"), host(l.gamma.val())?);
     if let Some(b) = &l.beta {
         put(format!("{p}.bias"), host(b.val())?);
@@ -387,11 +450,22 @@ mod tests {
         );
         assert_eq!(
             c("encoder.layers.2.blocks.0.attention.self.relative_position_bias_table").as_deref(),
-            Some("encoder.layers.2.blocks.0.attention.relative_position_bias.relative_position_bias_table")
+            Some(
+                "encoder.layers.2.blocks.0.attention.relative_position_bias.relative_position_bias_table"
+            )
         );
-        assert_eq!(c("encoder.layers.0.blocks.0.intermediate.dense.weight").as_deref(), Some("encoder.layers.0.blocks.0.mlp.fc1.weight"));
-        assert_eq!(c("encoder.layers.0.blocks.0.output.dense.weight").as_deref(), Some("encoder.layers.0.blocks.0.mlp.fc2.weight"));
-        assert_eq!(c("encoder.layers.0.blocks.0.attention.self.relative_position_index"), None);
+        assert_eq!(
+            c("encoder.layers.0.blocks.0.intermediate.dense.weight").as_deref(),
+            Some("encoder.layers.0.blocks.0.mlp.fc1.weight")
+        );
+        assert_eq!(
+            c("encoder.layers.0.blocks.0.output.dense.weight").as_deref(),
+            Some("encoder.layers.0.blocks.0.mlp.fc2.weight")
+        );
+        assert_eq!(
+            c("encoder.layers.0.blocks.0.attention.self.relative_position_index"),
+            None
+        );
         assert_eq!(c("layernorm.weight").as_deref(), Some("layernorm.weight"));
     }
 }

@@ -92,9 +92,8 @@ pub(crate) fn relative_position_index(ws: usize, table_ws: usize) -> Vec<i64> {
 
 /// HF `get_attn_mask` for a padded `h×w` map: `[num_windows, N, N]` with 0 / -100.
 pub(crate) fn shifted_window_mask(h: usize, w: usize, ws: usize, shift: usize) -> Vec<f32> {
-    let region = |i: usize, len: usize| -> usize {
-        (i + ws >= len) as usize + (i + shift >= len) as usize
-    };
+    let region =
+        |i: usize, len: usize| -> usize { (i + ws >= len) as usize + (i + shift >= len) as usize };
     let (nh, nw) = (h / ws, w / ws);
     let n = ws * ws;
     let mut out = Vec::with_capacity(nh * nw * n * n);
@@ -123,25 +122,46 @@ fn roll<const D: usize>(x: Tensor<D>, dim: usize, s: usize, forward: bool) -> Te
         return x;
     }
     let k = if forward { s } else { n - s };
-    Tensor::cat(vec![x.clone().narrow(dim, k, n - k), x.narrow(dim, 0, k)], dim)
+    Tensor::cat(
+        vec![x.clone().narrow(dim, k, n - k), x.narrow(dim, 0, k)],
+        dim,
+    )
 }
 
 /// Zero-pads `[B,H,W,C]` at the bottom/right to `hp×wp`.
 fn pad_hw(x: Tensor<4>, hp: usize, wp: usize) -> Tensor<4> {
     let [b, h, w, c] = x.dims();
     let device = x.device();
-    let x = if wp > w { Tensor::cat(vec![x, Tensor::zeros([b, h, wp - w, c], &device)], 2) } else { x };
-    if hp > h { Tensor::cat(vec![x, Tensor::zeros([b, hp - h, wp, c], &device)], 1) } else { x }
+    let x = if wp > w {
+        Tensor::cat(vec![x, Tensor::zeros([b, h, wp - w, c], &device)], 2)
+    } else {
+        x
+    };
+    if hp > h {
+        Tensor::cat(vec![x, Tensor::zeros([b, hp - h, wp, c], &device)], 1)
+    } else {
+        x
+    }
 }
 
 impl SwinBlock {
-    pub(crate) fn build(b: &mut Builder<'_>, p: &str, cfg: &SwinConfig, stage: usize, index: usize) -> Self {
+    pub(crate) fn build(
+        b: &mut Builder<'_>,
+        p: &str,
+        cfg: &SwinConfig,
+        stage: usize,
+        index: usize,
+    ) -> Self {
         let dim = cfg.stage_dim(stage);
         let heads = cfg.num_heads[stage];
         let hidden = cfg.mlp_hidden(stage);
         let side = 2 * cfg.window_size - 1;
         Self {
-            layernorm_before: b.layer_norm(&format!("{p}.layernorm_before"), dim, cfg.layer_norm_eps),
+            layernorm_before: b.layer_norm(
+                &format!("{p}.layernorm_before"),
+                dim,
+                cfg.layer_norm_eps,
+            ),
             q_proj: b.linear(&format!("{p}.attention.q_proj"), dim, dim, true),
             k_proj: b.linear(&format!("{p}.attention.k_proj"), dim, dim, true),
             v_proj: b.linear(&format!("{p}.attention.v_proj"), dim, dim, true),
@@ -156,7 +176,11 @@ impl SwinBlock {
             fc2: b.linear(&format!("{p}.mlp.fc2"), hidden, dim, true),
             num_heads: heads,
             window_size: cfg.window_size,
-            shift_size: if index % 2 == 1 { cfg.window_size / 2 } else { 0 },
+            shift_size: if index % 2 == 1 {
+                cfg.window_size / 2
+            } else {
+                0
+            },
         }
     }
 
@@ -175,7 +199,11 @@ impl SwinBlock {
         let hp = h.div_ceil(ws) * ws;
         let wp = w.div_ceil(ws) * ws;
         let x = pad_hw(x, hp, wp);
-        let x = if shift > 0 { roll(roll(x, 1, shift, true), 2, shift, true) } else { x };
+        let x = if shift > 0 {
+            roll(roll(x, 1, shift, true), 2, shift, true)
+        } else {
+            x
+        };
         let (nh, nw) = (hp / ws, wp / ws);
         let n = ws * ws;
         let nwin = nh * nw;
@@ -223,10 +251,20 @@ impl SwinBlock {
             .reshape([b, nh, nw, ws, ws, c])
             .permute([0, 1, 3, 2, 4, 5])
             .reshape([b, hp, wp, c]);
-        let out = if shift > 0 { roll(roll(out, 1, shift, false), 2, shift, false) } else { out };
-        let out = if hp > h || wp > w { out.narrow(1, 0, h).narrow(2, 0, w) } else { out };
+        let out = if shift > 0 {
+            roll(roll(out, 1, shift, false), 2, shift, false)
+        } else {
+            out
+        };
+        let out = if hp > h || wp > w {
+            out.narrow(1, 0, h).narrow(2, 0, w)
+        } else {
+            out
+        };
         let x = shortcut + out.reshape([b, h * w, c]);
-        let y = self.fc2.forward(gelu(self.fc1.forward(self.layernorm_after.forward(x.clone()))));
+        let y = self.fc2.forward(gelu(
+            self.fc1.forward(self.layernorm_after.forward(x.clone())),
+        ));
         x + y
     }
 }
@@ -257,22 +295,40 @@ impl PatchMerging {
 impl MedClipVision {
     pub(crate) fn build(b: &mut Builder<'_>, cfg: &SwinConfig) -> Self {
         let e = cfg.embed_dim;
-        let patch_embed =
-            b.conv("embeddings.patch_embeddings.projection", cfg.num_channels, e, cfg.patch_size);
+        let patch_embed = b.conv(
+            "embeddings.patch_embeddings.projection",
+            cfg.num_channels,
+            e,
+            cfg.patch_size,
+        );
         let embed_norm = b.layer_norm("embeddings.norm", e, 1e-5);
         let n_stages = cfg.depths.len();
         let stages = (0..n_stages)
             .map(|s| SwinStage {
                 blocks: (0..cfg.depths[s])
-                    .map(|i| SwinBlock::build(b, &format!("encoder.layers.{s}.blocks.{i}"), cfg, s, i))
+                    .map(|i| {
+                        SwinBlock::build(b, &format!("encoder.layers.{s}.blocks.{i}"), cfg, s, i)
+                    })
                     .collect(),
-                downsample: (s + 1 < n_stages)
-                    .then(|| PatchMerging::build(b, &format!("encoder.layers.{s}.downsample"), cfg.stage_dim(s))),
+                downsample: (s + 1 < n_stages).then(|| {
+                    PatchMerging::build(
+                        b,
+                        &format!("encoder.layers.{s}.downsample"),
+                        cfg.stage_dim(s),
+                    )
+                }),
             })
             .collect();
         let layernorm = b.layer_norm("layernorm", cfg.num_features(), cfg.layer_norm_eps);
         let projection = b.projection(cfg.num_features(), cfg.proj_dim);
-        Self { patch_embed, embed_norm, stages, layernorm, projection, patch_size: cfg.patch_size }
+        Self {
+            patch_embed,
+            embed_norm,
+            stages,
+            layernorm,
+            projection,
+            patch_size: cfg.patch_size,
+        }
     }
 
     /// Swin pooled output (`pooler_output`, `[B, num_features]`): the features before the projection.
@@ -288,7 +344,9 @@ impl MedClipVision {
         };
         let x = self.patch_embed.forward(x);
         let [_, c, mut gh, mut gw] = x.dims();
-        let mut x = self.embed_norm.forward(x.reshape([b, c, gh * gw]).swap_dims(1, 2));
+        let mut x = self
+            .embed_norm
+            .forward(x.reshape([b, c, gh * gw]).swap_dims(1, 2));
         for stage in &self.stages {
             for block in &stage.blocks {
                 x = block.forward(x, gh, gw);

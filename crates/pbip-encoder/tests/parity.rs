@@ -13,9 +13,14 @@ use pbip_weights::{HostTensor, TensorMap, read_pth, read_safetensors};
 /// `upstream-mit_b0-seed1`): `<stem>.safetensors`, `<stem>.classnet.pth`, `<stem>.vision.pth`.
 fn fixture_stem() -> String {
     let p = std::env::var("PBIP_PARITY_FIXTURE").unwrap_or_else(|_| {
-        format!("{}/../../../shared/fixtures/upstream-mit_b0-seed1", env!("CARGO_MANIFEST_DIR"))
+        format!(
+            "{}/../../../shared/fixtures/upstream-mit_b0-seed1",
+            env!("CARGO_MANIFEST_DIR")
+        )
     });
-    p.strip_suffix(".safetensors").map(str::to_string).unwrap_or(p)
+    p.strip_suffix(".safetensors")
+        .map(str::to_string)
+        .unwrap_or(p)
 }
 
 fn fixture_file(suffix: &str) -> PathBuf {
@@ -40,7 +45,11 @@ fn to_burn<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len());
-    let num: f64 = a.iter().zip(b).map(|(x, y)| (*x as f64 - *y as f64).powi(2)).sum();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
+        .sum();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
     (num / den).sqrt()
 }
@@ -66,8 +75,11 @@ fn parity_clip_features_from_safetensors_and_pth() {
 
     // the exported weights are exactly the fixture's tensors
     let exported = model.to_tensor_map("clip.vision_model.").unwrap();
-    let fixture_clip: TensorMap =
-        m.iter().filter(|(k, _)| k.starts_with("clip.vision_model.")).map(|(k, v)| (k.clone(), v.clone())).collect();
+    let fixture_clip: TensorMap = m
+        .iter()
+        .filter(|(k, _)| k.starts_with("clip.vision_model."))
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
     assert_eq!(exported, fixture_clip);
 
     // the same tower from the torch pickle of its state dict (prefix "")
@@ -84,18 +96,30 @@ fn parity_clip_features_from_safetensors_and_pth() {
 fn parity_gradients_reach_the_input() {
     let (m, _, cfg) = load();
     let device = Device::flex().autodiff();
-    let model = MedClipVision::from_tensor_map(&m, "clip.vision_model.", &cfg, &device).unwrap().frozen();
+    let model = MedClipVision::from_tensor_map(&m, "clip.vision_model.", &cfg, &device)
+        .unwrap()
+        .frozen();
     let img = &m["input.image"];
     // one image is enough
-    let one = HostTensor { shape: vec![1, 3, 224, 224], data: img.data[..3 * 224 * 224].to_vec() };
+    let one = HostTensor {
+        shape: vec![1, 3, 224, 224],
+        data: img.data[..3 * 224 * 224].to_vec(),
+    };
     let x = to_burn::<4>(&one, &device).require_grad();
     let y = model.forward(x.clone());
     let grads = y.sum().backward();
-    let g = x.grad(&grads).expect("input gradient").try_into_vec_as::<f32>().unwrap();
+    let g = x
+        .grad(&grads)
+        .expect("input gradient")
+        .try_into_vec_as::<f32>()
+        .unwrap();
     assert_eq!(g.len(), 3 * 224 * 224);
     assert!(g.iter().all(|v| v.is_finite()));
     let nonzero = g.iter().filter(|v| **v != 0.0).count();
-    assert!(nonzero > g.len() / 2, "only {nonzero} non-zero gradient entries");
+    assert!(
+        nonzero > g.len() / 2,
+        "only {nonzero} non-zero gradient entries"
+    );
     // frozen: parameters get no gradient
     assert!(model.projection.weight.val().grad(&grads).is_none());
 }

@@ -16,21 +16,29 @@ use std::time::Instant;
 use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
-use pbip_model::{ClassNet, ClassNetConfig, HostTensor, MergeMethod, cam_mean, classification_loss};
+use pbip_model::{
+    ClassNet, ClassNetConfig, HostTensor, MergeMethod, cam_mean, classification_loss,
+};
 
 const WARMUP: usize = 1;
 const ITERS: usize = 3;
 
 fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
     let k_list = vec![3, 3, 3, 3];
-    let cfg = ClassNetConfig::new(variant, [4, 2, 2, 1], k_list.clone()).map_err(|e| e.to_string())?;
+    let cfg =
+        ClassNetConfig::new(variant, [4, 2, 2, 1], k_list.clone()).map_err(|e| e.to_string())?;
     let protos = HostTensor {
         shape: vec![12, 512],
-        data: (0..12 * 512).map(|i| ((i % 7) as f32 - 3.0) / 64.0).collect(),
+        data: (0..12 * 512)
+            .map(|i| ((i % 7) as f32 - 3.0) / 64.0)
+            .collect(),
     };
     let device = base.clone().autodiff();
     let mut model = ClassNet::init(&cfg, &protos, 0, &device).map_err(|e| e.to_string())?;
-    let mut optim = AdamWConfig::new().with_epsilon(1e-8).with_weight_decay(1e-3).init();
+    let mut optim = AdamWConfig::new()
+        .with_epsilon(1e-8)
+        .with_weight_decay(1e-3)
+        .init();
     let x: Tensor<4> = Tensor::random([10, 3, 224, 224], Distribution::Normal(0.0, 1.0), &device);
     let y: Tensor<2> = Tensor::random([10, 4], Distribution::Bernoulli(0.5), &device);
     let weights = [0.0, 0.1, 1.0, 1.0];
@@ -91,11 +99,17 @@ fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
 }
 
 fn main() {
-    let variant = std::env::args().skip(1).find(|a| a.starts_with("mit_b")).unwrap_or_else(|| "mit_b1".into());
+    let variant = std::env::args()
+        .skip(1)
+        .find(|a| a.starts_with("mit_b"))
+        .unwrap_or_else(|| "mit_b1".into());
     #[allow(unused_mut)]
     let mut backends: Vec<(&str, Device)> = vec![("flex", Device::flex())];
     #[cfg(feature = "wgpu")]
-    backends.push(("wgpu", Device::wgpu(burn::tensor::DeviceKind::DefaultDevice)));
+    backends.push((
+        "wgpu",
+        Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
+    ));
     for (name, device) in backends {
         if let Err(e) = run(name, device, &variant) {
             eprintln!("burn-{name} {variant}: {e}");

@@ -13,7 +13,9 @@ use crate::ModelError;
 use crate::host::{HostTensor, TensorMap};
 use crate::merge::check_k_list;
 use crate::mit::{MitConfig, MixTransformer};
-use crate::params::{Init, Loader, ParamRef, Visit, collect, grad_to_host, param_to_host, walk_linear};
+use crate::params::{
+    Init, Loader, ParamRef, Visit, collect, grad_to_host, param_to_host, walk_linear,
+};
 use crate::util::l2_normalize;
 
 /// Upstream initial value of `logit_scale{i}` (1/0.07, used linearly).
@@ -32,11 +34,19 @@ pub struct ClassNetConfig {
 
 impl ClassNetConfig {
     /// `mit_b*` with strides and k_list, 512-D prototypes.
-    pub fn new(backbone: &str, strides: [usize; 4], k_list: Vec<usize>) -> Result<Self, ModelError> {
+    pub fn new(
+        backbone: &str,
+        strides: [usize; 4],
+        k_list: Vec<usize>,
+    ) -> Result<Self, ModelError> {
         let backbone = MitConfig::variant(backbone, strides)?;
         let total: usize = k_list.iter().sum();
         check_k_list(&k_list, total)?;
-        Ok(Self { backbone, k_list, proto_dim: 512 })
+        Ok(Self {
+            backbone,
+            k_list,
+            proto_dim: 512,
+        })
     }
 
     /// Total number of subclasses ΣK.
@@ -111,7 +121,9 @@ impl ClassNet {
     ) -> Result<Self, ModelError> {
         let k_total = cfg.num_subclasses();
         check_k_list(&cfg.k_list, k_total)?;
-        if prototypes.shape != [k_total, cfg.proto_dim] || prototypes.data.len() != k_total * cfg.proto_dim {
+        if prototypes.shape != [k_total, cfg.proto_dim]
+            || prototypes.data.len() != k_total * cfg.proto_dim
+        {
             return Err(ModelError::Shape(format!(
                 "prototypes have shape {:?}, expected [{k_total}, {}] for k_list {:?}",
                 prototypes.shape, cfg.proto_dim, cfg.k_list
@@ -122,11 +134,21 @@ impl ClassNet {
         let l_fc = (0..4)
             .map(|i| AdaptiveLayer {
                 fc1: l.linear(&format!("l_fc{}.fc1", i + 1), cfg.proto_dim, hidden),
-                fc2: l.linear(&format!("l_fc{}.fc2", i + 1), hidden, cfg.backbone.embed_dims[i]),
+                fc2: l.linear(
+                    &format!("l_fc{}.fc2", i + 1),
+                    hidden,
+                    cfg.backbone.embed_dims[i],
+                ),
             })
             .collect();
         let logit_scale = (0..4)
-            .map(|i| l.param(&format!("logit_scale{}", i + 1), [1], Init::Const(LOGIT_SCALE_INIT)))
+            .map(|i| {
+                l.param(
+                    &format!("logit_scale{}", i + 1),
+                    [1],
+                    Init::Const(LOGIT_SCALE_INIT),
+                )
+            })
             .collect();
         Ok(Self {
             encoder,
@@ -189,7 +211,10 @@ impl ClassNet {
         device: &Device,
     ) -> Result<Self, ModelError> {
         let nv = crate::names::to_nvlabs_backbone(backbone)?;
-        let mut full: TensorMap = nv.into_iter().map(|(k, v)| (format!("encoder.{k}"), v)).collect();
+        let mut full: TensorMap = nv
+            .into_iter()
+            .map(|(k, v)| (format!("encoder.{k}"), v))
+            .collect();
         // Head from a seeded random init.
         let head = Self::init(cfg, prototypes, seed, &Device::flex())?.to_tensor_map()?;
         for (k, v) in head {
@@ -207,7 +232,13 @@ impl ClassNet {
 
     /// Prototype bank as a host tensor `[ΣK, proto_dim]`.
     pub fn prototypes_host(&self) -> HostTensor {
-        HostTensor { shape: vec![self.prototypes.len() / self.proto_dim.max(1), self.proto_dim], data: self.prototypes.clone() }
+        HostTensor {
+            shape: vec![
+                self.prototypes.len() / self.proto_dim.max(1),
+                self.proto_dim,
+            ],
+            data: self.prototypes.clone(),
+        }
     }
 
     fn device(&self) -> Device {
@@ -246,7 +277,11 @@ impl ClassNet {
                 return false;
             }
             n = (n + 2 * p - k) / s + 1;
-            let sr = st.blocks.first().and_then(|b| b.attn.sr.as_ref()).map_or(1, |c| c.stride[0]);
+            let sr = st
+                .blocks
+                .first()
+                .and_then(|b| b.attn.sr.as_ref())
+                .map_or(1, |c| c.stride[0]);
             if n < sr.max(1) {
                 return false;
             }
@@ -255,7 +290,11 @@ impl ClassNet {
     }
 
     /// [`ClassNet::forward_with`] after [`ClassNet::check_input`].
-    pub fn try_forward(&self, images: Tensor<4>, stochastic_depth: bool) -> Result<ClassNetOutput, ModelError> {
+    pub fn try_forward(
+        &self,
+        images: Tensor<4>,
+        stochastic_depth: bool,
+    ) -> Result<ClassNetOutput, ModelError> {
         self.check_input(&images)?;
         Ok(self.forward_with(images, stochastic_depth))
     }
@@ -285,10 +324,20 @@ impl ClassNet {
             let s = self.logit_scale[i].val().reshape([1, 1]);
             let logits = x.matmul(p.transpose()) * s;
             let out = logits.reshape([b, h, w, k_total]).permute([0, 3, 1, 2]);
-            cls.push(out.clone().reshape([b, k_total, h * w]).mean_dim(2).reshape([b, k_total]));
+            cls.push(
+                out.clone()
+                    .reshape([b, k_total, h * w])
+                    .mean_dim(2)
+                    .reshape([b, k_total]),
+            );
             cam.push(if i < 3 { out.detach() } else { out });
         }
-        ClassNetOutput { cls, cam, prototypes: protos, features }
+        ClassNetOutput {
+            cls,
+            cam,
+            prototypes: protos,
+            features,
+        }
     }
 
     pub(crate) fn walk(&self, f: &mut Visit<'_>) {
@@ -332,7 +381,11 @@ impl ClassNet {
         meta.insert("format".into(), "pbip-classnet".into());
         meta.insert(
             "k_list".into(),
-            self.k_list.iter().map(|k| k.to_string()).collect::<Vec<_>>().join(","),
+            self.k_list
+                .iter()
+                .map(|k| k.to_string())
+                .collect::<Vec<_>>()
+                .join(","),
         );
         meta.insert("proto_dim".into(), self.proto_dim.to_string());
         Ok((map, meta))
@@ -349,7 +402,8 @@ impl ClassNet {
         extra: &BTreeMap<String, String>,
     ) -> Result<(), ModelError> {
         let (map, mut meta) = self.checkpoint_parts(extra)?;
-        let cfg_json = serde_json::to_string(cfg).map_err(|e| ModelError::Config(format!("config JSON: {e}")))?;
+        let cfg_json = serde_json::to_string(cfg)
+            .map_err(|e| ModelError::Config(format!("config JSON: {e}")))?;
         meta.insert("config".into(), cfg_json);
         pbip_weights::write_safetensors_atomic(path, &map, &meta)?;
         Ok(())
@@ -390,10 +444,14 @@ impl ClassNet {
     ) -> Result<(Self, ClassNetConfig, BTreeMap<String, String>), ModelError> {
         let (mut map, meta) = pbip_weights::read_safetensors(path)?;
         let cfg_json = meta.get("config").ok_or_else(|| {
-            ModelError::Config(format!("{}: no `config` entry in the safetensors metadata", path.display()))
+            ModelError::Config(format!(
+                "{}: no `config` entry in the safetensors metadata",
+                path.display()
+            ))
         })?;
-        let cfg: ClassNetConfig = serde_json::from_str(cfg_json)
-            .map_err(|e| ModelError::Config(format!("{}: bad `config` metadata: {e}", path.display())))?;
+        let cfg: ClassNetConfig = serde_json::from_str(cfg_json).map_err(|e| {
+            ModelError::Config(format!("{}: bad `config` metadata: {e}", path.display()))
+        })?;
         let protos = map.remove("prototypes").ok_or_else(|| {
             ModelError::Config(format!("{}: no `prototypes` tensor", path.display()))
         })?;

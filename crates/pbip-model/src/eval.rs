@@ -93,7 +93,10 @@ pub fn seg_label(
     let mut x = ((f - mn.clone()) / (mx - mn).add_scalar(minmax_eps)).reshape([b, n, h, w]);
     if let Some(g) = gate {
         if g.dims() != [b, n] {
-            return Err(ModelError::Shape(format!("gate {:?} vs maps [{b},{n}]", g.dims())));
+            return Err(ModelError::Shape(format!(
+                "gate {:?} vs maps [{b},{n}]",
+                g.dims()
+            )));
         }
         x = x * g.reshape([b, n, 1, 1]);
     }
@@ -101,7 +104,10 @@ pub fn seg_label(
 }
 
 /// Fuses per-scale maps with weights (weight-0 scales skipped) and takes the argmax.
-pub fn fuse_and_argmax(scales: &[Tensor<4>], weights: &[f64; 4]) -> Result<(Tensor<4>, Tensor<3, Int>), ModelError> {
+pub fn fuse_and_argmax(
+    scales: &[Tensor<4>],
+    weights: &[f64; 4],
+) -> Result<(Tensor<4>, Tensor<3, Int>), ModelError> {
     let mut fused: Option<Tensor<4>> = None;
     for (s, &w) in scales.iter().zip(weights) {
         if w == 0.0 {
@@ -115,14 +121,24 @@ pub fn fuse_and_argmax(scales: &[Tensor<4>], weights: &[f64; 4]) -> Result<(Tens
     }
     let fused = match fused {
         Some(f) => f,
-        None => scales.first().cloned().ok_or_else(|| ModelError::Shape("no scales".into()))? * 0.0,
+        None => {
+            scales
+                .first()
+                .cloned()
+                .ok_or_else(|| ModelError::Shape("no scales".into()))?
+                * 0.0
+        }
     };
     let [b, _, h, w] = fused.dims();
     let pred = fused.clone().argmax(1).reshape([b, h, w]);
     Ok((fused, pred))
 }
 
-fn gate_tensor(gate: &Gate, cls4: &Tensor<2>, k_list: &[usize]) -> Result<Option<Tensor<2>>, ModelError> {
+fn gate_tensor(
+    gate: &Gate,
+    cls4: &Tensor<2>,
+    k_list: &[usize],
+) -> Result<Option<Tensor<2>>, ModelError> {
     Ok(match gate {
         Gate::Labels(y) => Some(y.clone()),
         Gate::Predicted { threshold, merge } => {
@@ -137,7 +153,12 @@ fn gate_tensor(gate: &Gate, cls4: &Tensor<2>, k_list: &[usize]) -> Result<Option
 /// e.g. `model.valid()`). With `cfg.tta`, every (hflip, multiplier) pass is de-augmented and the
 /// per-scale maps are averaged before fusion; a [`Gate::Predicted`] gate is taken per pass
 /// from that pass's own logits.
-pub fn evaluate(model: &ClassNet, images: Tensor<4>, gate: &Gate, cfg: &EvalConfig) -> Result<EvalOutput, ModelError> {
+pub fn evaluate(
+    model: &ClassNet,
+    images: Tensor<4>,
+    gate: &Gate,
+    cfg: &EvalConfig,
+) -> Result<EvalOutput, ModelError> {
     let [_, _, h, w] = images.dims();
     let mut passes: Vec<(bool, f64)> = vec![(false, 1.0)];
     if cfg.tta {
@@ -166,7 +187,15 @@ pub fn evaluate(model: &ClassNet, images: Tensor<4>, gate: &Gate, cfg: &EvalConf
                 maps.push(None);
                 continue;
             }
-            let mut m = seg_label(cam, &model.k_list, g.clone(), h, w, cfg.merge, cfg.minmax_eps)?;
+            let mut m = seg_label(
+                cam,
+                &model.k_list,
+                g.clone(),
+                h,
+                w,
+                cfg.merge,
+                cfg.minmax_eps,
+            )?;
             if flip {
                 m = m.flip([3]);
             }
@@ -174,7 +203,14 @@ pub fn evaluate(model: &ClassNet, images: Tensor<4>, gate: &Gate, cfg: &EvalConf
         }
         let maps: Vec<Tensor<4>> = maps
             .into_iter()
-            .map(|m| m.unwrap_or_else(|| Tensor::zeros([images.dims()[0], model.k_list.len(), h, w], &images.device())))
+            .map(|m| {
+                m.unwrap_or_else(|| {
+                    Tensor::zeros(
+                        [images.dims()[0], model.k_list.len(), h, w],
+                        &images.device(),
+                    )
+                })
+            })
             .collect();
         acc = Some(match acc {
             None => maps,
@@ -188,5 +224,9 @@ pub fn evaluate(model: &ClassNet, images: Tensor<4>, gate: &Gate, cfg: &EvalConf
         .map(|t| if n > 1.0 { t / n } else { t })
         .collect();
     let (fused, pred) = fuse_and_argmax(&scales, &cfg.fuse)?;
-    Ok(EvalOutput { scales, fused, pred })
+    Ok(EvalOutput {
+        scales,
+        fused,
+        pred,
+    })
 }

@@ -19,8 +19,9 @@ pub use classnet::{AdaptiveLayer, ClassNet, ClassNetConfig, ClassNetOutput, LOGI
 pub use eval::{EvalConfig, EvalOutput, Gate, evaluate, fuse_and_argmax, seg_label};
 pub use host::{HostTensor, TensorMap};
 pub use loss::{
-    LossConfig, LossOutput, bce_with_logits, cam_l1, cam_mean, cam_total_variation, classification_loss,
-    fg_bg_images, info_nce_bg, info_nce_fg, pbip_loss, select_subclasses, selected_pairs,
+    LossConfig, LossOutput, bce_with_logits, cam_l1, cam_mean, cam_total_variation,
+    classification_loss, fg_bg_images, info_nce_bg, info_nce_fg, pbip_loss, select_subclasses,
+    selected_pairs,
 };
 pub use merge::{MergeMethod, expand_to_subclasses, merge_subclasses};
 pub use mit::{MitConfig, MixTransformer};

@@ -55,7 +55,8 @@ impl Default for LossConfig {
 impl LossConfig {
     /// Parses a JSON object; absent fields keep their defaults.
     pub fn from_json(s: &str) -> Result<Self, ModelError> {
-        let c: Self = serde_json::from_str(s).map_err(|e| ModelError::Config(format!("loss config JSON: {e}")))?;
+        let c: Self = serde_json::from_str(s)
+            .map_err(|e| ModelError::Config(format!("loss config JSON: {e}")))?;
         c.validate()?;
         Ok(c)
     }
@@ -72,14 +73,26 @@ impl LossConfig {
             self.minmax_eps,
             self.feature_eps,
         ];
-        if all.iter().chain(self.scale_weights.iter()).any(|v| !v.is_finite()) {
-            return Err(ModelError::Config(format!("loss config has a non-finite value: {self:?}")));
+        if all
+            .iter()
+            .chain(self.scale_weights.iter())
+            .any(|v| !v.is_finite())
+        {
+            return Err(ModelError::Config(format!(
+                "loss config has a non-finite value: {self:?}"
+            )));
         }
         if self.temperature <= 0.0 {
-            return Err(ModelError::Config(format!("temperature must be > 0, got {}", self.temperature)));
+            return Err(ModelError::Config(format!(
+                "temperature must be > 0, got {}",
+                self.temperature
+            )));
         }
         if !(0.0..=1.0).contains(&self.mask_threshold) {
-            return Err(ModelError::Config(format!("mask_threshold must be in [0,1], got {}", self.mask_threshold)));
+            return Err(ModelError::Config(format!(
+                "mask_threshold must be in [0,1], got {}",
+                self.mask_threshold
+            )));
         }
         Ok(())
     }
@@ -102,14 +115,20 @@ pub fn classification_loss(
     merge: MergeMethod,
 ) -> Result<Tensor<1>, ModelError> {
     if cls.len() != 4 {
-        return Err(ModelError::Shape(format!("expected 4 scales of logits, got {}", cls.len())));
+        return Err(ModelError::Shape(format!(
+            "expected 4 scales of logits, got {}",
+            cls.len()
+        )));
     }
     let mut total: Option<Tensor<1>> = None;
     for (c, &w) in cls.iter().zip(weights) {
         let merged = merge_subclasses(c.clone(), k_list, merge)?;
         let check = merged.dims();
         if check != labels.dims() {
-            return Err(ModelError::Shape(format!("merged logits {check:?} vs labels {:?}", labels.dims())));
+            return Err(ModelError::Shape(format!(
+                "merged logits {check:?} vs labels {:?}",
+                labels.dims()
+            )));
         }
         let l = bce_with_logits(merged, labels.clone()) * w;
         total = Some(match total {
@@ -122,7 +141,11 @@ pub fn classification_loss(
 
 /// Active-subclass selection `sel = (cls4 > expand(mean-merge(cls4))) ∧ expand(y)`, as 0/1
 /// `[B,ΣK]` (no gradient).
-pub fn select_subclasses(cls4: Tensor<2>, labels: Tensor<2>, k_list: &[usize]) -> Result<Tensor<2>, ModelError> {
+pub fn select_subclasses(
+    cls4: Tensor<2>,
+    labels: Tensor<2>,
+    k_list: &[usize],
+) -> Result<Tensor<2>, ModelError> {
     let cls4 = cls4.detach();
     let parent = merge_subclasses(cls4.clone(), k_list, MergeMethod::Mean)?;
     let parent_exp = expand_to_subclasses(parent, k_list)?;
@@ -155,23 +178,45 @@ pub fn fg_bg_images(
     let [b, c, h, w] = images.dims();
     let [bc, k, _, _] = cam4.dims();
     if b != bc {
-        return Err(ModelError::Shape(format!("images batch {b} vs cam batch {bc}")));
+        return Err(ModelError::Shape(format!(
+            "images batch {b} vs cam batch {bc}"
+        )));
     }
     if pairs.is_empty() {
-        return Err(ModelError::Shape("fg_bg_images needs at least one selected pair".into()));
+        return Err(ModelError::Shape(
+            "fg_bg_images needs at least one selected pair".into(),
+        ));
     }
     if let Some(bad) = pairs.iter().find(|(pb, pk)| *pb >= b || *pk >= k) {
-        return Err(ModelError::Shape(format!("pair {bad:?} outside [B={b}, ΣK={k}]")));
+        return Err(ModelError::Shape(format!(
+            "pair {bad:?} outside [B={b}, ΣK={k}]"
+        )));
     }
     let device = images.device();
     let a = resize_bilinear_align_corners(cam4, h, w);
-    let th = a.clone().detach().reshape([b, k * h * w]).max_dim(1).reshape([b, 1, 1, 1]) * mask_threshold;
-    let mbin = a.clone().detach().greater_equal(th.expand([b, k, h, w])).float();
+    let th = a
+        .clone()
+        .detach()
+        .reshape([b, k * h * w])
+        .max_dim(1)
+        .reshape([b, 1, 1, 1])
+        * mask_threshold;
+    let mbin = a
+        .clone()
+        .detach()
+        .greater_equal(th.expand([b, k, h, w]))
+        .float();
     let n = pairs.len();
     let flat: Vec<usize> = pairs.iter().map(|(pb, pk)| pb * k + pk).collect();
     let bidx: Vec<usize> = pairs.iter().map(|(pb, _)| *pb).collect();
-    let a_sel = a.reshape([b * k, h, w]).select(0, index_tensor(&flat, &device)).reshape([n, 1, h, w]);
-    let m_sel = mbin.reshape([b * k, h, w]).select(0, index_tensor(&flat, &device)).reshape([n, 1, h, w]);
+    let a_sel = a
+        .reshape([b * k, h, w])
+        .select(0, index_tensor(&flat, &device))
+        .reshape([n, 1, h, w]);
+    let m_sel = mbin
+        .reshape([b * k, h, w])
+        .select(0, index_tensor(&flat, &device))
+        .reshape([n, 1, h, w]);
     let x_sel = images.select(0, index_tensor(&bidx, &device));
     let minmax = |v: Tensor<4>| {
         let f = v.reshape([n, c, h * w]);
@@ -184,7 +229,11 @@ pub fn fg_bg_images(
     Ok((fg, bg))
 }
 
-fn check_info_nce(features: &Tensor<2>, prototypes: &Tensor<2>, subclass: &[usize]) -> Result<(), ModelError> {
+fn check_info_nce(
+    features: &Tensor<2>,
+    prototypes: &Tensor<2>,
+    subclass: &[usize],
+) -> Result<(), ModelError> {
     let [n, d] = features.dims();
     let [k, dp] = prototypes.dims();
     if d != dp || n != subclass.len() || n == 0 || k < 2 || subclass.iter().any(|&s| s >= k) {
@@ -197,7 +246,13 @@ fn check_info_nce(features: &Tensor<2>, prototypes: &Tensor<2>, subclass: &[usiz
 }
 
 /// Returns `(e^{s(f_n,p_{k_n})/τ}` `[n]`, `Σ_{j≠k_n} e^{s(f_n,p_j)/τ}` `[n]`), with `f` L2-normalised.
-fn pos_neg(features: Tensor<2>, prototypes: Tensor<2>, subclass: &[usize], tau: f64, eps: f64) -> (Tensor<1>, Tensor<1>) {
+fn pos_neg(
+    features: Tensor<2>,
+    prototypes: Tensor<2>,
+    subclass: &[usize],
+    tau: f64,
+    eps: f64,
+) -> (Tensor<1>, Tensor<1>) {
     let [n, _] = features.dims();
     let [k, _] = prototypes.dims();
     let device = features.device();
@@ -254,12 +309,16 @@ pub fn cam_mean(cam4: Tensor<4>) -> Tensor<1> {
 pub fn cam_total_variation(cam: Tensor<4>) -> Tensor<1> {
     let [_, _, h, w] = cam.dims();
     let dh = if h > 1 {
-        (cam.clone().narrow(2, 1, h - 1) - cam.clone().narrow(2, 0, h - 1)).abs().mean()
+        (cam.clone().narrow(2, 1, h - 1) - cam.clone().narrow(2, 0, h - 1))
+            .abs()
+            .mean()
     } else {
         cam.clone().mean() * 0.0
     };
     let dw = if w > 1 {
-        (cam.clone().narrow(3, 1, w - 1) - cam.clone().narrow(3, 0, w - 1)).abs().mean()
+        (cam.clone().narrow(3, 1, w - 1) - cam.clone().narrow(3, 0, w - 1))
+            .abs()
+            .mean()
     } else {
         cam.mean() * 0.0
     };
@@ -313,9 +372,17 @@ pub fn pbip_loss(
 ) -> Result<LossOutput, ModelError> {
     cfg.validate()?;
     if out.cls.len() != 4 || out.cam.len() != 4 {
-        return Err(ModelError::Shape("ClassNetOutput must have 4 scales".into()));
+        return Err(ModelError::Shape(
+            "ClassNetOutput must have 4 scales".into(),
+        ));
     }
-    let cls = classification_loss(&out.cls, labels.clone(), k_list, &cfg.scale_weights, cfg.merge)?;
+    let cls = classification_loss(
+        &out.cls,
+        labels.clone(),
+        k_list,
+        &cfg.scale_weights,
+        cfg.merge,
+    )?;
     let select = select_subclasses(out.cls[3].clone(), labels, k_list)?;
     let pairs = selected_pairs(select.clone())?;
     let cam4 = out.cam[3].clone();
@@ -325,12 +392,30 @@ pub fn pbip_loss(
         tracing::debug!("no selected subclass in this batch: contrastive terms skipped");
         (None, None, None, None)
     } else {
-        let (xf, xb) = fg_bg_images(images, cam4.clone(), &pairs, cfg.mask_threshold, cfg.minmax_eps)?;
+        let (xf, xb) = fg_bg_images(
+            images,
+            cam4.clone(),
+            &pairs,
+            cfg.mask_threshold,
+            cfg.minmax_eps,
+        )?;
         let ff = encoder(xf);
         let bf = encoder(xb);
         let ks: Vec<usize> = pairs.iter().map(|p| p.1).collect();
-        let fg = info_nce_fg(ff.clone(), out.prototypes.clone(), &ks, cfg.temperature, cfg.feature_eps)?;
-        let bg = info_nce_bg(bf.clone(), out.prototypes.clone(), &ks, cfg.temperature, cfg.feature_eps)?;
+        let fg = info_nce_fg(
+            ff.clone(),
+            out.prototypes.clone(),
+            &ks,
+            cfg.temperature,
+            cfg.feature_eps,
+        )?;
+        let bg = info_nce_bg(
+            bf.clone(),
+            out.prototypes.clone(),
+            &ks,
+            cfg.temperature,
+            cfg.feature_eps,
+        )?;
         (Some(fg), Some(bg), Some(ff), Some(bf))
     };
     let mut bracket = cm.clone() * cfg.cam_mean_weight;
@@ -346,7 +431,19 @@ pub fn pbip_loss(
     if let Some(t) = &l1 {
         total = total + t.clone() * cfg.l1_weight;
     }
-    Ok(LossOutput { total, cls, fg, bg, cam_mean: cm, tv, l1, select, pairs, fg_features: fgf, bg_features: bgf })
+    Ok(LossOutput {
+        total,
+        cls,
+        fg,
+        bg,
+        cam_mean: cm,
+        tv,
+        l1,
+        select,
+        pairs,
+        fg_features: fgf,
+        bg_features: bgf,
+    })
 }
 
 #[cfg(test)]
@@ -380,7 +477,14 @@ mod tests {
         let s4 = t(vec![-1.0, -3.0], [1, 2]);
         let z = t(vec![5.0, 5.0], [1, 2]);
         let y = t(vec![1.0], [1, 1]);
-        let l = classification_loss(&[z.clone(), z, s3, s4], y, &[2], &[0.0, 0.0, 1.0, 0.5], MergeMethod::Mean).unwrap();
+        let l = classification_loss(
+            &[z.clone(), z, s3, s4],
+            y,
+            &[2],
+            &[0.0, 0.0, 1.0, 0.5],
+            MergeMethod::Mean,
+        )
+        .unwrap();
         let sp = |x: f64| (1.0 + (-x).exp()).ln(); // BCE with y = 1
         close(&to_vec(l).unwrap(), &[sp(1.0) + 0.5 * sp(-2.0)], 1e-6);
     }
@@ -391,31 +495,61 @@ mod tests {
         let y = t(vec![1.0, 1.0, 1.0, 0.0], [2, 2]);
         let s = select_subclasses(cls4, y, &[2, 1]).unwrap();
         // sample 0: parent means (2, 5) -> [0,1,0]; sample 1: (3, 0) -> [1,0,0] but class 1 absent
-        assert_eq!(to_vec(s.clone()).unwrap(), vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0]);
+        assert_eq!(
+            to_vec(s.clone()).unwrap(),
+            vec![0.0, 1.0, 0.0, 1.0, 0.0, 0.0]
+        );
         assert_eq!(selected_pairs(s).unwrap(), vec![(0, 1), (1, 0)]);
     }
 
     #[test]
     fn fg_bg_images_by_hand() {
-        let img = t(vec![1., 1., 1., 1., 1., 2., 3., 4., 0., 0., 0., 0.], [1, 3, 2, 2]);
+        let img = t(
+            vec![1., 1., 1., 1., 1., 2., 3., 4., 0., 0., 0., 0.],
+            [1, 3, 2, 2],
+        );
         let cam = t(vec![1., 2., 3., 4., 0., 0., 0., 0.5], [1, 2, 2, 2]);
         let (fg, bg) = fg_bg_images(img, cam, &[(0, 0)], 0.5, 1e-8).unwrap();
         assert_eq!(fg.dims(), [1, 3, 2, 2]);
         let fg = to_vec(fg).unwrap();
         let bg = to_vec(bg).unwrap();
         // threshold 0.5 * 4 = 2 -> mask [0,1,1,1]
-        close(&fg, &[0., 1. / 3., 2. / 3., 1., 0., 0.2, 8. / 15., 1., 0., 0., 0., 0.], 1e-6);
+        close(
+            &fg,
+            &[
+                0.,
+                1. / 3.,
+                2. / 3.,
+                1.,
+                0.,
+                0.2,
+                8. / 15.,
+                1.,
+                0.,
+                0.,
+                0.,
+                0.,
+            ],
+            1e-6,
+        );
         close(&bg, &[1., 0., 0., 0., 1., 0., 0., 0., 0., 0., 0., 0.], 1e-6);
     }
 
     #[test]
     fn fg_bg_images_upsample_cam() {
         // A 1x1 CAM upsampled to 2x2 is constant: every pixel >= 0.5*max -> BG image all zero.
-        let img = t(vec![1., 2., 3., 4., 0., 1., 0., 1., 2., 2., 2., 2.], [1, 3, 2, 2]);
+        let img = t(
+            vec![1., 2., 3., 4., 0., 1., 0., 1., 2., 2., 2., 2.],
+            [1, 3, 2, 2],
+        );
         let cam = t(vec![2.0], [1, 1, 1, 1]);
         let (fg, bg) = fg_bg_images(img, cam, &[(0, 0)], 0.5, 1e-8).unwrap();
         close(&to_vec(bg).unwrap(), &[0.0; 12], 0.0);
-        close(&to_vec(fg).unwrap(), &[0., 1. / 3., 2. / 3., 1., 0., 1., 0., 1., 0., 0., 0., 0.], 1e-6);
+        close(
+            &to_vec(fg).unwrap(),
+            &[0., 1. / 3., 2. / 3., 1., 0., 1., 0., 1., 0., 0., 0., 0.],
+            1e-6,
+        );
     }
 
     #[test]
@@ -460,8 +594,12 @@ mod tests {
     #[test]
     fn info_nce_zero_features_have_finite_gradient() {
         let device = Device::flex().autodiff();
-        let f: Tensor<2> = Tensor::from_data(TensorData::new(vec![0.0f32, 0.0], [1, 2]), &device).require_grad();
-        let p: Tensor<2> = Tensor::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &device);
+        let f: Tensor<2> =
+            Tensor::from_data(TensorData::new(vec![0.0f32, 0.0], [1, 2]), &device).require_grad();
+        let p: Tensor<2> = Tensor::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]),
+            &device,
+        );
         let l = info_nce_fg(f.clone(), p, &[0], 0.07, 1e-12).unwrap();
         let g = f.grad(&l.backward()).expect("gradient");
         assert!(to_vec(g).unwrap().iter().all(|v| v.is_finite()));
@@ -473,7 +611,13 @@ mod tests {
         let img = t(vec![0.0; 12], [1, 3, 2, 2]);
         let cam = t(vec![1., 2., 3., 4.], [1, 1, 2, 2]);
         let (fg, bg) = fg_bg_images(img, cam, &[(0, 0)], 0.5, 1e-8).unwrap();
-        assert!(to_vec(fg).unwrap().iter().chain(to_vec(bg).unwrap().iter()).all(|v| *v == 0.0));
+        assert!(
+            to_vec(fg)
+                .unwrap()
+                .iter()
+                .chain(to_vec(bg).unwrap().iter())
+                .all(|v| *v == 0.0)
+        );
     }
 
     /// The case that makes upstream NaN: a CAM channel whose mask covers the whole image gives an
@@ -483,7 +627,10 @@ mod tests {
     fn all_zero_bg_image_gives_finite_loss_and_gradient() {
         let device = Device::flex().autodiff();
         let img: Tensor<4> = Tensor::from_data(
-            TensorData::new(vec![1., 2., 3., 4., 0., 1., 0., 1., 2., 2., 2., 5.], [1, 3, 2, 2]),
+            TensorData::new(
+                vec![1., 2., 3., 4., 0., 1., 0., 1., 2., 2., 2., 5.],
+                [1, 3, 2, 2],
+            ),
             &device,
         );
         // channel 0 constant 1 (mask all 1 at δ = 0.5), channel 1 constant 0.2 (below threshold)
@@ -494,10 +641,20 @@ mod tests {
         .require_grad();
         let (xf, xb) = fg_bg_images(img, cam.clone(), &[(0, 0)], 0.5, 1e-8).unwrap();
         // bias-free linear "encoder": channel means @ W [3,2]
-        let w: Tensor<2> =
-            Tensor::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], [3, 2]), &device);
-        let enc = |x: Tensor<4>| x.reshape([1, 3, 4]).mean_dim(2).reshape([1, 3]).matmul(w.clone());
-        let p: Tensor<2> = Tensor::from_data(TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]), &device);
+        let w: Tensor<2> = Tensor::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0, 1.0, 1.0], [3, 2]),
+            &device,
+        );
+        let enc = |x: Tensor<4>| {
+            x.reshape([1, 3, 4])
+                .mean_dim(2)
+                .reshape([1, 3])
+                .matmul(w.clone())
+        };
+        let p: Tensor<2> = Tensor::from_data(
+            TensorData::new(vec![1.0f32, 0.0, 0.0, 1.0], [2, 2]),
+            &device,
+        );
         let bf = enc(xb);
         assert_eq!(to_vec(bf.clone()).unwrap(), vec![0.0, 0.0]);
         let bg = info_nce_bg(bf, p.clone(), &[0], 0.07, 1e-12).unwrap();
@@ -505,7 +662,9 @@ mod tests {
         let fg = info_nce_fg(enc(xf), p, &[0], 0.07, 1e-12).unwrap();
         let total = fg + bg;
         assert!(to_vec(total.clone()).unwrap()[0].is_finite());
-        let g = cam.grad(&total.backward()).expect("gradient reaches the CAM");
+        let g = cam
+            .grad(&total.backward())
+            .expect("gradient reaches the CAM");
         let g = to_vec(g).unwrap();
         assert!(g.iter().all(|v| v.is_finite()), "{g:?}");
     }
@@ -513,7 +672,11 @@ mod tests {
     #[test]
     fn regularisers_by_hand() {
         let c = t(vec![1.0, 2.0, 4.0, 8.0], [1, 1, 2, 2]);
-        close(&to_vec(cam_total_variation(c.clone())).unwrap(), &[4.5 + 2.5], 1e-6);
+        close(
+            &to_vec(cam_total_variation(c.clone())).unwrap(),
+            &[4.5 + 2.5],
+            1e-6,
+        );
         close(&to_vec(cam_mean(c)).unwrap(), &[3.75], 1e-6);
         let c = t(vec![-1.0, 2.0, -3.0, 0.0], [1, 1, 2, 2]);
         close(&to_vec(cam_l1(c)).unwrap(), &[1.5], 1e-6);
@@ -521,7 +684,8 @@ mod tests {
 
     #[test]
     fn config_json_defaults_and_validation() {
-        let c = LossConfig::from_json(r#"{"contrastive_weight": 0.5, "temperature": 1.0}"#).unwrap();
+        let c =
+            LossConfig::from_json(r#"{"contrastive_weight": 0.5, "temperature": 1.0}"#).unwrap();
         assert_eq!(c.contrastive_weight, 0.5);
         assert_eq!(c.mask_threshold, 0.5);
         assert_eq!(c.scale_weights, [0.0, 0.1, 1.0, 1.0]);

@@ -1,7 +1,7 @@
 //! Subclass → parent merging and label expansion (`utils/hierarchical_utils.py`).
 
-use burn::tensor::activation::softmax;
 use burn::tensor::Tensor;
+use burn::tensor::activation::softmax;
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
@@ -34,7 +34,9 @@ impl MergeMethod {
 /// Checks that `k_list` is non-empty, has no zero entry and sums to `total`.
 pub fn check_k_list(k_list: &[usize], total: usize) -> Result<(), ModelError> {
     if k_list.is_empty() || k_list.contains(&0) {
-        return Err(ModelError::Config(format!("k_list {k_list:?} must be non-empty and positive")));
+        return Err(ModelError::Config(format!(
+            "k_list {k_list:?} must be non-empty and positive"
+        )));
     }
     let s: usize = k_list.iter().sum();
     if s != total {
@@ -81,7 +83,11 @@ pub fn expand_to_subclasses(y: Tensor<2>, k_list: &[usize]) -> Result<Tensor<2>,
             k_list.len()
         )));
     }
-    let idx: Vec<usize> = k_list.iter().enumerate().flat_map(|(c, &k)| std::iter::repeat_n(c, k)).collect();
+    let idx: Vec<usize> = k_list
+        .iter()
+        .enumerate()
+        .flat_map(|(c, &k)| std::iter::repeat_n(c, k))
+        .collect();
     let device = y.device();
     Ok(y.select(1, index_tensor(&idx, &device)))
 }
@@ -109,7 +115,8 @@ mod tests {
         // z = (0, ln 3): softmax = (1/4, 3/4); value = 0.75 ln 3
         let l3 = 3f32.ln();
         let x = t2(vec![0.0, l3, 7.0], [1, 3]);
-        let m = to_vec(merge_subclasses(x, &[2, 1], MergeMethod::SoftmaxWeighted).unwrap()).unwrap();
+        let m =
+            to_vec(merge_subclasses(x, &[2, 1], MergeMethod::SoftmaxWeighted).unwrap()).unwrap();
         assert!((m[0] - 0.75 * l3).abs() < 1e-6, "{m:?}");
         assert_eq!(m[1], 7.0);
     }
@@ -118,9 +125,15 @@ mod tests {
     fn softmax_weighted_merge_per_pixel() {
         // [1, 2 subclasses, 1, 2]: pixel 0 equal values -> value; pixel 1 (0, ln3) -> 0.75 ln3
         let l3 = 3f32.ln();
-        let x: Tensor<4> = Tensor::from_data(TensorData::new(vec![2.0, 0.0, 2.0, l3], [1, 2, 1, 2]), &Device::flex());
+        let x: Tensor<4> = Tensor::from_data(
+            TensorData::new(vec![2.0, 0.0, 2.0, l3], [1, 2, 1, 2]),
+            &Device::flex(),
+        );
         let m = to_vec(merge_subclasses(x, &[2], MergeMethod::SoftmaxWeighted).unwrap()).unwrap();
-        assert!((m[0] - 2.0).abs() < 1e-6 && (m[1] - 0.75 * l3).abs() < 1e-6, "{m:?}");
+        assert!(
+            (m[0] - 2.0).abs() < 1e-6 && (m[1] - 0.75 * l3).abs() < 1e-6,
+            "{m:?}"
+        );
     }
 
     #[test]
@@ -128,7 +141,10 @@ mod tests {
         let y = t2(vec![1., 0., 1., 0., 1., 1.], [2, 3]);
         let e = expand_to_subclasses(y, &[2, 1, 2]).unwrap();
         assert_eq!(e.dims(), [2, 5]);
-        assert_eq!(to_vec(e).unwrap(), vec![1., 1., 0., 1., 1., 0., 0., 1., 1., 1.]);
+        assert_eq!(
+            to_vec(e).unwrap(),
+            vec![1., 1., 0., 1., 1., 0., 0., 1., 1., 1.]
+        );
     }
 
     #[test]
@@ -137,6 +153,9 @@ mod tests {
         assert!(merge_subclasses(x.clone(), &[3, 3], MergeMethod::Mean).is_err());
         assert!(merge_subclasses(x, &[4, 0], MergeMethod::Mean).is_err());
         assert!(MergeMethod::parse("median").is_err());
-        assert_eq!(MergeMethod::parse("max").unwrap(), MergeMethod::SoftmaxWeighted);
+        assert_eq!(
+            MergeMethod::parse("max").unwrap(),
+            MergeMethod::SoftmaxWeighted
+        );
     }
 }

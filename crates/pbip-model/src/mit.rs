@@ -50,7 +50,9 @@ impl MitConfig {
             }
         };
         if strides.contains(&0) {
-            return Err(ModelError::Config(format!("strides must be positive, got {strides:?}")));
+            return Err(ModelError::Config(format!(
+                "strides must be positive, got {strides:?}"
+            )));
         }
         Ok(Self {
             name: name.to_string(),
@@ -139,7 +141,11 @@ impl Attention {
         let heads = self.num_heads;
         let hd = c / heads;
         let scale = (hd as f64).powf(-0.5);
-        let q = self.q.forward(x.clone()).reshape([b, n, heads, hd]).swap_dims(1, 2);
+        let q = self
+            .q
+            .forward(x.clone())
+            .reshape([b, n, heads, hd])
+            .swap_dims(1, 2);
         let xkv = match (&self.sr, &self.norm) {
             (Some(sr), Some(norm)) => {
                 let x_ = x.swap_dims(1, 2).reshape([b, c, h, w]);
@@ -151,8 +157,15 @@ impl Attention {
         };
         let m = xkv.dims()[1];
         let kv = self.kv.forward(xkv).reshape([b, m, 2, heads, hd]);
-        let k = kv.clone().narrow(2, 0, 1).reshape([b, m, heads, hd]).swap_dims(1, 2);
-        let v = kv.narrow(2, 1, 1).reshape([b, m, heads, hd]).swap_dims(1, 2);
+        let k = kv
+            .clone()
+            .narrow(2, 0, 1)
+            .reshape([b, m, heads, hd])
+            .swap_dims(1, 2);
+        let v = kv
+            .narrow(2, 1, 1)
+            .reshape([b, m, heads, hd])
+            .swap_dims(1, 2);
         let attn = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, c]);
         self.proj.forward(out)
@@ -186,35 +199,26 @@ impl MixFfn {
     fn load(l: &mut Loader<'_>, p: &str, dim: usize, hidden: usize) -> Self {
         Self {
             fc1: l.linear(&format!("{p}.fc1"), dim, hidden),
-            dwconv: l.conv(&format!("{p}.dwconv.dwconv"), hidden, hidden, 3, 1, 1, hidden),
+            dwconv: l.conv(
+                &format!("{p}.dwconv.dwconv"),
+                hidden,
+                hidden,
+                3,
+                1,
+                1,
+                hidden,
+            ),
             fc2: l.linear(&format!("{p}.fc2"), hidden, dim),
         }
     }
 
     /// `[B,N,C]` -> `[B,N,C]`.
-    ///
-    /// Same maths as NVlabs (`fc1` → grid → depthwise conv → GELU → `fc2`), but the hidden
-    /// activations stay channels-first: `fc1` is applied as `W₁·Xᵀ` so its output is already the
-    /// `[B,4C,H,W]` grid of the conv, and `fc2` consumes that layout directly. Only the C-wide input
-    /// and output are transposed, instead of the 4C-wide hidden tensor (twice).
     pub fn forward(&self, x: Tensor<3>, h: usize, w: usize) -> Tensor<3> {
+        let x = self.fc1.forward(x);
         let [b, n, c] = x.dims();
-        let hidden = self.fc1.weight.dims()[1];
-        // burn stores Linear weights as [in, out].
-        let w1 = self.fc1.weight.val().transpose().unsqueeze::<3>(); // [1, 4C, C]
-        let xt = x.swap_dims(1, 2); // [B, C, N]
-        let mut y = w1.matmul(xt); // [B, 4C, N]
-        if let Some(b1) = &self.fc1.bias {
-            y = y + b1.val().reshape([1, hidden, 1]);
-        }
-        let y = self.dwconv.forward(y.reshape([b, hidden, h, w])).reshape([b, hidden, n]);
-        let y = gelu(y);
-        let w2 = self.fc2.weight.val().unsqueeze::<3>(); // [1, 4C, C]
-        let mut out = y.swap_dims(1, 2).matmul(w2); // [B, N, C]: Yᵀ·W₂ (strided operand, no copy of Y)
-        if let Some(b2) = &self.fc2.bias {
-            out = out + b2.val().reshape([1, 1, c]);
-        }
-        out
+        let x = x.swap_dims(1, 2).reshape([b, c, h, w]);
+        let x = self.dwconv.forward(x).reshape([b, c, n]).swap_dims(1, 2);
+        self.fc2.forward(gelu(x))
     }
 
     fn walk(&self, p: &str, f: &mut Visit<'_>) {
@@ -251,7 +255,15 @@ fn drop_path(x: Tensor<3>, p: f64, active: bool) -> Tensor<3> {
 }
 
 impl Block {
-    fn load(l: &mut Loader<'_>, p: &str, dim: usize, heads: usize, sr: usize, mlp: usize, dp: f64) -> Self {
+    fn load(
+        l: &mut Loader<'_>,
+        p: &str,
+        dim: usize,
+        heads: usize,
+        sr: usize,
+        mlp: usize,
+        dp: f64,
+    ) -> Self {
         Self {
             norm1: l.layer_norm(&format!("{p}.norm1"), dim, 1e-6),
             attn: Attention::load(l, &format!("{p}.attn"), dim, heads, sr),
@@ -337,7 +349,11 @@ impl MixTransformer {
                 .collect();
             cur += cfg.depths[i];
             let norm = l.layer_norm(&format!("{prefix}norm{}", i + 1), dim, 1e-6);
-            stages.push(Stage { patch_embed: pe, blocks, norm });
+            stages.push(Stage {
+                patch_embed: pe,
+                blocks,
+                norm,
+            });
         }
         Self { stages }
     }
@@ -362,7 +378,8 @@ impl MixTransformer {
 
     pub(crate) fn walk(&self, prefix: &str, f: &mut Visit<'_>) {
         for (i, st) in self.stages.iter().enumerate() {
-            st.patch_embed.walk(&format!("{prefix}patch_embed{}", i + 1), f);
+            st.patch_embed
+                .walk(&format!("{prefix}patch_embed{}", i + 1), f);
             for (j, b) in st.blocks.iter().enumerate() {
                 b.walk(&format!("{prefix}block{}.{j}", i + 1), f);
             }

@@ -18,12 +18,14 @@ pub fn hf_name_to_nvlabs(name: &str) -> Option<String> {
     let s = s.strip_prefix("encoder.")?;
     let parts: Vec<&str> = s.split('.').collect();
     match parts.as_slice() {
-        ["patch_embeddings", i, "proj", leaf] => {
-            Some(format!("patch_embed{}.proj.{leaf}", i.parse::<usize>().ok()? + 1))
-        }
-        ["patch_embeddings", i, "layer_norm", leaf] => {
-            Some(format!("patch_embed{}.norm.{leaf}", i.parse::<usize>().ok()? + 1))
-        }
+        ["patch_embeddings", i, "proj", leaf] => Some(format!(
+            "patch_embed{}.proj.{leaf}",
+            i.parse::<usize>().ok()? + 1
+        )),
+        ["patch_embeddings", i, "layer_norm", leaf] => Some(format!(
+            "patch_embed{}.norm.{leaf}",
+            i.parse::<usize>().ok()? + 1
+        )),
         ["layer_norm", i, leaf] => Some(format!("norm{}.{leaf}", i.parse::<usize>().ok()? + 1)),
         ["block", i, j, rest @ ..] => {
             let stage = i.parse::<usize>().ok()? + 1;
@@ -77,12 +79,16 @@ pub fn hf_to_nvlabs(map: &TensorMap) -> Result<TensorMap, ModelError> {
             problems.push(format!("{name} has no matching {vname}"));
             continue;
         };
-        let Some(kv_name) = hf_name_to_nvlabs(&qname).map(|q| q.replace(".attn.q.", ".attn.kv.")) else {
+        let Some(kv_name) = hf_name_to_nvlabs(&qname).map(|q| q.replace(".attn.q.", ".attn.kv."))
+        else {
             problems.push(format!("cannot map {name}"));
             continue;
         };
         if k.shape != v.shape || k.shape.is_empty() {
-            problems.push(format!("{name} {:?} and {vname} {:?} differ in shape", k.shape, v.shape));
+            problems.push(format!(
+                "{name} {:?} and {vname} {:?} differ in shape",
+                k.shape, v.shape
+            ));
             continue;
         }
         let mut shape = k.shape.clone();
@@ -99,7 +105,12 @@ pub fn hf_to_nvlabs(map: &TensorMap) -> Result<TensorMap, ModelError> {
     if problems.is_empty() {
         Ok(out)
     } else {
-        Err(ModelError::Weights { what: "Hugging Face SegFormer checkpoint".into(), missing: vec![], unexpected: problems, misshaped: vec![] })
+        Err(ModelError::Weights {
+            what: "Hugging Face SegFormer checkpoint".into(),
+            missing: vec![],
+            unexpected: problems,
+            misshaped: vec![],
+        })
     }
 }
 
@@ -118,7 +129,10 @@ pub enum BackboneFormat {
 pub fn detect_backbone_format(map: &TensorMap) -> BackboneFormat {
     if map.keys().any(|k| k.contains("patch_embeddings.")) {
         BackboneFormat::HuggingFace
-    } else if map.keys().any(|k| k.starts_with("encoder.patch_embed") || k.starts_with("model.encoder.")) {
+    } else if map
+        .keys()
+        .any(|k| k.starts_with("encoder.patch_embed") || k.starts_with("model.encoder."))
+    {
         BackboneFormat::Upstream
     } else {
         BackboneFormat::NvLabs
@@ -133,7 +147,10 @@ pub fn to_nvlabs_backbone(map: &TensorMap) -> Result<TensorMap, ModelError> {
     let map = if !map.is_empty() && map.keys().all(|k| k.starts_with("state_dict.")) {
         unwrapped = map
             .iter()
-            .filter_map(|(k, v)| k.strip_prefix("state_dict.").map(|s| (s.to_string(), v.clone())))
+            .filter_map(|(k, v)| {
+                k.strip_prefix("state_dict.")
+                    .map(|s| (s.to_string(), v.clone()))
+            })
             .collect::<TensorMap>();
         &unwrapped
     } else {
@@ -145,7 +162,8 @@ pub fn to_nvlabs_backbone(map: &TensorMap) -> Result<TensorMap, ModelError> {
             .iter()
             .filter_map(|(k, v)| {
                 let k = k.strip_prefix("model.").unwrap_or(k);
-                k.strip_prefix("encoder.").map(|s| (s.to_string(), v.clone()))
+                k.strip_prefix("encoder.")
+                    .map(|s| (s.to_string(), v.clone()))
             })
             .collect(),
         BackboneFormat::NvLabs => map
@@ -163,17 +181,50 @@ mod tests {
     #[test]
     fn hf_names_map_to_nvlabs() {
         let cases = [
-            ("segformer.encoder.patch_embeddings.0.proj.weight", "patch_embed1.proj.weight"),
-            ("segformer.encoder.patch_embeddings.3.layer_norm.bias", "patch_embed4.norm.bias"),
-            ("segformer.encoder.block.0.1.layer_norm_1.weight", "block1.1.norm1.weight"),
-            ("segformer.encoder.block.1.0.attention.self.query.bias", "block2.0.attn.q.bias"),
-            ("segformer.encoder.block.2.0.attention.self.sr.weight", "block3.0.attn.sr.weight"),
-            ("segformer.encoder.block.2.0.attention.self.layer_norm.weight", "block3.0.attn.norm.weight"),
-            ("segformer.encoder.block.3.1.attention.output.dense.weight", "block4.1.attn.proj.weight"),
-            ("segformer.encoder.block.0.0.layer_norm_2.bias", "block1.0.norm2.bias"),
-            ("segformer.encoder.block.0.0.mlp.dense1.weight", "block1.0.mlp.fc1.weight"),
-            ("segformer.encoder.block.0.0.mlp.dwconv.dwconv.bias", "block1.0.mlp.dwconv.dwconv.bias"),
-            ("segformer.encoder.block.0.0.mlp.dense2.weight", "block1.0.mlp.fc2.weight"),
+            (
+                "segformer.encoder.patch_embeddings.0.proj.weight",
+                "patch_embed1.proj.weight",
+            ),
+            (
+                "segformer.encoder.patch_embeddings.3.layer_norm.bias",
+                "patch_embed4.norm.bias",
+            ),
+            (
+                "segformer.encoder.block.0.1.layer_norm_1.weight",
+                "block1.1.norm1.weight",
+            ),
+            (
+                "segformer.encoder.block.1.0.attention.self.query.bias",
+                "block2.0.attn.q.bias",
+            ),
+            (
+                "segformer.encoder.block.2.0.attention.self.sr.weight",
+                "block3.0.attn.sr.weight",
+            ),
+            (
+                "segformer.encoder.block.2.0.attention.self.layer_norm.weight",
+                "block3.0.attn.norm.weight",
+            ),
+            (
+                "segformer.encoder.block.3.1.attention.output.dense.weight",
+                "block4.1.attn.proj.weight",
+            ),
+            (
+                "segformer.encoder.block.0.0.layer_norm_2.bias",
+                "block1.0.norm2.bias",
+            ),
+            (
+                "segformer.encoder.block.0.0.mlp.dense1.weight",
+                "block1.0.mlp.fc1.weight",
+            ),
+            (
+                "segformer.encoder.block.0.0.mlp.dwconv.dwconv.bias",
+                "block1.0.mlp.dwconv.dwconv.bias",
+            ),
+            (
+                "segformer.encoder.block.0.0.mlp.dense2.weight",
+                "block1.0.mlp.fc2.weight",
+            ),
             ("segformer.encoder.layer_norm.2.weight", "norm3.weight"),
             ("encoder.layer_norm.0.bias", "norm1.bias"),
         ];
@@ -181,16 +232,37 @@ mod tests {
             assert_eq!(hf_name_to_nvlabs(hf).as_deref(), Some(nv), "{hf}");
         }
         assert_eq!(hf_name_to_nvlabs("classifier.weight"), None);
-        assert_eq!(hf_name_to_nvlabs("segformer.encoder.block.0.0.attention.self.key.weight"), None);
+        assert_eq!(
+            hf_name_to_nvlabs("segformer.encoder.block.0.0.attention.self.key.weight"),
+            None
+        );
     }
 
     #[test]
     fn hf_key_value_concatenate_into_kv() {
         let mut m = TensorMap::new();
         let p = "segformer.encoder.block.0.0.attention.self";
-        m.insert(format!("{p}.key.weight"), HostTensor { shape: vec![1, 2], data: vec![1.0, 2.0] });
-        m.insert(format!("{p}.value.weight"), HostTensor { shape: vec![1, 2], data: vec![3.0, 4.0] });
-        m.insert("classifier.weight".into(), HostTensor { shape: vec![1], data: vec![0.0] });
+        m.insert(
+            format!("{p}.key.weight"),
+            HostTensor {
+                shape: vec![1, 2],
+                data: vec![1.0, 2.0],
+            },
+        );
+        m.insert(
+            format!("{p}.value.weight"),
+            HostTensor {
+                shape: vec![1, 2],
+                data: vec![3.0, 4.0],
+            },
+        );
+        m.insert(
+            "classifier.weight".into(),
+            HostTensor {
+                shape: vec![1],
+                data: vec![0.0],
+            },
+        );
         let out = hf_to_nvlabs(&m).unwrap();
         assert_eq!(out.len(), 1);
         let kv = &out["block1.0.attn.kv.weight"];
@@ -203,7 +275,10 @@ mod tests {
 
     #[test]
     fn format_detection_and_head_drop() {
-        let one = HostTensor { shape: vec![1], data: vec![0.0] };
+        let one = HostTensor {
+            shape: vec![1],
+            data: vec![0.0],
+        };
         let mut nv = TensorMap::new();
         nv.insert("patch_embed1.proj.bias".into(), one.clone());
         nv.insert("head.weight".into(), one.clone());
@@ -217,7 +292,10 @@ mod tests {
         let b = to_nvlabs_backbone(&up).unwrap();
         assert_eq!(b.keys().collect::<Vec<_>>(), vec!["patch_embed1.proj.bias"]);
         // `{"state_dict": ...}` wrapper
-        let wrapped: TensorMap = nv.iter().map(|(k, v)| (format!("state_dict.{k}"), v.clone())).collect();
+        let wrapped: TensorMap = nv
+            .iter()
+            .map(|(k, v)| (format!("state_dict.{k}"), v.clone()))
+            .collect();
         let b = to_nvlabs_backbone(&wrapped).unwrap();
         assert_eq!(b.keys().collect::<Vec<_>>(), vec!["patch_embed1.proj.bias"]);
     }

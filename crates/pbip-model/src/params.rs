@@ -7,9 +7,9 @@ use burn::module::Param;
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig, PaddingConfig2d};
 use burn::tensor::{Device, Tensor, TensorData};
+use rand::Rng;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
-use rand::Rng;
 
 use crate::ModelError;
 use crate::host::{HostTensor, TensorMap};
@@ -80,10 +80,15 @@ impl<'a> Loader<'a> {
                     self.used.insert(name.to_string());
                     let same = t.shape == shape
                         || (t.shape.iter().product::<usize>() == n
-                            && t.shape.iter().filter(|&&d| d != 1).eq(shape.iter().filter(|&&d| d != 1)));
+                            && t.shape
+                                .iter()
+                                .filter(|&&d| d != 1)
+                                .eq(shape.iter().filter(|&&d| d != 1)));
                     if !same || t.data.len() != n {
-                        self.misshaped
-                            .push(format!("{name}: file has {:?}, model needs {shape:?}", t.shape));
+                        self.misshaped.push(format!(
+                            "{name}: file has {:?}, model needs {shape:?}",
+                            t.shape
+                        ));
                         vec![0.0; n]
                     } else {
                         t.data.clone()
@@ -94,10 +99,12 @@ impl<'a> Loader<'a> {
                 Init::Const(c) => vec![c; n],
                 Init::Normal(std) => (0..n).map(|_| (std * std_normal(rng)) as f32).collect(),
                 Init::TruncNormal(std) => (0..n)
-                    .map(|_| loop {
-                        let v = std * std_normal(rng);
-                        if (-2.0..=2.0).contains(&v) {
-                            break v as f32;
+                    .map(|_| {
+                        loop {
+                            let v = std * std_normal(rng);
+                            if (-2.0..=2.0).contains(&v) {
+                                break v as f32;
+                            }
                         }
                     })
                     .collect(),
@@ -105,18 +112,32 @@ impl<'a> Loader<'a> {
         }
     }
 
-    pub(crate) fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Tensor<D> {
+    pub(crate) fn tensor<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Tensor<D> {
         let v = self.values(name, &shape, init);
         Tensor::from_data(TensorData::new(v, shape), &self.device)
     }
 
-    pub(crate) fn param<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Param<Tensor<D>> {
+    pub(crate) fn param<const D: usize>(
+        &mut self,
+        name: &str,
+        shape: [usize; D],
+        init: Init,
+    ) -> Param<Tensor<D>> {
         Param::from_tensor(self.tensor(name, shape, init))
     }
 
     /// `nn.Linear(d_in, d_out)` with torch weight `[d_out, d_in]` (stored transposed in burn).
     pub(crate) fn linear(&mut self, prefix: &str, d_in: usize, d_out: usize) -> Linear {
-        let w: Tensor<2> = self.tensor(&format!("{prefix}.weight"), [d_out, d_in], Init::TruncNormal(0.02));
+        let w: Tensor<2> = self.tensor(
+            &format!("{prefix}.weight"),
+            [d_out, d_in],
+            Init::TruncNormal(0.02),
+        );
         let b = self.param(&format!("{prefix}.bias"), [d_out], Init::Const(0.0));
         let mut lin = LinearConfig::new(d_in, d_out).init(&self.device);
         lin.weight = Param::from_tensor(w.transpose());
@@ -163,7 +184,12 @@ impl<'a> Loader<'a> {
 
     /// Finishes loading: one error listing every missing, mis-shaped and (if `strict`) unexpected
     /// tensor. `ignore` lists key prefixes that may be present without being used.
-    pub(crate) fn finish(self, what: &str, strict: bool, ignore: &[&str]) -> Result<(), ModelError> {
+    pub(crate) fn finish(
+        self,
+        what: &str,
+        strict: bool,
+        ignore: &[&str],
+    ) -> Result<(), ModelError> {
         let mut unexpected = Vec::new();
         if let Source::Map(map) = &self.source
             && strict
@@ -251,7 +277,10 @@ pub(crate) fn grad_to_host(
 }
 
 /// Collects a name → host map over a walk.
-pub(crate) fn collect<F>(walker: F, mut conv: impl FnMut(&ParamRef<'_>) -> Result<Option<HostTensor>, ModelError>) -> Result<TensorMap, ModelError>
+pub(crate) fn collect<F>(
+    walker: F,
+    mut conv: impl FnMut(&ParamRef<'_>) -> Result<Option<HostTensor>, ModelError>,
+) -> Result<TensorMap, ModelError>
 where
     F: FnOnce(&mut Visit<'_>),
 {

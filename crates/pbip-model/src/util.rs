@@ -132,8 +132,10 @@ mod tests {
     fn resize_matches_hand_computed_bilinear() {
         let device = Device::flex();
         // 2x2 image [[0,1],[2,3]] -> 3x3 align_corners: centre = 1.5, edges midpoints.
-        let x: Tensor<4> =
-            Tensor::from_data(TensorData::new(vec![0.0f32, 1.0, 2.0, 3.0], [1, 1, 2, 2]), &device);
+        let x: Tensor<4> = Tensor::from_data(
+            TensorData::new(vec![0.0f32, 1.0, 2.0, 3.0], [1, 1, 2, 2]),
+            &device,
+        );
         let y = to_vec(resize_bilinear_align_corners(x, 3, 3)).unwrap();
         assert_eq!(y, vec![0.0, 0.5, 1.0, 1.0, 1.5, 2.0, 2.0, 2.5, 3.0]);
     }
@@ -141,8 +143,10 @@ mod tests {
     #[test]
     fn l2_normalize_zero_vector_is_finite() {
         let device = Device::flex();
-        let x: Tensor<2> =
-            Tensor::from_data(TensorData::new(vec![0.0f32, 0.0, 3.0, 4.0], [2, 2]), &device);
+        let x: Tensor<2> = Tensor::from_data(
+            TensorData::new(vec![0.0f32, 0.0, 3.0, 4.0], [2, 2]),
+            &device,
+        );
         let y = to_vec(l2_normalize(x, 1, 1e-12)).unwrap();
         assert_eq!(y, vec![0.0, 0.0, 0.6, 0.8]);
     }

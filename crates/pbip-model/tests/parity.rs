@@ -8,17 +8,22 @@ use std::path::PathBuf;
 
 use burn::tensor::{Device, Tensor, TensorData};
 use pbip_model::{
-    ClassNet, ClassNetConfig, EvalConfig, Gate, HostTensor, LossConfig, MergeMethod, TensorMap, evaluate,
-    info_nce_bg, info_nce_fg, merge_subclasses, select_subclasses, selected_pairs,
+    ClassNet, ClassNetConfig, EvalConfig, Gate, HostTensor, LossConfig, MergeMethod, TensorMap,
+    evaluate, info_nce_bg, info_nce_fg, merge_subclasses, select_subclasses, selected_pairs,
 };
 
 /// The fixture stem from `PBIP_PARITY_FIXTURE` (with or without `.safetensors`; default the shared
 /// `upstream-mit_b0-seed1`): `<stem>.safetensors`, `<stem>.classnet.pth`, `<stem>.vision.pth`.
 fn fixture_stem() -> String {
     let p = std::env::var("PBIP_PARITY_FIXTURE").unwrap_or_else(|_| {
-        format!("{}/../../../shared/fixtures/upstream-mit_b0-seed1", env!("CARGO_MANIFEST_DIR"))
+        format!(
+            "{}/../../../shared/fixtures/upstream-mit_b0-seed1",
+            env!("CARGO_MANIFEST_DIR")
+        )
     });
-    p.strip_suffix(".safetensors").map(str::to_string).unwrap_or(p)
+    p.strip_suffix(".safetensors")
+        .map(str::to_string)
+        .unwrap_or(p)
 }
 
 fn fixture_file(suffix: &str) -> PathBuf {
@@ -41,8 +46,14 @@ fn read_fixture() -> Fixture {
 }
 
 fn config(fx: &Fixture) -> ClassNetConfig {
-    let strides: Vec<usize> = fx.meta["stride"].split(',').map(|s| s.trim().parse().unwrap()).collect();
-    let k_list: Vec<usize> = fx.meta["k_list"].split(',').map(|s| s.trim().parse().unwrap()).collect();
+    let strides: Vec<usize> = fx.meta["stride"]
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
+    let k_list: Vec<usize> = fx.meta["k_list"]
+        .split(',')
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
     let strides: [usize; 4] = strides.try_into().expect("4 strides");
     ClassNetConfig::new(&fx.meta["backbone"], strides, k_list).expect("config")
 }
@@ -50,14 +61,21 @@ fn config(fx: &Fixture) -> ClassNetConfig {
 fn model_weights(fx: &Fixture) -> TensorMap {
     fx.map
         .iter()
-        .filter(|(k, _)| k.starts_with("encoder.") || k.starts_with("l_fc") || k.starts_with("logit_scale"))
+        .filter(|(k, _)| {
+            k.starts_with("encoder.") || k.starts_with("l_fc") || k.starts_with("logit_scale")
+        })
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect()
 }
 
 fn rel_err(a: &[f32], b: &[f32]) -> f64 {
     assert_eq!(a.len(), b.len(), "length mismatch");
-    let num: f64 = a.iter().zip(b).map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2)).sum::<f64>().sqrt();
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2))
+        .sum::<f64>()
+        .sqrt();
     let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
     if den == 0.0 { num } else { num / den }
 }
@@ -69,7 +87,10 @@ fn host<const D: usize>(t: Tensor<D>) -> HostTensor {
 fn check(name: &str, ours: &HostTensor, fx: &Fixture, tol: f64, failures: &mut Vec<String>) {
     let r = &fx.map[name];
     if ours.shape != r.shape {
-        failures.push(format!("{name}: shape {:?} vs reference {:?}", ours.shape, r.shape));
+        failures.push(format!(
+            "{name}: shape {:?} vs reference {:?}",
+            ours.shape, r.shape
+        ));
         return;
     }
     let e = rel_err(&ours.data, &r.data);
@@ -92,7 +113,8 @@ fn parity_forward_eval_and_losses_with_upstream_fixture() {
     let loss_cfg = LossConfig::from_json(&fx.meta["loss"]).expect("loss JSON");
     let eval_cfg = EvalConfig::from_json(&fx.meta["eval"]).expect("eval JSON");
     let device = Device::flex();
-    let model = ClassNet::load_upstream(&model_weights(&fx), &cfg, &fx.map["prototypes"], &device).expect("load");
+    let model = ClassNet::load_upstream(&model_weights(&fx), &cfg, &fx.map["prototypes"], &device)
+        .expect("load");
     let images: Tensor<4> = tensor(&fx.map["input.image"], &device);
     let labels: Tensor<2> = tensor(&fx.map["input.label"], &device);
     let out = model.forward(images.clone());
@@ -100,24 +122,65 @@ fn parity_forward_eval_and_losses_with_upstream_fixture() {
     let k_list = cfg.k_list.clone();
     for i in 0..4 {
         let n = i + 1;
-        check(&format!("out.cls{n}"), &host(out.cls[i].clone()), &fx, 1e-4, &mut failures);
-        check(&format!("out.cam{n}"), &host(out.cam[i].clone()), &fx, 1e-4, &mut failures);
+        check(
+            &format!("out.cls{n}"),
+            &host(out.cls[i].clone()),
+            &fx,
+            1e-4,
+            &mut failures,
+        );
+        check(
+            &format!("out.cam{n}"),
+            &host(out.cam[i].clone()),
+            &fx,
+            1e-4,
+            &mut failures,
+        );
         let m = merge_subclasses(out.cls[i].clone(), &k_list, MergeMethod::Mean).unwrap();
-        check(&format!("out.cls{n}_mean"), &host(m), &fx, 1e-4, &mut failures);
-        let m = merge_subclasses(out.cam[i].clone(), &k_list, MergeMethod::SoftmaxWeighted).unwrap();
-        check(&format!("out.cam{n}_max"), &host(m), &fx, 1e-4, &mut failures);
+        check(
+            &format!("out.cls{n}_mean"),
+            &host(m),
+            &fx,
+            1e-4,
+            &mut failures,
+        );
+        let m =
+            merge_subclasses(out.cam[i].clone(), &k_list, MergeMethod::SoftmaxWeighted).unwrap();
+        check(
+            &format!("out.cam{n}_max"),
+            &host(m),
+            &fx,
+            1e-4,
+            &mut failures,
+        );
     }
     let sel = select_subclasses(out.cls[3].clone(), labels.clone(), &k_list).unwrap();
     check("out.select", &host(sel.clone()), &fx, 0.0, &mut failures);
 
     // Evaluation path with the GT-label gate (upstream protocol), no TTA.
-    let ev = evaluate(&model, images.clone(), &Gate::Labels(labels.clone()), &eval_cfg).unwrap();
-    check("out.fused", &host(ev.fused.clone()), &fx, 1e-4, &mut failures);
+    let ev = evaluate(
+        &model,
+        images.clone(),
+        &Gate::Labels(labels.clone()),
+        &eval_cfg,
+    )
+    .unwrap();
+    check(
+        "out.fused",
+        &host(ev.fused.clone()),
+        &fx,
+        1e-4,
+        &mut failures,
+    );
     let pred = pbip_model::util::int_to_vec(ev.pred.clone()).unwrap();
     let pref = &fx.map["out.pred"];
     assert_eq!(ev.pred.dims().to_vec(), pref.shape);
     let pref = &pref.data;
-    let same = pred.iter().zip(pref).filter(|(a, b)| **a as f32 == **b).count();
+    let same = pred
+        .iter()
+        .zip(pref)
+        .filter(|(a, b)| **a as f32 == **b)
+        .count();
     let frac = same as f64 / pref.len() as f64;
     eprintln!("out.pred agreement {frac:.6}");
     if frac < 0.999 {
@@ -126,17 +189,42 @@ fn parity_forward_eval_and_losses_with_upstream_fixture() {
 
     // Losses: classification and cam mean from our forward; FG/BG InfoNCE from the reference
     // encoder features (the encoder-dependent part is checked in the gradient test).
-    let cls = pbip_model::classification_loss(&out.cls, labels, &k_list, &loss_cfg.scale_weights, loss_cfg.merge).unwrap();
+    let cls = pbip_model::classification_loss(
+        &out.cls,
+        labels,
+        &k_list,
+        &loss_cfg.scale_weights,
+        loss_cfg.merge,
+    )
+    .unwrap();
     check("loss.cls", &host(cls.clone()), &fx, 1e-4, &mut failures);
     let cm = pbip_model::cam_mean(out.cam[3].clone());
     check("loss.cam_mean", &host(cm.clone()), &fx, 1e-4, &mut failures);
     let pairs = selected_pairs(sel).unwrap();
     let ks: Vec<usize> = pairs.iter().map(|p| p.1).collect();
-    assert_eq!(fx.map["out.fg_features"].shape[0], pairs.len(), "number of selected pairs");
+    assert_eq!(
+        fx.map["out.fg_features"].shape[0],
+        pairs.len(),
+        "number of selected pairs"
+    );
     let ff: Tensor<2> = tensor(&fx.map["out.fg_features"], &device);
     let bf: Tensor<2> = tensor(&fx.map["out.bg_features"], &device);
-    let fg = info_nce_fg(ff, out.prototypes.clone(), &ks, loss_cfg.temperature, loss_cfg.feature_eps).unwrap();
-    let bg = info_nce_bg(bf, out.prototypes.clone(), &ks, loss_cfg.temperature, loss_cfg.feature_eps).unwrap();
+    let fg = info_nce_fg(
+        ff,
+        out.prototypes.clone(),
+        &ks,
+        loss_cfg.temperature,
+        loss_cfg.feature_eps,
+    )
+    .unwrap();
+    let bg = info_nce_bg(
+        bf,
+        out.prototypes.clone(),
+        &ks,
+        loss_cfg.temperature,
+        loss_cfg.feature_eps,
+    )
+    .unwrap();
     check("loss.fg", &host(fg.clone()), &fx, 1e-4, &mut failures);
     check("loss.bg", &host(bg.clone()), &fx, 1e-4, &mut failures);
     let total = cls + (fg + bg + cm * loss_cfg.cam_mean_weight) * loss_cfg.contrastive_weight;
@@ -145,11 +233,18 @@ fn parity_forward_eval_and_losses_with_upstream_fixture() {
     // Round trip of the weights through to_tensor_map.
     let back = model.to_tensor_map().unwrap();
     let reference = model_weights(&fx);
-    assert_eq!(back.keys().collect::<Vec<_>>(), reference.keys().collect::<Vec<_>>());
+    assert_eq!(
+        back.keys().collect::<Vec<_>>(),
+        reference.keys().collect::<Vec<_>>()
+    );
     for (k, v) in &reference {
         assert_eq!(&back[k], v, "{k} round trip");
     }
-    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
 }
 
 /// The full objective through the (frozen, differentiable) vision tower and its gradients, with
@@ -170,13 +265,17 @@ fn parity_loss_and_gradients_from_pth_files() {
     // The pickled weights are the fixture's weights.
     let reference = model_weights(&fx);
     let from_pth = pbip_weights::strip_prefix(&cls_map, "model.");
-    assert_eq!(from_pth.keys().collect::<Vec<_>>(), reference.keys().collect::<Vec<_>>());
+    assert_eq!(
+        from_pth.keys().collect::<Vec<_>>(),
+        reference.keys().collect::<Vec<_>>()
+    );
     for (k, v) in &reference {
         assert_eq!(&from_pth[k], v, "{k}: .pth and .safetensors differ");
     }
 
     let device = Device::flex().autodiff();
-    let model = ClassNet::load_upstream_file(&cls_pth, &cfg, &fx.map["prototypes"], &device).expect("load .pth");
+    let model = ClassNet::load_upstream_file(&cls_pth, &cfg, &fx.map["prototypes"], &device)
+        .expect("load .pth");
     let prefix = pbip_encoder::MedClipVision::detect_prefix(&vis_map).expect("vision tower names");
     let tower = pbip_encoder::MedClipVision::from_tensor_map(&vis_map, prefix, &swin_cfg, &device)
         .expect("load vision .pth")
@@ -185,22 +284,59 @@ fn parity_loss_and_gradients_from_pth_files() {
     let labels: Tensor<2> = tensor(&fx.map["input.label"], &device);
     let out = model.forward(images.clone());
     let enc = |x: Tensor<4>| tower.forward(x);
-    let loss = pbip_model::pbip_loss(&out, images, labels, &cfg.k_list, &loss_cfg, &enc).expect("loss");
+    let loss =
+        pbip_model::pbip_loss(&out, images, labels, &cfg.k_list, &loss_cfg, &enc).expect("loss");
 
     let mut failures = Vec::new();
-    check("out.select", &host(loss.select.clone()), &fx, 0.0, &mut failures);
+    check(
+        "out.select",
+        &host(loss.select.clone()),
+        &fx,
+        0.0,
+        &mut failures,
+    );
     match (&loss.fg, &loss.bg, &loss.fg_features, &loss.bg_features) {
         (Some(fg), Some(bg), Some(ff), Some(bf)) => {
-            check("out.fg_features", &host(ff.clone()), &fx, 1e-4, &mut failures);
-            check("out.bg_features", &host(bf.clone()), &fx, 1e-4, &mut failures);
+            check(
+                "out.fg_features",
+                &host(ff.clone()),
+                &fx,
+                1e-4,
+                &mut failures,
+            );
+            check(
+                "out.bg_features",
+                &host(bf.clone()),
+                &fx,
+                1e-4,
+                &mut failures,
+            );
             check("loss.fg", &host(fg.clone()), &fx, 1e-4, &mut failures);
             check("loss.bg", &host(bg.clone()), &fx, 1e-4, &mut failures);
         }
         _ => failures.push("no selected pair: contrastive terms missing".into()),
     }
-    check("loss.cls", &host(loss.cls.clone()), &fx, 1e-4, &mut failures);
-    check("loss.cam_mean", &host(loss.cam_mean.clone()), &fx, 1e-4, &mut failures);
-    check("loss.total", &host(loss.total.clone()), &fx, 1e-4, &mut failures);
+    check(
+        "loss.cls",
+        &host(loss.cls.clone()),
+        &fx,
+        1e-4,
+        &mut failures,
+    );
+    check(
+        "loss.cam_mean",
+        &host(loss.cam_mean.clone()),
+        &fx,
+        1e-4,
+        &mut failures,
+    );
+    check(
+        "loss.total",
+        &host(loss.total.clone()),
+        &fx,
+        1e-4,
+        &mut failures,
+    );
 
     let grads = model.gradients(&loss.total.backward()).expect("gradients");
     let mut n = 0;
@@ -215,7 +351,10 @@ fn parity_loss_and_gradients_from_pth_files() {
             continue;
         };
         if ours.shape != r.shape {
-            failures.push(format!("{name}: shape {:?} vs reference {:?}", ours.shape, r.shape));
+            failures.push(format!(
+                "{name}: shape {:?} vs reference {:?}",
+                ours.shape, r.shape
+            ));
             continue;
         }
         let e = rel_err(&ours.data, &r.data);
@@ -227,6 +366,14 @@ fn parity_loss_and_gradients_from_pth_files() {
         }
     }
     eprintln!("{n} gradients checked, worst {:.3e} ({})", worst.0, worst.1);
-    assert_eq!(n, reference.len(), "the fixture has a gradient for every parameter");
-    assert!(failures.is_empty(), "parity failures:\n{}", failures.join("\n"));
+    assert_eq!(
+        n,
+        reference.len(),
+        "the fixture has a gradient for every parameter"
+    );
+    assert!(
+        failures.is_empty(),
+        "parity failures:\n{}",
+        failures.join("\n")
+    );
 }

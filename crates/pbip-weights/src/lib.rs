@@ -39,7 +39,8 @@ pub struct HostTensor {
 impl HostTensor {
     /// Builds a tensor, checking that `data.len()` equals the product of `shape`.
     pub fn new(shape: Vec<usize>, data: Vec<f32>) -> Result<Self, WeightsError> {
-        let n = numel(&shape).ok_or_else(|| WeightsError::Shape(format!("shape {shape:?} overflows")))?;
+        let n = numel(&shape)
+            .ok_or_else(|| WeightsError::Shape(format!("shape {shape:?} overflows")))?;
         if n != data.len() {
             return Err(WeightsError::Shape(format!(
                 "shape {shape:?} needs {n} elements but {} were given",
@@ -106,10 +107,18 @@ fn describe_mismatch(
 ) -> String {
     let mut s = String::new();
     if !missing.is_empty() {
-        s.push_str(&format!("\n  missing ({}): {}", missing.len(), missing.join(", ")));
+        s.push_str(&format!(
+            "\n  missing ({}): {}",
+            missing.len(),
+            missing.join(", ")
+        ));
     }
     if !unexpected.is_empty() {
-        s.push_str(&format!("\n  unexpected ({}): {}", unexpected.len(), unexpected.join(", ")));
+        s.push_str(&format!(
+            "\n  unexpected ({}): {}",
+            unexpected.len(),
+            unexpected.join(", ")
+        ));
     }
     for (n, e, f) in mis_shaped {
         s.push_str(&format!("\n  mis-shaped: {n}: expected {e:?}, found {f:?}"));
@@ -119,10 +128,16 @@ fn describe_mismatch(
 
 impl WeightsError {
     pub(crate) fn format(path: &Path, msg: impl Into<String>) -> Self {
-        WeightsError::Format { path: path.to_path_buf(), msg: msg.into() }
+        WeightsError::Format {
+            path: path.to_path_buf(),
+            msg: msg.into(),
+        }
     }
     pub(crate) fn io(path: &Path, source: std::io::Error) -> Self {
-        WeightsError::Io { path: path.to_path_buf(), source }
+        WeightsError::Io {
+            path: path.to_path_buf(),
+            source,
+        }
     }
 }
 
@@ -197,22 +212,36 @@ const MAX_EXACT_INT: f64 = 16_777_216.0; // 2^24
 
 /// Decodes `bytes` (a whole number of elements) to f32. `little` = byte order.
 /// `what` names the tensor in errors (integer values that f32 cannot hold exactly).
-pub(crate) fn decode(bytes: &[u8], dt: DType, little: bool, what: &str) -> Result<Vec<f32>, String> {
+pub(crate) fn decode(
+    bytes: &[u8],
+    dt: DType,
+    little: bool,
+    what: &str,
+) -> Result<Vec<f32>, String> {
     let sz = dt.size();
     if !bytes.len().is_multiple_of(sz) {
-        return Err(format!("{what}: {} bytes is not a multiple of the element size {sz}", bytes.len()));
+        return Err(format!(
+            "{what}: {} bytes is not a multiple of the element size {sz}",
+            bytes.len()
+        ));
     }
     let mut out = Vec::with_capacity(bytes.len() / sz);
     macro_rules! rd {
         ($t:ty, $c:expr) => {{
             let mut a = [0u8; std::mem::size_of::<$t>()];
             a.copy_from_slice($c);
-            if little { <$t>::from_le_bytes(a) } else { <$t>::from_be_bytes(a) }
+            if little {
+                <$t>::from_le_bytes(a)
+            } else {
+                <$t>::from_be_bytes(a)
+            }
         }};
     }
     let check = |v: f64| -> Result<f32, String> {
         if v.abs() > MAX_EXACT_INT {
-            Err(format!("{what}: integer value {v} cannot be represented exactly as f32"))
+            Err(format!(
+                "{what}: integer value {v} cannot be represented exactly as f32"
+            ))
         } else {
             Ok(v as f32)
         }

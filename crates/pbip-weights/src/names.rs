@@ -13,7 +13,10 @@ pub fn strip_prefix(map: &TensorMap, prefix: &str) -> TensorMap {
 /// Returns the first prefix of `candidates` under which `probe` (a name relative to the prefix) exists
 /// in `map`, e.g. `select_prefix(&m, &["clip.vision_model.", "vision_model.", ""], "model.layernorm.weight")`.
 pub fn select_prefix<'a>(map: &TensorMap, candidates: &[&'a str], probe: &str) -> Option<&'a str> {
-    candidates.iter().copied().find(|p| map.contains_key(&format!("{p}{probe}")))
+    candidates
+        .iter()
+        .copied()
+        .find(|p| map.contains_key(&format!("{p}{probe}")))
 }
 
 /// Checks `map` against `expected` (name, shape) pairs. Names for which `ignore(name)` is true are
@@ -37,12 +40,20 @@ pub fn check_tensors(
             Some(_) => {}
         }
     }
-    let unexpected: Vec<String> =
-        map.keys().filter(|k| !want.contains(k.as_str()) && !ignore(k)).cloned().collect();
+    let unexpected: Vec<String> = map
+        .keys()
+        .filter(|k| !want.contains(k.as_str()) && !ignore(k))
+        .cloned()
+        .collect();
     if missing.is_empty() && unexpected.is_empty() && mis_shaped.is_empty() {
         Ok(())
     } else {
-        Err(WeightsError::NameMismatch { context: context.to_string(), missing, unexpected, mis_shaped })
+        Err(WeightsError::NameMismatch {
+            context: context.to_string(),
+            missing,
+            unexpected,
+            mis_shaped,
+        })
     }
 }
 
@@ -73,10 +84,19 @@ mod tests {
         m.insert("b".into(), t(&[4]));
         m.insert("extra".into(), t(&[1]));
         m.insert("ignored.x".into(), t(&[1]));
-        let exp = vec![("a".to_string(), vec![3, 2]), ("b".to_string(), vec![4]), ("c".to_string(), vec![1])];
+        let exp = vec![
+            ("a".to_string(), vec![3, 2]),
+            ("b".to_string(), vec![4]),
+            ("c".to_string(), vec![1]),
+        ];
         let e = check_tensors(&m, &exp, &|n| n.starts_with("ignored."), "test").unwrap_err();
         match &e {
-            WeightsError::NameMismatch { missing, unexpected, mis_shaped, .. } => {
+            WeightsError::NameMismatch {
+                missing,
+                unexpected,
+                mis_shaped,
+                ..
+            } => {
                 assert_eq!(missing, &vec!["c".to_string()]);
                 assert_eq!(unexpected, &vec!["extra".to_string()]);
                 assert_eq!(mis_shaped.len(), 1);

@@ -91,9 +91,17 @@ struct Vm<'a> {
 
 impl<'a> Vm<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.data.len()).ok_or_else(|| {
-            format!("pickle truncated: need {n} bytes at offset {} of {}", self.pos, self.data.len())
-        })?;
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|&e| e <= self.data.len())
+            .ok_or_else(|| {
+                format!(
+                    "pickle truncated: need {n} bytes at offset {} of {}",
+                    self.pos,
+                    self.data.len()
+                )
+            })?;
         let s = &self.data[self.pos..end];
         self.pos = end;
         Ok(s)
@@ -117,20 +125,30 @@ impl<'a> Vm<'a> {
     }
     fn line(&mut self) -> Result<&'a str, String> {
         let rest = &self.data[self.pos..];
-        let nl = rest.iter().position(|&c| c == b'\n').ok_or("pickle truncated: missing newline")?;
+        let nl = rest
+            .iter()
+            .position(|&c| c == b'\n')
+            .ok_or("pickle truncated: missing newline")?;
         let s = std::str::from_utf8(&rest[..nl]).map_err(|_| "pickle: non-UTF-8 text argument")?;
         self.pos += nl + 1;
         Ok(s)
     }
     fn pop(&mut self) -> Result<Value, String> {
-        self.stack.pop().ok_or_else(|| format!("pickle stack underflow at offset {}", self.pos))
+        self.stack
+            .pop()
+            .ok_or_else(|| format!("pickle stack underflow at offset {}", self.pos))
     }
     fn top(&mut self) -> Result<&mut Value, String> {
         let p = self.pos;
-        self.stack.last_mut().ok_or_else(|| format!("pickle stack underflow at offset {p}"))
+        self.stack
+            .last_mut()
+            .ok_or_else(|| format!("pickle stack underflow at offset {p}"))
     }
     fn pop_mark(&mut self) -> Result<Vec<Value>, String> {
-        let m = self.marks.pop().ok_or_else(|| format!("pickle: no MARK at offset {}", self.pos))?;
+        let m = self
+            .marks
+            .pop()
+            .ok_or_else(|| format!("pickle: no MARK at offset {}", self.pos))?;
         if m > self.stack.len() {
             return Err("pickle: MARK above stack".into());
         }
@@ -138,13 +156,22 @@ impl<'a> Vm<'a> {
     }
     fn string(&mut self, n: usize) -> Result<Value, String> {
         let b = self.take(n)?;
-        Ok(Value::Str(String::from_utf8(b.to_vec()).map_err(|_| "pickle: invalid UTF-8 string")?))
+        Ok(Value::Str(
+            String::from_utf8(b.to_vec()).map_err(|_| "pickle: invalid UTF-8 string")?,
+        ))
     }
     fn memo_get(&self, i: u32) -> Result<Value, String> {
-        self.memo.get(&i).cloned().ok_or_else(|| format!("pickle: memo entry {i} missing"))
+        self.memo
+            .get(&i)
+            .cloned()
+            .ok_or_else(|| format!("pickle: memo entry {i} missing"))
     }
     fn memo_put(&mut self, i: u32) -> Result<(), String> {
-        let v = self.stack.last().cloned().ok_or("pickle: PUT on empty stack")?;
+        let v = self
+            .stack
+            .last()
+            .cloned()
+            .ok_or("pickle: PUT on empty stack")?;
         self.memo.insert(i, v);
         Ok(())
     }
@@ -153,7 +180,9 @@ impl<'a> Vm<'a> {
 fn as_usize(v: &Value, what: &str) -> Result<usize, String> {
     match v {
         Value::Int(i) if *i >= 0 => Ok(*i as usize),
-        other => Err(format!("{what}: expected a non-negative integer, found {other:?}")),
+        other => Err(format!(
+            "{what}: expected a non-negative integer, found {other:?}"
+        )),
     }
 }
 
@@ -161,7 +190,9 @@ fn as_usize_tuple(v: &Value, what: &str) -> Result<Vec<usize>, String> {
     match v {
         Value::Tuple(t) => t.iter().map(|x| as_usize(x, what)).collect(),
         Value::List(l) => l.borrow().iter().map(|x| as_usize(x, what)).collect(),
-        other => Err(format!("{what}: expected a tuple of integers, found {other:?}")),
+        other => Err(format!(
+            "{what}: expected a tuple of integers, found {other:?}"
+        )),
     }
 }
 
@@ -189,22 +220,37 @@ fn call(f: Callable, args: Vec<Value>) -> Result<Value, String> {
         }
         Callable::RebuildTensorV2 | Callable::RebuildTensor => {
             if args.len() < 4 {
-                return Err(format!("_rebuild_tensor: expected >= 4 arguments, got {}", args.len()));
+                return Err(format!(
+                    "_rebuild_tensor: expected >= 4 arguments, got {}",
+                    args.len()
+                ));
             }
             let Value::Storage(storage) = &args[0] else {
-                return Err(format!("_rebuild_tensor: first argument is not a storage: {:?}", args[0]));
+                return Err(format!(
+                    "_rebuild_tensor: first argument is not a storage: {:?}",
+                    args[0]
+                ));
             };
             let offset = as_usize(&args[1], "tensor storage offset")?;
             let size = as_usize_tuple(&args[2], "tensor size")?;
             let stride = as_usize_tuple(&args[3], "tensor stride")?;
             if size.len() != stride.len() {
-                return Err(format!("tensor size {size:?} and stride {stride:?} differ in rank"));
+                return Err(format!(
+                    "tensor size {size:?} and stride {stride:?} differ in rank"
+                ));
             }
-            Ok(Value::Tensor(TensorRef { storage: storage.clone(), offset, size, stride }))
+            Ok(Value::Tensor(TensorRef {
+                storage: storage.clone(),
+                offset,
+                size,
+                stride,
+            }))
         }
         Callable::RebuildParameter => match args.into_iter().next() {
             Some(t @ Value::Tensor(_)) => Ok(t),
-            other => Err(format!("_rebuild_parameter: first argument is not a tensor: {other:?}")),
+            other => Err(format!(
+                "_rebuild_parameter: first argument is not a tensor: {other:?}"
+            )),
         },
         Callable::Storage(_) => Err("a storage class cannot be called directly".into()),
     }
@@ -232,7 +278,13 @@ fn persistent_load(pid: Value) -> Result<Value, String> {
 
 /// Runs the pickle program and returns the value left by STOP.
 pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
-    let mut vm = Vm { data, pos: 0, stack: Vec::new(), marks: Vec::new(), memo: HashMap::new() };
+    let mut vm = Vm {
+        data,
+        pos: 0,
+        stack: Vec::new(),
+        marks: Vec::new(),
+        memo: HashMap::new(),
+    };
     loop {
         let at = vm.pos;
         let op = vm.u8()?;
@@ -276,7 +328,11 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
             }
             0x8a | 0x8b => {
                 // LONG1 / LONG4: little-endian two's complement
-                let n = if op == 0x8a { vm.u8()? as usize } else { vm.u32()? as usize };
+                let n = if op == 0x8a {
+                    vm.u8()? as usize
+                } else {
+                    vm.u32()? as usize
+                };
                 let b = vm.take(n)?;
                 if n > 8 {
                     return Err(format!("pickle: integer of {n} bytes is too large"));
@@ -301,7 +357,9 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
             }
             b'L' => {
                 let s = vm.line()?.trim_end_matches('L');
-                vm.stack.push(Value::Int(s.parse().map_err(|_| format!("pickle: bad LONG {s:?}"))?));
+                vm.stack.push(Value::Int(
+                    s.parse().map_err(|_| format!("pickle: bad LONG {s:?}"))?,
+                ));
             }
             b'G' => {
                 let b = vm.take(8)?;
@@ -311,7 +369,9 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
             }
             b'F' => {
                 let s = vm.line()?;
-                vm.stack.push(Value::Float(s.parse().map_err(|_| format!("pickle: bad FLOAT {s:?}"))?));
+                vm.stack.push(Value::Float(
+                    s.parse().map_err(|_| format!("pickle: bad FLOAT {s:?}"))?,
+                ));
             }
             b'X' => {
                 let n = vm.u32()? as usize;
@@ -330,9 +390,14 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
             }
             b'T' | b'U' => {
                 // BINSTRING / SHORT_BINSTRING (py2 str): decode as latin-1
-                let n = if op == b'T' { vm.u32()? as usize } else { vm.u8()? as usize };
+                let n = if op == b'T' {
+                    vm.u32()? as usize
+                } else {
+                    vm.u8()? as usize
+                };
                 let b = vm.take(n)?;
-                vm.stack.push(Value::Str(b.iter().map(|&c| c as char).collect()));
+                vm.stack
+                    .push(Value::Str(b.iter().map(|&c| c as char).collect()));
             }
             b'B' | b'C' | 0x8e => {
                 let n = match op {
@@ -356,12 +421,16 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
                 let items = vm.stack.split_off(vm.stack.len() - n);
                 vm.stack.push(Value::Tuple(items));
             }
-            b']' => vm.stack.push(Value::List(Rc::new(RefCell::new(Vec::new())))),
+            b']' => vm
+                .stack
+                .push(Value::List(Rc::new(RefCell::new(Vec::new())))),
             b'l' => {
                 let items = vm.pop_mark()?;
                 vm.stack.push(Value::List(Rc::new(RefCell::new(items))));
             }
-            b'}' => vm.stack.push(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
+            b'}' => vm
+                .stack
+                .push(Value::Dict(Rc::new(RefCell::new(Vec::new())))),
             b'd' => {
                 let items = vm.pop_mark()?;
                 if items.len() % 2 != 0 {
@@ -430,10 +499,14 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
                 let args = vm.pop()?;
                 let f = vm.pop()?;
                 let Value::Tuple(args) = args else {
-                    return Err(format!("pickle: call arguments are not a tuple at offset {at}"));
+                    return Err(format!(
+                        "pickle: call arguments are not a tuple at offset {at}"
+                    ));
                 };
                 let Value::Global(f) = f else {
-                    return Err(format!("pickle: call of a non-callable value at offset {at}"));
+                    return Err(format!(
+                        "pickle: call of a non-callable value at offset {at}"
+                    ));
                 };
                 vm.stack.push(call(f, args)?);
             }
@@ -484,7 +557,9 @@ pub(crate) fn unpickle(data: &[u8]) -> Result<Value, String> {
                 vm.stack.push(v);
             }
             other => {
-                return Err(format!("pickle: unsupported opcode 0x{other:02x} at offset {at}"));
+                return Err(format!(
+                    "pickle: unsupported opcode 0x{other:02x} at offset {at}"
+                ));
             }
         }
     }
@@ -536,7 +611,15 @@ mod tests {
 
     #[test]
     fn garbage_is_error() {
-        for p in [&b""[..], b"\x80", b"\x80\x02X\xff\xff\xff\xff", b"\x80\x02t.", b"\x80\x02h\x05.", b"\x80\x02\xff", b"."] {
+        for p in [
+            &b""[..],
+            b"\x80",
+            b"\x80\x02X\xff\xff\xff\xff",
+            b"\x80\x02t.",
+            b"\x80\x02h\x05.",
+            b"\x80\x02\xff",
+            b".",
+        ] {
             assert!(unpickle(p).is_err(), "{p:?}");
         }
     }

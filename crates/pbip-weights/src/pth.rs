@@ -26,9 +26,11 @@ pub fn read_pth(path: &Path) -> Result<TensorMap, WeightsError> {
         let n = f.read(&mut head).map_err(|e| WeightsError::io(path, e))?;
         if n < 4 || head != *b"PK\x03\x04" {
             if n >= 1 && head[0] == 0x80 {
-                return Err(fmt("unsupported legacy .pth format (pre-1.6 torch.save, not a zip archive); \
+                return Err(fmt(
+                    "unsupported legacy .pth format (pre-1.6 torch.save, not a zip archive); \
                      re-save it with torch>=1.6: torch.save(torch.load(old), new)"
-                    .into()));
+                        .into(),
+                ));
             }
             return Err(fmt("not a PyTorch zip checkpoint (no zip signature)".into()));
         }
@@ -43,18 +45,32 @@ pub fn read_pth(path: &Path) -> Result<TensorMap, WeightsError> {
         .min_by_key(|n| n.len())
         .map(str::to_string)
         .ok_or_else(|| fmt("zip archive has no data.pkl: not a torch.save checkpoint".into()))?;
-    if zip.file_names().any(|n| n.ends_with("/constants.pkl") || n.starts_with("code/") || n.contains("/code/")) {
-        return Err(fmt("this is a TorchScript archive (torch.jit.save), not a torch.save state dict".into()));
+    if zip
+        .file_names()
+        .any(|n| n.ends_with("/constants.pkl") || n.starts_with("code/") || n.contains("/code/"))
+    {
+        return Err(fmt(
+            "this is a TorchScript archive (torch.jit.save), not a torch.save state dict".into(),
+        ));
     }
     let root = &pkl_name[..pkl_name.len() - "data.pkl".len()];
 
-    let read_entry = |zip: &mut zip::ZipArchive<std::fs::File>, name: &str, limit: u64| -> Result<Vec<u8>, WeightsError> {
-        let mut e = zip.by_name(name).map_err(|e| fmt(format!("zip entry {name}: {e}")))?;
+    let read_entry = |zip: &mut zip::ZipArchive<std::fs::File>,
+                      name: &str,
+                      limit: u64|
+     -> Result<Vec<u8>, WeightsError> {
+        let mut e = zip
+            .by_name(name)
+            .map_err(|e| fmt(format!("zip entry {name}: {e}")))?;
         if e.size() > limit {
-            return Err(fmt(format!("zip entry {name} is {} bytes, larger than allowed", e.size())));
+            return Err(fmt(format!(
+                "zip entry {name} is {} bytes, larger than allowed",
+                e.size()
+            )));
         }
         let mut buf = Vec::with_capacity(e.size() as usize);
-        e.read_to_end(&mut buf).map_err(|er| fmt(format!("zip entry {name}: {er}")))?;
+        e.read_to_end(&mut buf)
+            .map_err(|er| fmt(format!("zip entry {name}: {er}")))?;
         Ok(buf)
     };
 
@@ -65,7 +81,12 @@ pub fn read_pth(path: &Path) -> Result<TensorMap, WeightsError> {
             match std::str::from_utf8(&b).map(str::trim) {
                 Ok("little") => true,
                 Ok("big") => false,
-                _ => return Err(fmt(format!("unknown byteorder {:?}", String::from_utf8_lossy(&b)))),
+                _ => {
+                    return Err(fmt(format!(
+                        "unknown byteorder {:?}",
+                        String::from_utf8_lossy(&b)
+                    )));
+                }
             }
         }
     };
@@ -81,7 +102,11 @@ pub fn read_pth(path: &Path) -> Result<TensorMap, WeightsError> {
     for (name, t) in leaves {
         if !storages.contains_key(&t.storage.key) {
             let entry = format!("{root}data/{}", t.storage.key);
-            let want = t.storage.numel.checked_mul(t.storage.dtype.size()).ok_or_else(|| fmt(format!("storage {} size overflows", t.storage.key)))?;
+            let want = t
+                .storage
+                .numel
+                .checked_mul(t.storage.dtype.size())
+                .ok_or_else(|| fmt(format!("storage {} size overflows", t.storage.key)))?;
             let bytes = read_entry(&mut zip, &entry, want as u64)?;
             if bytes.len() != want {
                 return Err(fmt(format!(
@@ -96,8 +121,19 @@ pub fn read_pth(path: &Path) -> Result<TensorMap, WeightsError> {
         }
         let st = &storages[&t.storage.key];
         let data = gather(st, &t).map_err(|m| fmt(format!("tensor {name}: {m}")))?;
-        if out.insert(name.clone(), HostTensor { shape: t.size.clone(), data }).is_some() {
-            return Err(fmt(format!("tensor name {name} occurs twice after flattening")));
+        if out
+            .insert(
+                name.clone(),
+                HostTensor {
+                    shape: t.size.clone(),
+                    data,
+                },
+            )
+            .is_some()
+        {
+            return Err(fmt(format!(
+                "tensor name {name} occurs twice after flattening"
+            )));
         }
     }
     tracing::debug!(path = %path.display(), tensors = out.len(), "read torch checkpoint");
@@ -113,7 +149,10 @@ fn gather(st: &[f32], t: &TensorRef) -> Result<Vec<f32>, String> {
     // largest index touched
     let mut max = t.offset;
     for (&s, &st_) in t.size.iter().zip(&t.stride) {
-        max = (s - 1).checked_mul(st_).and_then(|x| max.checked_add(x)).ok_or("view overflows")?;
+        max = (s - 1)
+            .checked_mul(st_)
+            .and_then(|x| max.checked_add(x))
+            .ok_or("view overflows")?;
     }
     if max >= st.len() {
         return Err(format!(
@@ -157,17 +196,28 @@ fn gather(st: &[f32], t: &TensorRef) -> Result<Vec<f32>, String> {
 }
 
 fn join(prefix: &str, k: &str) -> String {
-    if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") }
+    if prefix.is_empty() {
+        k.to_string()
+    } else {
+        format!("{prefix}.{k}")
+    }
 }
 
-fn flatten(v: &Value, prefix: &str, out: &mut Vec<(String, TensorRef)>, depth: usize) -> Result<(), String> {
+fn flatten(
+    v: &Value,
+    prefix: &str,
+    out: &mut Vec<(String, TensorRef)>,
+    depth: usize,
+) -> Result<(), String> {
     if depth > 64 {
         return Err("checkpoint nesting deeper than 64 levels".into());
     }
     match v {
         Value::Tensor(t) => {
             if prefix.is_empty() {
-                return Err("checkpoint is a single tensor, not a dict (no name to give it)".into());
+                return Err(
+                    "checkpoint is a single tensor, not a dict (no name to give it)".into(),
+                );
             }
             out.push((prefix.to_string(), t.clone()));
         }
@@ -209,7 +259,11 @@ mod tests {
     fn gather_views() {
         let st: Vec<f32> = (0..12).map(|x| x as f32).collect();
         let mk = |offset, size: Vec<usize>, stride: Vec<usize>| TensorRef {
-            storage: StorageRef { key: "0".into(), dtype: DType::F32, numel: 12 },
+            storage: StorageRef {
+                key: "0".into(),
+                dtype: DType::F32,
+                numel: 12,
+            },
             offset,
             size,
             stride,
@@ -220,12 +274,22 @@ mod tests {
             vec![0., 4., 8., 1., 5., 9., 2., 6., 10., 3., 7., 11.]
         );
         // row 1 (offset view)
-        assert_eq!(gather(&st, &mk(4, vec![4], vec![1])).unwrap(), vec![4., 5., 6., 7.]);
+        assert_eq!(
+            gather(&st, &mk(4, vec![4], vec![1])).unwrap(),
+            vec![4., 5., 6., 7.]
+        );
         // column 2
-        assert_eq!(gather(&st, &mk(2, vec![3], vec![4])).unwrap(), vec![2., 6., 10.]);
+        assert_eq!(
+            gather(&st, &mk(2, vec![3], vec![4])).unwrap(),
+            vec![2., 6., 10.]
+        );
         // scalar, empty, out of bounds
         assert_eq!(gather(&st, &mk(11, vec![], vec![])).unwrap(), vec![11.]);
-        assert!(gather(&st, &mk(0, vec![0, 5], vec![5, 1])).unwrap().is_empty());
+        assert!(
+            gather(&st, &mk(0, vec![0, 5], vec![5, 1]))
+                .unwrap()
+                .is_empty()
+        );
         assert!(gather(&st, &mk(1, vec![3, 4], vec![4, 1])).is_err());
     }
 }

@@ -32,24 +32,34 @@ fn parse_dtype(s: &str) -> Option<DType> {
 ///
 /// Errors (naming the file): unreadable file, truncated header/data, malformed JSON, unknown dtype,
 /// offsets that do not match the shape or lie outside the file, integers not exactly representable.
-pub fn read_safetensors(path: &Path) -> Result<(TensorMap, BTreeMap<String, String>), WeightsError> {
+pub fn read_safetensors(
+    path: &Path,
+) -> Result<(TensorMap, BTreeMap<String, String>), WeightsError> {
     let bytes = std::fs::read(path).map_err(|e| WeightsError::io(path, e))?;
     parse_safetensors(&bytes).map_err(|m| WeightsError::format(path, format!("safetensors: {m}")))
 }
 
-pub(crate) fn parse_safetensors(bytes: &[u8]) -> Result<(TensorMap, BTreeMap<String, String>), String> {
+pub(crate) fn parse_safetensors(
+    bytes: &[u8],
+) -> Result<(TensorMap, BTreeMap<String, String>), String> {
     if bytes.len() < 8 {
-        return Err(format!("file is {} bytes, shorter than the 8-byte header length", bytes.len()));
+        return Err(format!(
+            "file is {} bytes, shorter than the 8-byte header length",
+            bytes.len()
+        ));
     }
     let mut n8 = [0u8; 8];
     n8.copy_from_slice(&bytes[..8]);
     let n = u64::from_le_bytes(n8);
     if n > MAX_HEADER || n > (bytes.len() as u64 - 8) {
-        return Err(format!("header length {n} exceeds the file size {} (truncated or not safetensors)", bytes.len()));
+        return Err(format!(
+            "header length {n} exceeds the file size {} (truncated or not safetensors)",
+            bytes.len()
+        ));
     }
     let n = n as usize;
-    let header: Value =
-        serde_json::from_slice(&bytes[8..8 + n]).map_err(|e| format!("header is not valid JSON: {e}"))?;
+    let header: Value = serde_json::from_slice(&bytes[8..8 + n])
+        .map_err(|e| format!("header is not valid JSON: {e}"))?;
     let Value::Object(obj) = header else {
         return Err("header is not a JSON object".into());
     };
@@ -66,14 +76,24 @@ pub(crate) fn parse_safetensors(bytes: &[u8]) -> Result<(TensorMap, BTreeMap<Str
                     Value::String(s) => {
                         meta.insert(k, s);
                     }
-                    other => return Err(format!("__metadata__ value for {k:?} is not a string: {other}")),
+                    other => {
+                        return Err(format!(
+                            "__metadata__ value for {k:?} is not a string: {other}"
+                        ));
+                    }
                 }
             }
             continue;
         }
-        let info = v.as_object().ok_or_else(|| format!("tensor {name}: entry is not an object"))?;
-        let dt_s = info.get("dtype").and_then(Value::as_str).ok_or_else(|| format!("tensor {name}: no dtype"))?;
-        let dt = parse_dtype(dt_s).ok_or_else(|| format!("tensor {name}: unsupported dtype {dt_s}"))?;
+        let info = v
+            .as_object()
+            .ok_or_else(|| format!("tensor {name}: entry is not an object"))?;
+        let dt_s = info
+            .get("dtype")
+            .and_then(Value::as_str)
+            .ok_or_else(|| format!("tensor {name}: no dtype"))?;
+        let dt =
+            parse_dtype(dt_s).ok_or_else(|| format!("tensor {name}: unsupported dtype {dt_s}"))?;
         let shape: Vec<usize> = info
             .get("shape")
             .and_then(Value::as_array)
@@ -81,7 +101,9 @@ pub(crate) fn parse_safetensors(bytes: &[u8]) -> Result<(TensorMap, BTreeMap<Str
             .iter()
             .map(|d| d.as_u64().and_then(|d| usize::try_from(d).ok()))
             .collect::<Option<_>>()
-            .ok_or_else(|| format!("tensor {name}: shape is not a list of non-negative integers"))?;
+            .ok_or_else(|| {
+                format!("tensor {name}: shape is not a list of non-negative integers")
+            })?;
         let offs: Vec<usize> = info
             .get("data_offsets")
             .and_then(Value::as_array)
@@ -96,8 +118,11 @@ pub(crate) fn parse_safetensors(bytes: &[u8]) -> Result<(TensorMap, BTreeMap<Str
                 data.len()
             ));
         }
-        let count = numel(&shape).ok_or_else(|| format!("tensor {name}: shape {shape:?} overflows"))?;
-        let want = count.checked_mul(dt.size()).ok_or_else(|| format!("tensor {name}: size overflows"))?;
+        let count =
+            numel(&shape).ok_or_else(|| format!("tensor {name}: shape {shape:?} overflows"))?;
+        let want = count
+            .checked_mul(dt.size())
+            .ok_or_else(|| format!("tensor {name}: size overflows"))?;
         if offs[1] - offs[0] != want {
             return Err(format!(
                 "tensor {name}: {} data bytes but shape {shape:?} of {dt_s} needs {want}",
@@ -118,13 +143,18 @@ pub(crate) fn to_safetensors_bytes(
 ) -> Result<Vec<u8>, WeightsError> {
     let mut header = Map::new();
     if !metadata.is_empty() {
-        let m: Map<String, Value> = metadata.iter().map(|(k, v)| (k.clone(), Value::String(v.clone()))).collect();
+        let m: Map<String, Value> = metadata
+            .iter()
+            .map(|(k, v)| (k.clone(), Value::String(v.clone())))
+            .collect();
         header.insert("__metadata__".into(), Value::Object(m));
     }
     let mut off = 0usize;
     for (name, t) in tensors {
         if name == "__metadata__" {
-            return Err(WeightsError::Shape("a tensor may not be named __metadata__".into()));
+            return Err(WeightsError::Shape(
+                "a tensor may not be named __metadata__".into(),
+            ));
         }
         let n = numel(&t.shape).unwrap_or(usize::MAX);
         if n != t.data.len() {
@@ -170,9 +200,13 @@ pub fn write_safetensors_atomic(
         _ => std::path::PathBuf::from("."),
     };
     let mut tmp = tempfile::NamedTempFile::new_in(&dir).map_err(|e| WeightsError::io(path, e))?;
-    tmp.write_all(&bytes).map_err(|e| WeightsError::io(path, e))?;
-    tmp.as_file().sync_all().map_err(|e| WeightsError::io(path, e))?;
-    tmp.persist(path).map_err(|e| WeightsError::io(path, e.error))?;
+    tmp.write_all(&bytes)
+        .map_err(|e| WeightsError::io(path, e))?;
+    tmp.as_file()
+        .sync_all()
+        .map_err(|e| WeightsError::io(path, e))?;
+    tmp.persist(path)
+        .map_err(|e| WeightsError::io(path, e.error))?;
     tracing::debug!(path = %path.display(), tensors = tensors.len(), "wrote safetensors");
     Ok(())
 }
@@ -183,7 +217,10 @@ mod tests {
 
     fn sample() -> (TensorMap, BTreeMap<String, String>) {
         let mut m = TensorMap::new();
-        m.insert("a.weight".into(), HostTensor::new(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-8, f32::MAX]).unwrap());
+        m.insert(
+            "a.weight".into(),
+            HostTensor::new(vec![2, 3], vec![1.0, -2.0, 3.5, 0.0, 1e-8, f32::MAX]).unwrap(),
+        );
         m.insert("scalar".into(), HostTensor::new(vec![], vec![7.0]).unwrap());
         m.insert("empty".into(), HostTensor::new(vec![0, 4], vec![]).unwrap());
         let mut meta = BTreeMap::new();
@@ -249,7 +286,11 @@ mod tests {
         let mut f = (h.len() as u64).to_le_bytes().to_vec();
         f.extend_from_slice(h);
         f.extend_from_slice(&[0u8; 8]);
-        assert!(parse_safetensors(&f).unwrap_err().contains("unsupported dtype"));
+        assert!(
+            parse_safetensors(&f)
+                .unwrap_err()
+                .contains("unsupported dtype")
+        );
         let e = read_safetensors(Path::new("/nonexistent/x.safetensors")).unwrap_err();
         assert!(e.to_string().contains("/nonexistent/x.safetensors"));
     }
@@ -257,7 +298,13 @@ mod tests {
     #[test]
     fn bad_tensor_is_write_error() {
         let mut m = TensorMap::new();
-        m.insert("x".into(), HostTensor { shape: vec![3], data: vec![1.0] });
+        m.insert(
+            "x".into(),
+            HostTensor {
+                shape: vec![3],
+                data: vec![1.0],
+            },
+        );
         assert!(to_safetensors_bytes(&m, &BTreeMap::new()).is_err());
     }
 }

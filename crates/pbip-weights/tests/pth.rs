@@ -6,7 +6,9 @@ use std::path::PathBuf;
 use pbip_weights::{WeightsError, read_pth};
 
 fn td(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
 }
 
 #[test]
@@ -15,11 +17,26 @@ fn dtypes_and_views_match_torch() {
     let text = std::fs::read_to_string(td("dtypes.expected.json")).unwrap();
     let exp: serde_json::Value = serde_json::from_str(&text).unwrap();
     let exp = exp.as_object().unwrap();
-    assert_eq!(got.len(), exp.len(), "got {:?}", got.keys().collect::<Vec<_>>());
+    assert_eq!(
+        got.len(),
+        exp.len(),
+        "got {:?}",
+        got.keys().collect::<Vec<_>>()
+    );
     for (name, e) in exp {
         let t = got.get(name).unwrap_or_else(|| panic!("{name} missing"));
-        let shape: Vec<usize> = e["shape"].as_array().unwrap().iter().map(|d| d.as_u64().unwrap() as usize).collect();
-        let data: Vec<f32> = e["data"].as_array().unwrap().iter().map(|d| d.as_f64().unwrap() as f32).collect();
+        let shape: Vec<usize> = e["shape"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_u64().unwrap() as usize)
+            .collect();
+        let data: Vec<f32> = e["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d.as_f64().unwrap() as f32)
+            .collect();
         assert_eq!(t.shape, shape, "{name}");
         assert_eq!(t.data, data, "{name}");
     }
@@ -48,8 +65,21 @@ fn truncated_and_corrupt_files_are_errors() {
     let bytes = std::fs::read(td("dtypes.pth")).unwrap();
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("cut.pth");
-    for cut in [0, 3, 4, 30, 100, 1000, bytes.len() / 2, bytes.len() - 22, bytes.len() - 1] {
-        std::fs::File::create(&p).unwrap().write_all(&bytes[..cut]).unwrap();
+    for cut in [
+        0,
+        3,
+        4,
+        30,
+        100,
+        1000,
+        bytes.len() / 2,
+        bytes.len() - 22,
+        bytes.len() - 1,
+    ] {
+        std::fs::File::create(&p)
+            .unwrap()
+            .write_all(&bytes[..cut])
+            .unwrap();
         match read_pth(&p) {
             Err(WeightsError::Format { path, .. }) => assert_eq!(path, p),
             Err(other) => panic!("cut {cut}: unexpected error kind {other}"),
@@ -64,7 +94,18 @@ fn truncated_and_corrupt_files_are_errors() {
         let _ = read_pth(&p);
     }
     // not a checkpoint at all
-    std::fs::File::create(&p).unwrap().write_all(b"hello world").unwrap();
-    assert!(read_pth(&p).unwrap_err().to_string().contains("not a PyTorch"));
-    assert!(matches!(read_pth(&dir.path().join("absent.pth")), Err(WeightsError::Io { .. })));
+    std::fs::File::create(&p)
+        .unwrap()
+        .write_all(b"hello world")
+        .unwrap();
+    assert!(
+        read_pth(&p)
+            .unwrap_err()
+            .to_string()
+            .contains("not a PyTorch")
+    );
+    assert!(matches!(
+        read_pth(&dir.path().join("absent.pth")),
+        Err(WeightsError::Io { .. })
+    ));
 }
