@@ -321,6 +321,23 @@ impl PatchAggregator {
         Ok(())
     }
 
+    /// Adds every patch of `other` (same classes and ignore value), as if each had been added here.
+    pub fn merge(&mut self, other: &PatchAggregator) -> Result<(), MetricsError> {
+        self.global.merge(&other.global)?;
+        self.num_patches += other.num_patches;
+        for mi in 0..self.class_sum.len() {
+            for c in 0..self.class_sum[mi].len() {
+                self.class_sum[mi][c] += other.class_sum[mi][c];
+                self.class_n[mi][c] += other.class_n[mi][c];
+            }
+            self.macro_sum[mi] += other.macro_sum[mi];
+            self.macro_n[mi] += other.macro_n[mi];
+        }
+        self.acc_sum += other.acc_sum;
+        self.acc_n += other.acc_n;
+        Ok(())
+    }
+
     /// The global matrix so far.
     pub fn global(&self) -> &ConfusionMatrix {
         &self.global
@@ -576,6 +593,27 @@ mod tests {
         assert!(close(s.pixel_accuracy, 3.0 / 7.0));
         assert_eq!(s.num_pixels, 7);
         assert!(close(s.weighted_avg.recall, 3.0 / 7.0)); // weighted recall = accuracy
+    }
+
+    #[test]
+    fn merging_aggregators_equals_adding_every_patch_to_one() {
+        let patches: [(&[u8], &[u8]); 4] = [
+            (&[0, 0, 1, 1], &[0, 1, 1, 1]),
+            (&[1, 1, 1, 255], &[1, 0, 1, 0]),
+            (&[0, 0, 0, 0], &[0, 0, 0, 1]),
+            (&[255, 255, 255, 255], &[0, 0, 0, 0]),
+        ];
+        let mut all = PatchAggregator::new(2).unwrap();
+        let mut a = PatchAggregator::new(2).unwrap();
+        let mut b = PatchAggregator::new(2).unwrap();
+        for (i, (g, p)) in patches.iter().enumerate() {
+            all.add_patch(g, p).unwrap();
+            if i < 2 { a.add_patch(g, p).unwrap() } else { b.add_patch(g, p).unwrap() }
+        }
+        a.merge(&b).unwrap();
+        assert_eq!(a.finish(), all.finish());
+        assert_eq!(a.finish().num_patches, 4);
+        assert!(a.merge(&PatchAggregator::new(3).unwrap()).is_err());
     }
 
     #[test]
