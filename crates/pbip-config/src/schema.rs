@@ -762,6 +762,8 @@ pub struct Inference {
     pub crf: Crf,
     /// If set, min component size in µm² (uses slide mpp), overriding post_processing.min_component_size.
     pub min_component_size_um2: Option<f64>,
+    /// Label only tissue: output pixels outside the HSV tissue mask (computed at the output level) become "no label".
+    pub restrict_to_tissue: bool,
 }
 
 impl Default for Inference {
@@ -778,6 +780,7 @@ impl Default for Inference {
             memory_budget_mb: 4096,
             crf: Crf::default(),
             min_component_size_um2: None,
+            restrict_to_tissue: true,
         }
     }
 }

@@ -8,6 +8,9 @@ pub mod encoder;
 pub mod stage0_sample_prototypes;
 pub mod stage1_embed_prototypes;
 pub mod stage2_cluster_prototypes;
+pub mod stage3_train;
+pub mod stage5_infer;
+pub mod stage4_evaluate;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -77,6 +80,7 @@ pub const STAGES: &[StageInfo] = &[StageInfo {
 },
     stage1_embed_prototypes::INFO,
     stage2_cluster_prototypes::INFO,
+    stage3_train::INFO,
 ];
 
 /// What a stage run produced.
@@ -114,6 +118,7 @@ pub fn run_stage(index: usize, cfg: &Config, opts: &RunOptions) -> Result<StageR
         0 => stage0_sample_prototypes::run(cfg, opts).map(|r| r.report),
         1 => stage1_embed_prototypes::run(cfg, opts),
         2 => stage2_cluster_prototypes::run(cfg, opts),
+        3 => stage3_train::run(cfg, opts),
         other => Err(PipelineError::Data { stage: "run", message: format!("stage {other} is not implemented") }),
     }
 }
@@ -124,6 +129,7 @@ pub fn stage_freshness(index: usize, cfg: &Config) -> Freshness {
         0 => stage0_sample_prototypes::freshness(cfg),
         1 => stage1_embed_prototypes::freshness(cfg),
         2 => stage2_cluster_prototypes::freshness(cfg),
+        3 => stage3_train::freshness(cfg),
         other => Freshness::Stale(format!("stage {other} is not implemented")),
     }
 }

@@ -1,6 +1,7 @@
 //! `pbip`: command-line interface of the PBIP pipeline.
 
 mod demo;
+mod infer_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -70,6 +71,16 @@ impl From<BackendArg> for Backend {
     }
 }
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+enum SplitArg {
+    /// The test column of the split CSV.
+    Test,
+    /// The val column.
+    Val,
+    /// The train column.
+    Train,
+}
+
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Stage 0: sample prototype coordinates per class from the training slides.
@@ -78,6 +89,36 @@ enum Command {
     EmbedPrototypes(ConfigArgs),
     /// Stage 2: per-class cosine k-means of the features → the prototype bank.
     ClusterPrototypes(ConfigArgs),
+    /// Stage 3: weakly-supervised training from slide labels (checkpoints/, runs/, logs.txt).
+    Train {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Continue an interrupted run from checkpoints/latest.state.safetensors (same config).
+        #[arg(long)]
+        resume: bool,
+    },
+    /// Stage 4: metrics against GT masks (deployable and label-masked protocols), samples, HTML report.
+    Evaluate {
+        #[command(flatten)]
+        config: ConfigArgs,
+        /// Checkpoint to evaluate (e.g. work_dir/checkpoints/best.safetensors).
+        #[arg(long, value_name = "CKPT")]
+        weights: PathBuf,
+        /// Split to evaluate.
+        #[arg(long, value_enum, default_value_t = SplitArg::Test)]
+        split: SplitArg,
+        /// Output folder (default: <work_dir>/results).
+        #[arg(long)]
+        output_dir: Option<PathBuf>,
+    },
+    /// Stage 5: whole-slide inference with a checkpoint (predictions/<slide>/, batch_results.csv).
+    Infer(infer_cmd::InferArgs),
+    /// Combine the batch_results.shard-*.csv files of a sharded `infer` run into batch_results.csv.
+    MergeResults {
+        /// The `infer --output-dir` (or its predictions/ folder).
+        #[arg(long, value_name = "DIR")]
+        output_dir: PathBuf,
+    },
     /// Run the implemented stages in order, skipping those whose outputs are up to date.
     Run {
         #[command(flatten)]
@@ -109,9 +150,12 @@ enum Command {
         /// Slide side in pixels (for tests).
         #[arg(long, hide = true, default_value_t = 2048)]
         size: u32,
-        /// Number of slides (for tests).
-        #[arg(long, hide = true, default_value_t = 8)]
+        /// Number of slides (for tests; 40 gives the training 24 slides to generalise from).
+        #[arg(long, hide = true, default_value_t = 40)]
         slides: usize,
+        /// Training steps instead of the demo preset's (for tests).
+        #[arg(long, hide = true)]
+        train_steps: Option<usize>,
     },
     /// Print slide dimensions, levels, mpp, vendor and backend.
     SlideInfo {
@@ -187,6 +231,34 @@ fn run(cli: Cli) -> Result<()> {
         Command::SamplePrototypes(args) => run_one(0, &args),
         Command::EmbedPrototypes(args) => run_one(1, &args),
         Command::ClusterPrototypes(args) => run_one(2, &args),
+        Command::Train { config, resume } => {
+            let cfg = config.load()?;
+            let topts = pbip_pipeline::stage3_train::TrainOptions { resume, ..Default::default() };
+            let out = pbip_pipeline::stage3_train::train(&cfg, &progress(), &topts)?;
+            print_report(&out.report);
+            Ok(())
+        }
+        Command::Evaluate { config, weights, split, output_dir } => {
+            let cfg = config.load()?;
+            let split = match split {
+                SplitArg::Test => pbip_config::Split::Test,
+                SplitArg::Val => pbip_config::Split::Val,
+                SplitArg::Train => pbip_config::Split::Train,
+            };
+            let eo = pbip_pipeline::stage4_evaluate::EvaluateOptions { weights, split, output_dir };
+            let outcome = pbip_pipeline::stage4_evaluate::run(&cfg, &eo, &progress())?;
+            print_report(&outcome.report);
+            if !outcome.failed_slides.is_empty() {
+                bail!(
+                    "{} slide(s) failed (see per_slide.csv): {}",
+                    outcome.failed_slides.len(),
+                    outcome.failed_slides.iter().map(|(s, e)| format!("{s}: {e}")).collect::<Vec<_>>().join("; ")
+                );
+            }
+            Ok(())
+        }
+        Command::Infer(args) => infer_cmd::infer(&args),
+        Command::MergeResults { output_dir } => infer_cmd::merge_results(&output_dir),
         Command::Run { config, force } => {
             let cfg = config.load()?;
             run_pipeline(&cfg, force)
@@ -196,7 +268,7 @@ fn run(cli: Cli) -> Result<()> {
             println!("{summary}");
             Ok(())
         }
-        Command::Demo { out, size, slides } => demo::demo(&out, size, slides),
+        Command::Demo { out, size, slides, train_steps } => demo::demo(&out, size, slides, train_steps),
         Command::SlideInfo { slides, json, backend } => slide_info(&slides, json, backend),
         Command::ReadRegion { slide, x, y, level, width, height, out, backend } => {
             read_region(&slide, x, y, level, width, height, &out, backend)

@@ -259,8 +259,16 @@ fn read_region_writes_png_of_requested_size() {
 fn demo_runs_end_to_end() {
     let d = tempfile::tempdir().unwrap();
     let out_dir = d.path().join("demo");
-    let out = ok(&["demo", "--out", s(&out_dir), "--size", "1024", "--slides", "4"]);
+    let out = ok(&["demo", "--out", s(&out_dir), "--size", "1024", "--slides", "4", "--train-steps", "3"]);
     assert!(out.contains("prototype coordinates"), "{out}");
+    // Stage 3: checkpoints, TensorBoard events, log, and the final val metrics printed.
+    for f in ["latest.safetensors", "best.safetensors", "latest.state.safetensors", "train_summary.json"] {
+        assert!(out_dir.join("work/checkpoints").join(f).is_file(), "{f} missing:\n{out}");
+    }
+    let runs: Vec<_> = std::fs::read_dir(out_dir.join("work/runs")).unwrap().collect();
+    assert!(!runs.is_empty(), "no TensorBoard file:\n{out}");
+    assert!(out_dir.join("work/logs.txt").is_file(), "{out}");
+    assert!(out.contains("tensorboard --logdir") && out.contains("final val metrics") && out.contains("slide AUC"), "{out}");
     for class in ["benign", "tumor"] {
         let f = out_dir.join("work/prototype_coordinates").join(format!("{class}.npy"));
         let c = Coordinates::read(&f).unwrap();
@@ -271,7 +279,7 @@ fn demo_runs_end_to_end() {
     for f in ["exemplars.safetensors", "encoder.safetensors", "prototypes.safetensors"] {
         assert!(out_dir.join("work/image_features").join(f).is_file(), "{f} missing:\n{out}");
     }
-    // Second run reuses data and skips the up-to-date stage.
-    let out = ok(&["demo", "--out", s(&out_dir), "--size", "1024", "--slides", "4"]);
+    // Second run reuses data and skips the up-to-date stages.
+    let out = ok(&["demo", "--out", s(&out_dir), "--size", "1024", "--slides", "4", "--train-steps", "3"]);
     assert!(out.contains("up to date"), "{out}");
 }

@@ -82,9 +82,9 @@ impl ModuleVisitor for GradCollector<'_> {
             return;
         };
         let shape = g.dims().to_vec();
-        match g.into_data().convert::<f32>().into_vec::<f32>() {
+        match pbip_model::util::to_vec(g) {
             Ok(v) => self.out.push((self.path.join("."), shape, v)),
-            Err(e) => self.error = Some(format!("{}: {e:?}", self.path.join("."))),
+            Err(e) => self.error = Some(format!("{}: {e}", self.path.join("."))),
         }
     }
 }
@@ -115,10 +115,10 @@ impl ModuleMapper for Updater<'_> {
         let device = tensor.device();
         let require_grad = tensor.is_require_grad();
         let dims = tensor.dims();
-        let mut p = match tensor.clone().into_data().convert::<f32>().into_vec::<f32>() {
+        let mut p = match pbip_model::util::to_vec(tensor.clone()) {
             Ok(v) => v,
             Err(e) => {
-                self.error = Some(format!("{path}: {e:?}"));
+                self.error = Some(format!("{path}: {e}"));
                 return Param::from_mapped_value(id, tensor, mapper);
             }
         };
@@ -159,6 +159,46 @@ impl ModuleMapper for Updater<'_> {
         }
         self.updated += 1;
         Param::from_mapped_value(id, t, mapper)
+    }
+}
+
+/// Re-creates every float parameter from its values as a fresh contiguous tensor.
+struct Materialize {
+    error: Option<String>,
+}
+
+impl ModuleMapper for Materialize {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        let (id, tensor, mapper) = param.consume();
+        let device = tensor.device();
+        let require_grad = tensor.is_require_grad();
+        let dims = tensor.dims();
+        match pbip_model::util::to_vec(tensor.clone()) {
+            Ok(v) => {
+                let mut t: Tensor<D> = Tensor::from_data(TensorData::new(v, dims), &device);
+                if require_grad {
+                    t = t.require_grad();
+                }
+                Param::from_mapped_value(id, t, mapper)
+            }
+            Err(e) => {
+                self.error = Some(e.to_string());
+                Param::from_mapped_value(id, tensor, mapper)
+            }
+        }
+    }
+}
+
+/// Gives every parameter of `module` a fresh contiguous buffer, as after an [`AdamW::step`].
+/// A freshly built or loaded model may hold strided views (e.g. transposed Linear weights),
+/// which the backend multiplies through another kernel path with other rounding; materialising
+/// makes the first step after a resume compute exactly like a step of an uninterrupted run.
+pub fn materialize<M: Module>(module: M) -> Result<M, String> {
+    let mut m = Materialize { error: None };
+    let module = module.map(&mut m);
+    match m.error {
+        Some(e) => Err(e),
+        None => Ok(module),
     }
 }
 
@@ -259,7 +299,7 @@ mod tests {
     fn adamw_matches_closed_form() {
         let device = Device::flex().autodiff();
         let lin: Linear = LinearConfig::new(2, 1).with_bias(false).init(&device);
-        let w0 = lin.weight.val().into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        let w0 = lin.weight.val().try_into_vec_as::<f32>().unwrap();
         let mut opt = AdamW::new(AdamWOptions { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, grad_clip: None });
         let x: Tensor<2> = Tensor::from_data(TensorData::new(vec![1.0f32, -2.0], [1, 2]), &device);
         let mut model = lin;
@@ -269,7 +309,7 @@ mod tests {
             let hg = AdamW::collect_grads(&model, &g).unwrap();
             model = opt.step(model, hg, 0.01).unwrap().0;
         }
-        let w = model.weight.val().into_data().convert::<f32>().into_vec::<f32>().unwrap();
+        let w = model.weight.val().try_into_vec_as::<f32>().unwrap();
         // Gradient is constant (x); with a constant gradient m̂ = g and v̂ = g² at every t, so each
         // step moves by lr·g/(|g| + ε) after the decay.
         for (i, g) in [1.0f64, -2.0].iter().enumerate() {

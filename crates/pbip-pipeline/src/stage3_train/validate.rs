@@ -106,7 +106,7 @@ pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -
     let mut gt_slides = vec![false; num_slides];
     for k in 0..plan.num_batches() {
         let batch: PatchBatch = match plan.batch(k) {
-            Some(b) => b?,
+            Some(b) => b.map_err(model_err)?,
             None => break,
         };
         let [b, c, h, w] = batch.shape();
@@ -145,11 +145,11 @@ pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -
                 continue;
             }
             gt_slides[si] = true;
-            let gt = plan.set.crop_mask(info)?;
+            let gt = plan.set.crop_mask(info).map_err(model_err)?;
             let f = &fused[i * n * plane..(i + 1) * n * plane];
             let p = &probs[i * n..(i + 1) * n];
             let mut pred = vec![0u8; plane];
-            let mut predict = |t: f64, pred: &mut [u8]| {
+            let predict = |t: f64, pred: &mut [u8]| {
                 let g: Vec<f32> = p.iter().map(|&v| if f64::from(v) >= t { 1.0 } else { 0.0 }).collect();
                 for (px, out) in pred.iter_mut().enumerate() {
                     let mut best = 0usize;
@@ -199,7 +199,8 @@ pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -
         counted += 1;
         correct += usize::from(all_ok);
     }
-    let auc = if scores.is_empty() { None } else { roc_auc_multilabel(&scores, &truth, n).map_err(model_err)?.macro_auc };
+    // A diverged model (non-finite logits) has no AUC.
+    let auc = if scores.is_empty() || scores.iter().any(|v| !v.is_finite()) { None } else { roc_auc_multilabel(&scores, &truth, n).map_err(model_err)?.macro_auc };
     let accuracy = (counted > 0).then(|| correct as f64 / counted as f64);
     let slides_with_gt = gt_slides.iter().filter(|v| **v).count();
     let mut m = ValMetrics {

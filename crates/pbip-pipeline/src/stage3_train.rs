@@ -1,0 +1,1139 @@
+//! Stage 3, `pbip train`: weakly-supervised training of the PBIP ClassNet from slide labels.
+//!
+//! * Data: [`pbip_data::TrainPlan`] over the training slides (seeded, slide- or class-balanced
+//!   draws, augmentation, normalisation) through a [`pbip_data::TrainLoader`] (worker threads,
+//!   bounded prefetch; the time spent waiting for data is reported).
+//! * Loss: the model stack's PBIP loss with `training.loss_weights` + temperature, mask threshold
+//!   and cam-mean weight. With `loss_weights.contrastive: 0` the FG/BG encoder pass is skipped
+//!   entirely (classification + CAM regularisers only), which is what the CPU presets use.
+//! * Optimiser: AdamW ([`optim::AdamW`], host-side state keyed by parameter path), learning rate
+//!   from [`pbip_data::LrSchedule`] per iteration (`lr_at(step)`), optional global-norm clipping.
+//!   `poly` runs without warmup whatever `warmup_epochs` says (upstream: warmup_iter 0).
+//! * A non-finite loss or gradient skips the step; `training.max_nonfinite_steps` consecutive
+//!   ones stop the run after writing `checkpoints/nonfinite.safetensors` (the batch's pixels and,
+//!   in the metadata, its slide names and coordinates).
+//! * Validation ([`validate`]) every `validation_interval` steps, at each epoch end and at the
+//!   end; `best` by deployable val mIoU (or slide AUC without GT masks).
+//! * Outputs under `work_dir`: `checkpoints/{latest,best,epoch_N}.safetensors` (weights +
+//!   prototypes; metadata `pbip_config` (resolved YAML), `class_order`, `k_list`, `step`, `epoch`,
+//!   `metrics` (JSON), `gate_threshold`), `checkpoints/latest.state.safetensors` (weights, AdamW
+//!   moments, cursor: everything `--resume` needs, one atomic file), `runs/` (TensorBoard),
+//!   `logs.txt`, `checkpoints/train_summary.json`.
+//! * Resume: the run continues from `latest.state.safetensors`; because batches, augmentation
+//!   and DropPath masks are pure functions of (seed, step), the final weights equal those of an
+//!   uninterrupted run bit for bit on the CPU backend.
+
+pub mod optim;
+pub mod validate;
+
+use std::collections::BTreeMap;
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::GradientsParams;
+use burn::tensor::{Device, Tensor, TensorData};
+use pbip_config::{Config, Dataset, SchedulerType, SlideEntry, Split};
+use pbip_data::{
+    AugmentOptions, Balance, ChannelOrder, CoordinateOrigin, EvalPlan, LoaderOptions, LrSchedule, MaskOptions,
+    Normalization, PatchBatch, PatchesPerSlide, Preprocess, SamplerOptions, SamplerState, ScheduleKind,
+    ScheduleOptions, SlideSet, SlideSetOptions, SlideSpec, TrainLoader, TrainPlan,
+};
+use pbip_encoder::MedClipVision;
+use pbip_model::{ClassNet, ClassNetConfig, ClassNetOutput, EvalConfig, LossConfig};
+use pbip_weights::{HostTensor, TensorMap};
+use serde::{Deserialize, Serialize};
+
+use crate::stage2_cluster_prototypes as s2;
+use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport};
+use optim::{AdamW, AdamWOptions};
+pub use validate::ValMetrics;
+use validate::{ValSettings, validate};
+
+/// Stage name in errors.
+pub const STAGE: &str = "train";
+/// Output folder under `work_dir`.
+pub const OUTPUT_DIR: &str = "checkpoints";
+/// TensorBoard folder under `work_dir`.
+pub const RUNS_DIR: &str = "runs";
+/// Log file under `work_dir`.
+pub const LOG_FILE: &str = "logs.txt";
+/// Latest weights.
+pub const LATEST_FILE: &str = "latest.safetensors";
+/// Best weights.
+pub const BEST_FILE: &str = "best.safetensors";
+/// Training state for `--resume`.
+pub const STATE_FILE: &str = "latest.state.safetensors";
+/// Batch of the last non-finite step when the run stops for it.
+pub const NONFINITE_FILE: &str = "nonfinite.safetensors";
+/// Summary of the (last) run.
+pub const SUMMARY_FILE: &str = "train_summary.json";
+/// Metadata key of the training state JSON in [`STATE_FILE`].
+pub const STATE_META_KEY: &str = "pbip_train_state";
+
+/// Stage description.
+pub const INFO: StageInfo = StageInfo {
+    index: 3,
+    command: "train",
+    description: "weakly-supervised training of the PBIP ClassNet from slide labels",
+    output_dir: OUTPUT_DIR,
+};
+
+/// Options of a training run beyond the config.
+#[derive(Debug, Clone, Default)]
+pub struct TrainOptions {
+    /// Continue from `checkpoints/latest.state.safetensors`.
+    pub resume: bool,
+    /// Stop (after saving the state) once this many steps have run in this invocation
+    /// (for tests and interrupted runs; `None` = run to the end).
+    pub stop_after_steps: Option<u64>,
+}
+
+/// Paths of the outputs.
+pub fn output_dir(cfg: &Config) -> PathBuf {
+    cfg.paths.work_dir.join(OUTPUT_DIR)
+}
+
+/// `work_dir/runs`.
+pub fn runs_dir(cfg: &Config) -> PathBuf {
+    cfg.paths.work_dir.join(RUNS_DIR)
+}
+
+/// `work_dir/logs.txt`.
+pub fn log_path(cfg: &Config) -> PathBuf {
+    cfg.paths.work_dir.join(LOG_FILE)
+}
+
+/// Throughput figures of a run.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Throughput {
+    /// Steps run in this invocation.
+    pub steps: u64,
+    /// Training patches per second (wall time of the training loop without validation).
+    pub patches_per_sec: f64,
+    /// Mean model step time (forward, loss, backward, update), seconds.
+    pub model_step_secs: f64,
+    /// Fraction of the training-loop time spent waiting for data.
+    pub data_wait_fraction: f64,
+}
+
+/// Summary written to `checkpoints/train_summary.json`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainSummary {
+    /// Settings this output depends on.
+    pub fingerprint: serde_json::Value,
+    /// Whether the run reached its last step.
+    pub completed: bool,
+    /// Optimiser steps done (global).
+    pub steps: u64,
+    /// Total steps of the run.
+    pub total_steps: u64,
+    /// Iterations per epoch.
+    pub iterations_per_epoch: u64,
+    /// Steps skipped for a non-finite loss or gradient.
+    pub nonfinite_steps: u64,
+    /// Last validation.
+    pub last_val: Option<ValMetrics>,
+    /// Best validation.
+    pub best_val: Option<ValMetrics>,
+    /// Validation of the untrained model (step 0), the baseline.
+    pub untrained_val: Option<ValMetrics>,
+    /// Throughput of the last invocation.
+    pub throughput: Throughput,
+    /// Slides excluded (with the reason).
+    pub excluded: Vec<String>,
+}
+
+/// Result of [`train`].
+#[derive(Debug, Clone)]
+pub struct TrainOutcome {
+    /// Stage report.
+    pub report: StageReport,
+    /// The summary written.
+    pub summary: TrainSummary,
+}
+
+/// Resumable state (JSON in the metadata of [`STATE_FILE`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct TrainState {
+    /// Optimiser steps done = global index of the next batch.
+    next_step: u64,
+    /// Sampler cursor of the next batch.
+    sampler: SamplerState,
+    /// AdamW update counts per parameter path.
+    adam_counts: BTreeMap<String, u64>,
+    consecutive_nonfinite: u64,
+    total_nonfinite: u64,
+    best_val: Option<ValMetrics>,
+    last_val: Option<ValMetrics>,
+    #[serde(default)]
+    untrained_val: Option<ValMetrics>,
+    fingerprint: serde_json::Value,
+}
+
+fn data_err(message: impl Into<String>) -> PipelineError {
+    PipelineError::Data { stage: STAGE, message: message.into() }
+}
+
+fn model_err(e: impl std::fmt::Display) -> PipelineError {
+    data_err(e.to_string())
+}
+
+/// Settings a resumed run must share with the run it continues (and that make outputs stale).
+fn fingerprint(cfg: &Config) -> serde_json::Value {
+    serde_json::json!({
+        "seed": cfg.seed,
+        "class_order": cfg.class_order,
+        "patch_size": cfg.patch_size,
+        "k_list": cfg.prototypes.k_list,
+        "model": cfg.model,
+        "training": {
+            "epochs": cfg.training.epochs,
+            "batch_size": cfg.training.batch_size,
+            "optimizer": cfg.training.optimizer,
+            "scheduler": cfg.training.scheduler,
+            "loss_weights": cfg.training.loss_weights,
+            "iterations_per_epoch": cfg.training.iterations_per_epoch,
+            "balance_classes": cfg.training.balance_classes,
+            "grad_clip": cfg.training.grad_clip,
+            "temperature": cfg.training.temperature,
+            "mask_threshold": cfg.training.mask_threshold,
+            "cam_mean_weight": cfg.training.cam_mean_weight,
+            "augment": cfg.training.augment,
+            "normalize": cfg.training.normalize,
+        },
+    })
+}
+
+/// Runs stage 3 from scratch (the `pbip run` entry point).
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError> {
+    train(cfg, opts, &TrainOptions::default()).map(|o| o.report)
+}
+
+/// Whether stage 3's outputs are complete, newer than the prototypes and made with the same settings.
+pub fn freshness(cfg: &Config) -> Freshness {
+    let dir = output_dir(cfg);
+    let summary: Option<TrainSummary> =
+        std::fs::read_to_string(dir.join(SUMMARY_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let Some(summary) = summary else {
+        return Freshness::Stale(format!("no previous {SUMMARY_FILE}"));
+    };
+    if !summary.completed {
+        return Freshness::Stale("the previous training did not finish (use `pbip train --resume`)".into());
+    }
+    if summary.fingerprint != fingerprint(cfg) {
+        return Freshness::Stale("training settings changed since the last run".into());
+    }
+    crate::compare_mtimes(&[dir.join(LATEST_FILE), dir.join(SUMMARY_FILE)], &[s2::prototypes_path(cfg)])
+}
+
+/// Appends lines to `logs.txt`.
+struct RunLog {
+    path: PathBuf,
+    file: std::fs::File,
+}
+
+impl RunLog {
+    fn open(path: &Path) -> Result<Self, PipelineError> {
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(path)
+            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+        Ok(RunLog { path: path.to_path_buf(), file })
+    }
+
+    fn line(&mut self, text: &str) -> Result<(), PipelineError> {
+        writeln!(self.file, "{text}").map_err(|source| PipelineError::Io { path: self.path.clone(), source })
+    }
+}
+
+fn slide_set_options(cfg: &Config) -> SlideSetOptions {
+    let mut o = SlideSetOptions::new(cfg.patch_size, cfg.num_classes());
+    o.origin = match cfg.slide.coordinate_origin {
+        pbip_config::CoordinateOrigin::TopLeft => CoordinateOrigin::TopLeft,
+        pbip_config::CoordinateOrigin::Centre => CoordinateOrigin::Centre,
+    };
+    o.open.backend = match cfg.slide.backend {
+        pbip_config::SlideBackend::Auto => pbip_data::SlideBackend::Auto,
+        pbip_config::SlideBackend::Rust => pbip_data::SlideBackend::Rust,
+        pbip_config::SlideBackend::Openslide => pbip_data::SlideBackend::OpenSlide,
+    };
+    o.open.cache_bytes = usize::try_from(cfg.slide.cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    o.open.background_rgb = cfg.slide.background;
+    o.mask = MaskOptions::new(cfg.num_classes());
+    o
+}
+
+fn spec(e: &SlideEntry) -> SlideSpec {
+    SlideSpec {
+        name: e.name.clone(),
+        slide_path: e.slide_path.clone(),
+        coordinates_path: e.coordinates_path.clone(),
+        labels: e.labels.clone(),
+        gt_path: e.gt_path.clone(),
+    }
+}
+
+/// Opens the slides of a split, excluding (with a warning) those without a usable coordinate.
+fn open_split(
+    entries: &[&SlideEntry],
+    opts: &SlideSetOptions,
+    split: &str,
+    excluded: &mut Vec<String>,
+) -> Result<Option<SlideSet>, PipelineError> {
+    let mut keep = Vec::new();
+    for e in entries {
+        let s = spec(e);
+        match SlideSet::open(std::slice::from_ref(&s), opts) {
+            Ok(_) => keep.push(s),
+            Err(pbip_data::DataError::NoUsableCoordinates { path, total, outside, .. }) => {
+                let why = format!(
+                    "{split} slide {:?} excluded: no usable coordinate in {} ({total} rows, {outside} outside the slide)",
+                    e.name,
+                    path.display()
+                );
+                tracing::warn!("{why}");
+                excluded.push(why);
+            }
+            Err(err) => return Err(data_err(format!("{split} slide {:?}: {err}", e.name))),
+        }
+    }
+    if keep.is_empty() {
+        return Ok(None);
+    }
+    SlideSet::open(&keep, opts).map(Some).map_err(|e| data_err(format!("{split} slides: {e}")))
+}
+
+fn normalization(cfg: &Config) -> Result<Preprocess, PipelineError> {
+    let n = &cfg.training.normalize;
+    let order = match n.channel_order {
+        pbip_config::ChannelOrder::Rgb => ChannelOrder::Rgb,
+        pbip_config::ChannelOrder::Bgr => ChannelOrder::Bgr,
+    };
+    let norm = Normalization::from_slices(&n.mean, &n.std, order).map_err(|e| data_err(format!("training.normalize: {e}")))?;
+    Ok(Preprocess::MeanStd(norm))
+}
+
+fn loss_config(cfg: &Config) -> Result<LossConfig, PipelineError> {
+    let t = &cfg.training;
+    let sw: [f64; 4] = t.loss_weights.scale_weights.as_slice().try_into().map_err(|_| {
+        data_err(format!("training.loss_weights.scale_weights needs 4 values, got {}", t.loss_weights.scale_weights.len()))
+    })?;
+    let c = LossConfig {
+        scale_weights: sw,
+        contrastive_weight: t.loss_weights.contrastive,
+        temperature: t.temperature,
+        mask_threshold: t.mask_threshold,
+        cam_mean_weight: t.cam_mean_weight,
+        tv_weight: t.loss_weights.cam_smooth,
+        l1_weight: t.loss_weights.cam_sparsity,
+        ..LossConfig::default()
+    };
+    c.validate().map_err(model_err)?;
+    Ok(c)
+}
+
+/// The evaluation constants of the validation (`evaluation.fuse_weights`, `validation.tta`).
+pub fn eval_config(cfg: &Config) -> Result<EvalConfig, PipelineError> {
+    let fuse: [f64; 4] = cfg.evaluation.fuse_weights.as_slice().try_into().map_err(|_| {
+        data_err(format!("evaluation.fuse_weights needs 4 values, got {}", cfg.evaluation.fuse_weights.len()))
+    })?;
+    Ok(EvalConfig {
+        fuse,
+        tta: cfg.validation.tta,
+        tta_multipliers: cfg.evaluation.tta_multipliers.clone(),
+        ..EvalConfig::default()
+    })
+}
+
+/// The ClassNet architecture of the config for a prototype bank of width `proto_dim`.
+pub fn classnet_config(cfg: &Config, k_list: &[usize], proto_dim: usize) -> Result<ClassNetConfig, PipelineError> {
+    let strides: [usize; 4] = cfg
+        .model
+        .strides
+        .iter()
+        .map(|&s| s as usize)
+        .collect::<Vec<_>>()
+        .try_into()
+        .map_err(|_| data_err(format!("model.strides needs 4 values, got {:?}", cfg.model.strides)))?;
+    let mut c = ClassNetConfig::new(cfg.model.backbone.as_str(), strides, k_list.to_vec()).map_err(model_err)?;
+    c.proto_dim = proto_dim;
+    Ok(c)
+}
+
+/// Reads the prototype bank and checks it against the config (class order, k_list).
+pub fn load_prototypes(cfg: &Config) -> Result<(HostTensor, s2::PrototypesMeta), PipelineError> {
+    let path = s2::prototypes_path(cfg);
+    if !path.is_file() {
+        return Err(data_err(format!(
+            "prototype bank {} not found: run `pbip cluster-prototypes` (stages 0-2) first",
+            path.display()
+        )));
+    }
+    let (bank, meta) = s2::read_prototypes(&path)?;
+    if meta.class_order != cfg.class_order {
+        return Err(data_err(format!(
+            "{}: prototype class_order {:?} differs from the config's class_order {:?}; rerun stages 0-2",
+            path.display(),
+            meta.class_order,
+            cfg.class_order
+        )));
+    }
+    if meta.k_list != cfg.prototypes.k_list {
+        return Err(data_err(format!(
+            "{}: prototype k_list {:?} differs from the config's prototypes.k_list {:?}; rerun stage 2",
+            path.display(),
+            meta.k_list,
+            cfg.prototypes.k_list
+        )));
+    }
+    let total: usize = meta.k_list.iter().sum();
+    if bank.shape.len() != 2 || bank.shape[0] != total {
+        return Err(data_err(format!("{}: features have shape {:?}, expected [{total}, D]", path.display(), bank.shape)));
+    }
+    Ok((bank, meta))
+}
+
+/// Loss terms as host numbers (for logging).
+#[derive(Debug, Clone, Copy, Default)]
+struct LossValues {
+    total: f64,
+    cls: f64,
+    fg: f64,
+    bg: f64,
+    cam_mean: f64,
+    tv: f64,
+    l1: f64,
+    pairs: f64,
+}
+
+impl LossValues {
+    fn add(&mut self, o: &LossValues) {
+        self.total += o.total;
+        self.cls += o.cls;
+        self.fg += o.fg;
+        self.bg += o.bg;
+        self.cam_mean += o.cam_mean;
+        self.tv += o.tv;
+        self.l1 += o.l1;
+        self.pairs += o.pairs;
+    }
+    fn scaled(&self, k: f64) -> LossValues {
+        LossValues {
+            total: self.total * k,
+            cls: self.cls * k,
+            fg: self.fg * k,
+            bg: self.bg * k,
+            cam_mean: self.cam_mean * k,
+            tv: self.tv * k,
+            l1: self.l1 * k,
+            pairs: self.pairs * k,
+        }
+    }
+}
+
+fn scalar(t: Tensor<1>) -> Result<f64, PipelineError> {
+    let v = pbip_model::util::to_vec(t).map_err(model_err)?;
+    Ok(v.first().copied().map_or(f64::NAN, f64::from))
+}
+
+/// The encoder used for FG/BG features (None when the contrastive weight is 0).
+struct FeatureEncoder {
+    model: MedClipVision,
+    projected: bool,
+}
+
+/// Total loss (differentiable) and its components.
+fn compute_loss(
+    out: &ClassNetOutput,
+    images: Tensor<4>,
+    labels: Tensor<2>,
+    k_list: &[usize],
+    lc: &LossConfig,
+    enc: Option<&FeatureEncoder>,
+) -> Result<(Tensor<1>, LossValues), PipelineError> {
+    if let Some(enc) = enc {
+        let f = |x: Tensor<4>| if enc.projected { enc.model.forward(x) } else { enc.model.pooled(x) };
+        let lo = pbip_model::pbip_loss(out, images, labels, k_list, lc, &f).map_err(model_err)?;
+        let v = LossValues {
+            total: scalar(lo.total.clone())?,
+            cls: scalar(lo.cls.clone())?,
+            fg: lo.fg.clone().map(scalar).transpose()?.unwrap_or(0.0),
+            bg: lo.bg.clone().map(scalar).transpose()?.unwrap_or(0.0),
+            cam_mean: scalar(lo.cam_mean.clone())?,
+            tv: lo.tv.clone().map(scalar).transpose()?.unwrap_or(0.0),
+            l1: lo.l1.clone().map(scalar).transpose()?.unwrap_or(0.0),
+            pairs: lo.pairs.len() as f64,
+        };
+        return Ok((lo.total, v));
+    }
+    // Contrastive weight 0: classification + CAM regularisers, no encoder pass.
+    let cls = pbip_model::classification_loss(&out.cls, labels, k_list, &lc.scale_weights, lc.merge).map_err(model_err)?;
+    let cam4 = out.cam[3].clone();
+    let cm = pbip_model::cam_mean(cam4.clone());
+    let mut total = cls.clone();
+    let mut v = LossValues { cls: scalar(cls)?, cam_mean: scalar(cm)?, ..LossValues::default() };
+    if lc.tv_weight != 0.0 {
+        let tv = pbip_model::cam_total_variation(cam4.clone());
+        v.tv = scalar(tv.clone())?;
+        total = total + tv * lc.tv_weight;
+    }
+    if lc.l1_weight != 0.0 {
+        let l1 = pbip_model::cam_l1(cam4);
+        v.l1 = scalar(l1.clone())?;
+        total = total + l1 * lc.l1_weight;
+    }
+    v.total = scalar(total.clone())?;
+    Ok((total, v))
+}
+
+/// Serialises (seed, forward) pairs of concurrent trainings in one process.
+static RNG_LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Seed of the DropPath masks of global step `g` (SplitMix64 of seed and step).
+fn step_seed(seed: u64, g: u64) -> u64 {
+    let mut z = seed ^ g.wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xD1B5_4A32_D192_ED03;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
+}
+
+struct Checkpointer<'a> {
+    dir: PathBuf,
+    ncfg: &'a ClassNetConfig,
+    base_meta: BTreeMap<String, String>,
+}
+
+impl Checkpointer<'_> {
+    fn save(&self, model: &ClassNet, name: &str, step: u64, epoch: u64, val: Option<&ValMetrics>) -> Result<PathBuf, PipelineError> {
+        let mut meta = self.base_meta.clone();
+        meta.insert("step".into(), step.to_string());
+        meta.insert("epoch".into(), epoch.to_string());
+        if let Some(v) = val {
+            meta.insert("metrics".into(), serde_json::to_string(v).map_err(model_err)?);
+            meta.insert("gate_threshold".into(), v.gate_threshold.to_string());
+        } else {
+            meta.insert("gate_threshold".into(), validate::DEFAULT_THRESHOLD.to_string());
+        }
+        let path = self.dir.join(name);
+        model.save_safetensors(&path, self.ncfg, &meta).map_err(|e| data_err(format!("{}: {e}", path.display())))?;
+        Ok(path)
+    }
+}
+
+fn save_state(path: &Path, model: &ClassNet, opt: &AdamW, st: &TrainState) -> Result<(), PipelineError> {
+    let mut map: TensorMap = model
+        .to_tensor_map()
+        .map_err(model_err)?
+        .into_iter()
+        .map(|(k, v)| (format!("param.{k}"), v))
+        .collect();
+    let counts = opt.to_tensors(&mut map);
+    let mut st = st.clone();
+    st.adam_counts = counts;
+    let mut meta = BTreeMap::new();
+    meta.insert(STATE_META_KEY.to_string(), serde_json::to_string(&st).map_err(model_err)?);
+    pbip_weights::write_safetensors_atomic(path, &map, &meta).map_err(|e| data_err(format!("{}: {e}", path.display())))
+}
+
+fn load_state(path: &Path) -> Result<(TensorMap, TensorMap, TrainState), PipelineError> {
+    if !path.is_file() {
+        return Err(data_err(format!("--resume: no training state {} (nothing to resume)", path.display())));
+    }
+    let (map, meta) = pbip_weights::read_safetensors(path).map_err(|e| data_err(format!("{}: {e}", path.display())))?;
+    let json = meta.get(STATE_META_KEY).ok_or_else(|| data_err(format!("{}: not a pbip training state", path.display())))?;
+    let st: TrainState =
+        serde_json::from_str(json).map_err(|e| PipelineError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+    let mut params = TensorMap::new();
+    let mut rest = TensorMap::new();
+    for (k, v) in map {
+        match k.strip_prefix("param.") {
+            Some(p) => {
+                params.insert(p.to_string(), v);
+            }
+            None => {
+                rest.insert(k, v);
+            }
+        }
+    }
+    Ok((params, rest, st))
+}
+
+fn fmt_opt(v: Option<f64>) -> String {
+    v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.4}"))
+}
+
+fn val_line(v: &ValMetrics, epoch: u64) -> String {
+    format!(
+        "val step {} epoch {}: patches {} slides {} (with GT {}) auc {} acc {} miou {} (gate threshold {:.2}; at 0.5: {}) dice {} precision {} recall {} iou/class [{}] constant-map miou {}",
+        v.step,
+        epoch,
+        v.patches,
+        v.slides,
+        v.slides_with_gt,
+        fmt_opt(v.auc),
+        fmt_opt(v.accuracy),
+        fmt_opt(v.miou),
+        v.gate_threshold,
+        fmt_opt(v.miou_at_default),
+        fmt_opt(v.mean_dice),
+        fmt_opt(v.mean_precision),
+        fmt_opt(v.mean_recall),
+        v.iou.iter().map(|x| fmt_opt(*x)).collect::<Vec<_>>().join(" "),
+        fmt_opt(v.constant_map_miou),
+    )
+}
+
+fn tb_val(tb: &mut pbip_tensorboard::EventWriter, v: &ValMetrics, class_order: &[String]) -> Result<(), PipelineError> {
+    let step = v.step as i64;
+    let mut vals: Vec<(String, f32)> = vec![("val/gate_threshold".into(), v.gate_threshold as f32)];
+    let mut push = |k: &str, x: Option<f64>| {
+        if let Some(x) = x {
+            vals.push((k.to_string(), x as f32));
+        }
+    };
+    push("val/auc", v.auc);
+    push("val/accuracy", v.accuracy);
+    push("val/miou", v.miou);
+    push("val/miou_at_0.5", v.miou_at_default);
+    push("val/dice", v.mean_dice);
+    push("val/precision", v.mean_precision);
+    push("val/recall", v.mean_recall);
+    push("val/constant_map_miou", v.constant_map_miou);
+    for (i, c) in class_order.iter().enumerate() {
+        push(&format!("val/iou/{c}"), v.iou.get(i).copied().flatten());
+        push(&format!("val/dice/{c}"), v.dice.get(i).copied().flatten());
+    }
+    let refs: Vec<(&str, f32)> = vals.iter().map(|(k, x)| (k.as_str(), *x)).collect();
+    tb.add_scalars(&refs, step).map_err(model_err)
+}
+
+fn write_nonfinite(path: &Path, batch: &PatchBatch, step: u64, what: &str) -> Result<(), PipelineError> {
+    let mut map = TensorMap::new();
+    map.insert(
+        "images".into(),
+        HostTensor { shape: batch.shape().to_vec(), data: batch.data.clone() },
+    );
+    map.insert("labels".into(), HostTensor { shape: vec![batch.n, batch.num_classes], data: batch.labels.clone() });
+    let patches: Vec<serde_json::Value> = batch
+        .info
+        .iter()
+        .map(|i| {
+            serde_json::json!({"slide": i.slide_name, "row": i.row, "x_lv0": i.x_lv0, "y_lv0": i.y_lv0,
+                "level": i.level, "read_size_px": i.read_size_px, "aug": i.aug})
+        })
+        .collect();
+    let mut meta = BTreeMap::new();
+    meta.insert("step".into(), step.to_string());
+    meta.insert("reason".into(), what.to_string());
+    meta.insert("patches".into(), serde_json::Value::Array(patches).to_string());
+    pbip_weights::write_safetensors_atomic(path, &map, &meta).map_err(|e| data_err(format!("{}: {e}", path.display())))
+}
+
+/// Trains (or resumes) and returns the outcome.
+pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<TrainOutcome, PipelineError> {
+    let t = &cfg.training;
+    if t.batch_size == 0 || t.epochs == 0 {
+        return Err(data_err("training.batch_size and training.epochs must be > 0"));
+    }
+    if t.validation_interval == 0 || t.checkpoint_interval == 0 || t.log_interval == 0 {
+        return Err(data_err("training.validation_interval, checkpoint_interval and log_interval must be > 0"));
+    }
+    let lc = loss_config(cfg)?;
+    let ecfg = eval_config(cfg)?;
+    let preprocess = normalization(cfg)?;
+
+    // Data.
+    let dataset = Dataset::load(cfg)?;
+    for w in &dataset.warnings {
+        tracing::warn!("{w}");
+    }
+    let train_entries = dataset.split(Split::Train);
+    let val_entries = dataset.split(Split::Val);
+    if train_entries.is_empty() {
+        return Err(data_err("the training split is empty"));
+    }
+    let n_classes = cfg.num_classes();
+    let missing: Vec<&str> = (0..n_classes)
+        .filter(|&c| !train_entries.iter().any(|e| e.labels.get(c).copied().unwrap_or(0) != 0))
+        .map(|c| cfg.class_order[c].as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(data_err(format!(
+            "the training split has no slide of class(es) {missing:?} (class_order {:?}): a weakly-supervised classifier needs every class present in training",
+            cfg.class_order
+        )));
+    }
+    let all_pos: Vec<&str> = (0..n_classes)
+        .filter(|&c| train_entries.iter().all(|e| e.labels.get(c).copied().unwrap_or(0) != 0))
+        .map(|c| cfg.class_order[c].as_str())
+        .collect();
+    if !all_pos.is_empty() && n_classes > 1 {
+        return Err(data_err(format!(
+            "every training slide is labelled with class(es) {all_pos:?}: the labels carry no information to learn from"
+        )));
+    }
+    let (bank, pmeta) = load_prototypes(cfg)?;
+    let proto_dim = bank.shape[1];
+    let ncfg = classnet_config(cfg, &pmeta.k_list, proto_dim)?;
+
+    let out_dir = output_dir(cfg);
+    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io { path: out_dir.clone(), source })?;
+    let runs = runs_dir(cfg);
+    std::fs::create_dir_all(&runs).map_err(|source| PipelineError::Io { path: runs.clone(), source })?;
+    let mut log = RunLog::open(&log_path(cfg))?;
+    cfg.write_resolved(&out_dir)?;
+
+    let sopts = slide_set_options(cfg);
+    let mut excluded = Vec::new();
+    let train_set = open_split(&train_entries, &sopts, "train", &mut excluded)?
+        .ok_or_else(|| data_err("no training slide has a usable coordinate"))?;
+    let val_set = if val_entries.is_empty() { None } else { open_split(&val_entries, &sopts, "val", &mut excluded)? };
+    let mut has_gt = Vec::new();
+    if let Some(vs) = &val_set {
+        for s in vs.slides() {
+            let ok = s.spec.gt_path.as_ref().is_some_and(|p| p.is_file());
+            if !ok && cfg.paths.gt_dir.is_some() {
+                let why = format!("val slide {:?}: no GT mask in {:?}: excluded from the segmentation metrics (still in AUC)", s.spec.name, cfg.paths.gt_dir);
+                tracing::warn!("{why}");
+                excluded.push(why);
+            }
+            has_gt.push(ok);
+        }
+    }
+    for e in &excluded {
+        log.line(&format!("warning: {e}"))?;
+    }
+
+    // Model and optimiser.
+    let base_device = crate::encoder::compute_device(cfg)?;
+    let device: Device = base_device.clone().autodiff();
+    let state_path = out_dir.join(STATE_FILE);
+    let fp = fingerprint(cfg);
+    let mut adamw = AdamW::new(AdamWOptions {
+        beta1: t.optimizer.betas[0],
+        beta2: t.optimizer.betas[1],
+        eps: t.optimizer.eps,
+        weight_decay: t.optimizer.weight_decay,
+        grad_clip: t.grad_clip,
+    });
+    let (model, resumed) = if topts.resume {
+        let (params, rest, st) = load_state(&state_path)?;
+        if st.fingerprint != fp {
+            return Err(data_err(format!(
+                "--resume: {} was written with different settings (seed, model, prototypes k_list or training keys); resume with the same config, or train from scratch",
+                state_path.display()
+            )));
+        }
+        adamw.load_tensors(&rest, &st.adam_counts).map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
+        let m = ClassNet::load_upstream(&params, &ncfg, &bank, &device).map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
+        (m, Some(st))
+    } else if let Some(p) = &cfg.model.pretrained {
+        (ClassNet::with_pretrained_backbone_file(p, &ncfg, &bank, cfg.seed, &device).map_err(|e| data_err(format!("{}: {e}", p.display())))?, None)
+    } else {
+        (ClassNet::init(&ncfg, &bank, cfg.seed, &device).map_err(model_err)?, None)
+    };
+    let mut model = optim::materialize(model).map_err(data_err)?;
+    let encoder = if lc.contrastive_weight != 0.0 {
+        let p = crate::encoder::saved_encoder_path(cfg);
+        let (m, ident) = crate::encoder::load_saved_encoder(&p, &device)?;
+        Some(FeatureEncoder { model: m.frozen(), projected: ident.kind != "hf_swin" })
+    } else {
+        None
+    };
+
+    // Sampler, schedule, loader.
+    let plan = TrainPlan::new(
+        Arc::new(train_set),
+        SamplerOptions {
+            seed: cfg.seed,
+            batch_size: t.batch_size,
+            balance: if t.balance_classes { Balance::Classes } else { Balance::Slides },
+            iterations_per_epoch: t.iterations_per_epoch.map(|v| v as u64),
+        },
+        AugmentOptions {
+            hflip: t.augment.hflip,
+            vflip: t.augment.vflip,
+            rot90: t.augment.rot90,
+            color_jitter: t.augment.color_jitter,
+            ..AugmentOptions::default()
+        },
+        preprocess,
+    )
+    .map_err(model_err)?;
+    let ipe = plan.sampler.iterations_per_epoch();
+    let total_steps = (t.epochs as u64).checked_mul(ipe).ok_or_else(|| data_err("epochs x iterations overflow"))?;
+    // Upstream's poly schedule has no warmup (PolyWarmupAdamW, warmup_iter 0).
+    let warmup = if t.scheduler.kind == SchedulerType::Poly { 0.0 } else { t.scheduler.warmup_epochs };
+    let schedule = LrSchedule::from_options(&ScheduleOptions {
+        kind: match t.scheduler.kind {
+            SchedulerType::Cosine => ScheduleKind::Cosine,
+            SchedulerType::Poly => ScheduleKind::Poly,
+            SchedulerType::Constant => ScheduleKind::Constant,
+        },
+        base_lr: t.optimizer.lr,
+        min_lr: 0.0,
+        warmup_epochs: warmup,
+        power: t.scheduler.power,
+        epochs: t.epochs as u64,
+        iterations_per_epoch: ipe,
+    })
+    .map_err(|e| data_err(format!("training.scheduler: {e}")))?;
+
+    let mut st = match resumed {
+        Some(s) => s,
+        None => TrainState {
+            next_step: 0,
+            sampler: plan.sampler.initial_state(),
+            adam_counts: BTreeMap::new(),
+            consecutive_nonfinite: 0,
+            total_nonfinite: 0,
+            best_val: None,
+            last_val: None,
+            untrained_val: None,
+            fingerprint: fp.clone(),
+        },
+    };
+    plan.sampler.check_state(&st.sampler).map_err(|e| data_err(format!("--resume: {e}")))?;
+    let start_step = st.next_step;
+    let end_step = match topts.stop_after_steps {
+        Some(k) => (start_step + k).min(total_steps),
+        None => total_steps,
+    };
+    let num_workers = if t.num_workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { t.num_workers };
+    let mut loader = TrainLoader::new(plan, st.sampler, Some(end_step), LoaderOptions { num_workers, prefetch: t.prefetch })
+        .map_err(model_err)?;
+
+    let val_plan = match &val_set {
+        Some(vs) => Some(
+            EvalPlan::new(
+                Arc::new(SlideSet::open(&vs.slides().iter().map(|s| s.spec.clone()).collect::<Vec<_>>(), &sopts).map_err(model_err)?),
+                PatchesPerSlide::First(cfg.validation.patches_per_slide.max(1)),
+                t.batch_size,
+                normalization(cfg)?,
+                false,
+            )
+            .map_err(model_err)?,
+        ),
+        None => None,
+    };
+    let val_settings = ValSettings { eval: ecfg, has_gt };
+
+    let mut tb = pbip_tensorboard::EventWriter::create(&runs).map_err(model_err)?;
+    let mut base_meta = BTreeMap::new();
+    base_meta.insert("pbip_config".into(), cfg.to_yaml_string()?);
+    base_meta.insert("class_order".into(), serde_json::to_string(&cfg.class_order).map_err(model_err)?);
+    base_meta.insert("prototypes_file".into(), s2::prototypes_path(cfg).display().to_string());
+    base_meta.insert("encoder".into(), serde_json::to_string(&pmeta.encoder).map_err(model_err)?);
+    let ckpt = Checkpointer { dir: out_dir.clone(), ncfg: &ncfg, base_meta };
+
+    let header = format!(
+        "{} training: {} train slides, {} val slides, {} iterations/epoch x {} epochs = {} steps, batch {}, backbone {}, lr {} ({:?}), contrastive weight {}{}",
+        if start_step > 0 { "resumed" } else { "started" },
+        loader.sampler().slides().len(),
+        val_plan.as_ref().map_or(0, |p| p.set.len()),
+        ipe,
+        t.epochs,
+        total_steps,
+        t.batch_size,
+        cfg.model.backbone.as_str(),
+        t.optimizer.lr,
+        t.scheduler.kind,
+        lc.contrastive_weight,
+        if start_step > 0 { format!(", from step {start_step}") } else { String::new() },
+    );
+    tracing::info!("{header}");
+    log.line(&header)?;
+
+    let pb = if opts.progress {
+        let pb = indicatif::ProgressBar::new(total_steps);
+        pb.set_style(
+            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ETA {eta}")
+                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+        );
+        pb
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
+    pb.set_position(start_step);
+
+    let mut acc = LossValues::default();
+    let mut acc_n = 0u64;
+    let loop_start = Instant::now();
+    let mut val_secs = 0f64;
+    let mut model_secs = 0f64;
+    let mut steps_run = 0u64;
+    let mut interval_start = Instant::now();
+    let mut interval_wait = 0f64;
+
+    let run_val = |model: &ClassNet, step: u64| -> Result<Option<ValMetrics>, PipelineError> {
+        match &val_plan {
+            Some(p) => validate(&model.valid(), p, &val_settings, step).map(Some),
+            None => Ok(None),
+        }
+    };
+
+    // Baseline: the untrained model under the same validation (fresh runs only).
+    if start_step == 0 && end_step > 0 {
+        if let Some(v) = run_val(&model, 0)? {
+            tb_val(&mut tb, &v, &cfg.class_order)?;
+            let line = format!("untrained {}", val_line(&v, 0));
+            tracing::info!("{line}");
+            log.line(&line)?;
+            st.untrained_val = Some(v);
+        }
+    }
+
+    while let Some(batch) = loader.next_batch() {
+        let batch = batch.map_err(model_err)?;
+        let g = st.next_step;
+        let epoch = g / ipe;
+        let t0 = Instant::now();
+        let lr = schedule.lr_at(g);
+        let [b, c, h, w] = batch.shape();
+        let images: Tensor<4> = Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
+        let labels: Tensor<2> = Tensor::from_data(TensorData::new(batch.labels.clone(), [b, batch.num_classes]), &device);
+        let out = {
+            // The backend RNG (DropPath masks) is process-global: seed it per step and keep other
+            // trainings in this process from drawing from it in between (bit-exact resume).
+            let _guard = RNG_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            device.seed(step_seed(cfg.seed, g));
+            model.try_forward(images.clone(), true).map_err(model_err)?
+        };
+        let (loss, values) = compute_loss(&out, images, labels, &model.k_list, &lc, encoder.as_ref())?;
+        let mut bad: Option<String> = None;
+        if !values.total.is_finite() {
+            bad = Some(format!("non-finite loss {} (cls {}, fg {}, bg {})", values.total, values.cls, values.fg, values.bg));
+        }
+        let mut grad_norm = f64::NAN;
+        if bad.is_none() {
+            let grads = GradientsParams::from_grads(loss.backward(), &model);
+            let host = AdamW::collect_grads(&model, &grads).map_err(data_err)?;
+            let (norm, finite) = AdamW::grad_norm(&host);
+            grad_norm = norm;
+            if !finite {
+                bad = Some("non-finite gradient".into());
+            } else {
+                let (m, _) = adamw.step(model, host, lr).map_err(data_err)?;
+                model = m;
+            }
+        }
+        model_secs += t0.elapsed().as_secs_f64();
+        st.next_step = g + 1;
+        st.sampler = loader.state();
+        steps_run += 1;
+        if let Some(why) = bad {
+            st.consecutive_nonfinite += 1;
+            st.total_nonfinite += 1;
+            let slides: Vec<String> = batch.info.iter().map(|i| format!("{}@({},{})", i.slide_name, i.x_lv0, i.y_lv0)).collect();
+            let line = format!("step {g}: {why}: step skipped ({} in a row); batch {}", st.consecutive_nonfinite, slides.join(" "));
+            tracing::warn!("{line}");
+            log.line(&line)?;
+            if st.consecutive_nonfinite >= t.max_nonfinite_steps.max(1) as u64 {
+                let p = out_dir.join(NONFINITE_FILE);
+                write_nonfinite(&p, &batch, g, &why)?;
+                return Err(data_err(format!(
+                    "{} consecutive steps with a non-finite loss or gradient (training.max_nonfinite_steps), last at step {g}: {why}; the last batch is in {} (slides and coordinates in its metadata). Lower training.optimizer.lr or set training.grad_clip",
+                    st.consecutive_nonfinite,
+                    p.display()
+                )));
+            }
+        } else {
+            st.consecutive_nonfinite = 0;
+            acc.add(&values);
+            acc_n += 1;
+        }
+
+        let done = g + 1;
+        let stats = loader.stats();
+        pb.set_position(done);
+        let elapsed = loop_start.elapsed().as_secs_f64() - val_secs;
+        pb.set_message(format!(
+            "epoch {}/{} step {done} loss {:.4} lr {:.2e} {:.1} patches/s",
+            epoch + 1,
+            t.epochs,
+            values.total,
+            lr,
+            (steps_run * t.batch_size as u64) as f64 / elapsed.max(1e-9)
+        ));
+
+        if done % t.log_interval as u64 == 0 || done == end_step {
+            let mean = if acc_n > 0 { acc.scaled(1.0 / acc_n as f64) } else { LossValues::default() };
+            let iv = interval_start.elapsed().as_secs_f64();
+            let wait_now = stats.wait_secs - interval_wait;
+            let wait_frac = if iv > 0.0 { (wait_now / iv).clamp(0.0, 1.0) } else { 0.0 };
+            let pps = (steps_run * t.batch_size as u64) as f64 / elapsed.max(1e-9);
+            let scalars = [
+                ("train/loss", mean.total as f32),
+                ("train/loss_cls", mean.cls as f32),
+                ("train/loss_fg", mean.fg as f32),
+                ("train/loss_bg", mean.bg as f32),
+                ("train/cam_mean", mean.cam_mean as f32),
+                ("train/cam_tv", mean.tv as f32),
+                ("train/cam_l1", mean.l1 as f32),
+                ("train/selected_pairs", mean.pairs as f32),
+                ("train/lr", lr as f32),
+                ("train/grad_norm", grad_norm as f32),
+                ("train/data_wait_fraction", wait_frac as f32),
+                ("train/patches_per_sec", pps as f32),
+                ("train/nonfinite_steps", st.total_nonfinite as f32),
+            ];
+            tb.add_scalars(&scalars, done as i64).map_err(model_err)?;
+            tb.flush().map_err(model_err)?;
+            log.line(&format!(
+                "step {done}/{total_steps} epoch {}: loss {:.5} cls {:.5} fg {:.5} bg {:.5} cam_mean {:.5} tv {:.5} l1 {:.5} pairs {:.1} lr {:.3e} grad_norm {:.4} data-wait {:.1}% {:.1} patches/s",
+                epoch + 1, mean.total, mean.cls, mean.fg, mean.bg, mean.cam_mean, mean.tv, mean.l1, mean.pairs, lr, grad_norm, 100.0 * wait_frac, pps
+            ))?;
+            acc = LossValues::default();
+            acc_n = 0;
+            interval_start = Instant::now();
+            interval_wait = stats.wait_secs;
+        }
+
+        let epoch_end = done % ipe == 0;
+        let finished = done == total_steps;
+        let do_val = done % t.validation_interval as u64 == 0 || epoch_end || finished;
+        let mut saved_latest = false;
+        if do_val && val_plan.is_some() {
+            let tv0 = Instant::now();
+            if let Some(v) = run_val(&model, done)? {
+                tb_val(&mut tb, &v, &cfg.class_order)?;
+                tb.flush().map_err(model_err)?;
+                let line = val_line(&v, epoch + 1);
+                tracing::info!("{line}");
+                log.line(&line)?;
+                let better = match (v.selection_score(), st.best_val.as_ref().and_then(|b| b.selection_score())) {
+                    (Some(a), Some(b)) => a > b,
+                    (Some(_), None) => true,
+                    _ => st.best_val.is_none(),
+                };
+                if better {
+                    ckpt.save(&model, BEST_FILE, done, epoch + 1, Some(&v))?;
+                    log.line(&format!("new best at step {done}: {}", fmt_opt(v.selection_score())))?;
+                    st.best_val = Some(v.clone());
+                }
+                st.last_val = Some(v);
+            }
+            ckpt.save(&model, LATEST_FILE, done, epoch + 1, st.last_val.as_ref())?;
+            save_state(&state_path, &model, &adamw, &st)?;
+            saved_latest = true;
+            val_secs += tv0.elapsed().as_secs_f64();
+        }
+        if done % t.checkpoint_interval as u64 == 0 {
+            let p = ckpt.save(&model, &format!("epoch_{}.safetensors", epoch + 1), done, epoch + 1, st.last_val.as_ref())?;
+            tracing::debug!("checkpoint {}", p.display());
+        }
+        if !saved_latest && (done % t.checkpoint_interval as u64 == 0 || epoch_end || done == end_step) {
+            ckpt.save(&model, LATEST_FILE, done, epoch + 1, st.last_val.as_ref())?;
+            save_state(&state_path, &model, &adamw, &st)?;
+        }
+    }
+    pb.finish_and_clear();
+    if st.next_step < end_step {
+        return Err(data_err(format!("the training loader ended early at step {} of {end_step}", st.next_step)));
+    }
+    if st.next_step == start_step {
+        // Nothing left to do (resuming a finished run): make sure latest exists.
+        ckpt.save(&model, LATEST_FILE, st.next_step, st.next_step / ipe.max(1), st.last_val.as_ref())?;
+        save_state(&state_path, &model, &adamw, &st)?;
+    }
+    let stats = loader.stats();
+    let loop_secs = (loop_start.elapsed().as_secs_f64() - val_secs).max(1e-9);
+    let throughput = Throughput {
+        steps: steps_run,
+        patches_per_sec: (steps_run * t.batch_size as u64) as f64 / loop_secs,
+        model_step_secs: if steps_run > 0 { model_secs / steps_run as f64 } else { 0.0 },
+        data_wait_fraction: (stats.wait_secs / loop_secs).clamp(0.0, 1.0),
+    };
+    let completed = st.next_step >= total_steps;
+    let summary = TrainSummary {
+        fingerprint: fp,
+        completed,
+        steps: st.next_step,
+        total_steps,
+        iterations_per_epoch: ipe,
+        nonfinite_steps: st.total_nonfinite,
+        last_val: st.last_val.clone(),
+        best_val: st.best_val.clone(),
+        untrained_val: st.untrained_val.clone(),
+        throughput: throughput.clone(),
+        excluded: excluded.clone(),
+    };
+    let summary_path = out_dir.join(SUMMARY_FILE);
+    crate::write_atomic(&summary_path, serde_json::to_string_pretty(&summary).map_err(model_err)?.as_bytes())?;
+    let tail = format!(
+        "{} at step {}/{total_steps}: {:.2} patches/s, model step {:.3} s, data wait {:.1}% of the training loop",
+        if completed { "finished" } else { "stopped" },
+        st.next_step,
+        throughput.patches_per_sec,
+        throughput.model_step_secs,
+        100.0 * throughput.data_wait_fraction
+    );
+    tracing::info!("{tail}");
+    log.line(&tail)?;
+    tb.flush().map_err(model_err)?;
+
+    let mut lines = vec![tail];
+    lines.push(format!("checkpoints: {}", out_dir.display()));
+    lines.push(format!("TensorBoard: tensorboard --logdir {}", runs.display()));
+    lines.push(format!("log: {}", log_path(cfg).display()));
+    if let Some(v) = &st.last_val {
+        lines.push(format!("last {}", val_line(v, v.step.div_ceil(ipe.max(1)))));
+    }
+    if let Some(v) = &st.best_val {
+        lines.push(format!("best at step {}: {}", v.step, fmt_opt(v.selection_score())));
+    }
+    for e in &excluded {
+        lines.push(format!("warning: {e}"));
+    }
+    let mut outputs = vec![out_dir.join(LATEST_FILE), state_path.clone(), summary_path];
+    if out_dir.join(BEST_FILE).is_file() {
+        outputs.push(out_dir.join(BEST_FILE));
+    }
+    outputs.push(tb.path().to_path_buf());
+    outputs.push(log_path(cfg));
+    Ok(TrainOutcome {
+        report: StageReport { stage: INFO, output_dir: out_dir, outputs, summary: lines },
+        summary,
+    })
+}
+
+/// Reads a training summary.
+pub fn read_summary(cfg: &Config) -> Result<TrainSummary, PipelineError> {
+    let p = output_dir(cfg).join(SUMMARY_FILE);
+    let text = std::fs::read_to_string(&p).map_err(|source| PipelineError::Io { path: p.clone(), source })?;
+    serde_json::from_str(&text).map_err(|e| PipelineError::Json { path: p, message: e.to_string() })
+}
+
+/// Validates a model on the config's val split (e.g. the untrained model, for a baseline).
+pub fn validate_model(cfg: &Config, model: &ClassNet) -> Result<Option<ValMetrics>, PipelineError> {
+    let dataset = Dataset::load(cfg)?;
+    let sopts = slide_set_options(cfg);
+    let mut excluded = Vec::new();
+    let Some(vs) = open_split(&dataset.split(Split::Val), &sopts, "val", &mut excluded)? else {
+        return Ok(None);
+    };
+    let has_gt = vs.slides().iter().map(|s| s.spec.gt_path.as_ref().is_some_and(|p| p.is_file())).collect();
+    let plan = EvalPlan::new(
+        Arc::new(vs),
+        PatchesPerSlide::First(cfg.validation.patches_per_slide.max(1)),
+        cfg.training.batch_size.max(1),
+        normalization(cfg)?,
+        false,
+    )
+    .map_err(model_err)?;
+    validate(model, &plan, &ValSettings { eval: eval_config(cfg)?, has_gt }, 0).map(Some)
+}
+
+/// Builds the untrained model of the config (same seed and initialisation as training) on `device`.
+pub fn initial_model(cfg: &Config, device: &Device) -> Result<ClassNet, PipelineError> {
+    let (bank, meta) = load_prototypes(cfg)?;
+    let ncfg = classnet_config(cfg, &meta.k_list, bank.shape[1])?;
+    match &cfg.model.pretrained {
+        Some(p) => ClassNet::with_pretrained_backbone_file(p, &ncfg, &bank, cfg.seed, device).map_err(model_err),
+        None => ClassNet::init(&ncfg, &bank, cfg.seed, device).map_err(model_err),
+    }
+}

@@ -1,0 +1,705 @@
+//! Stage 5 `infer`: whole-slide inference with a trained checkpoint.
+//!
+//! For every slide (from `--input-dir`, slide paths, or a manifest CSV
+//! `sample_id,image_path[,coordinates_path][,mpp]`):
+//!
+//! 1. **Patches**: from the coordinate file when one is given (any format `pbip-coords` reads, the
+//!    config's `slide.coordinate_origin` applies); otherwise the slide is tiled hs2p-style
+//!    (`pbip-tiling`: HSV tissue mask at the level nearest 1/64, closing, small-component removal,
+//!    a grid of `inference.patch_size` tiles at the slide's own resolution with
+//!    `inference.overlap_ratio`), and the tiles used are saved as `<slide>.coordinates.npz` +
+//!    `.coordinates.meta.json` (hs2p ≥ 2 format) in the slide's output folder.
+//! 2. **Prediction**: patches are read on a worker thread (rayon inside a batch) while the
+//!    previous batch runs through the model, `inference.batch_size` per forward pass. The model's
+//!    maps are the evaluation-path fused CAMs gated by its own image-level prediction
+//!    (`sigmoid(mean-merged logits) ≥ gate_threshold`, threshold from the checkpoint metadata
+//!    `gate_threshold`/`threshold`, else 0.5 with a warning), see [`predictor::ClassNetPredictor`].
+//! 3. **Stitching** at `inference.output_downsample` (level-0 px per output px) with
+//!    `inference.stitch` = mean | gaussian weights, block-wise (`pbip_post::stitch`): blocks of 512
+//!    output px are accumulated only while a pending patch can touch them, within
+//!    `inference.memory_budget_mb`.
+//! 4. **Post-processing**: arg-max (pixels no patch covers = 255, "no label"), dense CRF
+//!    (`inference.use_crf`, permutohedral lattice, 512 px tiles with halos), morphology, small
+//!    components (`min_component_size` output px, or `min_component_size_um2` µm² with the slide
+//!    mpp), boundary refinement; see `pbip_post::postprocess`.
+//! 5. **Outputs** in `predictions/<slide>/`: `segmentation_mask.png` (indexed PNG, pixel = class
+//!    index, 255 = no label / not tissue, transparent), `confidence_maps.npz` (`class_k` float16
+//!    `[H, W]` stitched confidences in [0, 1], 0 where no patch; not CRF-refined),
+//!    `visualization.png` (overlay on a thumbnail ≤ 2048 px, text-free legend in class order),
+//!    `mask.tiff` (tiled pyramidal BigTIFF, deflate, values as the PNG, resolution tags =
+//!    mpp × output_downsample), `<slide>.geojson` (QuPath FeatureCollection, one feature per class,
+//!    level-0 pixel coordinates), and `metadata.json` (seed fields + mpp, output_downsample,
+//!    coordinate_source, pbip_version, run_fingerprint). Plus `predictions/batch_results.csv`
+//!    (`wsi_name,num_patches,processing_time,model_version,status,error`).
+//!
+//! # Robustness
+//!
+//! Each slide is written to `predictions/.<slide>.partial/` and renamed into place when complete,
+//! `metadata.json` last. A slide whose folder has every output and a `metadata.json` with the same
+//! `run_fingerprint` (weights SHA-256 + inference-relevant config + coordinate source) is skipped
+//! (`status = skipped`) unless `overwrite`; stale `.partial` folders are removed. A failing slide is
+//! recorded (`status = failed`, `error`) and the others go on; [`InferSummary::failed`] tells the
+//! caller to exit non-zero.
+//!
+//! # Shards
+//!
+//! With `num_shards = N`, slide `i` of the list sorted by name belongs to shard `i mod N`. Each
+//! shard writes `batch_results.shard-IIII-of-NNNN.csv`; [`merge_results`] combines them into
+//! `batch_results.csv`. [`shard_from_env`] reads SLURM array or Kubernetes Indexed Job variables.
+//!
+//! # Memory
+//!
+//! Patch reading and stitching are bounded (one batch in flight, live stitch blocks within the
+//! budget). The stitched output-level maps (`C + 1` f32 per output pixel), the label map and the
+//! CRF input are held whole at the *output* level; at the default downsample that is
+//! `(C + 1) · 4 B / 16` per level-0 pixel, so choose `output_downsample` for very large slides.
+
+pub mod predictor;
+pub mod slide;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::io::Write as _;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use pbip_config::{Config, SUPPORTED_SLIDE_EXTENSIONS};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::{PipelineError, RunOptions};
+
+pub use predictor::{ClassNetPredictor, PatchMaps, PatchPredictor, PatchRef};
+pub use slide::{InferSettings, SlideOutput};
+
+/// Output folder name (under `--output-dir`, or `paths.work_dir` when not given).
+pub const OUTPUT_DIR: &str = "predictions";
+/// Batch results file (unsharded run, or merged).
+pub const BATCH_RESULTS: &str = "batch_results.csv";
+/// Header of the batch results files.
+pub const BATCH_RESULTS_HEADER: &str = "wsi_name,num_patches,processing_time,model_version,status,error";
+
+pub(crate) fn infer_err(message: impl Into<String>) -> PipelineError {
+    PipelineError::Data { stage: "infer", message: message.into() }
+}
+
+/// One slide to run.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SlideJob {
+    /// Output name (file stem or manifest `sample_id`).
+    pub name: String,
+    /// Slide file.
+    pub slide_path: PathBuf,
+    /// Coordinate file; `None` = tile the slide.
+    pub coordinates_path: Option<PathBuf>,
+    /// mpp override (µm per level-0 pixel).
+    pub mpp: Option<f64>,
+}
+
+/// Where the slides come from.
+#[derive(Debug, Clone, PartialEq)]
+pub enum SlideSource {
+    /// Every supported slide file directly in a folder.
+    Dir(PathBuf),
+    /// Explicit slide files.
+    Paths(Vec<PathBuf>),
+    /// CSV `sample_id,image_path[,coordinates_path][,mpp]` (relative paths: against its folder).
+    Manifest(PathBuf),
+}
+
+/// Options of [`run_with_predictor`] / [`run`].
+#[derive(Debug, Clone)]
+pub struct InferOptions {
+    /// Slides.
+    pub source: SlideSource,
+    /// Coordinate folder for `Dir`/`Paths` sources: `<stem><paths.coordinates_suffix>` when present.
+    pub coordinates_dir: Option<PathBuf>,
+    /// Output root; `predictions/` is created inside. `None` = `paths.work_dir`.
+    pub output_dir: Option<PathBuf>,
+    /// Redo complete slides.
+    pub overwrite: bool,
+    /// This shard (0-based) and the number of shards.
+    pub shard: Option<(usize, usize)>,
+    /// Progress bars.
+    pub run: RunOptions,
+}
+
+/// One row of the batch results.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BatchRow {
+    /// Slide name.
+    pub wsi_name: String,
+    /// Patches predicted (0 when failed).
+    pub num_patches: usize,
+    /// Seconds.
+    pub processing_time: String,
+    /// Model version.
+    pub model_version: String,
+    /// `ok`, `skipped` or `failed`.
+    pub status: String,
+    /// Error message of a failed slide.
+    pub error: String,
+}
+
+/// What a run did.
+#[derive(Debug, Clone)]
+pub struct InferSummary {
+    /// `predictions/` folder.
+    pub predictions_dir: PathBuf,
+    /// Batch results file written.
+    pub batch_results: PathBuf,
+    /// Rows (this shard's slides, in name order).
+    pub rows: Vec<BatchRow>,
+    /// Slides processed now.
+    pub processed: usize,
+    /// Slides skipped (complete).
+    pub skipped: usize,
+    /// Slides that failed.
+    pub failed: usize,
+}
+
+/// Per-slide `metadata.json`.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct SlideMetadata {
+    /// Slide file name.
+    pub wsi_name: String,
+    /// Output name.
+    pub sample_id: String,
+    /// Model version.
+    pub model_version: String,
+    /// Patches predicted.
+    pub num_patches: usize,
+    /// Seconds for this slide.
+    pub processing_time_sec: f64,
+    /// Class names, index = label value.
+    pub class_order: Vec<String>,
+    /// File name.
+    pub segmentation_mask: String,
+    /// File name.
+    pub confidence_maps: String,
+    /// `float16`.
+    pub confidence_encoding: String,
+    /// Post-processing settings.
+    pub post_processing: serde_json::Value,
+    /// UTC time, RFC 3339.
+    pub timestamp: String,
+    /// µm per level-0 pixel.
+    pub mpp: f64,
+    /// Level-0 px per output px.
+    pub output_downsample: f64,
+    /// `[width, height]` of the output maps.
+    pub output_size_px: [usize; 2],
+    /// `file:<path>` or `tiled`.
+    pub coordinate_source: String,
+    /// Output pixels per class in the final mask.
+    pub class_pixels: Vec<u64>,
+    /// Label value of "no label / no tissue".
+    pub no_label_value: u8,
+    /// pbip version.
+    pub pbip_version: String,
+    /// Identity of weights + settings; reruns skip slides with the same value.
+    pub run_fingerprint: String,
+}
+
+/// Shard `(index, count)` from the environment: `SLURM_ARRAY_TASK_ID` −
+/// `SLURM_ARRAY_TASK_MIN` (default 0) of `SLURM_ARRAY_TASK_COUNT`, else `JOB_COMPLETION_INDEX`
+/// (Kubernetes Indexed Job; the count must come from `count`). `index`/`count` given on the
+/// command line win. Returns `None` for an unsharded run.
+pub fn shard_from_env(index: Option<usize>, count: Option<usize>) -> Result<Option<(usize, usize)>, PipelineError> {
+    let env_usize = |k: &str| -> Result<Option<usize>, PipelineError> {
+        match std::env::var(k) {
+            Ok(v) if !v.trim().is_empty() => {
+                v.trim().parse::<usize>().map(Some).map_err(|_| infer_err(format!("environment {k}={v:?} is not a number")))
+            }
+            _ => Ok(None),
+        }
+    };
+    let (mut i, mut n) = (index, count);
+    if i.is_none()
+        && let Some(id) = env_usize("SLURM_ARRAY_TASK_ID")?
+    {
+        let min = env_usize("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
+        i = Some(id.checked_sub(min).ok_or_else(|| infer_err("SLURM_ARRAY_TASK_ID < SLURM_ARRAY_TASK_MIN"))?);
+        if n.is_none() {
+            n = env_usize("SLURM_ARRAY_TASK_COUNT")?;
+        }
+    }
+    if i.is_none() {
+        i = env_usize("JOB_COMPLETION_INDEX")?;
+    }
+    match (i, n) {
+        (None, None) => Ok(None),
+        (None, Some(n)) => Err(infer_err(format!("--num-shards {n} given without a shard index (--shard-index or SLURM/JOB_COMPLETION_INDEX)"))),
+        (Some(i), None) => Err(infer_err(format!("shard index {i} given without the number of shards (--num-shards)"))),
+        (Some(i), Some(n)) if n == 0 || i >= n => Err(infer_err(format!("shard index {i} must be < number of shards {n}"))),
+        (Some(i), Some(n)) => Ok(Some((i, n))),
+    }
+}
+
+fn is_slide_file(p: &Path) -> bool {
+    p.is_file()
+        && p.extension()
+            .map(|e| e.to_string_lossy().to_ascii_lowercase())
+            .is_some_and(|e| SUPPORTED_SLIDE_EXTENSIONS.contains(&e.as_str()))
+}
+
+fn stem(p: &Path) -> String {
+    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+}
+
+/// The jobs of a source, sorted by name; duplicate names are an error.
+pub fn list_jobs(cfg: &Config, opts: &InferOptions) -> Result<Vec<SlideJob>, PipelineError> {
+    let coords_for = |name: &str| -> Option<PathBuf> {
+        let dir = opts.coordinates_dir.as_ref()?;
+        let p = dir.join(format!("{name}{}", cfg.paths.coordinates_suffix));
+        p.is_file().then_some(p)
+    };
+    let mut jobs = Vec::new();
+    match &opts.source {
+        SlideSource::Dir(d) => {
+            let rd = std::fs::read_dir(d).map_err(|source| PipelineError::Io { path: d.clone(), source })?;
+            let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_slide_file(p)).collect();
+            paths.sort();
+            for p in paths {
+                let name = stem(&p);
+                jobs.push(SlideJob { coordinates_path: coords_for(&name), name, slide_path: p, mpp: None });
+            }
+        }
+        SlideSource::Paths(ps) => {
+            for p in ps {
+                let name = stem(p);
+                jobs.push(SlideJob { coordinates_path: coords_for(&name), name, slide_path: p.clone(), mpp: None });
+            }
+        }
+        SlideSource::Manifest(m) => jobs = read_manifest(m)?,
+    }
+    jobs.sort_by(|a, b| a.name.cmp(&b.name));
+    for w in jobs.windows(2) {
+        if w[0].name == w[1].name {
+            return Err(infer_err(format!(
+                "two slides have the name {:?} ({} and {}); names must be unique",
+                w[0].name,
+                w[0].slide_path.display(),
+                w[1].slide_path.display()
+            )));
+        }
+    }
+    for j in &jobs {
+        if j.name.is_empty() || j.name.starts_with('.') || j.name.contains(['/', '\\']) {
+            return Err(infer_err(format!("bad slide name {:?} ({})", j.name, j.slide_path.display())));
+        }
+    }
+    Ok(jobs)
+}
+
+fn split_csv_line(line: &str) -> Vec<String> {
+    let mut out = Vec::new();
+    let mut cur = String::new();
+    let mut quoted = false;
+    let mut chars = line.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '"' if quoted && chars.peek() == Some(&'"') => {
+                cur.push('"');
+                chars.next();
+            }
+            '"' => quoted = !quoted,
+            ',' if !quoted => out.push(std::mem::take(&mut cur)),
+            _ => cur.push(c),
+        }
+    }
+    out.push(cur);
+    out.into_iter().map(|s| s.trim().to_string()).collect()
+}
+
+fn csv_field(s: &str) -> String {
+    if s.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", s.replace('"', "\"\"").replace(['\n', '\r'], " "))
+    } else {
+        s.to_string()
+    }
+}
+
+/// Reads a manifest CSV `sample_id,image_path[,coordinates_path][,mpp]` (header required).
+pub fn read_manifest(path: &Path) -> Result<Vec<SlideJob>, PipelineError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
+    let header = lines.next().ok_or_else(|| infer_err(format!("{}: empty manifest", path.display())))?;
+    let cols = split_csv_line(header.trim_start_matches('\u{feff}'));
+    let col = |n: &str| cols.iter().position(|c| c == n);
+    let (Some(ci), Some(cp)) = (col("sample_id"), col("image_path")) else {
+        return Err(infer_err(format!(
+            "{}: header must have sample_id and image_path (optional coordinates_path, mpp), got {header:?}",
+            path.display()
+        )));
+    };
+    let (cc, cm) = (col("coordinates_path"), col("mpp"));
+    let resolve = |p: &str| -> PathBuf {
+        let p = PathBuf::from(p);
+        if p.is_absolute() { p } else { base.join(p) }
+    };
+    let mut jobs = Vec::new();
+    for (ln, line) in lines.enumerate() {
+        let f = split_csv_line(line);
+        let get = |i: Option<usize>| i.and_then(|i| f.get(i)).map(String::as_str).filter(|s| !s.is_empty());
+        let (Some(name), Some(img)) = (get(Some(ci)), get(Some(cp))) else {
+            return Err(infer_err(format!("{} line {}: sample_id and image_path are required", path.display(), ln + 2)));
+        };
+        let mpp = match get(cm) {
+            Some(v) => Some(v.parse::<f64>().ok().filter(|m| m.is_finite() && *m > 0.0).ok_or_else(|| {
+                infer_err(format!("{} line {}: mpp {v:?} is not a positive number", path.display(), ln + 2))
+            })?),
+            None => None,
+        };
+        jobs.push(SlideJob { name: name.to_string(), slide_path: resolve(img), coordinates_path: get(cc).map(resolve), mpp });
+    }
+    Ok(jobs)
+}
+
+/// Shard `i` of `n` of name-sorted jobs: job `k` goes to shard `k mod n`.
+pub fn shard_jobs(jobs: Vec<SlideJob>, shard: Option<(usize, usize)>) -> Vec<SlideJob> {
+    match shard {
+        None => jobs,
+        Some((i, n)) => jobs.into_iter().enumerate().filter(|(k, _)| k % n == i).map(|(_, j)| j).collect(),
+    }
+}
+
+/// File name of the batch results of a shard.
+pub fn batch_results_name(shard: Option<(usize, usize)>) -> String {
+    match shard {
+        None => BATCH_RESULTS.to_string(),
+        Some((i, n)) => format!("batch_results.shard-{i:04}-of-{n:04}.csv"),
+    }
+}
+
+fn write_batch_results(path: &Path, rows: &[BatchRow]) -> Result<(), PipelineError> {
+    let mut text = String::from(BATCH_RESULTS_HEADER);
+    text.push('\n');
+    for r in rows {
+        let f = [
+            csv_field(&r.wsi_name),
+            r.num_patches.to_string(),
+            csv_field(&r.processing_time),
+            csv_field(&r.model_version),
+            csv_field(&r.status),
+            csv_field(&r.error),
+        ];
+        text.push_str(&f.join(","));
+        text.push('\n');
+    }
+    crate::write_atomic(path, text.as_bytes())
+}
+
+/// Reads a batch results file.
+pub fn read_batch_results(path: &Path) -> Result<Vec<BatchRow>, PipelineError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+    let mut rows = Vec::new();
+    for (ln, line) in text.lines().enumerate().skip(1) {
+        if line.trim().is_empty() {
+            continue;
+        }
+        let f = split_csv_line(line);
+        if f.len() != 6 {
+            return Err(infer_err(format!("{} line {}: expected 6 columns, got {}", path.display(), ln + 1, f.len())));
+        }
+        rows.push(BatchRow {
+            wsi_name: f[0].clone(),
+            num_patches: f[1].parse().map_err(|_| infer_err(format!("{} line {}: bad num_patches", path.display(), ln + 1)))?,
+            processing_time: f[2].clone(),
+            model_version: f[3].clone(),
+            status: f[4].clone(),
+            error: f[5].clone(),
+        });
+    }
+    Ok(rows)
+}
+
+/// Merges every `batch_results.shard-*.csv` in `predictions_dir` into `batch_results.csv` (rows
+/// sorted by name). A slide in two shard files is an error. Returns the rows.
+pub fn merge_results(predictions_dir: &Path) -> Result<Vec<BatchRow>, PipelineError> {
+    let rd = std::fs::read_dir(predictions_dir).map_err(|source| PipelineError::Io { path: predictions_dir.to_path_buf(), source })?;
+    let mut files: Vec<PathBuf> = rd
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| {
+            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            n.starts_with("batch_results.shard-") && n.ends_with(".csv")
+        })
+        .collect();
+    files.sort();
+    if files.is_empty() {
+        return Err(infer_err(format!("{}: no batch_results.shard-*.csv files", predictions_dir.display())));
+    }
+    let mut by_name: BTreeMap<String, (BatchRow, PathBuf)> = BTreeMap::new();
+    for f in &files {
+        for r in read_batch_results(f)? {
+            if let Some((_, other)) = by_name.get(&r.wsi_name) {
+                return Err(infer_err(format!("slide {:?} is in both {} and {}", r.wsi_name, other.display(), f.display())));
+            }
+            by_name.insert(r.wsi_name.clone(), (r, f.clone()));
+        }
+    }
+    let rows: Vec<BatchRow> = by_name.into_values().map(|(r, _)| r).collect();
+    write_batch_results(&predictions_dir.join(BATCH_RESULTS), &rows)?;
+    Ok(rows)
+}
+
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, PipelineError> {
+    let mut f = std::fs::File::open(path).map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+    let mut h = Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
+/// Identity of a run for one slide: model identity + inference-relevant config + the job.
+pub fn run_fingerprint(cfg: &Config, model_identity: &str, job: &SlideJob) -> String {
+    let relevant = serde_json::json!({
+        "model": model_identity,
+        "inference": cfg.inference,
+        "class_order": cfg.class_order,
+        "patch_size": cfg.patch_size,
+        "slide": cfg.slide,
+        "training_normalize": cfg.training.normalize,
+        "evaluation": cfg.evaluation,
+        "coordinates": job.coordinates_path.as_ref().map(|p| p.to_string_lossy().into_owned()),
+        "mpp": job.mpp,
+        "slide_path": job.slide_path.to_string_lossy(),
+    });
+    let mut h = Sha256::new();
+    h.update(relevant.to_string().as_bytes());
+    format!("{:x}", h.finalize())
+}
+
+/// True when `dir` holds a complete output made with `fingerprint`.
+pub fn is_complete(dir: &Path, name: &str, fingerprint: &str) -> Option<SlideMetadata> {
+    let text = std::fs::read_to_string(dir.join(slide::METADATA_JSON)).ok()?;
+    let meta: SlideMetadata = serde_json::from_str(&text).ok()?;
+    if meta.run_fingerprint != fingerprint {
+        return None;
+    }
+    slide::expected_files(name).iter().all(|f| dir.join(f).is_file()).then_some(meta)
+}
+
+/// UTC timestamp `YYYY-MM-DDTHH:MM:SSZ`.
+pub fn utc_timestamp() -> String {
+    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
+    // Civil from days (H. Hinnant).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+fn post_processing_json(s: &InferSettings, min_component_size_px: usize) -> serde_json::Value {
+    serde_json::json!({
+        "morphological_op": format!("{:?}", s.post.morphological_op).to_lowercase(),
+        "kernel_size": s.post.kernel_size,
+        "min_component_size": min_component_size_px,
+        "edge_refinement": s.post.edge_refinement,
+        "crf": s.crf.as_ref().map(|c| serde_json::json!({
+            "iterations": c.n_iter, "sxy_gaussian": c.sxy_gaussian, "compat_gaussian": c.compat_gaussian,
+            "sxy_bilateral": c.sxy_bilateral, "srgb": c.srgb, "compat_bilateral": c.compat_bilateral,
+        })),
+        "stitch": match s.weighting {
+            pbip_post::stitch::Weighting::Mean => "mean".to_string(),
+            pbip_post::stitch::Weighting::Gaussian { sigma_rel } => format!("gaussian(sigma_rel={sigma_rel})"),
+        },
+    })
+}
+
+/// Runs inference on every job of `opts` with `predictor` (the testable core of [`run`]).
+/// `model_identity` enters the run fingerprint (e.g. the weights' SHA-256); `model_version` is
+/// reported per slide.
+pub fn run_with_predictor(
+    cfg: &Config,
+    opts: &InferOptions,
+    predictor: &mut dyn PatchPredictor,
+    model_identity: &str,
+    model_version: &str,
+) -> Result<InferSummary, PipelineError> {
+    let settings = InferSettings::from_config(cfg)?;
+    let root = opts.output_dir.clone().unwrap_or_else(|| cfg.paths.work_dir.clone());
+    let pred_dir = root.join(OUTPUT_DIR);
+    std::fs::create_dir_all(&pred_dir).map_err(|source| PipelineError::Io { path: pred_dir.clone(), source })?;
+    let all = list_jobs(cfg, opts)?;
+    if all.is_empty() {
+        return Err(infer_err("no slides to run (empty input folder / list / manifest)"));
+    }
+    let jobs = shard_jobs(all, opts.shard);
+    tracing::info!(slides = jobs.len(), shard = ?opts.shard, out = %pred_dir.display(), "inference");
+    let multi = opts.run.progress.then(MultiProgress::new);
+    let overall = match &multi {
+        Some(mp) => mp.add(ProgressBar::new(jobs.len() as u64)),
+        None => ProgressBar::hidden(),
+    };
+    if let Ok(style) = ProgressStyle::with_template("slides [{bar:30}] {pos}/{len} ETA {eta} {msg}") {
+        overall.set_style(style.progress_chars("=> "));
+    }
+    let mut rows = Vec::new();
+    let (mut processed, mut skipped, mut failed) = (0, 0, 0);
+    let names: BTreeSet<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    for job in &jobs {
+        overall.set_message(job.name.clone());
+        let final_dir = pred_dir.join(&job.name);
+        let fingerprint = run_fingerprint(cfg, model_identity, job);
+        if !opts.overwrite
+            && let Some(meta) = is_complete(&final_dir, &job.name, &fingerprint)
+        {
+            tracing::info!(slide = %job.name, "complete with the same weights and config: skipped");
+            rows.push(BatchRow {
+                wsi_name: job.name.clone(),
+                num_patches: meta.num_patches,
+                processing_time: format!("{:.3}", meta.processing_time_sec),
+                model_version: meta.model_version,
+                status: "skipped".into(),
+                error: String::new(),
+            });
+            skipped += 1;
+            overall.inc(1);
+            continue;
+        }
+        let t0 = Instant::now();
+        let tmp = pred_dir.join(format!(".{}.partial", job.name));
+        let result = (|| -> Result<SlideOutput, PipelineError> {
+            if tmp.exists() {
+                std::fs::remove_dir_all(&tmp).map_err(|source| PipelineError::Io { path: tmp.clone(), source })?;
+            }
+            std::fs::create_dir_all(&tmp).map_err(|source| PipelineError::Io { path: tmp.clone(), source })?;
+            let out = slide::infer_slide(cfg, job, predictor, &settings, &tmp, multi.as_ref())?;
+            let meta = SlideMetadata {
+                wsi_name: job.slide_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                sample_id: job.name.clone(),
+                model_version: model_version.to_string(),
+                num_patches: out.num_patches,
+                processing_time_sec: t0.elapsed().as_secs_f64(),
+                class_order: settings.class_order.clone(),
+                segmentation_mask: slide::MASK_PNG.into(),
+                confidence_maps: slide::CONFIDENCE_NPZ.into(),
+                confidence_encoding: "float16".into(),
+                post_processing: post_processing_json(&settings, out.min_component_size_px),
+                timestamp: utc_timestamp(),
+                mpp: out.mpp,
+                output_downsample: settings.output_downsample,
+                output_size_px: [out.width_px, out.height_px],
+                coordinate_source: out.coordinate_source.clone(),
+                class_pixels: out.class_pixels.clone(),
+                no_label_value: pbip_post::NO_LABEL,
+                pbip_version: env!("CARGO_PKG_VERSION").to_string(),
+                run_fingerprint: fingerprint.clone(),
+            };
+            let text = serde_json::to_string_pretty(&meta)
+                .map_err(|e| PipelineError::Json { path: tmp.join(slide::METADATA_JSON), message: e.to_string() })?;
+            let mp = tmp.join(slide::METADATA_JSON);
+            let mut f = std::fs::File::create(&mp).map_err(|source| PipelineError::Io { path: mp.clone(), source })?;
+            f.write_all(text.as_bytes())
+                .and_then(|_| f.sync_all())
+                .map_err(|source| PipelineError::Io { path: mp.clone(), source })?;
+            if final_dir.exists() {
+                std::fs::remove_dir_all(&final_dir).map_err(|source| PipelineError::Io { path: final_dir.clone(), source })?;
+            }
+            std::fs::rename(&tmp, &final_dir).map_err(|source| PipelineError::Io { path: final_dir.clone(), source })?;
+            Ok(out)
+        })();
+        let secs = t0.elapsed().as_secs_f64();
+        match result {
+            Ok(out) => {
+                tracing::info!(slide = %job.name, patches = out.num_patches, secs, "slide done");
+                rows.push(BatchRow {
+                    wsi_name: job.name.clone(),
+                    num_patches: out.num_patches,
+                    processing_time: format!("{secs:.3}"),
+                    model_version: model_version.to_string(),
+                    status: "ok".into(),
+                    error: String::new(),
+                });
+                processed += 1;
+            }
+            Err(e) => {
+                tracing::error!(slide = %job.name, "failed: {e}");
+                let _ = std::fs::remove_dir_all(&tmp);
+                rows.push(BatchRow {
+                    wsi_name: job.name.clone(),
+                    num_patches: 0,
+                    processing_time: format!("{secs:.3}"),
+                    model_version: model_version.to_string(),
+                    status: "failed".into(),
+                    error: e.to_string(),
+                });
+                failed += 1;
+            }
+        }
+        overall.inc(1);
+    }
+    overall.finish_and_clear();
+    // Remove stale partial folders of this shard's slides (left by a killed run).
+    if let Ok(rd) = std::fs::read_dir(&pred_dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = n.strip_prefix('.').and_then(|s| s.strip_suffix(".partial"))
+                && names.contains(stem)
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+    let batch_results = pred_dir.join(batch_results_name(opts.shard));
+    write_batch_results(&batch_results, &rows)?;
+    Ok(InferSummary { predictions_dir: pred_dir, batch_results, rows, processed, skipped, failed })
+}
+
+/// Loads a checkpoint and runs [`run_with_predictor`] with a [`ClassNetPredictor`].
+pub fn run(cfg: &Config, weights: &Path, opts: &InferOptions) -> Result<InferSummary, PipelineError> {
+    let device = crate::encoder::compute_device(cfg)?;
+    let (model, _ncfg, meta) = pbip_model::ClassNet::load_safetensors(weights, &device)
+        .map_err(|e| infer_err(format!("{}: {e}", weights.display())))?;
+    if model.num_classes() != cfg.class_order.len() {
+        return Err(infer_err(format!(
+            "{}: the checkpoint has {} classes, class_order has {}",
+            weights.display(),
+            model.num_classes(),
+            cfg.class_order.len()
+        )));
+    }
+    if let Some(co) = meta.get("class_order")
+        && let Ok(v) = serde_json::from_str::<Vec<String>>(co)
+        && v != cfg.class_order
+    {
+        return Err(infer_err(format!("{}: checkpoint class_order {v:?} differs from the config's {:?}", weights.display(), cfg.class_order)));
+    }
+    let gate_threshold = match predictor::gate_threshold_from_metadata(&meta) {
+        Some(t) => t,
+        None => {
+            tracing::warn!("{}: no gate_threshold in the checkpoint metadata; using 0.5", weights.display());
+            0.5
+        }
+    };
+    let norm = &cfg.training.normalize;
+    let order = match norm.channel_order {
+        pbip_config::ChannelOrder::Rgb => pbip_data::ChannelOrder::Rgb,
+        pbip_config::ChannelOrder::Bgr => pbip_data::ChannelOrder::Bgr,
+    };
+    let normalization = pbip_data::Normalization::from_slices(&norm.mean, &norm.std, order)
+        .map_err(|e| infer_err(format!("training.normalize: {e}")))?;
+    let fuse: [f64; 4] = cfg.evaluation.fuse_weights.as_slice().try_into().map_err(|_| {
+        infer_err(format!("evaluation.fuse_weights needs 4 values, got {}", cfg.evaluation.fuse_weights.len()))
+    })?;
+    let eval = pbip_model::EvalConfig {
+        fuse,
+        tta: cfg.inference.use_tta,
+        tta_multipliers: cfg.evaluation.tta_multipliers.clone(),
+        ..pbip_model::EvalConfig::default()
+    };
+    let identity = format!("sha256:{}; gate {gate_threshold}", sha256_file(weights)?);
+    let version = predictor::model_version(weights, &meta);
+    tracing::info!(weights = %weights.display(), version, gate_threshold, "model loaded");
+    let mut p = ClassNetPredictor::new(model, device, pbip_data::Preprocess::MeanStd(normalization), eval, gate_threshold, 1);
+    run_with_predictor(cfg, opts, &mut p, &identity, &version)
+}
