@@ -81,6 +81,7 @@ pub const STAGES: &[StageInfo] = &[StageInfo {
     stage1_embed_prototypes::INFO,
     stage2_cluster_prototypes::INFO,
     stage3_train::INFO,
+    stage4_evaluate::INFO,
 ];
 
 /// What a stage run produced.
@@ -119,6 +120,7 @@ pub fn run_stage(index: usize, cfg: &Config, opts: &RunOptions) -> Result<StageR
         1 => stage1_embed_prototypes::run(cfg, opts),
         2 => stage2_cluster_prototypes::run(cfg, opts),
         3 => stage3_train::run(cfg, opts),
+        4 => stage4_evaluate::run_default(cfg, opts),
         other => Err(PipelineError::Data { stage: "run", message: format!("stage {other} is not implemented") }),
     }
 }
@@ -130,6 +132,7 @@ pub fn stage_freshness(index: usize, cfg: &Config) -> Freshness {
         1 => stage1_embed_prototypes::freshness(cfg),
         2 => stage2_cluster_prototypes::freshness(cfg),
         3 => stage3_train::freshness(cfg),
+        4 => stage4_evaluate::freshness(cfg),
         other => Freshness::Stale(format!("stage {other} is not implemented")),
     }
 }

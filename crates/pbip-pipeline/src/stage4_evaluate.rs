@@ -482,16 +482,25 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     let dep_r = dep.report(&names)?;
     let lab_r = lab.report(&names)?;
     let leak_r = leak.report(&names)?;
+    let section = |r: &MetricsReport, sc: serde_json::Value, note: &str| -> Result<serde_json::Value, PipelineError> {
+        let mut v = serde_json::to_value(r).map_err(|e| err(e.to_string()))?;
+        if let Some(o) = v.as_object_mut() {
+            o.insert("slide_classification".into(), sc);
+            o.insert("note".into(), serde_json::Value::String(note.into()));
+        }
+        Ok(v)
+    };
     let metrics = serde_json::json!({
         "split": eo.split.as_str(),
         "checkpoint": eo.weights,
+        "evaluation": cfg.evaluation,
         "gate_threshold": threshold,
         "patches": total_patches,
         "slides": rows.len(),
         "failed_slides": failed.len(),
-        "deployable": { "metrics": dep_r, "slide_classification": slide_classification },
-        "label_masked": { "metrics": lab_r, "note": "upstream protocol: CAMs gated by the GT image label (leaks the label); for comparison with the paper only" },
-        "leak_reference": { "metrics": leak_r, "note": "no model: every pixel = the present class with the largest index; a model adds something only where it beats this" },
+        "deployable": section(&dep_r, slide_classification.clone(), "headline: CAMs gated by the model's own image-level prediction")?,
+        "label_masked": section(&lab_r, slide_classification, "upstream protocol: CAMs gated by the GT image label (leaks the label); for comparison with the paper only")?,
+        "leak_reference": section(&leak_r, serde_json::Value::Null, "no model: every pixel = the present class with the largest index; a model adds something only where it beats this")?,
     });
     let metrics_path = out_dir.join("metrics.json");
     let text = serde_json::to_string_pretty(&metrics).map_err(|e| err(e.to_string()))?;
@@ -641,6 +650,44 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
         failed_slides: failed,
         deployable_miou: dep_r.miou,
     })
+}
+
+/// The checkpoint `pbip run` evaluates: `<work_dir>/checkpoints/best.safetensors`.
+pub fn default_weights(cfg: &Config) -> PathBuf {
+    crate::stage3_train::output_dir(cfg).join(crate::stage3_train::BEST_FILE)
+}
+
+/// Stage 4 as `pbip run` runs it: the best checkpoint on the test split, into `<work_dir>/results`.
+/// Slides that fail make the stage fail (after every output is written).
+pub fn run_default(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError> {
+    let eo = EvaluateOptions { weights: default_weights(cfg), split: Split::Test, output_dir: None };
+    let outcome = run(cfg, &eo, opts)?;
+    if !outcome.failed_slides.is_empty() {
+        return Err(err(format!(
+            "{} slide(s) failed (see {}): {}",
+            outcome.failed_slides.len(),
+            outcome.report.output_dir.join("per_slide.csv").display(),
+            outcome.failed_slides.iter().map(|(s, e)| format!("{s}: {e}")).collect::<Vec<_>>().join("; ")
+        )));
+    }
+    Ok(outcome.report)
+}
+
+/// Up to date when `results/metrics.json` exists, is newer than the best checkpoint and the
+/// evaluation settings, and was made from that checkpoint.
+pub fn freshness(cfg: &Config) -> crate::Freshness {
+    let out = cfg.paths.work_dir.join("results");
+    let metrics = out.join("metrics.json");
+    let Ok(text) = std::fs::read_to_string(&metrics) else {
+        return crate::Freshness::Stale("no previous metrics.json".into());
+    };
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+        return crate::Freshness::Stale("unreadable metrics.json".into());
+    };
+    if v.get("evaluation") != serde_json::to_value(&cfg.evaluation).ok().as_ref() {
+        return crate::Freshness::Stale("evaluation settings changed".into());
+    }
+    crate::compare_mtimes(&[metrics, out.join("report.html")], &[default_weights(cfg), cfg.paths.split_csv.clone()])
 }
 
 fn csv_cell(s: &str) -> String {

@@ -68,10 +68,10 @@ fn evaluate_writes_every_output_and_metrics_match_the_confusion_matrix() {
     }
     let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap()).unwrap();
     for key in ["deployable", "label_masked", "leak_reference"] {
-        let miou = &m[key]["metrics"]["miou"];
+        let miou = &m[key]["miou"];
         assert!(miou.is_number() || miou.is_null(), "{key}: {miou}");
         for k in ["iou", "dice", "precision", "recall", "f1"] {
-            assert!(m[key]["metrics"][k].is_object(), "{key}.{k}");
+            assert!(m[key][k].is_object(), "{key}.{k}");
         }
     }
     assert!(m["deployable"]["slide_classification"]["slides"].as_u64().unwrap() >= 1);
@@ -87,10 +87,10 @@ fn evaluate_writes_every_output_and_metrics_match_the_confusion_matrix() {
         let tp = cm[c][c];
         let fp: u64 = (0..n).filter(|&g| g != c).map(|g| cm[g][c]).sum();
         let fn_: u64 = (0..n).filter(|&p| p != c).map(|p| cm[c][p]).sum();
-        let unpred = m["deployable"]["metrics"]["unpredicted"][c].as_u64().unwrap_or(0);
+        let unpred = m["deployable"]["unpredicted"][c].as_u64().unwrap_or(0);
         let denom = tp + fp + fn_ + unpred;
         let want = (denom > 0).then(|| tp as f64 / denom as f64);
-        let got = m["deployable"]["metrics"]["iou"][&header[c]].as_f64();
+        let got = m["deployable"]["iou"][&header[c]].as_f64();
         match (want, got) {
             (Some(w), Some(g)) => assert!((w - g).abs() < 1e-9, "class {c}: {w} vs {g}"),
             (None, None) => {}
@@ -100,7 +100,7 @@ fn evaluate_writes_every_output_and_metrics_match_the_confusion_matrix() {
     }
     let defined: Vec<f64> = ious.iter().flatten().copied().collect();
     let miou = defined.iter().sum::<f64>() / defined.len() as f64;
-    assert!((m["deployable"]["metrics"]["miou"].as_f64().unwrap() - miou).abs() < 1e-9);
+    assert!((m["deployable"]["miou"].as_f64().unwrap() - miou).abs() < 1e-9);
 
     // Samples: input, GT and prediction PNGs for best and worst.
     let samples: Vec<_> = std::fs::read_dir(out_dir.join("prediction_samples")).unwrap().flatten().collect();
@@ -110,7 +110,7 @@ fn evaluate_writes_every_output_and_metrics_match_the_confusion_matrix() {
 
     // The leak reference needs no model: its confusion matrix is the label class everywhere,
     // so its predicted columns are exactly the GT pixel counts of the slides' label classes.
-    let leak_cm = &m["leak_reference"]["metrics"]["confusion_matrix"];
+    let leak_cm = &m["leak_reference"]["confusion_matrix"];
     let leak_total: u64 = leak_cm.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
     assert_eq!(leak_total, total, "all three protocols score the same pixels");
 

@@ -149,6 +149,19 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
     if let Some(v) = &s3.best_val {
         println!("  stage 3 best val (step {}):  mIoU {}, AUC {}", v.step, f(v.miou), f(v.auc));
     }
-    println!("  not implemented yet: stages 4-5 (evaluation, inference)");
+    let results = cfg.paths.work_dir.join("results");
+    let metrics: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(results.join("metrics.json")).with_context(|| format!("reading {}", results.display()))?,
+    )?;
+    let g = |k: &str| metrics[k]["miou"].as_f64();
+    println!(
+        "  stage 4 test metrics:        deployable mIoU {} (label-masked {}, leak reference {}), slide accuracy {}",
+        f(g("deployable")),
+        f(g("label_masked")),
+        f(g("leak_reference")),
+        f(metrics["deployable"]["slide_classification"]["exact_match_accuracy"].as_f64())
+    );
+    println!("  stage 4 report:              {}", results.join("report.html").display());
+    println!("  not in the demo yet: stage 5 (whole-slide inference)");
     Ok(())
 }

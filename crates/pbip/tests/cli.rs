@@ -120,10 +120,30 @@ fn synth_then_sample_prototypes_is_valid_and_reproducible() {
     }
 
     // `run` sees the outputs as up to date.
-    let out = ok(&["run", "--config", s(&cfg_path), "--set", &set1, "--set", "prototypes.samples_per_wsi=7"]);
+    // Later stages sized for a test: a tiny Swin, MiT-b0, one training step.
+    let fast = [
+        "prototypes.encoder.embed_dim=24",
+        "prototypes.encoder.depths=[1,1,2,1]",
+        "prototypes.encoder.heads=[1,2,4,8]",
+        "model.backbone=mit_b0",
+        "training.epochs=1",
+        "training.iterations_per_epoch=1",
+        "training.batch_size=2",
+        "training.loss_weights.contrastive=0",
+        "validation.patches_per_slide=1",
+    ];
+    let run = |samples: &str| {
+        let mut args = vec!["run", "--config", s(&cfg_path), "--set", &set1, "--set", samples];
+        for f in &fast {
+            args.push("--set");
+            args.push(f);
+        }
+        ok(&args)
+    };
+    let out = run("prototypes.samples_per_wsi=7");
     assert!(out.contains("up to date"), "{out}");
     // Changing a relevant setting reruns.
-    let out = ok(&["run", "--config", s(&cfg_path), "--set", &set1, "--set", "prototypes.samples_per_wsi=5"]);
+    let out = run("prototypes.samples_per_wsi=5");
     assert!(!out.contains("up to date") && out.contains("stage 0"), "{out}");
 }
 
@@ -279,6 +299,14 @@ fn demo_runs_end_to_end() {
     for f in ["exemplars.safetensors", "encoder.safetensors", "prototypes.safetensors"] {
         assert!(out_dir.join("work/image_features").join(f).is_file(), "{f} missing:\n{out}");
     }
+    // Stage 4 after training: every output exists and metrics.json parses.
+    for f in ["metrics.json", "confusion_matrix.csv", "per_slide.csv", "evaluation_report.txt", "report.html"] {
+        assert!(out_dir.join("work/results").join(f).is_file(), "{f} missing:\n{out}");
+    }
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("work/results/metrics.json")).unwrap()).unwrap();
+    assert!(m["deployable"]["miou"].is_number(), "{m}");
+    assert!(out.contains("stage 4 test metrics"), "{out}");
     // Second run reuses data and skips the up-to-date stages.
     let out = ok(&["demo", "--out", s(&out_dir), "--size", "1024", "--slides", "4", "--train-steps", "3"]);
     assert!(out.contains("up to date"), "{out}");

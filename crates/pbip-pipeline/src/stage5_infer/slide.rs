@@ -246,7 +246,6 @@ pub struct Stitched {
 
 /// Predicts every patch (reading on a worker thread, `batch_size` per forward) and stitches the
 /// maps block-wise at `s.output_downsample`. Patches go in raster order.
-#[allow(clippy::too_many_arguments)]
 pub fn predict_and_stitch(
     slide: &Slide,
     slide_name: &str,
@@ -437,9 +436,9 @@ pub fn labels_from_maps(
             }
         }
         let out = dense_crf_blockwise(&probs, c, w, h, rgb, crf, s.crf_block_px, suggested_halo_px(crf)).map_err(post_err)?;
-        for i in 0..n {
-            if st.weight[i] > 0.0 {
-                labels[i] = out.labels[i];
+        for ((l, &crf_label), &wt) in labels.iter_mut().zip(&out.labels).zip(&st.weight) {
+            if wt > 0.0 {
+                *l = crf_label;
             }
         }
     }
