@@ -11,8 +11,10 @@ use serde::Serialize;
 use crate::Config;
 
 /// Slide file extensions searched in `wsi_dir` (case-insensitive), in order of preference.
-pub const SUPPORTED_SLIDE_EXTENSIONS: &[&str] =
-    &["svs", "tif", "tiff", "ndpi", "mrxs", "scn", "bif", "vms", "vmu", "svslide", "png", "jpg", "jpeg", "dcm"];
+pub const SUPPORTED_SLIDE_EXTENSIONS: &[&str] = &[
+    "svs", "tif", "tiff", "ndpi", "mrxs", "scn", "bif", "vms", "vmu", "svslide", "png", "jpg",
+    "jpeg", "dcm",
+];
 
 /// A split of the split CSV.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize)]
@@ -113,12 +115,20 @@ pub struct SlideEntry {
 impl SlideEntry {
     /// Slide file name with extension (the `wsi_name` stored in prototype coordinate files).
     pub fn wsi_name(&self) -> String {
-        self.slide_path.file_name().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| self.name.clone())
+        self.slide_path
+            .file_name()
+            .map(|s| s.to_string_lossy().into_owned())
+            .unwrap_or_else(|| self.name.clone())
     }
 
     /// Indices of the classes this slide is labelled with.
     pub fn class_indices(&self) -> Vec<usize> {
-        self.labels.iter().enumerate().filter(|(_, v)| **v != 0).map(|(i, _)| i).collect()
+        self.labels
+            .iter()
+            .enumerate()
+            .filter(|(_, v)| **v != 0)
+            .map(|(i, _)| i)
+            .collect()
     }
 }
 
@@ -165,7 +175,10 @@ impl Dataset {
         {
             problems.push(DatasetProblem {
                 kind: ProblemKind::EmptyTrain,
-                message: format!("{}: the train column has no slide names", p.split_csv.display()),
+                message: format!(
+                    "{}: the train column has no slide names",
+                    p.split_csv.display()
+                ),
             });
         }
 
@@ -200,7 +213,10 @@ impl Dataset {
                             message: format!(
                                 "slide `{name}`: several files in {} match: {}",
                                 p.wsi_dir.display(),
-                                many.iter().map(|m| m.display().to_string()).collect::<Vec<_>>().join(", ")
+                                many.iter()
+                                    .map(|m| m.display().to_string())
+                                    .collect::<Vec<_>>()
+                                    .join(", ")
                             ),
                         });
                         None
@@ -220,11 +236,17 @@ impl Dataset {
                 },
                 None => None,
             };
-            let coordinates_path = p.coordinates_dir.join(format!("{name}{}", p.coordinates_suffix));
+            let coordinates_path = p
+                .coordinates_dir
+                .join(format!("{name}{}", p.coordinates_suffix));
             if coords_dir_ok && !coordinates_path.is_file() {
                 problems.push(DatasetProblem {
                     kind: ProblemKind::CoordinatesMissing,
-                    message: format!("slide `{name}` ({} split): coordinate file {} does not exist", row.split, coordinates_path.display()),
+                    message: format!(
+                        "slide `{name}` ({} split): coordinate file {} does not exist",
+                        row.split,
+                        coordinates_path.display()
+                    ),
                 });
             }
             let gt_path = match &p.gt_dir {
@@ -234,7 +256,11 @@ impl Dataset {
                         Some(g)
                     } else {
                         if row.split != Split::Train {
-                            warnings.push(format!("slide `{name}` ({} split): no ground-truth mask {}", row.split, g.display()));
+                            warnings.push(format!(
+                                "slide `{name}` ({} split): no ground-truth mask {}",
+                                row.split,
+                                g.display()
+                            ));
                         }
                         None
                     }
@@ -243,9 +269,19 @@ impl Dataset {
             };
             if let (Some(labels), Some(slide_path)) = (label, slide_path) {
                 if labels.iter().all(|v| *v == 0) {
-                    warnings.push(format!("slide `{name}` ({} split) has no positive class label", row.split));
+                    warnings.push(format!(
+                        "slide `{name}` ({} split) has no positive class label",
+                        row.split
+                    ));
                 }
-                slides.push(SlideEntry { name: name.clone(), split: row.split, labels, slide_path, coordinates_path, gt_path });
+                slides.push(SlideEntry {
+                    name: name.clone(),
+                    split: row.split,
+                    labels,
+                    slide_path,
+                    coordinates_path,
+                    gt_path,
+                });
             }
         }
         if !problems.is_empty() {
@@ -255,7 +291,11 @@ impl Dataset {
         for w in &warnings {
             tracing::warn!("{w}");
         }
-        Ok(Dataset { class_order: cfg.class_order.clone(), slides, warnings })
+        Ok(Dataset {
+            class_order: cfg.class_order.clone(),
+            slides,
+            warnings,
+        })
     }
 }
 
@@ -287,12 +327,18 @@ fn check_dir(dir: &Path, key: &str, problems: &mut Vec<DatasetProblem>) -> bool 
     if dir.is_dir() {
         true
     } else {
-        problems.push(DatasetProblem { kind: ProblemKind::Io, message: format!("{key}: folder {} does not exist", dir.display()) });
+        problems.push(DatasetProblem {
+            kind: ProblemKind::Io,
+            message: format!("{key}: folder {} does not exist", dir.display()),
+        });
         false
     }
 }
 
-fn index_slides(dir: &Path, problems: &mut Vec<DatasetProblem>) -> Option<HashMap<String, Vec<PathBuf>>> {
+fn index_slides(
+    dir: &Path,
+    problems: &mut Vec<DatasetProblem>,
+) -> Option<HashMap<String, Vec<PathBuf>>> {
     let rd = match std::fs::read_dir(dir) {
         Ok(rd) => rd,
         Err(e) => {
@@ -309,10 +355,17 @@ fn index_slides(dir: &Path, problems: &mut Vec<DatasetProblem>) -> Option<HashMa
         if !path.is_file() {
             continue;
         }
-        let Some(file_name) = path.file_name().and_then(|f| f.to_str()) else { continue };
-        let Some((stem, ext)) = file_name.rsplit_once('.') else { continue };
+        let Some(file_name) = path.file_name().and_then(|f| f.to_str()) else {
+            continue;
+        };
+        let Some((stem, ext)) = file_name.rsplit_once('.') else {
+            continue;
+        };
         if SUPPORTED_SLIDE_EXTENSIONS.contains(&ext.to_ascii_lowercase().as_str()) {
-            index.entry(stem.to_string()).or_default().push(path.clone());
+            index
+                .entry(stem.to_string())
+                .or_default()
+                .push(path.clone());
         }
     }
     for v in index.values_mut() {
@@ -322,10 +375,17 @@ fn index_slides(dir: &Path, problems: &mut Vec<DatasetProblem>) -> Option<HashMa
 }
 
 fn open_csv(path: &Path, problems: &mut Vec<DatasetProblem>) -> Option<csv::Reader<std::fs::File>> {
-    match csv::ReaderBuilder::new().flexible(true).trim(csv::Trim::All).from_path(path) {
+    match csv::ReaderBuilder::new()
+        .flexible(true)
+        .trim(csv::Trim::All)
+        .from_path(path)
+    {
         Ok(r) => Some(r),
         Err(e) => {
-            problems.push(DatasetProblem { kind: ProblemKind::Io, message: format!("cannot read {}: {e}", path.display()) });
+            problems.push(DatasetProblem {
+                kind: ProblemKind::Io,
+                message: format!("cannot read {}: {e}", path.display()),
+            });
             None
         }
     }
@@ -346,13 +406,21 @@ fn parse_split_csv_inner(path: &Path, problems: &mut Vec<DatasetProblem>) -> Opt
     let headers = match rdr.headers() {
         Ok(h) => h.clone(),
         Err(e) => {
-            problems.push(DatasetProblem { kind: ProblemKind::Csv, message: format!("{}: cannot read header: {e}", path.display()) });
+            problems.push(DatasetProblem {
+                kind: ProblemKind::Csv,
+                message: format!("{}: cannot read header: {e}", path.display()),
+            });
             return None;
         }
     };
     let mut cols: Vec<(usize, Split)> = Vec::new();
     for (i, h) in headers.iter().enumerate() {
-        let split = match h.trim().trim_start_matches('\u{feff}').to_ascii_lowercase().as_str() {
+        let split = match h
+            .trim()
+            .trim_start_matches('\u{feff}')
+            .to_ascii_lowercase()
+            .as_str()
+        {
             "train" => Split::Train,
             "val" | "valid" | "validation" => Split::Val,
             "test" => Split::Test,
@@ -363,7 +431,11 @@ fn parse_split_csv_inner(path: &Path, problems: &mut Vec<DatasetProblem>) -> Opt
     if !cols.iter().any(|(_, s)| *s == Split::Train) {
         problems.push(DatasetProblem {
             kind: ProblemKind::Csv,
-            message: format!("{}: header {:?} has no `train` column (expected columns train,val,test)", path.display(), headers.iter().collect::<Vec<_>>()),
+            message: format!(
+                "{}: header {:?} has no `train` column (expected columns train,val,test)",
+                path.display(),
+                headers.iter().collect::<Vec<_>>()
+            ),
         });
         return None;
     }
@@ -374,7 +446,10 @@ fn parse_split_csv_inner(path: &Path, problems: &mut Vec<DatasetProblem>) -> Opt
         let rec = match rec {
             Ok(rec) => rec,
             Err(e) => {
-                problems.push(DatasetProblem { kind: ProblemKind::Csv, message: format!("{} line {line}: {e}", path.display()) });
+                problems.push(DatasetProblem {
+                    kind: ProblemKind::Csv,
+                    message: format!("{} line {line}: {e}", path.display()),
+                });
                 continue;
             }
         };
@@ -402,7 +477,11 @@ fn parse_split_csv_inner(path: &Path, problems: &mut Vec<DatasetProblem>) -> Opt
                 continue;
             }
             seen.insert(name.clone(), (*split, line));
-            rows.push(SplitRow { split: *split, name, line });
+            rows.push(SplitRow {
+                split: *split,
+                name,
+                line,
+            });
         }
     }
     Some(rows)
@@ -413,26 +492,47 @@ fn parse_split_csv_inner(path: &Path, problems: &mut Vec<DatasetProblem>) -> Opt
 /// Accepted forms: `image_name,label` where label is a class index (`1`) or a multi-hot string with
 /// one 0/1 per class (`"0,1"` or `"0 1"`); or `image_name` plus one 0/1 column per class, named as in
 /// `class_order`.
-pub fn parse_labels_csv(path: &Path, class_order: &[String]) -> Result<BTreeMap<String, Vec<u8>>, DatasetErrors> {
+pub fn parse_labels_csv(
+    path: &Path,
+    class_order: &[String],
+) -> Result<BTreeMap<String, Vec<u8>>, DatasetErrors> {
     let mut problems = Vec::new();
     let labels = parse_labels_csv_inner(path, class_order, &mut problems);
     match labels {
-        Some(l) if problems.is_empty() => Ok(l.into_iter().filter_map(|(k, v)| v.map(|v| (k, v))).collect()),
+        Some(l) if problems.is_empty() => Ok(l
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| (k, v)))
+            .collect()),
         _ => Err(DatasetErrors { problems }),
     }
 }
 
 fn parse_label_cell(cell: &str, n: usize) -> Result<Vec<u8>, (ProblemKind, String)> {
     let inner = cell.trim().trim_start_matches('[').trim_end_matches(']');
-    let tokens: Vec<&str> = inner.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).collect();
+    let tokens: Vec<&str> = inner
+        .split(|c: char| c == ',' || c.is_whitespace())
+        .filter(|t| !t.is_empty())
+        .collect();
     match tokens.as_slice() {
         [] => Err((ProblemKind::BadLabel, "empty label".into())),
         [one] => {
-            let idx: i64 = one
-                .parse()
-                .map_err(|_| (ProblemKind::BadLabel, format!("label `{cell}` is not a class index (integer 0..{})", n.saturating_sub(1))))?;
+            let idx: i64 = one.parse().map_err(|_| {
+                (
+                    ProblemKind::BadLabel,
+                    format!(
+                        "label `{cell}` is not a class index (integer 0..{})",
+                        n.saturating_sub(1)
+                    ),
+                )
+            })?;
             if idx < 0 || idx as usize >= n {
-                return Err((ProblemKind::LabelOutOfRange, format!("class index {idx} is out of range 0..{} ({n} classes)", n.saturating_sub(1))));
+                return Err((
+                    ProblemKind::LabelOutOfRange,
+                    format!(
+                        "class index {idx} is out of range 0..{} ({n} classes)",
+                        n.saturating_sub(1)
+                    ),
+                ));
             }
             let mut v = vec![0u8; n];
             v[idx as usize] = 1;
@@ -442,14 +542,20 @@ fn parse_label_cell(cell: &str, n: usize) -> Result<Vec<u8>, (ProblemKind, Strin
             if many.len() != n {
                 return Err((
                     ProblemKind::LabelOutOfRange,
-                    format!("multi-hot label `{cell}` has {} values but there are {n} classes", many.len()),
+                    format!(
+                        "multi-hot label `{cell}` has {} values but there are {n} classes",
+                        many.len()
+                    ),
                 ));
             }
             many.iter()
                 .map(|t| match *t {
                     "0" | "0.0" => Ok(0u8),
                     "1" | "1.0" => Ok(1u8),
-                    other => Err((ProblemKind::BadLabel, format!("multi-hot label `{cell}`: value `{other}` is not 0 or 1"))),
+                    other => Err((
+                        ProblemKind::BadLabel,
+                        format!("multi-hot label `{cell}`: value `{other}` is not 0 or 1"),
+                    )),
                 })
                 .collect()
         }
@@ -459,20 +565,36 @@ fn parse_label_cell(cell: &str, n: usize) -> Result<Vec<u8>, (ProblemKind, Strin
 /// Label map where `None` marks a row whose label was invalid (already reported).
 type LabelMap = BTreeMap<String, Option<Vec<u8>>>;
 
-fn parse_labels_csv_inner(path: &Path, class_order: &[String], problems: &mut Vec<DatasetProblem>) -> Option<LabelMap> {
+fn parse_labels_csv_inner(
+    path: &Path,
+    class_order: &[String],
+    problems: &mut Vec<DatasetProblem>,
+) -> Option<LabelMap> {
     let mut rdr = open_csv(path, problems)?;
     let headers = match rdr.headers() {
-        Ok(h) => h.iter().map(|s| s.trim().trim_start_matches('\u{feff}').to_string()).collect::<Vec<_>>(),
+        Ok(h) => h
+            .iter()
+            .map(|s| s.trim().trim_start_matches('\u{feff}').to_string())
+            .collect::<Vec<_>>(),
         Err(e) => {
-            problems.push(DatasetProblem { kind: ProblemKind::Csv, message: format!("{}: cannot read header: {e}", path.display()) });
+            problems.push(DatasetProblem {
+                kind: ProblemKind::Csv,
+                message: format!("{}: cannot read header: {e}", path.display()),
+            });
             return None;
         }
     };
     let n = class_order.len();
-    let Some(name_col) = headers.iter().position(|h| h.eq_ignore_ascii_case("image_name")) else {
+    let Some(name_col) = headers
+        .iter()
+        .position(|h| h.eq_ignore_ascii_case("image_name"))
+    else {
         problems.push(DatasetProblem {
             kind: ProblemKind::Csv,
-            message: format!("{}: header {headers:?} has no `image_name` column", path.display()),
+            message: format!(
+                "{}: header {headers:?} has no `image_name` column",
+                path.display()
+            ),
         });
         return None;
     };
@@ -483,7 +605,10 @@ fn parse_labels_csv_inner(path: &Path, class_order: &[String], problems: &mut Ve
     let form = if let Some(c) = headers.iter().position(|h| h.eq_ignore_ascii_case("label")) {
         Form::Single(c)
     } else {
-        let cols: Option<Vec<usize>> = class_order.iter().map(|c| headers.iter().position(|h| h == c)).collect();
+        let cols: Option<Vec<usize>> = class_order
+            .iter()
+            .map(|c| headers.iter().position(|h| h == c))
+            .collect();
         match cols {
             Some(cols) if !cols.is_empty() => Form::PerClass(cols),
             _ => {
@@ -506,7 +631,10 @@ fn parse_labels_csv_inner(path: &Path, class_order: &[String], problems: &mut Ve
         let rec = match rec {
             Ok(rec) => rec,
             Err(e) => {
-                problems.push(DatasetProblem { kind: ProblemKind::Csv, message: format!("{} line {line}: {e}", path.display()) });
+                problems.push(DatasetProblem {
+                    kind: ProblemKind::Csv,
+                    message: format!("{} line {line}: {e}", path.display()),
+                });
                 continue;
             }
         };
@@ -515,7 +643,10 @@ fn parse_labels_csv_inner(path: &Path, class_order: &[String], problems: &mut Ve
         }
         let name = normalise_slide_key(rec.get(name_col).unwrap_or(""));
         if name.is_empty() {
-            problems.push(DatasetProblem { kind: ProblemKind::Csv, message: format!("{} line {line}: empty image_name", path.display()) });
+            problems.push(DatasetProblem {
+                kind: ProblemKind::Csv,
+                message: format!("{} line {line}: empty image_name", path.display()),
+            });
             continue;
         }
         let parsed = match &form {
@@ -530,7 +661,10 @@ fn parse_labels_csv_inner(path: &Path, class_order: &[String], problems: &mut Ve
                 if let Some(first) = lines.get(&name) {
                     problems.push(DatasetProblem {
                         kind: ProblemKind::DuplicateRow,
-                        message: format!("{}: image `{name}` has two rows (lines {first} and {line})", path.display()),
+                        message: format!(
+                            "{}: image `{name}` has two rows (lines {first} and {line})",
+                            path.display()
+                        ),
                     });
                     continue;
                 }
@@ -540,7 +674,10 @@ fn parse_labels_csv_inner(path: &Path, class_order: &[String], problems: &mut Ve
             Err((kind, msg)) => {
                 lines.entry(name.clone()).or_insert(line);
                 out.entry(name.clone()).or_insert(None);
-                problems.push(DatasetProblem { kind, message: format!("{} line {line} (image `{name}`): {msg}", path.display()) })
+                problems.push(DatasetProblem {
+                    kind,
+                    message: format!("{} line {line} (image `{name}`): {msg}", path.display()),
+                })
             }
         }
     }
@@ -564,10 +701,22 @@ mod tests {
         assert_eq!(parse_label_cell("1", 3).unwrap(), vec![0, 1, 0]);
         assert_eq!(parse_label_cell("0,1,1", 3).unwrap(), vec![0, 1, 1]);
         assert_eq!(parse_label_cell("1 0 1", 3).unwrap(), vec![1, 0, 1]);
-        assert_eq!(parse_label_cell("3", 3).unwrap_err().0, ProblemKind::LabelOutOfRange);
-        assert_eq!(parse_label_cell("0,1", 3).unwrap_err().0, ProblemKind::LabelOutOfRange);
-        assert_eq!(parse_label_cell("0,2,1", 3).unwrap_err().0, ProblemKind::BadLabel);
-        assert_eq!(parse_label_cell("x", 3).unwrap_err().0, ProblemKind::BadLabel);
+        assert_eq!(
+            parse_label_cell("3", 3).unwrap_err().0,
+            ProblemKind::LabelOutOfRange
+        );
+        assert_eq!(
+            parse_label_cell("0,1", 3).unwrap_err().0,
+            ProblemKind::LabelOutOfRange
+        );
+        assert_eq!(
+            parse_label_cell("0,2,1", 3).unwrap_err().0,
+            ProblemKind::BadLabel
+        );
+        assert_eq!(
+            parse_label_cell("x", 3).unwrap_err().0,
+            ProblemKind::BadLabel
+        );
     }
 
     #[test]
@@ -582,7 +731,11 @@ mod tests {
         std::fs::write(&p, "image_name,label\ns1,\"1,0\"\ns2,1\ns2,0\ns3,7\n").unwrap();
         let e = parse_labels_csv(&p, &classes).unwrap_err();
         let kinds: Vec<_> = e.problems.iter().map(|p| p.kind).collect();
-        assert_eq!(kinds, vec![ProblemKind::DuplicateRow, ProblemKind::LabelOutOfRange], "{e}");
+        assert_eq!(
+            kinds,
+            vec![ProblemKind::DuplicateRow, ProblemKind::LabelOutOfRange],
+            "{e}"
+        );
     }
 
     #[test]
@@ -596,6 +749,15 @@ mod tests {
         std::fs::write(&p, "train,val,test\na,b,c\nd,,\ne.tif,,\n").unwrap();
         let rows = parse_split_csv(&p).unwrap();
         let names: Vec<_> = rows.iter().map(|r| (r.split, r.name.as_str())).collect();
-        assert_eq!(names, vec![(Split::Train, "a"), (Split::Val, "b"), (Split::Test, "c"), (Split::Train, "d"), (Split::Train, "e")]);
+        assert_eq!(
+            names,
+            vec![
+                (Split::Train, "a"),
+                (Split::Val, "b"),
+                (Split::Test, "c"),
+                (Split::Train, "d"),
+                (Split::Train, "e")
+            ]
+        );
     }
 }

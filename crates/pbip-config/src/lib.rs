@@ -10,8 +10,8 @@ mod dataset;
 mod schema;
 
 pub use dataset::{
-    Dataset, DatasetErrors, DatasetProblem, ProblemKind, SUPPORTED_SLIDE_EXTENSIONS, SlideEntry, Split, SplitRow,
-    normalise_slide_key, parse_labels_csv, parse_split_csv,
+    Dataset, DatasetErrors, DatasetProblem, ProblemKind, SUPPORTED_SLIDE_EXTENSIONS, SlideEntry,
+    Split, SplitRow, normalise_slide_key, parse_labels_csv, parse_split_csv,
 };
 pub use schema::*;
 
@@ -97,7 +97,11 @@ pub enum ConfigError {
 }
 
 fn format_problems(problems: &[Problem]) -> String {
-    problems.iter().map(|p| format!("  - {p}")).collect::<Vec<_>>().join("\n")
+    problems
+        .iter()
+        .map(|p| format!("  - {p}"))
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// A parsed `--set a.b.c=value` override.
@@ -114,8 +118,13 @@ pub struct Override {
 impl Override {
     /// Parses `section.key=value`; the value is parsed as YAML.
     pub fn parse(raw: &str) -> Result<Override, ConfigError> {
-        let err = |message: &str| ConfigError::Override { arg: raw.to_string(), message: message.to_string() };
-        let (key, value) = raw.split_once('=').ok_or_else(|| err("expected KEY=VALUE, e.g. training.epochs=2"))?;
+        let err = |message: &str| ConfigError::Override {
+            arg: raw.to_string(),
+            message: message.to_string(),
+        };
+        let (key, value) = raw
+            .split_once('=')
+            .ok_or_else(|| err("expected KEY=VALUE, e.g. training.epochs=2"))?;
         let key = key.trim();
         if key.is_empty() {
             return Err(err("empty key"));
@@ -130,7 +139,11 @@ impl Override {
             serde_yaml::from_str::<Value>(value)
                 .map_err(|e| err(&format!("value `{value}` is not valid YAML: {e}")))?
         };
-        Ok(Override { raw: raw.to_string(), path, value })
+        Ok(Override {
+            raw: raw.to_string(),
+            path,
+            value,
+        })
     }
 }
 
@@ -140,7 +153,10 @@ fn schema_tree() -> Value {
 }
 
 fn keys_of(map: &Mapping) -> String {
-    map.keys().filter_map(|k| k.as_str()).collect::<Vec<_>>().join(", ")
+    map.keys()
+        .filter_map(|k| k.as_str())
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 /// Applies overrides to a YAML tree, checking every key path against the schema.
@@ -161,10 +177,17 @@ pub fn apply_overrides(tree: &mut Value, overrides: &[Override]) -> Result<(), C
                 });
             };
             let Some(child_schema) = smap.get(part.as_str()) else {
-                let level = if i == 0 { "top level".to_string() } else { format!("`{}`", ov.path[..i].join(".")) };
+                let level = if i == 0 {
+                    "top level".to_string()
+                } else {
+                    format!("`{}`", ov.path[..i].join("."))
+                };
                 return Err(ConfigError::Override {
                     arg: ov.raw.clone(),
-                    message: format!("unknown key `{so_far}`; allowed keys at {level}: {}", keys_of(smap)),
+                    message: format!(
+                        "unknown key `{so_far}`; allowed keys at {level}: {}",
+                        keys_of(smap)
+                    ),
                 });
             };
             schema_node = child_schema;
@@ -172,7 +195,10 @@ pub fn apply_overrides(tree: &mut Value, overrides: &[Override]) -> Result<(), C
                 *node = Value::Mapping(Mapping::new());
             }
             let Value::Mapping(map) = node else {
-                return Err(ConfigError::Override { arg: ov.raw.clone(), message: format!("`{so_far}` is not a section") });
+                return Err(ConfigError::Override {
+                    arg: ov.raw.clone(),
+                    message: format!("`{so_far}` is not a section"),
+                });
             };
             let last = i + 1 == ov.path.len();
             let key = Value::String(part.clone());
@@ -193,7 +219,9 @@ fn clean_path(p: &Path) -> PathBuf {
             Component::CurDir => {}
             // Lexical `..`: drop the previous normal component (paths are printed to users; a
             // symlinked folder followed by `..` is the one case where this differs from the OS).
-            Component::ParentDir if matches!(out.components().next_back(), Some(Component::Normal(_))) => {
+            Component::ParentDir
+                if matches!(out.components().next_back(), Some(Component::Normal(_))) =>
+            {
                 out.pop();
             }
             other => out.push(other.as_os_str()),
@@ -215,31 +243,55 @@ impl Config {
     /// Loads a config file, applies `--set` overrides (strings `a.b=v`), resolves relative paths
     /// against the file's folder and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: path.to_path_buf(), source })?;
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
         let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() { PathBuf::from(".") } else { base };
+        let base = if base.as_os_str().is_empty() {
+            PathBuf::from(".")
+        } else {
+            base
+        };
         let base = std::path::absolute(&base).unwrap_or(base);
         Config::from_yaml_str(&text, &base, &path.display().to_string(), overrides)
     }
 
     /// Parses YAML text (see [`Config::load`]); `base_dir` is where relative paths resolve and
     /// `origin` names the source in error messages.
-    pub fn from_yaml_str(text: &str, base_dir: &Path, origin: &str, overrides: &[String]) -> Result<Config, ConfigError> {
-        let mut tree: Value =
-            serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml { origin: origin.to_string(), source })?;
+    pub fn from_yaml_str(
+        text: &str,
+        base_dir: &Path,
+        origin: &str,
+        overrides: &[String],
+    ) -> Result<Config, ConfigError> {
+        let mut tree: Value = serde_yaml::from_str(text).map_err(|source| ConfigError::Yaml {
+            origin: origin.to_string(),
+            source,
+        })?;
         if tree.is_null() {
             tree = Value::Mapping(Mapping::new());
         }
-        let parsed: Vec<Override> = overrides.iter().map(|o| Override::parse(o)).collect::<Result<_, _>>()?;
+        let parsed: Vec<Override> = overrides
+            .iter()
+            .map(|o| Override::parse(o))
+            .collect::<Result<_, _>>()?;
         apply_overrides(&mut tree, &parsed)?;
         let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
-            ConfigError::Field { origin: origin.to_string(), key, message: e.into_inner().to_string() }
+            ConfigError::Field {
+                origin: origin.to_string(),
+                key,
+                message: e.into_inner().to_string(),
+            }
         })?;
         cfg.resolve_paths(base_dir);
         let problems = cfg.validate();
         if !problems.is_empty() {
-            return Err(ConfigError::Invalid { origin: origin.to_string(), problems });
+            return Err(ConfigError::Invalid {
+                origin: origin.to_string(),
+                problems,
+            });
         }
         Ok(cfg)
     }
@@ -247,7 +299,13 @@ impl Config {
     /// Makes every relative path absolute against `base_dir`.
     pub fn resolve_paths(&mut self, base_dir: &Path) {
         let p = &mut self.paths;
-        for path in [&mut p.split_csv, &mut p.labels_csv, &mut p.wsi_dir, &mut p.coordinates_dir, &mut p.work_dir] {
+        for path in [
+            &mut p.split_csv,
+            &mut p.labels_csv,
+            &mut p.wsi_dir,
+            &mut p.coordinates_dir,
+            &mut p.work_dir,
+        ] {
             resolve(base_dir, path);
         }
         for opt in [
@@ -270,21 +328,37 @@ impl Config {
     /// Checks every value; returns all problems (empty = valid).
     pub fn validate(&self) -> Vec<Problem> {
         let mut v = Vec::new();
-        let mut bad = |key: &str, message: String| v.push(Problem { key: key.to_string(), message });
+        let mut bad = |key: &str, message: String| {
+            v.push(Problem {
+                key: key.to_string(),
+                message,
+            })
+        };
 
         // classes
         if self.class_order.is_empty() {
-            bad("class_order", "must list at least one class name, e.g. [benign, tumor]".into());
+            bad(
+                "class_order",
+                "must list at least one class name, e.g. [benign, tumor]".into(),
+            );
         }
         let mut seen = std::collections::BTreeSet::new();
         for name in &self.class_order {
             if name.trim().is_empty() {
                 bad("class_order", "class names must not be empty".into());
             } else if name.contains(['/', '\\']) || name == "." || name == ".." {
-                bad("class_order", format!("class name `{name}` is used as a file name and must not contain path separators"));
+                bad(
+                    "class_order",
+                    format!(
+                        "class name `{name}` is used as a file name and must not contain path separators"
+                    ),
+                );
             }
             if !seen.insert(name.as_str()) {
-                bad("class_order", format!("duplicate class name `{name}`; names must be unique"));
+                bad(
+                    "class_order",
+                    format!("duplicate class name `{name}`; names must be unique"),
+                );
             }
         }
         if self.patch_size == 0 {
@@ -293,7 +367,10 @@ impl Config {
 
         // paths
         if self.paths.coordinates_suffix.is_empty() {
-            bad("paths.coordinates_suffix", "must not be empty (e.g. .npy)".into());
+            bad(
+                "paths.coordinates_suffix",
+                "must not be empty (e.g. .npy)".into(),
+            );
         }
 
         // prototypes
@@ -316,7 +393,10 @@ impl Config {
             bad("prototypes.num_per_class", "must be >= 1 slide".into());
         }
         if pr.samples_per_wsi == 0 {
-            bad("prototypes.samples_per_wsi", "must be >= 1 coordinate".into());
+            bad(
+                "prototypes.samples_per_wsi",
+                "must be >= 1 coordinate".into(),
+            );
         }
         if pr.batch_size == 0 {
             bad("prototypes.batch_size", "must be >= 1".into());
@@ -328,11 +408,18 @@ impl Config {
         if enc.depths.is_empty() || enc.depths.len() != enc.heads.len() {
             bad(
                 "prototypes.encoder.depths",
-                format!("depths ({}) and heads ({}) must be non-empty and of equal length", enc.depths.len(), enc.heads.len()),
+                format!(
+                    "depths ({}) and heads ({}) must be non-empty and of equal length",
+                    enc.depths.len(),
+                    enc.heads.len()
+                ),
             );
         }
         if enc.heads.contains(&0) {
-            bad("prototypes.encoder.heads", "every head count must be >= 1".into());
+            bad(
+                "prototypes.encoder.heads",
+                "every head count must be >= 1".into(),
+            );
         }
         if enc.window == 0 {
             bad("prototypes.encoder.window", "must be >= 1".into());
@@ -351,7 +438,13 @@ impl Config {
 
         // model
         if self.model.strides.len() != 4 || self.model.strides.contains(&0) {
-            bad("model.strides", format!("must be 4 positive strides (e.g. [4, 2, 2, 1]), got {:?}", self.model.strides));
+            bad(
+                "model.strides",
+                format!(
+                    "must be 4 positive strides (e.g. [4, 2, 2, 1]), got {:?}",
+                    self.model.strides
+                ),
+            );
         }
 
         // training
@@ -363,13 +456,22 @@ impl Config {
             bad("training.batch_size", "must be >= 1".into());
         }
         if !(t.optimizer.lr.is_finite() && t.optimizer.lr > 0.0) {
-            bad("training.optimizer.lr", format!("must be a finite number > 0, got {}", t.optimizer.lr));
+            bad(
+                "training.optimizer.lr",
+                format!("must be a finite number > 0, got {}", t.optimizer.lr),
+            );
         }
         if !(t.optimizer.weight_decay.is_finite() && t.optimizer.weight_decay >= 0.0) {
-            bad("training.optimizer.weight_decay", format!("must be >= 0, got {}", t.optimizer.weight_decay));
+            bad(
+                "training.optimizer.weight_decay",
+                format!("must be >= 0, got {}", t.optimizer.weight_decay),
+            );
         }
         if t.optimizer.betas.iter().any(|b| !(0.0..1.0).contains(b)) {
-            bad("training.optimizer.betas", format!("each beta must be in [0, 1), got {:?}", t.optimizer.betas));
+            bad(
+                "training.optimizer.betas",
+                format!("each beta must be in [0, 1), got {:?}", t.optimizer.betas),
+            );
         }
         if !(t.optimizer.eps > 0.0) {
             bad("training.optimizer.eps", "must be > 0".into());
@@ -382,7 +484,13 @@ impl Config {
         }
         let lw = &t.loss_weights;
         if lw.scale_weights.len() != 4 {
-            bad("training.loss_weights.scale_weights", format!("needs 4 weights (one per scale), got {}", lw.scale_weights.len()));
+            bad(
+                "training.loss_weights.scale_weights",
+                format!(
+                    "needs 4 weights (one per scale), got {}",
+                    lw.scale_weights.len()
+                ),
+            );
         }
         for (k, x) in [
             ("training.loss_weights.contrastive", lw.contrastive),
@@ -394,28 +502,53 @@ impl Config {
                 bad(k, format!("must be a finite number >= 0, got {x}"));
             }
         }
-        if lw.scale_weights.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
-            bad("training.loss_weights.scale_weights", "weights must be finite and >= 0".into());
+        if lw
+            .scale_weights
+            .iter()
+            .any(|x| !(x.is_finite() && *x >= 0.0))
+        {
+            bad(
+                "training.loss_weights.scale_weights",
+                "weights must be finite and >= 0".into(),
+            );
         }
         if t.validation_interval == 0 {
-            bad("training.validation_interval", "must be >= 1 iteration".into());
+            bad(
+                "training.validation_interval",
+                "must be >= 1 iteration".into(),
+            );
         }
         if t.checkpoint_interval == 0 {
-            bad("training.checkpoint_interval", "must be >= 1 iteration".into());
+            bad(
+                "training.checkpoint_interval",
+                "must be >= 1 iteration".into(),
+            );
         }
         if t.iterations_per_epoch == Some(0) {
-            bad("training.iterations_per_epoch", "must be >= 1 or null".into());
+            bad(
+                "training.iterations_per_epoch",
+                "must be >= 1 or null".into(),
+            );
         }
         if let Some(g) = t.grad_clip
             && !(g.is_finite() && g > 0.0)
         {
-            bad("training.grad_clip", format!("must be > 0 or null, got {g}"));
+            bad(
+                "training.grad_clip",
+                format!("must be > 0 or null, got {g}"),
+            );
         }
         if !(t.temperature.is_finite() && t.temperature > 0.0) {
-            bad("training.temperature", format!("must be > 0, got {}", t.temperature));
+            bad(
+                "training.temperature",
+                format!("must be > 0, got {}", t.temperature),
+            );
         }
         if !(0.0..=1.0).contains(&t.mask_threshold) {
-            bad("training.mask_threshold", format!("must be in [0, 1], got {}", t.mask_threshold));
+            bad(
+                "training.mask_threshold",
+                format!("must be in [0, 1], got {}", t.mask_threshold),
+            );
         }
         if t.log_interval == 0 {
             bad("training.log_interval", "must be >= 1".into());
@@ -431,13 +564,35 @@ impl Config {
         }
         let ev = &self.evaluation;
         if ev.patches_per_slide == PatchCount::Count(0) {
-            bad("evaluation.patches_per_slide", "must be >= 1 or \"all\"".into());
+            bad(
+                "evaluation.patches_per_slide",
+                "must be >= 1 or \"all\"".into(),
+            );
         }
-        if ev.fuse_weights.len() != 4 || ev.fuse_weights.iter().any(|x| !(x.is_finite() && *x >= 0.0)) {
-            bad("evaluation.fuse_weights", format!("needs 4 finite weights >= 0 (one per scale), got {:?}", ev.fuse_weights));
+        if ev.fuse_weights.len() != 4
+            || ev
+                .fuse_weights
+                .iter()
+                .any(|x| !(x.is_finite() && *x >= 0.0))
+        {
+            bad(
+                "evaluation.fuse_weights",
+                format!(
+                    "needs 4 finite weights >= 0 (one per scale), got {:?}",
+                    ev.fuse_weights
+                ),
+            );
         }
-        if ev.tta_multipliers.is_empty() || ev.tta_multipliers.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-            bad("evaluation.tta_multipliers", "needs at least one multiplier > 0".into());
+        if ev.tta_multipliers.is_empty()
+            || ev
+                .tta_multipliers
+                .iter()
+                .any(|x| !(x.is_finite() && *x > 0.0))
+        {
+            bad(
+                "evaluation.tta_multipliers",
+                "needs at least one multiplier > 0".into(),
+            );
         }
 
         // inference
@@ -446,7 +601,13 @@ impl Config {
             bad("inference.batch_size", "must be >= 1".into());
         }
         if !(inf.overlap_ratio >= 0.0 && inf.overlap_ratio < 1.0) {
-            bad("inference.overlap_ratio", format!("must be in [0, 1) (fraction of the tile side), got {}", inf.overlap_ratio));
+            bad(
+                "inference.overlap_ratio",
+                format!(
+                    "must be in [0, 1) (fraction of the tile side), got {}",
+                    inf.overlap_ratio
+                ),
+            );
         }
         if inf.patch_size == Some(0) {
             bad("inference.patch_size", "must be > 0 or null".into());
@@ -456,15 +617,24 @@ impl Config {
         }
         let pp = &inf.post_processing;
         if pp.morphological_op != MorphOp::None && pp.kernel_size == 0 {
-            bad("inference.post_processing.kernel_size", "must be >= 1 when morphological_op is closing or opening".into());
+            bad(
+                "inference.post_processing.kernel_size",
+                "must be >= 1 when morphological_op is closing or opening".into(),
+            );
         }
         if inf.crf.iterations == 0 && inf.use_crf {
-            bad("inference.crf.iterations", "must be >= 1 when use_crf is true".into());
+            bad(
+                "inference.crf.iterations",
+                "must be >= 1 when use_crf is true".into(),
+            );
         }
         if let Some(a) = inf.min_component_size_um2
             && !(a.is_finite() && a >= 0.0)
         {
-            bad("inference.min_component_size_um2", "must be >= 0 or null".into());
+            bad(
+                "inference.min_component_size_um2",
+                "must be >= 0 or null".into(),
+            );
         }
         v
     }
@@ -477,11 +647,20 @@ impl Config {
     /// Writes the resolved config to `<dir>/config.resolved.yaml` (creating `dir`), returns the path.
     pub fn write_resolved(&self, dir: &Path) -> Result<PathBuf, ConfigError> {
         let text = self.to_yaml_string()?;
-        std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write { path: dir.to_path_buf(), source })?;
+        std::fs::create_dir_all(dir).map_err(|source| ConfigError::Write {
+            path: dir.to_path_buf(),
+            source,
+        })?;
         let path = dir.join(RESOLVED_CONFIG_FILE);
         let tmp = dir.join(format!(".{RESOLVED_CONFIG_FILE}.tmp"));
-        std::fs::write(&tmp, text).map_err(|source| ConfigError::Write { path: tmp.clone(), source })?;
-        std::fs::rename(&tmp, &path).map_err(|source| ConfigError::Write { path: path.clone(), source })?;
+        std::fs::write(&tmp, text).map_err(|source| ConfigError::Write {
+            path: tmp.clone(),
+            source,
+        })?;
+        std::fs::rename(&tmp, &path).map_err(|source| ConfigError::Write {
+            path: path.clone(),
+            source,
+        })?;
         Ok(path)
     }
 
@@ -498,10 +677,16 @@ impl Config {
 
 fn check_normalize(bad: &mut impl FnMut(&str, String), key: &str, n: &Normalize) {
     if n.mean.len() != 3 || n.mean.iter().any(|x| !x.is_finite()) {
-        bad(&format!("{key}.mean"), format!("needs 3 finite values, got {:?}", n.mean));
+        bad(
+            &format!("{key}.mean"),
+            format!("needs 3 finite values, got {:?}", n.mean),
+        );
     }
     if n.std.len() != 3 || n.std.iter().any(|x| !(x.is_finite() && *x > 0.0)) {
-        bad(&format!("{key}.std"), format!("needs 3 values > 0, got {:?}", n.std));
+        bad(
+            &format!("{key}.std"),
+            format!("needs 3 values > 0, got {:?}", n.std),
+        );
     }
 }
 
@@ -528,8 +713,16 @@ mod tests {
 
     #[test]
     fn set_overrides_are_typed() {
-        let c = load(MINIMAL, &["training.epochs=2", "training.optimizer.lr=5e-5", "prototypes.k_list=[1,2]", "inference.use_crf=false"])
-            .unwrap();
+        let c = load(
+            MINIMAL,
+            &[
+                "training.epochs=2",
+                "training.optimizer.lr=5e-5",
+                "prototypes.k_list=[1,2]",
+                "inference.use_crf=false",
+            ],
+        )
+        .unwrap();
         assert_eq!(c.training.epochs, 2);
         assert_eq!(c.training.optimizer.lr, 5e-5);
         assert_eq!(c.prototypes.k_list, vec![1, 2]);
@@ -538,10 +731,14 @@ mod tests {
 
     #[test]
     fn set_unknown_key_lists_allowed() {
-        let e = load(MINIMAL, &["training.optimiser.lr=1"]).unwrap_err().to_string();
+        let e = load(MINIMAL, &["training.optimiser.lr=1"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("unknown key `training.optimiser`"), "{e}");
         assert!(e.contains("optimizer") && e.contains("epochs"), "{e}");
-        let e = load(MINIMAL, &["training.epochs.x=1"]).unwrap_err().to_string();
+        let e = load(MINIMAL, &["training.epochs.x=1"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not a section"), "{e}");
         let e = load(MINIMAL, &["noequals"]).unwrap_err().to_string();
         assert!(e.contains("KEY=VALUE"), "{e}");
@@ -549,11 +746,23 @@ mod tests {
 
     #[test]
     fn unknown_field_and_wrong_type_name_the_path() {
-        let e = load(&format!("{MINIMAL}training: {{epochz: 3}}\n"), &[]).unwrap_err().to_string();
-        assert!(e.contains("test.yaml") && e.contains("training") && e.contains("epochz"), "{e}");
-        let e = load(&format!("{MINIMAL}training: {{optimizer: {{lr: fast}}}}\n"), &[]).unwrap_err().to_string();
+        let e = load(&format!("{MINIMAL}training: {{epochz: 3}}\n"), &[])
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("test.yaml") && e.contains("training") && e.contains("epochz"),
+            "{e}"
+        );
+        let e = load(
+            &format!("{MINIMAL}training: {{optimizer: {{lr: fast}}}}\n"),
+            &[],
+        )
+        .unwrap_err()
+        .to_string();
         assert!(e.contains("training.optimizer.lr"), "{e}");
-        let e = load(&format!("{MINIMAL}model: {{backbone: mit_b9}}\n"), &[]).unwrap_err().to_string();
+        let e = load(&format!("{MINIMAL}model: {{backbone: mit_b9}}\n"), &[])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("model.backbone") && e.contains("mit_b5"), "{e}");
     }
 
@@ -561,24 +770,45 @@ mod tests {
     fn validation_reports_all_problems() {
         let e = load(
             MINIMAL,
-            &["prototypes.k_list=[3]", "inference.overlap_ratio=1.0", "training.optimizer.lr=0", "patch_size=0", "training.batch_size=0"],
+            &[
+                "prototypes.k_list=[3]",
+                "inference.overlap_ratio=1.0",
+                "training.optimizer.lr=0",
+                "patch_size=0",
+                "training.batch_size=0",
+            ],
         )
         .unwrap_err();
-        let ConfigError::Invalid { problems, .. } = &e else { panic!("{e}") };
+        let ConfigError::Invalid { problems, .. } = &e else {
+            panic!("{e}")
+        };
         let keys: Vec<&str> = problems.iter().map(|p| p.key.as_str()).collect();
-        for k in ["prototypes.k_list", "inference.overlap_ratio", "training.optimizer.lr", "patch_size", "training.batch_size"] {
+        for k in [
+            "prototypes.k_list",
+            "inference.overlap_ratio",
+            "training.optimizer.lr",
+            "patch_size",
+            "training.batch_size",
+        ] {
             assert!(keys.contains(&k), "{k} missing in {keys:?}");
         }
-        let e = load(MINIMAL, &["class_order=[a, a]"]).unwrap_err().to_string();
+        let e = load(MINIMAL, &["class_order=[a, a]"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("duplicate class name `a`"), "{e}");
-        let e = load(MINIMAL, &["class_order=[]", "prototypes.k_list=[]"]).unwrap_err().to_string();
+        let e = load(MINIMAL, &["class_order=[]", "prototypes.k_list=[]"])
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("class_order"), "{e}");
     }
 
     #[test]
     fn patch_count_all_or_number() {
         let c = load(MINIMAL, &["evaluation.patches_per_slide=all"]).unwrap();
-        assert_eq!(c.evaluation.patches_per_slide, PatchCount::All(AllKeyword::All));
+        assert_eq!(
+            c.evaluation.patches_per_slide,
+            PatchCount::All(AllKeyword::All)
+        );
         let c = load(MINIMAL, &["evaluation.patches_per_slide=4"]).unwrap();
         assert_eq!(c.evaluation.patches_per_slide, PatchCount::Count(4));
         assert!(load(MINIMAL, &["evaluation.patches_per_slide=some"]).is_err());

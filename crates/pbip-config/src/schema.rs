@@ -249,7 +249,11 @@ pub struct Normalize {
 
 impl Default for Normalize {
     fn default() -> Self {
-        Normalize { mean: HISTO_MEAN.to_vec(), std: HISTO_STD.to_vec(), channel_order: ChannelOrder::Rgb }
+        Normalize {
+            mean: HISTO_MEAN.to_vec(),
+            std: HISTO_STD.to_vec(),
+            channel_order: ChannelOrder::Rgb,
+        }
     }
 }
 
@@ -403,7 +407,11 @@ pub struct ModelSection {
 
 impl Default for ModelSection {
     fn default() -> Self {
-        ModelSection { backbone: Backbone::MitB1, strides: vec![4, 2, 2, 1], pretrained: None }
+        ModelSection {
+            backbone: Backbone::MitB1,
+            strides: vec![4, 2, 2, 1],
+            pretrained: None,
+        }
     }
 }
 
@@ -434,7 +442,13 @@ pub struct Optimizer {
 
 impl Default for Optimizer {
     fn default() -> Self {
-        Optimizer { name: OptimizerName::Adamw, lr: 1e-3, weight_decay: 5e-4, betas: [0.9, 0.999], eps: 1e-8 }
+        Optimizer {
+            name: OptimizerName::Adamw,
+            lr: 1e-3,
+            weight_decay: 5e-4,
+            betas: [0.9, 0.999],
+            eps: 1e-8,
+        }
     }
 }
 
@@ -466,7 +480,11 @@ pub struct Scheduler {
 
 impl Default for Scheduler {
     fn default() -> Self {
-        Scheduler { kind: SchedulerType::Cosine, warmup_epochs: 1.0, power: 1.0 }
+        Scheduler {
+            kind: SchedulerType::Cosine,
+            warmup_epochs: 1.0,
+            power: 1.0,
+        }
     }
 }
 
@@ -486,7 +504,12 @@ pub struct LossWeights {
 
 impl Default for LossWeights {
     fn default() -> Self {
-        LossWeights { scale_weights: vec![0.0, 0.1, 1.0, 1.0], contrastive: 0.1, cam_smooth: 0.1, cam_sparsity: 0.01 }
+        LossWeights {
+            scale_weights: vec![0.0, 0.1, 1.0, 1.0],
+            contrastive: 0.1,
+            cam_smooth: 0.1,
+            cam_sparsity: 0.01,
+        }
     }
 }
 
@@ -506,7 +529,12 @@ pub struct Augment {
 
 impl Default for Augment {
     fn default() -> Self {
-        Augment { hflip: true, vflip: true, rot90: true, color_jitter: 0.0 }
+        Augment {
+            hflip: true,
+            vflip: true,
+            rot90: true,
+            color_jitter: 0.0,
+        }
     }
 }
 
@@ -592,7 +620,10 @@ pub struct Validation {
 
 impl Default for Validation {
     fn default() -> Self {
-        Validation { patches_per_slide: 1, tta: false }
+        Validation {
+            patches_per_slide: 1,
+            tta: false,
+        }
     }
 }
 

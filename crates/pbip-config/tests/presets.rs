@@ -12,7 +12,11 @@ fn key_paths(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
     if let Some(m) = v.as_mapping() {
         for (k, child) in m {
             let k = k.as_str().unwrap_or("?");
-            let p = if prefix.is_empty() { k.to_string() } else { format!("{prefix}.{k}") };
+            let p = if prefix.is_empty() {
+                k.to_string()
+            } else {
+                format!("{prefix}.{k}")
+            };
             out.push(p.clone());
             key_paths(child, &p, out);
         }
@@ -30,14 +34,21 @@ fn default_yaml_has_every_key_with_default_values_and_comments() {
     expected.paths.wsi_dir = "data/slides".into();
     expected.paths.coordinates_dir = "data/coordinates".into();
     expected.resolve_paths(&base);
-    assert_eq!(cfg, expected, "configs/default.yaml differs from Config::default()");
+    assert_eq!(
+        cfg, expected,
+        "configs/default.yaml differs from Config::default()"
+    );
 
     // Same key tree as the schema.
     let text = std::fs::read_to_string(&path).unwrap();
     let tree: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
     let (mut in_file, mut in_schema) = (Vec::new(), Vec::new());
     key_paths(&tree, "", &mut in_file);
-    key_paths(&serde_yaml::to_value(Config::default()).unwrap(), "", &mut in_schema);
+    key_paths(
+        &serde_yaml::to_value(Config::default()).unwrap(),
+        "",
+        &mut in_schema,
+    );
     in_file.sort();
     in_schema.sort();
     assert_eq!(in_file, in_schema);
@@ -48,7 +59,10 @@ fn default_yaml_has_every_key_with_default_values_and_comments() {
         if t.is_empty() || t.starts_with('#') || t.ends_with(':') {
             continue;
         }
-        assert!(t.contains(" #"), "line without a comment in default.yaml: {line}");
+        assert!(
+            t.contains(" #"),
+            "line without a comment in default.yaml: {line}"
+        );
     }
 }
 
@@ -65,7 +79,10 @@ fn upstream_preset_values() {
     assert_eq!(cfg.training.temperature, 0.07);
     assert_eq!(cfg.training.mask_threshold, 0.5);
     assert_eq!(cfg.training.normalize.channel_order, ChannelOrder::Bgr);
-    assert_eq!(cfg.prototypes.encoder.normalize.channel_order, ChannelOrder::Bgr);
+    assert_eq!(
+        cfg.prototypes.encoder.normalize.channel_order,
+        ChannelOrder::Bgr
+    );
     assert_eq!(cfg.model.backbone, Backbone::MitB1);
     assert_eq!(cfg.prototypes.kmeans.init, KMeansInit::NumpyLegacy);
     assert_eq!(cfg.kmeans_seed(), 42);
@@ -77,17 +94,27 @@ fn upstream_preset_values() {
 
 #[test]
 fn seed_defaults_in_default_yaml() {
-    let cfg = Config::load(&configs_dir().join("default.yaml"), &["training.epochs=3".to_string()]).unwrap();
+    let cfg = Config::load(
+        &configs_dir().join("default.yaml"),
+        &["training.epochs=3".to_string()],
+    )
+    .unwrap();
     assert_eq!(cfg.training.epochs, 3);
     assert_eq!(cfg.training.batch_size, 10);
     assert_eq!(cfg.training.optimizer.lr, 0.001);
     assert_eq!(cfg.training.optimizer.weight_decay, 0.0005);
     assert_eq!(cfg.training.scheduler.kind, SchedulerType::Cosine);
-    assert_eq!(cfg.training.loss_weights.scale_weights, vec![0.0, 0.1, 1.0, 1.0]);
+    assert_eq!(
+        cfg.training.loss_weights.scale_weights,
+        vec![0.0, 0.1, 1.0, 1.0]
+    );
     assert_eq!(cfg.training.validation_interval, 100);
     assert_eq!(cfg.inference.batch_size, 32);
     assert!(cfg.inference.use_crf && !cfg.inference.use_tta);
-    assert_eq!(cfg.inference.post_processing.morphological_op, MorphOp::Closing);
+    assert_eq!(
+        cfg.inference.post_processing.morphological_op,
+        MorphOp::Closing
+    );
     assert_eq!(cfg.inference.post_processing.min_component_size, 100);
     assert!(cfg.paths.wsi_dir.is_absolute());
 }

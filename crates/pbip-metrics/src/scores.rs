@@ -608,7 +608,11 @@ mod tests {
         let mut b = PatchAggregator::new(2).unwrap();
         for (i, (g, p)) in patches.iter().enumerate() {
             all.add_patch(g, p).unwrap();
-            if i < 2 { a.add_patch(g, p).unwrap() } else { b.add_patch(g, p).unwrap() }
+            if i < 2 {
+                a.add_patch(g, p).unwrap()
+            } else {
+                b.add_patch(g, p).unwrap()
+            }
         }
         a.merge(&b).unwrap();
         assert_eq!(a.finish(), all.finish());

@@ -224,8 +224,15 @@ pub fn fg_bg_images(
         let mx = f.clone().max_dim(2);
         ((f - mn.clone()) / (mx - mn).add_scalar(minmax_eps)).reshape([n, c, h, w])
     };
-    let fg = minmax(a_sel.clone() * x_sel.clone()) * m_sel.clone();
-    let bg = minmax((a_sel.neg().add_scalar(1.0)) * x_sel) * (m_sel.neg().add_scalar(1.0));
+    // Masking is a selection (`mask_fill`), not a product with the 0/1 mask: same values, but the
+    // backward pass *replaces* the gradient of masked-out pixels by 0 instead of multiplying it by 0.
+    // A frozen encoder can return a non-finite gradient exactly there (a zeroed region is a run of
+    // zero tokens; each LayerNorm at zero variance amplifies the gradient by ~1/sqrt(eps), through
+    // a deep Swin this overflows f32), and `inf * 0 = NaN` would then reach cam4.
+    let fg_off = m_sel.clone().lower_elem(0.5).expand([n, c, h, w]);
+    let bg_off = m_sel.greater_elem(0.5).expand([n, c, h, w]);
+    let fg = minmax(a_sel.clone() * x_sel.clone()).mask_fill(fg_off, 0.0);
+    let bg = minmax((a_sel.neg().add_scalar(1.0)) * x_sel).mask_fill(bg_off, 0.0);
     Ok((fg, bg))
 }
 

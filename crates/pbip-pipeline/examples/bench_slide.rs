@@ -16,7 +16,10 @@ fn hash(x: u64, y: u64, s: u64) -> u64 {
 /// Smooth value noise in [0, 1) on a grid of `cell` px.
 fn noise(x: u64, y: u64, cell: u64, seed: u64) -> f64 {
     let (cx, cy) = (x / cell, y / cell);
-    let (fx, fy) = ((x % cell) as f64 / cell as f64, (y % cell) as f64 / cell as f64);
+    let (fx, fy) = (
+        (x % cell) as f64 / cell as f64,
+        (y % cell) as f64 / cell as f64,
+    );
     let v = |a: u64, b: u64| (hash(a, b, seed) % 10_000) as f64 / 10_000.0;
     let (sx, sy) = (fx * fx * (3.0 - 2.0 * fx), fy * fy * (3.0 - 2.0 * fy));
     let top = v(cx, cy) * (1.0 - sx) + v(cx + 1, cy) * sx;
@@ -34,7 +37,11 @@ fn pixel(x: u64, y: u64) -> [u8; 3] {
     if hash(x / 6, y / 6, 4) % nucleus_density == 0 {
         return [70, 40, 120];
     }
-    if tumour { [190, 110, 170] } else { [225, 150, 190] }
+    if tumour {
+        [190, 110, 170]
+    } else {
+        [225, 150, 190]
+    }
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -56,6 +63,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         Ok(())
     })?;
-    println!("{}: {} levels, {} bytes", out.display(), summary.levels.len(), summary.file_size_bytes);
+    println!(
+        "{}: {} levels, {} bytes",
+        out.display(),
+        summary.levels.len(),
+        summary.file_size_bytes
+    );
     Ok(())
 }

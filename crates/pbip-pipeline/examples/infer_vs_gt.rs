@@ -36,7 +36,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let (mut inter, mut uni, mut tissue, mut gt_t, mut fp) = (0u64, 0u64, 0u64, 0u64, 0u64);
         for j in 0..mh {
             for i in 0..mw {
-                let gv = g[(((j as f64 + 0.5) * sy) as usize).min(gh - 1) * gw + (((i as f64 + 0.5) * sx) as usize).min(gw - 1)];
+                let gv = g[(((j as f64 + 0.5) * sy) as usize).min(gh - 1) * gw
+                    + (((i as f64 + 0.5) * sx) as usize).min(gw - 1)];
                 let is_tissue = gv != 255;
                 let t = gv == 1;
                 let p = m[j * mw + i] == 1;
@@ -49,9 +50,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
         if gt_t > 0 {
             // Trivial: every tissue pixel is tumour -> IoU = tumour / tissue.
-            println!("{n},tumour,{:.4},{:.4},,", inter as f64 / uni as f64, gt_t as f64 / tissue as f64);
+            println!(
+                "{n},tumour,{:.4},{:.4},,",
+                inter as f64 / uni as f64,
+                gt_t as f64 / tissue as f64
+            );
         } else {
-            println!("{n},benign,,,{:.4},1.0000", fp as f64 / tissue.max(1) as f64);
+            println!(
+                "{n},benign,,,{:.4},1.0000",
+                fp as f64 / tissue.max(1) as f64
+            );
         }
     }
     Ok(())

@@ -9,7 +9,9 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use pbip_config::{ChannelOrder, Config, Device as DeviceChoice, Encoder as EncoderCfg, EncoderKind};
+use pbip_config::{
+    ChannelOrder, Config, Device as DeviceChoice, Encoder as EncoderCfg, EncoderKind,
+};
 use pbip_encoder::{MedClipVision, SwinConfig};
 use pbip_weights::{HostTensor, TensorMap};
 use rand::Rng;
@@ -73,7 +75,10 @@ pub fn swin_config(enc: &EncoderCfg) -> SwinConfig {
 }
 
 fn sha256_file(path: &Path) -> Result<String, PipelineError> {
-    let io = |source| PipelineError::Io { path: path.to_path_buf(), source };
+    let io = |source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
     let mut f = std::fs::File::open(path).map_err(io)?;
     let mut h = Sha256::new();
     let mut buf = vec![0u8; 1 << 20];
@@ -88,18 +93,26 @@ fn sha256_file(path: &Path) -> Result<String, PipelineError> {
 }
 
 fn weights_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
-    PipelineError::Data { stage: "encoder", message: format!("{}: {e}", path.display()) }
+    PipelineError::Data {
+        stage: "encoder",
+        message: format!("{}: {e}", path.display()),
+    }
 }
 
 fn read_weights(path: &Path) -> Result<TensorMap, PipelineError> {
-    pbip_weights::read_tensors(path).map(|(m, _)| m).map_err(|e| weights_err(path, e))
+    pbip_weights::read_tensors(path)
+        .map(|(m, _)| m)
+        .map_err(|e| weights_err(path, e))
 }
 
 /// The projection matrix of a `projection_weights` file: `projection_head.weight` (under any prefix)
 /// or the file's only tensor, `[proj_dim, num_features]` (torch layout).
 fn read_projection(path: &Path) -> Result<HostTensor, PipelineError> {
     let map = read_weights(path)?;
-    if let Some((_, t)) = map.iter().find(|(k, _)| k.ends_with("projection_head.weight")) {
+    if let Some((_, t)) = map
+        .iter()
+        .find(|(k, _)| k.ends_with("projection_head.weight"))
+    {
         return Ok(t.clone());
     }
     if map.len() == 1 {
@@ -120,7 +133,10 @@ fn read_projection(path: &Path) -> Result<HostTensor, PipelineError> {
 /// `clip.vision_model.*`, or the tower's own `model.*` + `projection_head.weight`), or a Hugging Face
 /// Swin checkpoint plus `projection_weights` (or a seeded random projection), or — without
 /// `weights` — a seeded random tower (logged as a warning and recorded in the identity).
-pub fn build_encoder(cfg: &Config, device: &Device) -> Result<(MedClipVision, EncoderIdentity), PipelineError> {
+pub fn build_encoder(
+    cfg: &Config,
+    device: &Device,
+) -> Result<(MedClipVision, EncoderIdentity), PipelineError> {
     let enc = &cfg.prototypes.encoder;
     let swin = swin_config(enc);
     let kind = match enc.kind {
@@ -138,10 +154,19 @@ pub fn build_encoder(cfg: &Config, device: &Device) -> Result<(MedClipVision, En
                  or a Hugging Face Swin checkpoint.",
                 enc.seed
             );
-            let model = MedClipVision::random(&swin, enc.seed, device)
-                .map_err(|e| PipelineError::Data { stage: "encoder", message: e.to_string() })?;
-            let identity =
-                EncoderIdentity { kind, source: format!("random, seed {}", enc.seed), sha256: None, random: true, swin };
+            let model = MedClipVision::random(&swin, enc.seed, device).map_err(|e| {
+                PipelineError::Data {
+                    stage: "encoder",
+                    message: e.to_string(),
+                }
+            })?;
+            let identity = EncoderIdentity {
+                kind,
+                source: format!("random, seed {}", enc.seed),
+                sha256: None,
+                random: true,
+                swin,
+            };
             Ok((model, identity))
         }
         Some(path) => {
@@ -150,20 +175,25 @@ pub fn build_encoder(cfg: &Config, device: &Device) -> Result<(MedClipVision, En
             let mut random = false;
             let mut source = format!("file {}", path.display());
             let model = match MedClipVision::detect_prefix(&map) {
-                Some(prefix) if map.contains_key(&format!("{prefix}{}", "projection_head.weight")) => {
+                Some(prefix)
+                    if map.contains_key(&format!("{prefix}{}", "projection_head.weight")) =>
+                {
                     if enc.projection_weights.is_some() {
                         tracing::warn!(
                             "{} holds a projection head; prototypes.encoder.projection_weights is ignored",
                             path.display()
                         );
                     }
-                    MedClipVision::from_tensor_map(&map, prefix, &swin, device).map_err(|e| enc_err(e, path))?
+                    MedClipVision::from_tensor_map(&map, prefix, &swin, device)
+                        .map_err(|e| enc_err(e, path))?
                 }
                 found => {
                     // A plain Swin checkpoint (HF `SwinModel`, or under `swin.` / `model.`).
                     let swin_prefix = match found {
                         Some(p) => format!("{p}model."),
-                        None if map.keys().any(|k| k.starts_with("swin.embeddings.")) => "swin.".to_string(),
+                        None if map.keys().any(|k| k.starts_with("swin.embeddings.")) => {
+                            "swin.".to_string()
+                        }
                         None => String::new(),
                     };
                     let projection = match &enc.projection_weights {
@@ -185,32 +215,64 @@ pub fn build_encoder(cfg: &Config, device: &Device) -> Result<(MedClipVision, En
                             None
                         }
                     };
-                    MedClipVision::from_swin(&map, &swin_prefix, projection.as_ref(), enc.seed, &swin, device)
-                        .map_err(|e| enc_err(e, path))?
+                    MedClipVision::from_swin(
+                        &map,
+                        &swin_prefix,
+                        projection.as_ref(),
+                        enc.seed,
+                        &swin,
+                        device,
+                    )
+                    .map_err(|e| enc_err(e, path))?
                 }
             };
-            Ok((model, EncoderIdentity { kind, source, sha256: Some(sha), random, swin }))
+            Ok((
+                model,
+                EncoderIdentity {
+                    kind,
+                    source,
+                    sha256: Some(sha),
+                    random,
+                    swin,
+                },
+            ))
         }
     }
 }
 
 /// Saves the exact encoder weights (`model.*` + `projection_head.weight`) with the identity as
 /// metadata, atomically.
-pub fn save_encoder(path: &Path, model: &MedClipVision, identity: &EncoderIdentity) -> Result<(), PipelineError> {
+pub fn save_encoder(
+    path: &Path,
+    model: &MedClipVision,
+    identity: &EncoderIdentity,
+) -> Result<(), PipelineError> {
     let map = model.to_tensor_map("").map_err(|e| weights_err(path, e))?;
     let mut meta = BTreeMap::new();
-    meta.insert(META_KEY.to_string(), serde_json::to_string(identity).map_err(|e| weights_err(path, e))?);
+    meta.insert(
+        META_KEY.to_string(),
+        serde_json::to_string(identity).map_err(|e| weights_err(path, e))?,
+    );
     pbip_weights::write_safetensors_atomic(path, &map, &meta).map_err(|e| weights_err(path, e))
 }
 
 /// Loads an encoder saved by [`save_encoder`].
-pub fn load_saved_encoder(path: &Path, device: &Device) -> Result<(MedClipVision, EncoderIdentity), PipelineError> {
+pub fn load_saved_encoder(
+    path: &Path,
+    device: &Device,
+) -> Result<(MedClipVision, EncoderIdentity), PipelineError> {
     let (map, meta) = pbip_weights::read_tensors(path).map_err(|e| weights_err(path, e))?;
     let identity: EncoderIdentity = meta
         .get(META_KEY)
-        .ok_or_else(|| weights_err(path, "no pbip metadata: not an encoder file written by `pbip embed-prototypes`"))
+        .ok_or_else(|| {
+            weights_err(
+                path,
+                "no pbip metadata: not an encoder file written by `pbip embed-prototypes`",
+            )
+        })
         .and_then(|s| serde_json::from_str(s).map_err(|e| weights_err(path, e)))?;
-    let model = MedClipVision::from_tensor_map(&map, "", &identity.swin, device).map_err(|e| weights_err(path, e))?;
+    let model = MedClipVision::from_tensor_map(&map, "", &identity.swin, device)
+        .map_err(|e| weights_err(path, e))?;
     Ok((model, identity))
 }
 
@@ -290,7 +352,11 @@ impl Preprocess {
         }
         if self.global_minmax {
             let img = &mut out[..3 * n];
-            let (lo, hi) = img.iter().fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| (l.min(v), h.max(v)));
+            let (lo, hi) = img
+                .iter()
+                .fold((f32::INFINITY, f32::NEG_INFINITY), |(l, h), &v| {
+                    (l.min(v), h.max(v))
+                });
             let range = hi - lo;
             for v in img.iter_mut() {
                 *v = if range > 0.0 { (*v - lo) / range } else { 0.0 };
@@ -311,15 +377,24 @@ pub fn encode_batch(
 ) -> Result<Vec<f32>, PipelineError> {
     let x: Tensor<4> = Tensor::from_data(TensorData::new(chw, [n, 3, side_px, side_px]), device);
     let y = match kind {
-        EncoderKind::Medclip => model.try_forward(x).map_err(|e| PipelineError::Data { stage: "encoder", message: e.to_string() })?,
+        EncoderKind::Medclip => model.try_forward(x).map_err(|e| PipelineError::Data {
+            stage: "encoder",
+            message: e.to_string(),
+        })?,
         EncoderKind::HfSwin => model.pooled(x),
     };
-    y.try_into_vec_as::<f32>().map_err(|e| PipelineError::Data { stage: "encoder", message: format!("{e:?}") })
+    y.try_into_vec_as::<f32>().map_err(|e| PipelineError::Data {
+        stage: "encoder",
+        message: format!("{e:?}"),
+    })
 }
 
 /// Path of the saved encoder in a work dir.
 pub fn saved_encoder_path(cfg: &Config) -> PathBuf {
-    cfg.paths.work_dir.join(crate::stage1_embed_prototypes::OUTPUT_DIR).join(crate::stage1_embed_prototypes::ENCODER_FILE)
+    cfg.paths
+        .work_dir
+        .join(crate::stage1_embed_prototypes::OUTPUT_DIR)
+        .join(crate::stage1_embed_prototypes::ENCODER_FILE)
 }
 
 #[cfg(test)]

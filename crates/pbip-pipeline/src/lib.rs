@@ -9,8 +9,8 @@ pub mod stage0_sample_prototypes;
 pub mod stage1_embed_prototypes;
 pub mod stage2_cluster_prototypes;
 pub mod stage3_train;
-pub mod stage5_infer;
 pub mod stage4_evaluate;
+pub mod stage5_infer;
 
 use std::path::{Path, PathBuf};
 use std::time::SystemTime;
@@ -72,12 +72,13 @@ pub struct StageInfo {
 }
 
 /// The implemented stages, in execution order.
-pub const STAGES: &[StageInfo] = &[StageInfo {
-    index: 0,
-    command: "sample-prototypes",
-    description: "sample prototype coordinates per class from the training slides",
-    output_dir: stage0_sample_prototypes::OUTPUT_DIR,
-},
+pub const STAGES: &[StageInfo] = &[
+    StageInfo {
+        index: 0,
+        command: "sample-prototypes",
+        description: "sample prototype coordinates per class from the training slides",
+        output_dir: stage0_sample_prototypes::OUTPUT_DIR,
+    },
     stage1_embed_prototypes::INFO,
     stage2_cluster_prototypes::INFO,
     stage3_train::INFO,
@@ -114,14 +115,21 @@ pub struct RunOptions {
 }
 
 /// Runs stage `index`.
-pub fn run_stage(index: usize, cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError> {
+pub fn run_stage(
+    index: usize,
+    cfg: &Config,
+    opts: &RunOptions,
+) -> Result<StageReport, PipelineError> {
     match index {
         0 => stage0_sample_prototypes::run(cfg, opts).map(|r| r.report),
         1 => stage1_embed_prototypes::run(cfg, opts),
         2 => stage2_cluster_prototypes::run(cfg, opts),
         3 => stage3_train::run(cfg, opts),
         4 => stage4_evaluate::run_default(cfg, opts),
-        other => Err(PipelineError::Data { stage: "run", message: format!("stage {other} is not implemented") }),
+        other => Err(PipelineError::Data {
+            stage: "run",
+            message: format!("stage {other} is not implemented"),
+        }),
     }
 }
 
@@ -166,8 +174,14 @@ pub(crate) fn compare_mtimes(outputs: &[PathBuf], inputs: &[PathBuf]) -> Freshne
 
 /// Writes bytes to `path` atomically (temp file in the same folder, then rename).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
-    let io = |source| PipelineError::Io { path: path.to_path_buf(), source };
-    let file_name = path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
+    let io = |source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let file_name = path
+        .file_name()
+        .map(|f| f.to_string_lossy().into_owned())
+        .unwrap_or_default();
     let tmp = path.with_file_name(format!(".{file_name}.tmp"));
     std::fs::write(&tmp, bytes).map_err(io)?;
     std::fs::rename(&tmp, path).map_err(io)

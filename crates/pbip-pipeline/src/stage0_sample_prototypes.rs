@@ -115,7 +115,11 @@ pub fn open_options(cfg: &Config, cache: bool) -> OpenOptions {
             SlideBackend::Rust => Backend::Rust,
             SlideBackend::Openslide => Backend::OpenSlide,
         },
-        cache_bytes: if cache { (cfg.slide.cache_mb as usize).saturating_mul(1 << 20) } else { 0 },
+        cache_bytes: if cache {
+            (cfg.slide.cache_mb as usize).saturating_mul(1 << 20)
+        } else {
+            0
+        },
         background_rgb: cfg.slide.background,
     }
 }
@@ -143,7 +147,9 @@ fn slide_records(
     let wsi_name = entry.wsi_name();
     let mut out = Vec::with_capacity(coords.len());
     for i in 0..coords.len() {
-        let Some(g) = coords.get_geometry(i, cfg.patch_size) else { continue };
+        let Some(g) = coords.get_geometry(i, cfg.patch_size) else {
+            continue;
+        };
         let Some(ds) = geom.downsamples.get(g.level as usize).copied() else {
             stats.dropped += 1;
             continue;
@@ -173,7 +179,10 @@ fn slide_records(
         let to_i32 = |v: i64, what: &str| {
             i32::try_from(v).map_err(|_| PipelineError::Data {
                 stage: STAGE,
-                message: format!("{}: row {i}: {what} = {v} does not fit in int32", entry.coordinates_path.display()),
+                message: format!(
+                    "{}: row {i}: {what} = {v} does not fit in int32",
+                    entry.coordinates_path.display()
+                ),
             })
         };
         out.push(PrototypeRecord {
@@ -205,8 +214,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
             }
         }
     }
-    let empty: Vec<&str> =
-        by_class.iter().enumerate().filter(|(_, v)| v.is_empty()).map(|(i, _)| cfg.class_order[i].as_str()).collect();
+    let empty: Vec<&str> = by_class
+        .iter()
+        .enumerate()
+        .filter(|(_, v)| v.is_empty())
+        .map(|(i, _)| cfg.class_order[i].as_str())
+        .collect();
     if !empty.is_empty() {
         return Err(PipelineError::Data {
             stage: STAGE,
@@ -232,8 +245,13 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
     }
 
     let total: usize = chosen.iter().map(|(_, v)| v.len()).sum();
-    let bar = if opts.progress { ProgressBar::new(total as u64) } else { ProgressBar::hidden() };
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides {msg}") {
+    let bar = if opts.progress {
+        ProgressBar::new(total as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides {msg}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix("stage 0: sampling");
@@ -256,10 +274,22 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
                 if !geoms.contains_key(&entry.name) {
                     let slide = Slide::open(&entry.slide_path, &open_opts)?;
                     let (width, height) = slide.dimensions();
-                    geoms.insert(entry.name.clone(), SlideGeom { width, height, downsamples: slide.level_downsamples().to_vec() });
+                    geoms.insert(
+                        entry.name.clone(),
+                        SlideGeom {
+                            width,
+                            height,
+                            downsamples: slide.level_downsamples().to_vec(),
+                        },
+                    );
                 }
                 let geom = &geoms[&entry.name];
-                let coords = Coordinates::read_with(&entry.coordinates_path, &ReadOptions { allow_negative: true })?;
+                let coords = Coordinates::read_with(
+                    &entry.coordinates_path,
+                    &ReadOptions {
+                        allow_negative: true,
+                    },
+                )?;
                 let mut stats = RowFilter::default();
                 let rows = slide_records(cfg, entry, &coords, geom, &mut stats)?;
                 if rows.is_empty() {
@@ -316,11 +346,17 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
     bar.finish_and_clear();
 
     let out_dir = output_dir(cfg);
-    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io { path: out_dir.clone(), source })?;
+    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io {
+        path: out_dir.clone(),
+        source,
+    })?;
     // Remove a stale summary first so an interrupted run never looks complete.
     let summary_path = out_dir.join(SUMMARY_FILE);
     if summary_path.exists() {
-        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io { path: summary_path.clone(), source })?;
+        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io {
+            path: summary_path.clone(),
+            source,
+        })?;
     }
     let mut outputs = Vec::new();
     for (c, recs) in per_class_records.iter().enumerate() {
@@ -331,9 +367,16 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
     }
     let cfg_path = cfg.write_resolved(&out_dir)?;
     outputs.push(cfg_path);
-    let summary = Stage0Summary { fingerprint: fingerprint(cfg), classes, dropped, overhanging };
-    let json = serde_json::to_vec_pretty(&summary)
-        .map_err(|e| PipelineError::Json { path: summary_path.clone(), message: e.to_string() })?;
+    let summary = Stage0Summary {
+        fingerprint: fingerprint(cfg),
+        classes,
+        dropped,
+        overhanging,
+    };
+    let json = serde_json::to_vec_pretty(&summary).map_err(|e| PipelineError::Json {
+        path: summary_path.clone(),
+        message: e.to_string(),
+    })?;
     write_atomic(&summary_path, &json)?;
     outputs.push(summary_path);
 
@@ -350,10 +393,17 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
     }
     let dropped_total: usize = summary.dropped.values().sum();
     if dropped_total > 0 {
-        lines.push(format!("dropped {dropped_total} coordinates outside their slide (see summary.json)"));
+        lines.push(format!(
+            "dropped {dropped_total} coordinates outside their slide (see summary.json)"
+        ));
     }
     Ok(Stage0Result {
-        report: StageReport { stage: STAGES[0], output_dir: out_dir, outputs, summary: lines },
+        report: StageReport {
+            stage: STAGES[0],
+            output_dir: out_dir,
+            outputs,
+            summary: lines,
+        },
         summary,
     })
 }
@@ -361,8 +411,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
 /// Reads `summary.json` of a previous run.
 pub fn read_summary(cfg: &Config) -> Result<Stage0Summary, PipelineError> {
     let path = output_dir(cfg).join(SUMMARY_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| PipelineError::Io { path: path.clone(), source })?;
-    serde_json::from_str(&text).map_err(|e| PipelineError::Json { path, message: e.to_string() })
+    let text = std::fs::read_to_string(&path).map_err(|source| PipelineError::Io {
+        path: path.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| PipelineError::Json {
+        path,
+        message: e.to_string(),
+    })
 }
 
 fn newest(paths: impl IntoIterator<Item = PathBuf>) -> Result<std::time::SystemTime, String> {
@@ -412,7 +468,10 @@ pub fn freshness(cfg: &Config) -> Freshness {
 
 /// Path helper for tests and callers: the `.npy` files of all classes.
 pub fn class_files(cfg: &Config) -> Vec<(String, PathBuf)> {
-    cfg.class_order.iter().map(|c| (c.clone(), class_file(cfg, c))).collect()
+    cfg.class_order
+        .iter()
+        .map(|c| (c.clone(), class_file(cfg, c)))
+        .collect()
 }
 
 #[cfg(test)]
@@ -434,8 +493,13 @@ mod tests {
     fn rows_are_filtered_and_converted() {
         let mut cfg = Config::default();
         cfg.patch_size = 100;
-        let geom = SlideGeom { width: 1000, height: 500, downsamples: vec![1.0, 4.0] };
-        let mut c = Coordinates::from_xy(vec![0, 950, 1000, -1, 10, 10], vec![0, 10, 10, 0, 499, 20]);
+        let geom = SlideGeom {
+            width: 1000,
+            height: 500,
+            downsamples: vec![1.0, 4.0],
+        };
+        let mut c =
+            Coordinates::from_xy(vec![0, 950, 1000, -1, 10, 10], vec![0, 10, 10, 0, 499, 20]);
         c.tile_level = Some(vec![0, 0, 0, 0, 0, 1]);
         let mut stats = RowFilter::default();
         let r = slide_records(&cfg, &entry(), &c, &geom, &mut stats).unwrap();
@@ -444,7 +508,10 @@ mod tests {
         assert_eq!(stats.dropped, 2);
         assert_eq!(stats.overhanging, 2);
         assert_eq!(r[0].wsi_name, "s.svs");
-        assert_eq!((r[0].tile_level, r[0].tile_size_resized, r[0].tile_size_lv0), (0, 100, 100));
+        assert_eq!(
+            (r[0].tile_level, r[0].tile_size_resized, r[0].tile_size_lv0),
+            (0, 100, 100)
+        );
         // Level 1 without tile_size_lv0: 100 px read at downsample 4 -> 400 level-0 px.
         assert_eq!((r[3].tile_level, r[3].tile_size_lv0), (1, 400));
 
@@ -460,7 +527,11 @@ mod tests {
         let mut c = Coordinates::from_xy(vec![0], vec![0]);
         c.tile_level = Some(vec![5]);
         let mut stats = RowFilter::default();
-        assert!(slide_records(&cfg, &entry(), &c, &geom, &mut stats).unwrap().is_empty());
+        assert!(
+            slide_records(&cfg, &entry(), &c, &geom, &mut stats)
+                .unwrap()
+                .is_empty()
+        );
         assert_eq!(stats.dropped, 1);
     }
 }

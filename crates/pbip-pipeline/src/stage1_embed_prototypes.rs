@@ -32,7 +32,10 @@ use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 use crate::encoder::{self, EncoderIdentity, META_KEY, Preprocess};
-use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport, stage0_sample_prototypes as stage0};
+use crate::{
+    Freshness, PipelineError, RunOptions, StageInfo, StageReport,
+    stage0_sample_prototypes as stage0,
+};
 
 /// Output folder name under `paths.work_dir` (shared with stage 2).
 pub const OUTPUT_DIR: &str = "image_features";
@@ -136,11 +139,16 @@ pub fn find_slide(wsi_dir: &Path, wsi_name: &str) -> Option<PathBuf> {
 }
 
 fn data_err(message: String) -> PipelineError {
-    PipelineError::Data { stage: STAGE, message }
+    PipelineError::Data {
+        stage: STAGE,
+        message,
+    }
 }
 
 /// Reads the stage-0 files and resolves their slides.
-fn collect_items(cfg: &Config) -> Result<(Vec<Item>, Vec<String>, Vec<PathBuf>, Vec<usize>), PipelineError> {
+fn collect_items(
+    cfg: &Config,
+) -> Result<(Vec<Item>, Vec<String>, Vec<PathBuf>, Vec<usize>), PipelineError> {
     let mut items = Vec::new();
     let mut slide_names: Vec<String> = Vec::new();
     let mut slide_paths: Vec<PathBuf> = Vec::new();
@@ -156,10 +164,16 @@ fn collect_items(cfg: &Config) -> Result<(Vec<Item>, Vec<String>, Vec<PathBuf>, 
         }
         let coords = Coordinates::read(&path)?;
         let names = coords.wsi_name.as_ref().ok_or_else(|| {
-            data_err(format!("{}: no wsi_name field; not a prototype coordinate file of stage 0", path.display()))
+            data_err(format!(
+                "{}: no wsi_name field; not a prototype coordinate file of stage 0",
+                path.display()
+            ))
         })?;
         if coords.is_empty() {
-            return Err(data_err(format!("{}: no prototype coordinates for class `{class}`", path.display())));
+            return Err(data_err(format!(
+                "{}: no prototype coordinates for class `{class}`",
+                path.display()
+            )));
         }
         for i in 0..coords.len() {
             let name = names.get(i).cloned().unwrap_or_default();
@@ -180,7 +194,9 @@ fn collect_items(cfg: &Config) -> Result<(Vec<Item>, Vec<String>, Vec<PathBuf>, 
             if si == usize::MAX {
                 continue;
             }
-            let g = coords.get_geometry(i, cfg.patch_size).ok_or_else(|| data_err(format!("{}: row {i}", path.display())))?;
+            let g = coords
+                .get_geometry(i, cfg.patch_size)
+                .ok_or_else(|| data_err(format!("{}: row {i}", path.display())))?;
             items.push(Item {
                 class_index: c,
                 slide_index: si,
@@ -212,8 +228,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
     let t0 = Instant::now();
     let (items, slide_names, slide_paths, rows_per_class) = collect_items(cfg)?;
     let open_opts = stage0::open_options(cfg, true);
-    let slides: Vec<Arc<Slide>> =
-        slide_paths.iter().map(|p| Slide::open(p, &open_opts).map(Arc::new)).collect::<Result<_, _>>()?;
+    let slides: Vec<Arc<Slide>> = slide_paths
+        .iter()
+        .map(|p| Slide::open(p, &open_opts).map(Arc::new))
+        .collect::<Result<_, _>>()?;
 
     let device = encoder::compute_device(cfg)?;
     let (model, identity) = encoder::build_encoder(cfg, &device)?;
@@ -224,10 +242,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
     let batch = cfg.prototypes.batch_size.max(1);
     let n = items.len();
 
-    let bar = if opts.progress { ProgressBar::new(n as u64) } else { ProgressBar::hidden() };
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} patches {per_sec} ETA {eta} {msg}")
-    {
+    let bar = if opts.progress {
+        ProgressBar::new(n as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) = ProgressStyle::with_template(
+        "{prefix} [{bar:30}] {pos}/{len} patches {per_sec} ETA {eta} {msg}",
+    ) {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix("stage 1: encoding");
@@ -244,14 +266,16 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
             for (b, chunk) in items.chunks(batch).enumerate() {
                 let t = Instant::now();
                 let mut chw = vec![0f32; chunk.len() * 3 * side * side];
-                let res = chw.par_chunks_mut(3 * side * side).zip(chunk.par_iter()).enumerate().try_for_each(
-                    |(j, (out, it))| -> Result<(), PipelineError> {
+                let res = chw
+                    .par_chunks_mut(3 * side * side)
+                    .zip(chunk.par_iter())
+                    .enumerate()
+                    .try_for_each(|(j, (out, it))| -> Result<(), PipelineError> {
                         let mut rgb = vec![0u8; per_patch];
                         slides[it.slide_index].read_patch_into(it.x, it.y, &it.geom, &mut rgb)?;
                         pre.apply(&rgb, side, (b * batch + j) as u64, out);
                         Ok(())
-                    },
-                );
+                    });
                 let msg = res.map(|()| (chw, chunk.len(), t.elapsed().as_secs_f64()));
                 let stop = msg.is_err();
                 if tx.send(msg).is_err() || stop {
@@ -276,7 +300,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
     })?;
     bar.finish_and_clear();
     if features.len() != n * dim || n == 0 {
-        return Err(data_err(format!("encoded {} values for {n} patches", features.len())));
+        return Err(data_err(format!(
+            "encoded {} values for {n} patches",
+            features.len()
+        )));
     }
     if let Some(i) = features.iter().position(|v| !v.is_finite()) {
         return Err(data_err(format!(
@@ -287,10 +314,16 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
     }
 
     let out_dir = output_dir(cfg);
-    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io { path: out_dir.clone(), source })?;
+    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io {
+        path: out_dir.clone(),
+        source,
+    })?;
     let summary_path = out_dir.join(SUMMARY_FILE);
     if summary_path.exists() {
-        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io { path: summary_path.clone(), source })?;
+        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io {
+            path: summary_path.clone(),
+            source,
+        })?;
     }
     let enc_path = out_dir.join(ENCODER_FILE);
     encoder::save_encoder(&enc_path, &model, &identity)?;
@@ -315,61 +348,101 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
         HostTensor::new(vec![n], items.iter().map(f).collect()).map_err(|e| data_err(e.to_string()))
     };
     let mut map = TensorMap::new();
-    map.insert("features".into(), HostTensor::new(vec![n, dim], features).map_err(|e| data_err(e.to_string()))?);
+    map.insert(
+        "features".into(),
+        HostTensor::new(vec![n, dim], features).map_err(|e| data_err(e.to_string()))?,
+    );
     map.insert("class_index".into(), col(&|it| it.class_index as f32)?);
     map.insert("slide_index".into(), col(&|it| it.slide_index as f32)?);
     map.insert("x_lv0".into(), col(&|it| it.x as f32)?);
     map.insert("y_lv0".into(), col(&|it| it.y as f32)?);
     map.insert("tile_level".into(), col(&|it| it.geom.level as f32)?);
-    map.insert("tile_size_resized".into(), col(&|it| it.geom.read_size_px as f32)?);
-    let json = serde_json::to_string_pretty(&meta).map_err(|e| PipelineError::Json { path: summary_path.clone(), message: e.to_string() })?;
+    map.insert(
+        "tile_size_resized".into(),
+        col(&|it| it.geom.read_size_px as f32)?,
+    );
+    let json = serde_json::to_string_pretty(&meta).map_err(|e| PipelineError::Json {
+        path: summary_path.clone(),
+        message: e.to_string(),
+    })?;
     let mut st_meta = BTreeMap::new();
     st_meta.insert(META_KEY.to_string(), json.clone());
     let ex_path = out_dir.join(EXEMPLARS_FILE);
-    pbip_weights::write_safetensors_atomic(&ex_path, &map, &st_meta).map_err(|e| data_err(format!("{}: {e}", ex_path.display())))?;
+    pbip_weights::write_safetensors_atomic(&ex_path, &map, &st_meta)
+        .map_err(|e| data_err(format!("{}: {e}", ex_path.display())))?;
     let cfg_path = cfg.write_resolved(&out_dir)?;
     crate::write_atomic(&summary_path, json.as_bytes())?;
 
     let rate = n as f64 / meta.total_secs.max(1e-9);
     let mut summary = vec![
-        format!("{n} patches from {} slides, {dim}-d features -> {}", meta.slides.len(), ex_path.display()),
+        format!(
+            "{n} patches from {} slides, {dim}-d features -> {}",
+            meta.slides.len(),
+            ex_path.display()
+        ),
         format!(
             "{rate:.1} patches/s; reading {:.1} s, encoder {:.1} s, encoder waited {:.1} s for patches",
             meta.read_secs, meta.encode_secs, meta.wait_secs
         ),
-        format!("encoder: {} ({}) -> {}", meta.encoder.kind, meta.encoder.source, enc_path.display()),
+        format!(
+            "encoder: {} ({}) -> {}",
+            meta.encoder.kind,
+            meta.encoder.source,
+            enc_path.display()
+        ),
     ];
     if meta.encoder.random {
-        summary.push("WARNING: randomly initialised encoder weights (set prototypes.encoder.weights)".into());
+        summary.push(
+            "WARNING: randomly initialised encoder weights (set prototypes.encoder.weights)".into(),
+        );
     }
     tracing::info!(patches = n, patches_per_sec = rate, "stage 1 done");
-    Ok(StageReport { stage: INFO, output_dir: out_dir, outputs: vec![ex_path, enc_path, cfg_path, summary_path], summary })
+    Ok(StageReport {
+        stage: INFO,
+        output_dir: out_dir,
+        outputs: vec![ex_path, enc_path, cfg_path, summary_path],
+        summary,
+    })
 }
 
 /// Reads `exemplars.safetensors`: tensors and metadata.
 pub fn read_exemplars(path: &Path) -> Result<(TensorMap, ExemplarsMeta), PipelineError> {
-    let (map, meta) = pbip_weights::read_tensors(path).map_err(|e| data_err(format!("{}: {e}", path.display())))?;
-    let json = meta
-        .get(META_KEY)
-        .ok_or_else(|| data_err(format!("{}: no pbip metadata (not written by `pbip embed-prototypes`)", path.display())))?;
-    let meta: ExemplarsMeta =
-        serde_json::from_str(json).map_err(|e| PipelineError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+    let (map, meta) = pbip_weights::read_tensors(path)
+        .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
+    let json = meta.get(META_KEY).ok_or_else(|| {
+        data_err(format!(
+            "{}: no pbip metadata (not written by `pbip embed-prototypes`)",
+            path.display()
+        ))
+    })?;
+    let meta: ExemplarsMeta = serde_json::from_str(json).map_err(|e| PipelineError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     Ok((map, meta))
 }
 
 /// Whether stage 1's outputs are complete, newer than stage 0's, and made with the same settings.
 pub fn freshness(cfg: &Config) -> Freshness {
     let dir = output_dir(cfg);
-    let summary: Option<ExemplarsMeta> =
-        std::fs::read_to_string(dir.join(SUMMARY_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let summary: Option<ExemplarsMeta> = std::fs::read_to_string(dir.join(SUMMARY_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     let Some(summary) = summary else {
         return Freshness::Stale(format!("no previous {SUMMARY_FILE}"));
     };
     if summary.fingerprint != fingerprint(cfg) {
         return Freshness::Stale("settings changed since the last run".into());
     }
-    let outputs = [dir.join(EXEMPLARS_FILE), dir.join(ENCODER_FILE), dir.join(SUMMARY_FILE)];
-    let inputs: Vec<PathBuf> = stage0::class_files(cfg).into_iter().map(|(_, p)| p).collect();
+    let outputs = [
+        dir.join(EXEMPLARS_FILE),
+        dir.join(ENCODER_FILE),
+        dir.join(SUMMARY_FILE),
+    ];
+    let inputs: Vec<PathBuf> = stage0::class_files(cfg)
+        .into_iter()
+        .map(|(_, p)| p)
+        .collect();
     crate::compare_mtimes(&outputs, &inputs)
 }
 

@@ -108,7 +108,10 @@ fn fingerprint(cfg: &Config) -> serde_json::Value {
 }
 
 fn data_err(message: String) -> PipelineError {
-    PipelineError::Data { stage: STAGE, message }
+    PipelineError::Data {
+        stage: STAGE,
+        message,
+    }
 }
 
 /// The k-means settings of the config for class `c`.
@@ -136,8 +139,15 @@ pub fn kmeans_config(cfg: &Config, k: usize) -> KMeansConfig {
 fn column(map: &TensorMap, name: &str, n: usize, path: &Path) -> Result<Vec<f32>, PipelineError> {
     match map.get(name) {
         Some(t) if t.data.len() == n => Ok(t.data.clone()),
-        Some(t) => Err(data_err(format!("{}: `{name}` has {} values, expected {n}", path.display(), t.data.len()))),
-        None => Err(data_err(format!("{}: tensor `{name}` is missing", path.display()))),
+        Some(t) => Err(data_err(format!(
+            "{}: `{name}` has {} values, expected {n}",
+            path.display(),
+            t.data.len()
+        ))),
+        None => Err(data_err(format!(
+            "{}: tensor `{name}` is missing",
+            path.display()
+        ))),
     }
 }
 
@@ -145,7 +155,10 @@ fn column(map: &TensorMap, name: &str, n: usize, path: &Path) -> Result<Vec<f32>
 pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineError> {
     let ex_path = stage1::exemplars_path(cfg);
     if !ex_path.is_file() {
-        return Err(data_err(format!("{} is missing: run `pbip embed-prototypes` first", ex_path.display())));
+        return Err(data_err(format!(
+            "{} is missing: run `pbip embed-prototypes` first",
+            ex_path.display()
+        )));
     }
     let (map, ex_meta) = stage1::read_exemplars(&ex_path)?;
     if ex_meta.class_order != cfg.class_order {
@@ -156,10 +169,20 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
             cfg.class_order
         )));
     }
-    let feats = map.get("features").ok_or_else(|| data_err(format!("{}: tensor `features` is missing", ex_path.display())))?;
+    let feats = map.get("features").ok_or_else(|| {
+        data_err(format!(
+            "{}: tensor `features` is missing",
+            ex_path.display()
+        ))
+    })?;
     let (n, dim) = match feats.shape.as_slice() {
         [n, d] => (*n, *d),
-        s => return Err(data_err(format!("{}: `features` has shape {s:?}, expected [N, D]", ex_path.display()))),
+        s => {
+            return Err(data_err(format!(
+                "{}: `features` has shape {s:?}, expected [N, D]",
+                ex_path.display()
+            )));
+        }
     };
     let class_ix = column(&map, "class_index", n, &ex_path)?;
     let slide_ix = column(&map, "slide_index", n, &ex_path)?;
@@ -176,7 +199,10 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         let k = cfg.prototypes.k_list.get(c).copied().unwrap_or(0);
         let rows: Vec<usize> = (0..n).filter(|&i| class_ix[i] as usize == c).collect();
         if rows.is_empty() {
-            return Err(data_err(format!("class `{class}` has no exemplars in {}", ex_path.display())));
+            return Err(data_err(format!(
+                "class `{class}` has no exemplars in {}",
+                ex_path.display()
+            )));
         }
         if rows.len() < k {
             return Err(data_err(format!(
@@ -194,15 +220,28 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         bank.extend(res.prototypes_f32());
         cumsum.push(cumsum[c] + k);
         // Members of each cluster sorted by cosine to the prototype (features unit-normalised).
-        let norm: Vec<f64> = pbip_kmeans::normalize_rows(&x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(), rows.len(), dim)
-            .map_err(|e| data_err(format!("class `{class}`: {e}")))?;
+        let norm: Vec<f64> = pbip_kmeans::normalize_rows(
+            &x.iter().map(|&v| f64::from(v)).collect::<Vec<_>>(),
+            rows.len(),
+            dim,
+        )
+        .map_err(|e| data_err(format!("class `{class}`: {e}")))?;
         let per = cfg.prototypes.sheet_patches_per_cluster;
         let mut sheet_rows = Vec::with_capacity(k);
         for j in 0..k {
             let p = &res.prototypes[j * dim..(j + 1) * dim];
             let mut members: Vec<(f64, usize)> = (0..rows.len())
                 .filter(|&i| res.assignment[i] == j)
-                .map(|i| (norm[i * dim..(i + 1) * dim].iter().zip(p).map(|(a, b)| a * b).sum::<f64>(), rows[i]))
+                .map(|i| {
+                    (
+                        norm[i * dim..(i + 1) * dim]
+                            .iter()
+                            .zip(p)
+                            .map(|(a, b)| a * b)
+                            .sum::<f64>(),
+                        rows[i],
+                    )
+                })
                 .collect();
             members.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             sheet_rows.push(members.into_iter().take(per).map(|(_, r)| r).collect());
@@ -224,7 +263,10 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
     let out_dir = stage1::output_dir(cfg);
     let summary_path = out_dir.join(SUMMARY_FILE);
     if summary_path.exists() {
-        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io { path: summary_path.clone(), source })?;
+        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io {
+            path: summary_path.clone(),
+            source,
+        })?;
     }
     let total_k = *cumsum.last().unwrap_or(&0);
     let meta = PrototypesMeta {
@@ -239,10 +281,15 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         encoder: ex_meta.encoder.clone(),
         fingerprint: fingerprint(cfg),
     };
-    let json = serde_json::to_string_pretty(&meta)
-        .map_err(|e| PipelineError::Json { path: summary_path.clone(), message: e.to_string() })?;
+    let json = serde_json::to_string_pretty(&meta).map_err(|e| PipelineError::Json {
+        path: summary_path.clone(),
+        message: e.to_string(),
+    })?;
     let mut tensors = TensorMap::new();
-    tensors.insert("features".into(), HostTensor::new(vec![total_k, dim], bank).map_err(|e| data_err(e.to_string()))?);
+    tensors.insert(
+        "features".into(),
+        HostTensor::new(vec![total_k, dim], bank).map_err(|e| data_err(e.to_string()))?,
+    );
     let mut st_meta = BTreeMap::new();
     st_meta.insert(META_KEY.to_string(), json.clone());
     let proto_path = out_dir.join(PROTOTYPES_FILE);
@@ -251,7 +298,10 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
 
     // Sheets: read the exemplar patches again (cheap; a few per prototype).
     let sheet_dir = out_dir.join(SHEETS_DIR);
-    std::fs::create_dir_all(&sheet_dir).map_err(|source| PipelineError::Io { path: sheet_dir.clone(), source })?;
+    std::fs::create_dir_all(&sheet_dir).map_err(|source| PipelineError::Io {
+        path: sheet_dir.clone(),
+        source,
+    })?;
     let open_opts = crate::stage0_sample_prototypes::open_options(cfg, true);
     let mut open: BTreeMap<usize, Slide> = BTreeMap::new();
     let mut outputs = vec![proto_path.clone()];
@@ -259,12 +309,19 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         let cols = rows.iter().map(Vec::len).max().unwrap_or(0).max(1) as u32;
         let t = SHEET_THUMB_PX;
         let gap = 4u32;
-        let mut sheet = RgbImage::filled(cols * (t + gap) + gap, rows.len() as u32 * (t + gap) + gap, [255, 255, 255]);
+        let mut sheet = RgbImage::filled(
+            cols * (t + gap) + gap,
+            rows.len() as u32 * (t + gap) + gap,
+            [255, 255, 255],
+        );
         for (j, members) in rows.iter().enumerate() {
             for (m, &r) in members.iter().enumerate() {
                 let si = slide_ix[r] as usize;
                 if !open.contains_key(&si) {
-                    let path = ex_meta.slide_paths.get(si).ok_or_else(|| data_err(format!("slide index {si} out of range")))?;
+                    let path = ex_meta
+                        .slide_paths
+                        .get(si)
+                        .ok_or_else(|| data_err(format!("slide index {si} out of range")))?;
                     open.insert(si, Slide::open(path, &open_opts)?);
                 }
                 let Some(slide) = open.get(&si) else { continue };
@@ -275,7 +332,12 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
                     origin: Origin::TopLeft,
                 };
                 let img = slide.read_patch(xs[r] as i64, ys[r] as i64, &geom)?;
-                blit(&mut sheet, &img, gap + m as u32 * (t + gap), gap + j as u32 * (t + gap));
+                blit(
+                    &mut sheet,
+                    &img,
+                    gap + m as u32 * (t + gap),
+                    gap + j as u32 * (t + gap),
+                );
             }
         }
         let p = sheet_dir.join(format!("{class}.png"));
@@ -287,7 +349,10 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
     crate::write_atomic(&summary_path, json.as_bytes())?;
     outputs.push(summary_path);
 
-    let mut summary = vec![format!("{total_k} prototypes ({dim}-d) -> {}", proto_path.display())];
+    let mut summary = vec![format!(
+        "{total_k} prototypes ({dim}-d) -> {}",
+        proto_path.display()
+    )];
     for c in &meta.classes {
         summary.push(format!(
             "{}: k={} from {} exemplars, cluster sizes {:?}, mean cosine {}",
@@ -295,11 +360,20 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
             c.k,
             c.exemplars,
             c.cluster_sizes,
-            c.mean_cosine.iter().map(|m| m.map_or("-".into(), |v| format!("{v:.4}"))).collect::<Vec<_>>().join(" ")
+            c.mean_cosine
+                .iter()
+                .map(|m| m.map_or("-".into(), |v| format!("{v:.4}")))
+                .collect::<Vec<_>>()
+                .join(" ")
         ));
     }
     summary.push(format!("prototype sheets: {}", sheet_dir.display()));
-    Ok(StageReport { stage: INFO, output_dir: out_dir, outputs, summary })
+    Ok(StageReport {
+        stage: INFO,
+        output_dir: out_dir,
+        outputs,
+        summary,
+    })
 }
 
 fn blit(dst: &mut RgbImage, src: &RgbImage, x0: u32, y0: u32) {
@@ -313,26 +387,39 @@ fn blit(dst: &mut RgbImage, src: &RgbImage, x0: u32, y0: u32) {
 
 /// Reads a prototype bank: features `[ΣK, D]` (row-major) and metadata.
 pub fn read_prototypes(path: &Path) -> Result<(HostTensor, PrototypesMeta), PipelineError> {
-    let (map, meta) = pbip_weights::read_tensors(path).map_err(|e| data_err(format!("{}: {e}", path.display())))?;
-    let json = meta
-        .get(META_KEY)
-        .ok_or_else(|| data_err(format!("{}: no pbip metadata (not written by `pbip cluster-prototypes`)", path.display())))?;
-    let meta: PrototypesMeta =
-        serde_json::from_str(json).map_err(|e| PipelineError::Json { path: path.to_path_buf(), message: e.to_string() })?;
-    let f = map.get("features").cloned().ok_or_else(|| data_err(format!("{}: tensor `features` is missing", path.display())))?;
+    let (map, meta) = pbip_weights::read_tensors(path)
+        .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
+    let json = meta.get(META_KEY).ok_or_else(|| {
+        data_err(format!(
+            "{}: no pbip metadata (not written by `pbip cluster-prototypes`)",
+            path.display()
+        ))
+    })?;
+    let meta: PrototypesMeta = serde_json::from_str(json).map_err(|e| PipelineError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let f = map
+        .get("features")
+        .cloned()
+        .ok_or_else(|| data_err(format!("{}: tensor `features` is missing", path.display())))?;
     Ok((f, meta))
 }
 
 /// Whether stage 2's outputs are complete, newer than stage 1's, and made with the same settings.
 pub fn freshness(cfg: &Config) -> Freshness {
     let dir = stage1::output_dir(cfg);
-    let summary: Option<PrototypesMeta> =
-        std::fs::read_to_string(dir.join(SUMMARY_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let summary: Option<PrototypesMeta> = std::fs::read_to_string(dir.join(SUMMARY_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     let Some(summary) = summary else {
         return Freshness::Stale(format!("no previous {SUMMARY_FILE}"));
     };
     if summary.fingerprint != fingerprint(cfg) {
         return Freshness::Stale("settings changed since the last run".into());
     }
-    crate::compare_mtimes(&[dir.join(PROTOTYPES_FILE), dir.join(SUMMARY_FILE)], &[dir.join(stage1::EXEMPLARS_FILE)])
+    crate::compare_mtimes(
+        &[dir.join(PROTOTYPES_FILE), dir.join(SUMMARY_FILE)],
+        &[dir.join(stage1::EXEMPLARS_FILE)],
+    )
 }

@@ -37,9 +37,10 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use pbip_config::{Config, Dataset, SchedulerType, SlideEntry, Split};
 use pbip_data::{
-    AugmentOptions, Balance, ChannelOrder, CoordinateOrigin, EvalPlan, LoaderOptions, LrSchedule, MaskOptions,
-    Normalization, PatchBatch, PatchesPerSlide, Preprocess, SamplerOptions, SamplerState, ScheduleKind,
-    ScheduleOptions, SlideSet, SlideSetOptions, SlideSpec, TrainLoader, TrainPlan,
+    AugmentOptions, Balance, ChannelOrder, CoordinateOrigin, EvalPlan, LoaderOptions, LrSchedule,
+    MaskOptions, Normalization, PatchBatch, PatchesPerSlide, Preprocess, SamplerOptions,
+    SamplerState, ScheduleKind, ScheduleOptions, SlideSet, SlideSetOptions, SlideSpec, TrainLoader,
+    TrainPlan,
 };
 use pbip_encoder::MedClipVision;
 use pbip_model::{ClassNet, ClassNetConfig, ClassNetOutput, EvalConfig, LossConfig};
@@ -174,7 +175,10 @@ struct TrainState {
 }
 
 fn data_err(message: impl Into<String>) -> PipelineError {
-    PipelineError::Data { stage: STAGE, message: message.into() }
+    PipelineError::Data {
+        stage: STAGE,
+        message: message.into(),
+    }
 }
 
 fn model_err(e: impl std::fmt::Display) -> PipelineError {
@@ -215,18 +219,24 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
 /// Whether stage 3's outputs are complete, newer than the prototypes and made with the same settings.
 pub fn freshness(cfg: &Config) -> Freshness {
     let dir = output_dir(cfg);
-    let summary: Option<TrainSummary> =
-        std::fs::read_to_string(dir.join(SUMMARY_FILE)).ok().and_then(|t| serde_json::from_str(&t).ok());
+    let summary: Option<TrainSummary> = std::fs::read_to_string(dir.join(SUMMARY_FILE))
+        .ok()
+        .and_then(|t| serde_json::from_str(&t).ok());
     let Some(summary) = summary else {
         return Freshness::Stale(format!("no previous {SUMMARY_FILE}"));
     };
     if !summary.completed {
-        return Freshness::Stale("the previous training did not finish (use `pbip train --resume`)".into());
+        return Freshness::Stale(
+            "the previous training did not finish (use `pbip train --resume`)".into(),
+        );
     }
     if summary.fingerprint != fingerprint(cfg) {
         return Freshness::Stale("training settings changed since the last run".into());
     }
-    crate::compare_mtimes(&[dir.join(LATEST_FILE), dir.join(SUMMARY_FILE)], &[s2::prototypes_path(cfg)])
+    crate::compare_mtimes(
+        &[dir.join(LATEST_FILE), dir.join(SUMMARY_FILE)],
+        &[s2::prototypes_path(cfg)],
+    )
 }
 
 /// Appends lines to `logs.txt`.
@@ -241,12 +251,21 @@ impl RunLog {
             .create(true)
             .append(true)
             .open(path)
-            .map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
-        Ok(RunLog { path: path.to_path_buf(), file })
+            .map_err(|source| PipelineError::Io {
+                path: path.to_path_buf(),
+                source,
+            })?;
+        Ok(RunLog {
+            path: path.to_path_buf(),
+            file,
+        })
     }
 
     fn line(&mut self, text: &str) -> Result<(), PipelineError> {
-        writeln!(self.file, "{text}").map_err(|source| PipelineError::Io { path: self.path.clone(), source })
+        writeln!(self.file, "{text}").map_err(|source| PipelineError::Io {
+            path: self.path.clone(),
+            source,
+        })
     }
 }
 
@@ -261,7 +280,8 @@ fn slide_set_options(cfg: &Config) -> SlideSetOptions {
         pbip_config::SlideBackend::Rust => pbip_data::SlideBackend::Rust,
         pbip_config::SlideBackend::Openslide => pbip_data::SlideBackend::OpenSlide,
     };
-    o.open.cache_bytes = usize::try_from(cfg.slide.cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
+    o.open.cache_bytes =
+        usize::try_from(cfg.slide.cache_mb.saturating_mul(1 << 20)).unwrap_or(usize::MAX);
     o.open.background_rgb = cfg.slide.background;
     o.mask = MaskOptions::new(cfg.num_classes());
     o
@@ -289,7 +309,12 @@ fn open_split(
         let s = spec(e);
         match SlideSet::open(std::slice::from_ref(&s), opts) {
             Ok(_) => keep.push(s),
-            Err(pbip_data::DataError::NoUsableCoordinates { path, total, outside, .. }) => {
+            Err(pbip_data::DataError::NoUsableCoordinates {
+                path,
+                total,
+                outside,
+                ..
+            }) => {
                 let why = format!(
                     "{split} slide {:?} excluded: no usable coordinate in {} ({total} rows, {outside} outside the slide)",
                     e.name,
@@ -304,7 +329,9 @@ fn open_split(
     if keep.is_empty() {
         return Ok(None);
     }
-    SlideSet::open(&keep, opts).map(Some).map_err(|e| data_err(format!("{split} slides: {e}")))
+    SlideSet::open(&keep, opts)
+        .map(Some)
+        .map_err(|e| data_err(format!("{split} slides: {e}")))
 }
 
 fn normalization(cfg: &Config) -> Result<Preprocess, PipelineError> {
@@ -313,15 +340,24 @@ fn normalization(cfg: &Config) -> Result<Preprocess, PipelineError> {
         pbip_config::ChannelOrder::Rgb => ChannelOrder::Rgb,
         pbip_config::ChannelOrder::Bgr => ChannelOrder::Bgr,
     };
-    let norm = Normalization::from_slices(&n.mean, &n.std, order).map_err(|e| data_err(format!("training.normalize: {e}")))?;
+    let norm = Normalization::from_slices(&n.mean, &n.std, order)
+        .map_err(|e| data_err(format!("training.normalize: {e}")))?;
     Ok(Preprocess::MeanStd(norm))
 }
 
 fn loss_config(cfg: &Config) -> Result<LossConfig, PipelineError> {
     let t = &cfg.training;
-    let sw: [f64; 4] = t.loss_weights.scale_weights.as_slice().try_into().map_err(|_| {
-        data_err(format!("training.loss_weights.scale_weights needs 4 values, got {}", t.loss_weights.scale_weights.len()))
-    })?;
+    let sw: [f64; 4] = t
+        .loss_weights
+        .scale_weights
+        .as_slice()
+        .try_into()
+        .map_err(|_| {
+            data_err(format!(
+                "training.loss_weights.scale_weights needs 4 values, got {}",
+                t.loss_weights.scale_weights.len()
+            ))
+        })?;
     let c = LossConfig {
         scale_weights: sw,
         contrastive_weight: t.loss_weights.contrastive,
@@ -338,9 +374,17 @@ fn loss_config(cfg: &Config) -> Result<LossConfig, PipelineError> {
 
 /// The evaluation constants of the validation (`evaluation.fuse_weights`, `validation.tta`).
 pub fn eval_config(cfg: &Config) -> Result<EvalConfig, PipelineError> {
-    let fuse: [f64; 4] = cfg.evaluation.fuse_weights.as_slice().try_into().map_err(|_| {
-        data_err(format!("evaluation.fuse_weights needs 4 values, got {}", cfg.evaluation.fuse_weights.len()))
-    })?;
+    let fuse: [f64; 4] = cfg
+        .evaluation
+        .fuse_weights
+        .as_slice()
+        .try_into()
+        .map_err(|_| {
+            data_err(format!(
+                "evaluation.fuse_weights needs 4 values, got {}",
+                cfg.evaluation.fuse_weights.len()
+            ))
+        })?;
     Ok(EvalConfig {
         fuse,
         tta: cfg.validation.tta,
@@ -350,7 +394,11 @@ pub fn eval_config(cfg: &Config) -> Result<EvalConfig, PipelineError> {
 }
 
 /// The ClassNet architecture of the config for a prototype bank of width `proto_dim`.
-pub fn classnet_config(cfg: &Config, k_list: &[usize], proto_dim: usize) -> Result<ClassNetConfig, PipelineError> {
+pub fn classnet_config(
+    cfg: &Config,
+    k_list: &[usize],
+    proto_dim: usize,
+) -> Result<ClassNetConfig, PipelineError> {
     let strides: [usize; 4] = cfg
         .model
         .strides
@@ -358,8 +406,14 @@ pub fn classnet_config(cfg: &Config, k_list: &[usize], proto_dim: usize) -> Resu
         .map(|&s| s as usize)
         .collect::<Vec<_>>()
         .try_into()
-        .map_err(|_| data_err(format!("model.strides needs 4 values, got {:?}", cfg.model.strides)))?;
-    let mut c = ClassNetConfig::new(cfg.model.backbone.as_str(), strides, k_list.to_vec()).map_err(model_err)?;
+        .map_err(|_| {
+            data_err(format!(
+                "model.strides needs 4 values, got {:?}",
+                cfg.model.strides
+            ))
+        })?;
+    let mut c = ClassNetConfig::new(cfg.model.backbone.as_str(), strides, k_list.to_vec())
+        .map_err(model_err)?;
     c.proto_dim = proto_dim;
     Ok(c)
 }
@@ -392,7 +446,11 @@ pub fn load_prototypes(cfg: &Config) -> Result<(HostTensor, s2::PrototypesMeta),
     }
     let total: usize = meta.k_list.iter().sum();
     if bank.shape.len() != 2 || bank.shape[0] != total {
-        return Err(data_err(format!("{}: features have shape {:?}, expected [{total}, D]", path.display(), bank.shape)));
+        return Err(data_err(format!(
+            "{}: features have shape {:?}, expected [{total}, D]",
+            path.display(),
+            bank.shape
+        )));
     }
     Ok((bank, meta))
 }
@@ -456,7 +514,13 @@ fn compute_loss(
     enc: Option<&FeatureEncoder>,
 ) -> Result<(Tensor<1>, LossValues), PipelineError> {
     if let Some(enc) = enc {
-        let f = |x: Tensor<4>| if enc.projected { enc.model.forward(x) } else { enc.model.pooled(x) };
+        let f = |x: Tensor<4>| {
+            if enc.projected {
+                enc.model.forward(x)
+            } else {
+                enc.model.pooled(x)
+            }
+        };
         let lo = pbip_model::pbip_loss(out, images, labels, k_list, lc, &f).map_err(model_err)?;
         let v = LossValues {
             total: scalar(lo.total.clone())?,
@@ -471,11 +535,17 @@ fn compute_loss(
         return Ok((lo.total, v));
     }
     // Contrastive weight 0: classification + CAM regularisers, no encoder pass.
-    let cls = pbip_model::classification_loss(&out.cls, labels, k_list, &lc.scale_weights, lc.merge).map_err(model_err)?;
+    let cls =
+        pbip_model::classification_loss(&out.cls, labels, k_list, &lc.scale_weights, lc.merge)
+            .map_err(model_err)?;
     let cam4 = out.cam[3].clone();
     let cm = pbip_model::cam_mean(cam4.clone());
     let mut total = cls.clone();
-    let mut v = LossValues { cls: scalar(cls)?, cam_mean: scalar(cm)?, ..LossValues::default() };
+    let mut v = LossValues {
+        cls: scalar(cls)?,
+        cam_mean: scalar(cm)?,
+        ..LossValues::default()
+    };
     if lc.tv_weight != 0.0 {
         let tv = pbip_model::cam_total_variation(cam4.clone());
         v.tv = scalar(tv.clone())?;
@@ -508,23 +578,43 @@ struct Checkpointer<'a> {
 }
 
 impl Checkpointer<'_> {
-    fn save(&self, model: &ClassNet, name: &str, step: u64, epoch: u64, val: Option<&ValMetrics>) -> Result<PathBuf, PipelineError> {
+    fn save(
+        &self,
+        model: &ClassNet,
+        name: &str,
+        step: u64,
+        epoch: u64,
+        val: Option<&ValMetrics>,
+    ) -> Result<PathBuf, PipelineError> {
         let mut meta = self.base_meta.clone();
         meta.insert("step".into(), step.to_string());
         meta.insert("epoch".into(), epoch.to_string());
         if let Some(v) = val {
-            meta.insert("metrics".into(), serde_json::to_string(v).map_err(model_err)?);
+            meta.insert(
+                "metrics".into(),
+                serde_json::to_string(v).map_err(model_err)?,
+            );
             meta.insert("gate_threshold".into(), v.gate_threshold.to_string());
         } else {
-            meta.insert("gate_threshold".into(), validate::DEFAULT_THRESHOLD.to_string());
+            meta.insert(
+                "gate_threshold".into(),
+                validate::DEFAULT_THRESHOLD.to_string(),
+            );
         }
         let path = self.dir.join(name);
-        model.save_safetensors(&path, self.ncfg, &meta).map_err(|e| data_err(format!("{}: {e}", path.display())))?;
+        model
+            .save_safetensors(&path, self.ncfg, &meta)
+            .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
         Ok(path)
     }
 }
 
-fn save_state(path: &Path, model: &ClassNet, opt: &AdamW, st: &TrainState) -> Result<(), PipelineError> {
+fn save_state(
+    path: &Path,
+    model: &ClassNet,
+    opt: &AdamW,
+    st: &TrainState,
+) -> Result<(), PipelineError> {
     let mut map: TensorMap = model
         .to_tensor_map()
         .map_err(model_err)?
@@ -535,18 +625,30 @@ fn save_state(path: &Path, model: &ClassNet, opt: &AdamW, st: &TrainState) -> Re
     let mut st = st.clone();
     st.adam_counts = counts;
     let mut meta = BTreeMap::new();
-    meta.insert(STATE_META_KEY.to_string(), serde_json::to_string(&st).map_err(model_err)?);
-    pbip_weights::write_safetensors_atomic(path, &map, &meta).map_err(|e| data_err(format!("{}: {e}", path.display())))
+    meta.insert(
+        STATE_META_KEY.to_string(),
+        serde_json::to_string(&st).map_err(model_err)?,
+    );
+    pbip_weights::write_safetensors_atomic(path, &map, &meta)
+        .map_err(|e| data_err(format!("{}: {e}", path.display())))
 }
 
 fn load_state(path: &Path) -> Result<(TensorMap, TensorMap, TrainState), PipelineError> {
     if !path.is_file() {
-        return Err(data_err(format!("--resume: no training state {} (nothing to resume)", path.display())));
+        return Err(data_err(format!(
+            "--resume: no training state {} (nothing to resume)",
+            path.display()
+        )));
     }
-    let (map, meta) = pbip_weights::read_safetensors(path).map_err(|e| data_err(format!("{}: {e}", path.display())))?;
-    let json = meta.get(STATE_META_KEY).ok_or_else(|| data_err(format!("{}: not a pbip training state", path.display())))?;
-    let st: TrainState =
-        serde_json::from_str(json).map_err(|e| PipelineError::Json { path: path.to_path_buf(), message: e.to_string() })?;
+    let (map, meta) = pbip_weights::read_safetensors(path)
+        .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
+    let json = meta
+        .get(STATE_META_KEY)
+        .ok_or_else(|| data_err(format!("{}: not a pbip training state", path.display())))?;
+    let st: TrainState = serde_json::from_str(json).map_err(|e| PipelineError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
     let mut params = TensorMap::new();
     let mut rest = TensorMap::new();
     for (k, v) in map {
@@ -582,12 +684,20 @@ fn val_line(v: &ValMetrics, epoch: u64) -> String {
         fmt_opt(v.mean_dice),
         fmt_opt(v.mean_precision),
         fmt_opt(v.mean_recall),
-        v.iou.iter().map(|x| fmt_opt(*x)).collect::<Vec<_>>().join(" "),
+        v.iou
+            .iter()
+            .map(|x| fmt_opt(*x))
+            .collect::<Vec<_>>()
+            .join(" "),
         fmt_opt(v.constant_map_miou),
     )
 }
 
-fn tb_val(tb: &mut pbip_tensorboard::EventWriter, v: &ValMetrics, class_order: &[String]) -> Result<(), PipelineError> {
+fn tb_val(
+    tb: &mut pbip_tensorboard::EventWriter,
+    v: &ValMetrics,
+    class_order: &[String],
+) -> Result<(), PipelineError> {
     let step = v.step as i64;
     let mut vals: Vec<(String, f32)> = vec![("val/gate_threshold".into(), v.gate_threshold as f32)];
     let mut push = |k: &str, x: Option<f64>| {
@@ -611,13 +721,27 @@ fn tb_val(tb: &mut pbip_tensorboard::EventWriter, v: &ValMetrics, class_order: &
     tb.add_scalars(&refs, step).map_err(model_err)
 }
 
-fn write_nonfinite(path: &Path, batch: &PatchBatch, step: u64, what: &str) -> Result<(), PipelineError> {
+fn write_nonfinite(
+    path: &Path,
+    batch: &PatchBatch,
+    step: u64,
+    what: &str,
+) -> Result<(), PipelineError> {
     let mut map = TensorMap::new();
     map.insert(
         "images".into(),
-        HostTensor { shape: batch.shape().to_vec(), data: batch.data.clone() },
+        HostTensor {
+            shape: batch.shape().to_vec(),
+            data: batch.data.clone(),
+        },
     );
-    map.insert("labels".into(), HostTensor { shape: vec![batch.n, batch.num_classes], data: batch.labels.clone() });
+    map.insert(
+        "labels".into(),
+        HostTensor {
+            shape: vec![batch.n, batch.num_classes],
+            data: batch.labels.clone(),
+        },
+    );
     let patches: Vec<serde_json::Value> = batch
         .info
         .iter()
@@ -629,18 +753,30 @@ fn write_nonfinite(path: &Path, batch: &PatchBatch, step: u64, what: &str) -> Re
     let mut meta = BTreeMap::new();
     meta.insert("step".into(), step.to_string());
     meta.insert("reason".into(), what.to_string());
-    meta.insert("patches".into(), serde_json::Value::Array(patches).to_string());
-    pbip_weights::write_safetensors_atomic(path, &map, &meta).map_err(|e| data_err(format!("{}: {e}", path.display())))
+    meta.insert(
+        "patches".into(),
+        serde_json::Value::Array(patches).to_string(),
+    );
+    pbip_weights::write_safetensors_atomic(path, &map, &meta)
+        .map_err(|e| data_err(format!("{}: {e}", path.display())))
 }
 
 /// Trains (or resumes) and returns the outcome.
-pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<TrainOutcome, PipelineError> {
+pub fn train(
+    cfg: &Config,
+    opts: &RunOptions,
+    topts: &TrainOptions,
+) -> Result<TrainOutcome, PipelineError> {
     let t = &cfg.training;
     if t.batch_size == 0 || t.epochs == 0 {
-        return Err(data_err("training.batch_size and training.epochs must be > 0"));
+        return Err(data_err(
+            "training.batch_size and training.epochs must be > 0",
+        ));
     }
     if t.validation_interval == 0 || t.checkpoint_interval == 0 || t.log_interval == 0 {
-        return Err(data_err("training.validation_interval, checkpoint_interval and log_interval must be > 0"));
+        return Err(data_err(
+            "training.validation_interval, checkpoint_interval and log_interval must be > 0",
+        ));
     }
     let lc = loss_config(cfg)?;
     let ecfg = eval_config(cfg)?;
@@ -658,7 +794,11 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
     }
     let n_classes = cfg.num_classes();
     let missing: Vec<&str> = (0..n_classes)
-        .filter(|&c| !train_entries.iter().any(|e| e.labels.get(c).copied().unwrap_or(0) != 0))
+        .filter(|&c| {
+            !train_entries
+                .iter()
+                .any(|e| e.labels.get(c).copied().unwrap_or(0) != 0)
+        })
         .map(|c| cfg.class_order[c].as_str())
         .collect();
     if !missing.is_empty() {
@@ -668,7 +808,11 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
         )));
     }
     let all_pos: Vec<&str> = (0..n_classes)
-        .filter(|&c| train_entries.iter().all(|e| e.labels.get(c).copied().unwrap_or(0) != 0))
+        .filter(|&c| {
+            train_entries
+                .iter()
+                .all(|e| e.labels.get(c).copied().unwrap_or(0) != 0)
+        })
         .map(|c| cfg.class_order[c].as_str())
         .collect();
     if !all_pos.is_empty() && n_classes > 1 {
@@ -681,9 +825,15 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
     let ncfg = classnet_config(cfg, &pmeta.k_list, proto_dim)?;
 
     let out_dir = output_dir(cfg);
-    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io { path: out_dir.clone(), source })?;
+    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io {
+        path: out_dir.clone(),
+        source,
+    })?;
     let runs = runs_dir(cfg);
-    std::fs::create_dir_all(&runs).map_err(|source| PipelineError::Io { path: runs.clone(), source })?;
+    std::fs::create_dir_all(&runs).map_err(|source| PipelineError::Io {
+        path: runs.clone(),
+        source,
+    })?;
     let mut log = RunLog::open(&log_path(cfg))?;
     cfg.write_resolved(&out_dir)?;
 
@@ -691,13 +841,20 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
     let mut excluded = Vec::new();
     let train_set = open_split(&train_entries, &sopts, "train", &mut excluded)?
         .ok_or_else(|| data_err("no training slide has a usable coordinate"))?;
-    let val_set = if val_entries.is_empty() { None } else { open_split(&val_entries, &sopts, "val", &mut excluded)? };
+    let val_set = if val_entries.is_empty() {
+        None
+    } else {
+        open_split(&val_entries, &sopts, "val", &mut excluded)?
+    };
     let mut has_gt = Vec::new();
     if let Some(vs) = &val_set {
         for s in vs.slides() {
             let ok = s.spec.gt_path.as_ref().is_some_and(|p| p.is_file());
             if !ok && cfg.paths.gt_dir.is_some() {
-                let why = format!("val slide {:?}: no GT mask in {:?}: excluded from the segmentation metrics (still in AUC)", s.spec.name, cfg.paths.gt_dir);
+                let why = format!(
+                    "val slide {:?}: no GT mask in {:?}: excluded from the segmentation metrics (still in AUC)",
+                    s.spec.name, cfg.paths.gt_dir
+                );
                 tracing::warn!("{why}");
                 excluded.push(why);
             }
@@ -728,19 +885,32 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
                 state_path.display()
             )));
         }
-        adamw.load_tensors(&rest, &st.adam_counts).map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
-        let m = ClassNet::load_upstream(&params, &ncfg, &bank, &device).map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
+        adamw
+            .load_tensors(&rest, &st.adam_counts)
+            .map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
+        let m = ClassNet::load_upstream(&params, &ncfg, &bank, &device)
+            .map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
         (m, Some(st))
     } else if let Some(p) = &cfg.model.pretrained {
-        (ClassNet::with_pretrained_backbone_file(p, &ncfg, &bank, cfg.seed, &device).map_err(|e| data_err(format!("{}: {e}", p.display())))?, None)
+        (
+            ClassNet::with_pretrained_backbone_file(p, &ncfg, &bank, cfg.seed, &device)
+                .map_err(|e| data_err(format!("{}: {e}", p.display())))?,
+            None,
+        )
     } else {
-        (ClassNet::init(&ncfg, &bank, cfg.seed, &device).map_err(model_err)?, None)
+        (
+            ClassNet::init(&ncfg, &bank, cfg.seed, &device).map_err(model_err)?,
+            None,
+        )
     };
     let mut model = optim::materialize(model).map_err(data_err)?;
     let encoder = if lc.contrastive_weight != 0.0 {
         let p = crate::encoder::saved_encoder_path(cfg);
         let (m, ident) = crate::encoder::load_saved_encoder(&p, &device)?;
-        Some(FeatureEncoder { model: m.frozen(), projected: ident.kind != "hf_swin" })
+        Some(FeatureEncoder {
+            model: m.frozen(),
+            projected: ident.kind != "hf_swin",
+        })
     } else {
         None
     };
@@ -751,7 +921,11 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
         SamplerOptions {
             seed: cfg.seed,
             batch_size: t.batch_size,
-            balance: if t.balance_classes { Balance::Classes } else { Balance::Slides },
+            balance: if t.balance_classes {
+                Balance::Classes
+            } else {
+                Balance::Slides
+            },
             iterations_per_epoch: t.iterations_per_epoch.map(|v| v as u64),
         },
         AugmentOptions {
@@ -765,9 +939,15 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
     )
     .map_err(model_err)?;
     let ipe = plan.sampler.iterations_per_epoch();
-    let total_steps = (t.epochs as u64).checked_mul(ipe).ok_or_else(|| data_err("epochs x iterations overflow"))?;
+    let total_steps = (t.epochs as u64)
+        .checked_mul(ipe)
+        .ok_or_else(|| data_err("epochs x iterations overflow"))?;
     // Upstream's poly schedule has no warmup (PolyWarmupAdamW, warmup_iter 0).
-    let warmup = if t.scheduler.kind == SchedulerType::Poly { 0.0 } else { t.scheduler.warmup_epochs };
+    let warmup = if t.scheduler.kind == SchedulerType::Poly {
+        0.0
+    } else {
+        t.scheduler.warmup_epochs
+    };
     let schedule = LrSchedule::from_options(&ScheduleOptions {
         kind: match t.scheduler.kind {
             SchedulerType::Cosine => ScheduleKind::Cosine,
@@ -797,20 +977,43 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
             fingerprint: fp.clone(),
         },
     };
-    plan.sampler.check_state(&st.sampler).map_err(|e| data_err(format!("--resume: {e}")))?;
+    plan.sampler
+        .check_state(&st.sampler)
+        .map_err(|e| data_err(format!("--resume: {e}")))?;
     let start_step = st.next_step;
     let end_step = match topts.stop_after_steps {
         Some(k) => (start_step + k).min(total_steps),
         None => total_steps,
     };
-    let num_workers = if t.num_workers == 0 { std::thread::available_parallelism().map_or(2, |n| n.get()) } else { t.num_workers };
-    let mut loader = TrainLoader::new(plan, st.sampler, Some(end_step), LoaderOptions { num_workers, prefetch: t.prefetch })
-        .map_err(model_err)?;
+    let num_workers = if t.num_workers == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        t.num_workers
+    };
+    let mut loader = TrainLoader::new(
+        plan,
+        st.sampler,
+        Some(end_step),
+        LoaderOptions {
+            num_workers,
+            prefetch: t.prefetch,
+        },
+    )
+    .map_err(model_err)?;
 
     let val_plan = match &val_set {
         Some(vs) => Some(
             EvalPlan::new(
-                Arc::new(SlideSet::open(&vs.slides().iter().map(|s| s.spec.clone()).collect::<Vec<_>>(), &sopts).map_err(model_err)?),
+                Arc::new(
+                    SlideSet::open(
+                        &vs.slides()
+                            .iter()
+                            .map(|s| s.spec.clone())
+                            .collect::<Vec<_>>(),
+                        &sopts,
+                    )
+                    .map_err(model_err)?,
+                ),
                 PatchesPerSlide::First(cfg.validation.patches_per_slide.max(1)),
                 t.batch_size,
                 normalization(cfg)?,
@@ -825,10 +1028,23 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
     let mut tb = pbip_tensorboard::EventWriter::create(&runs).map_err(model_err)?;
     let mut base_meta = BTreeMap::new();
     base_meta.insert("pbip_config".into(), cfg.to_yaml_string()?);
-    base_meta.insert("class_order".into(), serde_json::to_string(&cfg.class_order).map_err(model_err)?);
-    base_meta.insert("prototypes_file".into(), s2::prototypes_path(cfg).display().to_string());
-    base_meta.insert("encoder".into(), serde_json::to_string(&pmeta.encoder).map_err(model_err)?);
-    let ckpt = Checkpointer { dir: out_dir.clone(), ncfg: &ncfg, base_meta };
+    base_meta.insert(
+        "class_order".into(),
+        serde_json::to_string(&cfg.class_order).map_err(model_err)?,
+    );
+    base_meta.insert(
+        "prototypes_file".into(),
+        s2::prototypes_path(cfg).display().to_string(),
+    );
+    base_meta.insert(
+        "encoder".into(),
+        serde_json::to_string(&pmeta.encoder).map_err(model_err)?,
+    );
+    let ckpt = Checkpointer {
+        dir: out_dir.clone(),
+        ncfg: &ncfg,
+        base_meta,
+    };
 
     let header = format!(
         "{} training: {} train slides, {} val slides, {} iterations/epoch x {} epochs = {} steps, batch {}, backbone {}, lr {} ({:?}), contrastive weight {}{}",
@@ -843,7 +1059,11 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
         t.optimizer.lr,
         t.scheduler.kind,
         lc.contrastive_weight,
-        if start_step > 0 { format!(", from step {start_step}") } else { String::new() },
+        if start_step > 0 {
+            format!(", from step {start_step}")
+        } else {
+            String::new()
+        },
     );
     tracing::info!("{header}");
     log.line(&header)?;
@@ -894,8 +1114,12 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
         let t0 = Instant::now();
         let lr = schedule.lr_at(g);
         let [b, c, h, w] = batch.shape();
-        let images: Tensor<4> = Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
-        let labels: Tensor<2> = Tensor::from_data(TensorData::new(batch.labels.clone(), [b, batch.num_classes]), &device);
+        let images: Tensor<4> =
+            Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
+        let labels: Tensor<2> = Tensor::from_data(
+            TensorData::new(batch.labels.clone(), [b, batch.num_classes]),
+            &device,
+        );
         let out = {
             // The backend RNG (DropPath masks) is process-global: seed it per step and keep other
             // trainings in this process from drawing from it in between (bit-exact resume).
@@ -903,10 +1127,14 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
             device.seed(step_seed(cfg.seed, g));
             model.try_forward(images.clone(), true).map_err(model_err)?
         };
-        let (loss, values) = compute_loss(&out, images, labels, &model.k_list, &lc, encoder.as_ref())?;
+        let (loss, values) =
+            compute_loss(&out, images, labels, &model.k_list, &lc, encoder.as_ref())?;
         let mut bad: Option<String> = None;
         if !values.total.is_finite() {
-            bad = Some(format!("non-finite loss {} (cls {}, fg {}, bg {})", values.total, values.cls, values.fg, values.bg));
+            bad = Some(format!(
+                "non-finite loss {} (cls {}, fg {}, bg {})",
+                values.total, values.cls, values.fg, values.bg
+            ));
         }
         let mut grad_norm = f64::NAN;
         if bad.is_none() {
@@ -928,8 +1156,16 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
         if let Some(why) = bad {
             st.consecutive_nonfinite += 1;
             st.total_nonfinite += 1;
-            let slides: Vec<String> = batch.info.iter().map(|i| format!("{}@({},{})", i.slide_name, i.x_lv0, i.y_lv0)).collect();
-            let line = format!("step {g}: {why}: step skipped ({} in a row); batch {}", st.consecutive_nonfinite, slides.join(" "));
+            let slides: Vec<String> = batch
+                .info
+                .iter()
+                .map(|i| format!("{}@({},{})", i.slide_name, i.x_lv0, i.y_lv0))
+                .collect();
+            let line = format!(
+                "step {g}: {why}: step skipped ({} in a row); batch {}",
+                st.consecutive_nonfinite,
+                slides.join(" ")
+            );
             tracing::warn!("{line}");
             log.line(&line)?;
             if st.consecutive_nonfinite >= t.max_nonfinite_steps.max(1) as u64 {
@@ -961,10 +1197,18 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
         ));
 
         if done % t.log_interval as u64 == 0 || done == end_step {
-            let mean = if acc_n > 0 { acc.scaled(1.0 / acc_n as f64) } else { LossValues::default() };
+            let mean = if acc_n > 0 {
+                acc.scaled(1.0 / acc_n as f64)
+            } else {
+                LossValues::default()
+            };
             let iv = interval_start.elapsed().as_secs_f64();
             let wait_now = stats.wait_secs - interval_wait;
-            let wait_frac = if iv > 0.0 { (wait_now / iv).clamp(0.0, 1.0) } else { 0.0 };
+            let wait_frac = if iv > 0.0 {
+                (wait_now / iv).clamp(0.0, 1.0)
+            } else {
+                0.0
+            };
             let pps = (steps_run * t.batch_size as u64) as f64 / elapsed.max(1e-9);
             let scalars = [
                 ("train/loss", mean.total as f32),
@@ -1005,14 +1249,20 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
                 let line = val_line(&v, epoch + 1);
                 tracing::info!("{line}");
                 log.line(&line)?;
-                let better = match (v.selection_score(), st.best_val.as_ref().and_then(|b| b.selection_score())) {
+                let better = match (
+                    v.selection_score(),
+                    st.best_val.as_ref().and_then(|b| b.selection_score()),
+                ) {
                     (Some(a), Some(b)) => a > b,
                     (Some(_), None) => true,
                     _ => st.best_val.is_none(),
                 };
                 if better {
                     ckpt.save(&model, BEST_FILE, done, epoch + 1, Some(&v))?;
-                    log.line(&format!("new best at step {done}: {}", fmt_opt(v.selection_score())))?;
+                    log.line(&format!(
+                        "new best at step {done}: {}",
+                        fmt_opt(v.selection_score())
+                    ))?;
                     st.best_val = Some(v.clone());
                 }
                 st.last_val = Some(v);
@@ -1023,21 +1273,38 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
             val_secs += tv0.elapsed().as_secs_f64();
         }
         if done % t.checkpoint_interval as u64 == 0 {
-            let p = ckpt.save(&model, &format!("epoch_{}.safetensors", epoch + 1), done, epoch + 1, st.last_val.as_ref())?;
+            let p = ckpt.save(
+                &model,
+                &format!("epoch_{}.safetensors", epoch + 1),
+                done,
+                epoch + 1,
+                st.last_val.as_ref(),
+            )?;
             tracing::debug!("checkpoint {}", p.display());
         }
-        if !saved_latest && (done % t.checkpoint_interval as u64 == 0 || epoch_end || done == end_step) {
+        if !saved_latest
+            && (done % t.checkpoint_interval as u64 == 0 || epoch_end || done == end_step)
+        {
             ckpt.save(&model, LATEST_FILE, done, epoch + 1, st.last_val.as_ref())?;
             save_state(&state_path, &model, &adamw, &st)?;
         }
     }
     pb.finish_and_clear();
     if st.next_step < end_step {
-        return Err(data_err(format!("the training loader ended early at step {} of {end_step}", st.next_step)));
+        return Err(data_err(format!(
+            "the training loader ended early at step {} of {end_step}",
+            st.next_step
+        )));
     }
     if st.next_step == start_step {
         // Nothing left to do (resuming a finished run): make sure latest exists.
-        ckpt.save(&model, LATEST_FILE, st.next_step, st.next_step / ipe.max(1), st.last_val.as_ref())?;
+        ckpt.save(
+            &model,
+            LATEST_FILE,
+            st.next_step,
+            st.next_step / ipe.max(1),
+            st.last_val.as_ref(),
+        )?;
         save_state(&state_path, &model, &adamw, &st)?;
     }
     let stats = loader.stats();
@@ -1045,7 +1312,11 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
     let throughput = Throughput {
         steps: steps_run,
         patches_per_sec: (steps_run * t.batch_size as u64) as f64 / loop_secs,
-        model_step_secs: if steps_run > 0 { model_secs / steps_run as f64 } else { 0.0 },
+        model_step_secs: if steps_run > 0 {
+            model_secs / steps_run as f64
+        } else {
+            0.0
+        },
         data_wait_fraction: (stats.wait_secs / loop_secs).clamp(0.0, 1.0),
     };
     let completed = st.next_step >= total_steps;
@@ -1063,7 +1334,12 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
         excluded: excluded.clone(),
     };
     let summary_path = out_dir.join(SUMMARY_FILE);
-    crate::write_atomic(&summary_path, serde_json::to_string_pretty(&summary).map_err(model_err)?.as_bytes())?;
+    crate::write_atomic(
+        &summary_path,
+        serde_json::to_string_pretty(&summary)
+            .map_err(model_err)?
+            .as_bytes(),
+    )?;
     let tail = format!(
         "{} at step {}/{total_steps}: {:.2} patches/s, model step {:.3} s, data wait {:.1}% of the training loop",
         if completed { "finished" } else { "stopped" },
@@ -1078,13 +1354,20 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
 
     let mut lines = vec![tail];
     lines.push(format!("checkpoints: {}", out_dir.display()));
-    lines.push(format!("TensorBoard: tensorboard --logdir {}", runs.display()));
+    lines.push(format!(
+        "TensorBoard: tensorboard --logdir {}",
+        runs.display()
+    ));
     lines.push(format!("log: {}", log_path(cfg).display()));
     if let Some(v) = &st.last_val {
         lines.push(format!("last {}", val_line(v, v.step.div_ceil(ipe.max(1)))));
     }
     if let Some(v) = &st.best_val {
-        lines.push(format!("best at step {}: {}", v.step, fmt_opt(v.selection_score())));
+        lines.push(format!(
+            "best at step {}: {}",
+            v.step,
+            fmt_opt(v.selection_score())
+        ));
     }
     for e in &excluded {
         lines.push(format!("warning: {e}"));
@@ -1096,7 +1379,12 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
     outputs.push(tb.path().to_path_buf());
     outputs.push(log_path(cfg));
     Ok(TrainOutcome {
-        report: StageReport { stage: INFO, output_dir: out_dir, outputs, summary: lines },
+        report: StageReport {
+            stage: INFO,
+            output_dir: out_dir,
+            outputs,
+            summary: lines,
+        },
         summary,
     })
 }
@@ -1104,8 +1392,14 @@ pub fn train(cfg: &Config, opts: &RunOptions, topts: &TrainOptions) -> Result<Tr
 /// Reads a training summary.
 pub fn read_summary(cfg: &Config) -> Result<TrainSummary, PipelineError> {
     let p = output_dir(cfg).join(SUMMARY_FILE);
-    let text = std::fs::read_to_string(&p).map_err(|source| PipelineError::Io { path: p.clone(), source })?;
-    serde_json::from_str(&text).map_err(|e| PipelineError::Json { path: p, message: e.to_string() })
+    let text = std::fs::read_to_string(&p).map_err(|source| PipelineError::Io {
+        path: p.clone(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| PipelineError::Json {
+        path: p,
+        message: e.to_string(),
+    })
 }
 
 /// Validates a model on the config's val split (e.g. the untrained model, for a baseline).
@@ -1116,7 +1410,11 @@ pub fn validate_model(cfg: &Config, model: &ClassNet) -> Result<Option<ValMetric
     let Some(vs) = open_split(&dataset.split(Split::Val), &sopts, "val", &mut excluded)? else {
         return Ok(None);
     };
-    let has_gt = vs.slides().iter().map(|s| s.spec.gt_path.as_ref().is_some_and(|p| p.is_file())).collect();
+    let has_gt = vs
+        .slides()
+        .iter()
+        .map(|s| s.spec.gt_path.as_ref().is_some_and(|p| p.is_file()))
+        .collect();
     let plan = EvalPlan::new(
         Arc::new(vs),
         PatchesPerSlide::First(cfg.validation.patches_per_slide.max(1)),
@@ -1125,7 +1423,16 @@ pub fn validate_model(cfg: &Config, model: &ClassNet) -> Result<Option<ValMetric
         false,
     )
     .map_err(model_err)?;
-    validate(model, &plan, &ValSettings { eval: eval_config(cfg)?, has_gt }, 0).map(Some)
+    validate(
+        model,
+        &plan,
+        &ValSettings {
+            eval: eval_config(cfg)?,
+            has_gt,
+        },
+        0,
+    )
+    .map(Some)
 }
 
 /// Builds the untrained model of the config (same seed and initialisation as training) on `device`.
@@ -1133,7 +1440,8 @@ pub fn initial_model(cfg: &Config, device: &Device) -> Result<ClassNet, Pipeline
     let (bank, meta) = load_prototypes(cfg)?;
     let ncfg = classnet_config(cfg, &meta.k_list, bank.shape[1])?;
     match &cfg.model.pretrained {
-        Some(p) => ClassNet::with_pretrained_backbone_file(p, &ncfg, &bank, cfg.seed, device).map_err(model_err),
+        Some(p) => ClassNet::with_pretrained_backbone_file(p, &ncfg, &bank, cfg.seed, device)
+            .map_err(model_err),
         None => ClassNet::init(&ncfg, &bank, cfg.seed, device).map_err(model_err),
     }
 }

@@ -41,7 +41,9 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use pbip_config::{Config, Dataset, PatchCount, Split};
-use pbip_data::{EvalPlan, Normalization, PatchesPerSlide, Preprocess, SlideSet, SlideSetOptions, SlideSpec};
+use pbip_data::{
+    EvalPlan, Normalization, PatchesPerSlide, Preprocess, SlideSet, SlideSetOptions, SlideSpec,
+};
 use pbip_metrics::{ConfusionMatrix, MetricsReport, PatchAggregator, roc_auc_multilabel};
 use pbip_model::{ClassNet, EvalConfig, Gate, MergeMethod, evaluate, seg_label};
 use serde::Serialize;
@@ -51,8 +53,12 @@ use crate::{PipelineError, RunOptions, StageInfo, StageReport};
 const STAGE: &str = "evaluate";
 
 /// Stage description.
-pub const INFO: StageInfo =
-    StageInfo { index: 4, command: STAGE, description: "metrics against GT masks, samples, HTML report", output_dir: "results" };
+pub const INFO: StageInfo = StageInfo {
+    index: 4,
+    command: STAGE,
+    description: "metrics against GT masks, samples, HTML report",
+    output_dir: "results",
+};
 
 /// Default gate threshold when the checkpoint carries none.
 pub const DEFAULT_THRESHOLD: f64 = 0.5;
@@ -80,7 +86,10 @@ pub struct EvaluateOutcome {
 }
 
 fn err(message: String) -> PipelineError {
-    PipelineError::Data { stage: STAGE, message }
+    PipelineError::Data {
+        stage: STAGE,
+        message,
+    }
 }
 
 fn model_err(e: impl std::fmt::Display) -> PipelineError {
@@ -90,7 +99,10 @@ fn model_err(e: impl std::fmt::Display) -> PipelineError {
 /// The deployable gate threshold stored in a checkpoint's metadata: `gate_threshold` (a number),
 /// or `gate_threshold` inside a JSON `metrics`/`val_metrics`/`training` entry.
 pub fn checkpoint_threshold(meta: &BTreeMap<String, String>) -> Option<f64> {
-    if let Some(v) = meta.get("gate_threshold").and_then(|s| s.trim().parse::<f64>().ok()) {
+    if let Some(v) = meta
+        .get("gate_threshold")
+        .and_then(|s| s.trim().parse::<f64>().ok())
+    {
         return Some(v);
     }
     for key in ["metrics", "val_metrics", "training", "pbip"] {
@@ -156,7 +168,7 @@ fn denormalize(chw: &[f32], h: usize, w: usize, norm: &Normalization) -> Vec<u8>
 }
 
 /// argmax_c gate_c · fused_c per pixel (first maximum; every class gated off → class 0).
-fn gated_argmax(fused: &[f32], gate: &[f32], n: usize, plane: usize, out: &mut [u8]) {
+pub(crate) fn gated_argmax(fused: &[f32], gate: &[f32], n: usize, plane: usize, out: &mut [u8]) {
     for (px, o) in out.iter_mut().enumerate() {
         let mut best = 0usize;
         let mut bv = gate[0] * fused[px];
@@ -245,17 +257,27 @@ impl Protocol {
 }
 
 /// Runs stage 4.
-pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<EvaluateOutcome, PipelineError> {
+pub fn run(
+    cfg: &Config,
+    eo: &EvaluateOptions,
+    opts: &RunOptions,
+) -> Result<EvaluateOutcome, PipelineError> {
     let t0 = std::time::Instant::now();
     let n = cfg.num_classes();
     let names: Vec<&str> = cfg.class_order.iter().map(String::as_str).collect();
     let device = crate::encoder::compute_device(cfg)?;
     if !eo.weights.is_file() {
-        return Err(err(format!("checkpoint {} does not exist (train with `pbip train` first)", eo.weights.display())));
+        return Err(err(format!(
+            "checkpoint {} does not exist (train with `pbip train` first)",
+            eo.weights.display()
+        )));
     }
     let (model, ccfg, meta) = ClassNet::load_safetensors(&eo.weights, &device)
         .map_err(|e| err(format!("{}: {e}", eo.weights.display())))?;
-    if let Some(co) = meta.get("class_order").and_then(|s| serde_json::from_str::<Vec<String>>(s).ok()) {
+    if let Some(co) = meta
+        .get("class_order")
+        .and_then(|s| serde_json::from_str::<Vec<String>>(s).ok())
+    {
         if co != cfg.class_order {
             return Err(err(format!(
                 "{} was trained with class_order {co:?}, the config has {:?}",
@@ -283,7 +305,12 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     });
     let e = &cfg.evaluation;
     let fuse: [f64; 4] = [0, 1, 2, 3].map(|i| e.fuse_weights.get(i).copied().unwrap_or(0.0));
-    let eval_cfg = EvalConfig { fuse, tta: e.use_tta, tta_multipliers: e.tta_multipliers.clone(), ..EvalConfig::default() };
+    let eval_cfg = EvalConfig {
+        fuse,
+        tta: e.use_tta,
+        tta_multipliers: e.tta_multipliers.clone(),
+        ..EvalConfig::default()
+    };
     let norm = normalization(cfg)?;
     let per_slide = match e.patches_per_slide {
         PatchCount::Count(k) => PatchesPerSlide::First(k),
@@ -293,22 +320,36 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     let dataset = Dataset::load(cfg)?;
     let slides = dataset.split(eo.split);
     if slides.is_empty() {
-        return Err(err(format!("the {} split of {} is empty", eo.split.as_str(), cfg.paths.split_csv.display())));
+        return Err(err(format!(
+            "the {} split of {} is empty",
+            eo.split.as_str(),
+            cfg.paths.split_csv.display()
+        )));
     }
     let set_opts = slide_set_options(cfg);
 
     let mut dep = Protocol::new(n)?;
     let mut lab = Protocol::new(n)?;
     let mut leak = Protocol::new(n)?;
-    let mut keeper = SampleKeeper { n: e.num_samples, best: Vec::new(), worst: Vec::new() };
+    let mut keeper = SampleKeeper {
+        n: e.num_samples,
+        best: Vec::new(),
+        worst: Vec::new(),
+    };
     let mut rows: Vec<SlideRow> = Vec::new();
     let mut failed = Vec::new();
     let (mut auc_scores, mut auc_truth) = (Vec::new(), Vec::new());
     let (mut cls_correct, mut cls_counted) = (0usize, 0usize);
     let mut total_patches = 0usize;
 
-    let bar = if opts.progress { ProgressBar::new(slides.len() as u64) } else { ProgressBar::hidden() };
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides {msg} ETA {eta}") {
+    let bar = if opts.progress {
+        ProgressBar::new(slides.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides {msg} ETA {eta}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix("stage 4: evaluating");
@@ -341,20 +382,37 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
         let result = (|| -> Result<(usize, Vec<f64>), PipelineError> {
             let set = Arc::new(SlideSet::open(&[spec], &set_opts).map_err(model_err)?);
             let has_gt = entry.gt_path.is_some();
-            let plan = EvalPlan::new(set, per_slide, cfg.inference.batch_size.max(1), Preprocess::MeanStd(norm), has_gt)
-                .map_err(model_err)?;
+            let plan = EvalPlan::new(
+                set,
+                per_slide,
+                cfg.inference.batch_size.max(1),
+                Preprocess::MeanStd(norm),
+                has_gt,
+            )
+            .map_err(model_err)?;
             let mut logit_sum = vec![0f64; n];
             let mut count = 0usize;
-            let label_gate: Vec<f32> = entry.labels.iter().map(|&v| if v != 0 { 1.0 } else { 0.0 }).collect();
+            let label_gate: Vec<f32> = entry
+                .labels
+                .iter()
+                .map(|&v| if v != 0 { 1.0 } else { 0.0 })
+                .collect();
             let leak_class = entry.class_indices().last().copied().unwrap_or(0) as u8;
             for k in 0..plan.num_batches() {
                 let Some(batch) = plan.batch(k) else { break };
                 let batch = batch.map_err(model_err)?;
                 let [b, c, h, w] = batch.shape();
-                let images: Tensor<4> = Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
-                let out = model.try_forward(images.clone(), false).map_err(model_err)?;
-                let merged = pbip_model::merge_subclasses(out.cls[3].clone(), &model.k_list, MergeMethod::Mean)
+                let images: Tensor<4> =
+                    Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
+                let out = model
+                    .try_forward(images.clone(), false)
                     .map_err(model_err)?;
+                let merged = pbip_model::merge_subclasses(
+                    out.cls[3].clone(),
+                    &model.k_list,
+                    MergeMethod::Mean,
+                )
+                .map_err(model_err)?;
                 let logits = pbip_model::util::to_vec(merged.clone()).map_err(model_err)?;
                 let probs = pbip_model::util::to_vec(sigmoid(merged)).map_err(model_err)?;
                 for i in 0..b {
@@ -363,17 +421,29 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
                     }
                 }
                 count += b;
-                let Some(masks) = batch.masks.as_ref() else { continue };
+                let Some(masks) = batch.masks.as_ref() else {
+                    continue;
+                };
                 let fused_t = if eval_cfg.tta {
-                    evaluate(&model, images, &Gate::None, &eval_cfg).map_err(model_err)?.fused
+                    evaluate(&model, images, &Gate::None, &eval_cfg)
+                        .map_err(model_err)?
+                        .fused
                 } else {
                     let mut acc: Option<Tensor<4>> = None;
                     for (i, cam) in out.cam.into_iter().enumerate() {
                         if eval_cfg.fuse[i] == 0.0 {
                             continue;
                         }
-                        let m = seg_label(cam, &model.k_list, None, h, w, eval_cfg.merge, eval_cfg.minmax_eps)
-                            .map_err(model_err)?
+                        let m = seg_label(
+                            cam,
+                            &model.k_list,
+                            None,
+                            h,
+                            w,
+                            eval_cfg.merge,
+                            eval_cfg.minmax_eps,
+                        )
+                        .map_err(model_err)?
                             * eval_cfg.fuse[i];
                         acc = Some(match acc {
                             None => m,
@@ -390,8 +460,10 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
                 for i in 0..b {
                     let gt = &masks[i * plane..(i + 1) * plane];
                     let f = &fused[i * n * plane..(i + 1) * n * plane];
-                    let g: Vec<f32> =
-                        probs[i * n..(i + 1) * n].iter().map(|&p| if f64::from(p) >= threshold { 1.0 } else { 0.0 }).collect();
+                    let g: Vec<f32> = probs[i * n..(i + 1) * n]
+                        .iter()
+                        .map(|&p| if f64::from(p) >= threshold { 1.0 } else { 0.0 })
+                        .collect();
                     gated_argmax(f, &g, n, plane, &mut pred_dep);
                     gated_argmax(f, &label_gate, n, plane, &mut pred_lab);
                     slide_dep.borrow_mut().add(gt, &pred_dep)?;
@@ -423,7 +495,10 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
                 row.patches = count;
                 total_patches += count;
                 if count > 0 {
-                    let probs: Vec<f64> = logit_sum.iter().map(|z| 1.0 / (1.0 + (-z / count as f64).exp())).collect();
+                    let probs: Vec<f64> = logit_sum
+                        .iter()
+                        .map(|z| 1.0 / (1.0 + (-z / count as f64).exp()))
+                        .collect();
                     let mut ok = true;
                     for cl in 0..n {
                         let pos = entry.labels.get(cl).copied().unwrap_or(0) != 0;
@@ -433,11 +508,18 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
                     }
                     cls_counted += 1;
                     cls_correct += usize::from(ok);
-                    row.predicted =
-                        (0..n).filter(|&c| probs[c] >= threshold).map(|c| names[c]).collect::<Vec<_>>().join(" ");
+                    row.predicted = (0..n)
+                        .filter(|&c| probs[c] >= threshold)
+                        .map(|c| names[c])
+                        .collect::<Vec<_>>()
+                        .join(" ");
                     row.probs = probs;
                 }
-                let (d, l, k) = (slide_dep.into_inner(), slide_lab.into_inner(), slide_leak.into_inner());
+                let (d, l, k) = (
+                    slide_dep.into_inner(),
+                    slide_lab.into_inner(),
+                    slide_leak.into_inner(),
+                );
                 let ds = d.cm.summary();
                 row.deployable_miou = ds.miou;
                 row.deployable_pixel_accuracy = ds.pixel_accuracy;
@@ -460,8 +542,14 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     }
     bar.finish_and_clear();
 
-    let out_dir = eo.output_dir.clone().unwrap_or_else(|| cfg.paths.work_dir.join("results"));
-    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io { path: out_dir.clone(), source })?;
+    let out_dir = eo
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| cfg.paths.work_dir.join("results"));
+    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io {
+        path: out_dir.clone(),
+        source,
+    })?;
     let io = |p: &Path| {
         let p = p.to_path_buf();
         move |source| PipelineError::Io { path: p, source }
@@ -471,7 +559,9 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     let auc = if auc_scores.is_empty() {
         None
     } else {
-        roc_auc_multilabel(&auc_scores, &auc_truth, n).ok().map(|a| serde_json::to_value(a).unwrap_or_default())
+        roc_auc_multilabel(&auc_scores, &auc_truth, n)
+            .ok()
+            .map(|a| serde_json::to_value(a).unwrap_or_default())
     };
     let slide_classification = serde_json::json!({
         "slides": cls_counted,
@@ -482,7 +572,10 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     let dep_r = dep.report(&names)?;
     let lab_r = lab.report(&names)?;
     let leak_r = leak.report(&names)?;
-    let section = |r: &MetricsReport, sc: serde_json::Value, note: &str| -> Result<serde_json::Value, PipelineError> {
+    let section = |r: &MetricsReport,
+                   sc: serde_json::Value,
+                   note: &str|
+     -> Result<serde_json::Value, PipelineError> {
         let mut v = serde_json::to_value(r).map_err(|e| err(e.to_string()))?;
         if let Some(o) = v.as_object_mut() {
             o.insert("slide_classification".into(), sc);
@@ -507,7 +600,9 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     crate::write_atomic(&metrics_path, text.as_bytes())?;
     let cm_path = out_dir.join("confusion_matrix.csv");
     dep.cm.write_csv(&cm_path, &names).map_err(model_err)?;
-    lab.cm.write_csv(&out_dir.join("confusion_matrix_label_masked.csv"), &names).map_err(model_err)?;
+    lab.cm
+        .write_csv(&out_dir.join("confusion_matrix_label_masked.csv"), &names)
+        .map_err(model_err)?;
 
     // per_slide.csv
     let mut csv = String::from("slide,label,status,patches");
@@ -517,7 +612,14 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     csv.push_str(",predicted,deployable_miou,deployable_pixel_accuracy,label_masked_miou,leak_reference_miou,error\n");
     let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
     for r in &rows {
-        let _ = write!(csv, "{},{},{},{}", csv_cell(&r.slide), csv_cell(&r.label), r.status, r.patches);
+        let _ = write!(
+            csv,
+            "{},{},{},{}",
+            csv_cell(&r.slide),
+            csv_cell(&r.label),
+            r.status,
+            r.patches
+        );
         for c in 0..n {
             let _ = write!(csv, ",{}", f(r.probs.get(c).copied()));
         }
@@ -544,8 +646,11 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     for (kind, list) in [("best", &keeper.best), ("worst", &keeper.worst)] {
         for (i, s) in list.iter().enumerate() {
             let input = pbip_report::PngImage::from_rgb8(side, side, &s.rgb).map_err(model_err)?;
-            let gt = pbip_report::PngImage::from_labels(side, side, &s.gt, &colors, ignore_color).map_err(model_err)?;
-            let pred = pbip_report::PngImage::from_labels(side, side, &s.pred, &colors, ignore_color).map_err(model_err)?;
+            let gt = pbip_report::PngImage::from_labels(side, side, &s.gt, &colors, ignore_color)
+                .map_err(model_err)?;
+            let pred =
+                pbip_report::PngImage::from_labels(side, side, &s.pred, &colors, ignore_color)
+                    .map_err(model_err)?;
             let stem = format!("{kind}_{i:02}_{}_{}_{}", s.slide, s.x, s.y);
             for (suffix, img) in [("input", &input), ("gt", &gt), ("pred", &pred)] {
                 let p = sample_dir.join(format!("{stem}_{suffix}.png"));
@@ -567,11 +672,26 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{:.2}%", 100.0 * x));
     let _ = writeln!(txt, "PBIP evaluation ({} split)", eo.split.as_str());
     let _ = writeln!(txt, "checkpoint: {}", eo.weights.display());
-    let _ = writeln!(txt, "slides: {} ({} failed), patches: {total_patches}", rows.len(), failed.len());
+    let _ = writeln!(
+        txt,
+        "slides: {} ({} failed), patches: {total_patches}",
+        rows.len(),
+        failed.len()
+    );
     let _ = writeln!(txt, "gate threshold (deployable): {threshold}");
-    for (name, r) in [("deployable", &dep_r), ("label_masked (upstream, leaks the label)", &lab_r), ("leak_reference (no model)", &leak_r)] {
+    for (name, r) in [
+        ("deployable", &dep_r),
+        ("label_masked (upstream, leaks the label)", &lab_r),
+        ("leak_reference (no model)", &leak_r),
+    ] {
         let _ = writeln!(txt, "\n[{name}]");
-        let _ = writeln!(txt, "  mIoU {}  FwIoU {}  pixel accuracy {}", pct(r.miou), pct(r.fwiou), pct(r.pixel_accuracy));
+        let _ = writeln!(
+            txt,
+            "  mIoU {}  FwIoU {}  pixel accuracy {}",
+            pct(r.miou),
+            pct(r.fwiou),
+            pct(r.pixel_accuracy)
+        );
         for (c, cname) in names.iter().enumerate() {
             let s = &r.per_class.0[c].1;
             let _ = writeln!(
@@ -587,7 +707,11 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     let _ = writeln!(
         txt,
         "\nslide classification: exact-match accuracy {} over {cls_counted} slides",
-        if cls_counted > 0 { format!("{:.2}%", 100.0 * cls_correct as f64 / cls_counted as f64) } else { "n/a".into() }
+        if cls_counted > 0 {
+            format!("{:.2}%", 100.0 * cls_correct as f64 / cls_counted as f64)
+        } else {
+            "n/a".into()
+        }
     );
     for (s, e) in &failed {
         let _ = writeln!(txt, "FAILED {s}: {e}");
@@ -599,7 +723,10 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
     report.info = vec![
         ("split".into(), eo.split.as_str().into()),
         ("checkpoint".into(), eo.weights.display().to_string()),
-        ("slides".into(), format!("{} ({} failed)", rows.len(), failed.len())),
+        (
+            "slides".into(),
+            format!("{} ({} failed)", rows.len(), failed.len()),
+        ),
         ("patches".into(), total_patches.to_string()),
         ("gate threshold".into(), threshold.to_string()),
         ("date".into(), pbip_report::utc_now()),
@@ -622,7 +749,12 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
         },
     ];
     report.confusion = Some((dep.cm.clone(), cfg.class_order.clone()));
-    report.legend = cfg.class_order.iter().cloned().zip(colors.iter().copied()).collect();
+    report.legend = cfg
+        .class_order
+        .iter()
+        .cloned()
+        .zip(colors.iter().copied())
+        .collect();
     report.samples = triplets;
     let html_path = out_dir.join("report.html");
     report.write(&html_path).map_err(model_err)?;
@@ -644,7 +776,13 @@ pub fn run(cfg: &Config, eo: &EvaluateOptions, opts: &RunOptions) -> Result<Eval
         report: StageReport {
             stage: INFO,
             output_dir: out_dir.clone(),
-            outputs: vec![metrics_path, cm_path, out_dir.join("per_slide.csv"), html_path, cfg_path],
+            outputs: vec![
+                metrics_path,
+                cm_path,
+                out_dir.join("per_slide.csv"),
+                html_path,
+                cfg_path,
+            ],
             summary,
         },
         failed_slides: failed,
@@ -660,14 +798,23 @@ pub fn default_weights(cfg: &Config) -> PathBuf {
 /// Stage 4 as `pbip run` runs it: the best checkpoint on the test split, into `<work_dir>/results`.
 /// Slides that fail make the stage fail (after every output is written).
 pub fn run_default(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError> {
-    let eo = EvaluateOptions { weights: default_weights(cfg), split: Split::Test, output_dir: None };
+    let eo = EvaluateOptions {
+        weights: default_weights(cfg),
+        split: Split::Test,
+        output_dir: None,
+    };
     let outcome = run(cfg, &eo, opts)?;
     if !outcome.failed_slides.is_empty() {
         return Err(err(format!(
             "{} slide(s) failed (see {}): {}",
             outcome.failed_slides.len(),
             outcome.report.output_dir.join("per_slide.csv").display(),
-            outcome.failed_slides.iter().map(|(s, e)| format!("{s}: {e}")).collect::<Vec<_>>().join("; ")
+            outcome
+                .failed_slides
+                .iter()
+                .map(|(s, e)| format!("{s}: {e}"))
+                .collect::<Vec<_>>()
+                .join("; ")
         )));
     }
     Ok(outcome.report)
@@ -687,9 +834,16 @@ pub fn freshness(cfg: &Config) -> crate::Freshness {
     if v.get("evaluation") != serde_json::to_value(&cfg.evaluation).ok().as_ref() {
         return crate::Freshness::Stale("evaluation settings changed".into());
     }
-    crate::compare_mtimes(&[metrics, out.join("report.html")], &[default_weights(cfg), cfg.paths.split_csv.clone()])
+    crate::compare_mtimes(
+        &[metrics, out.join("report.html")],
+        &[default_weights(cfg), cfg.paths.split_csv.clone()],
+    )
 }
 
 fn csv_cell(s: &str) -> String {
-    if s.contains([',', '"', '\n']) { format!("\"{}\"", s.replace('"', "\"\"").replace('\n', " ")) } else { s.to_string() }
+    if s.contains([',', '"', '\n']) {
+        format!("\"{}\"", s.replace('"', "\"\"").replace('\n', " "))
+    } else {
+        s.to_string()
+    }
 }

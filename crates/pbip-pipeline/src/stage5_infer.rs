@@ -77,10 +77,14 @@ pub const OUTPUT_DIR: &str = "predictions";
 /// Batch results file (unsharded run, or merged).
 pub const BATCH_RESULTS: &str = "batch_results.csv";
 /// Header of the batch results files.
-pub const BATCH_RESULTS_HEADER: &str = "wsi_name,num_patches,processing_time,model_version,status,error";
+pub const BATCH_RESULTS_HEADER: &str =
+    "wsi_name,num_patches,processing_time,model_version,status,error";
 
 pub(crate) fn infer_err(message: impl Into<String>) -> PipelineError {
-    PipelineError::Data { stage: "infer", message: message.into() }
+    PipelineError::Data {
+        stage: "infer",
+        message: message.into(),
+    }
 }
 
 /// One slide to run.
@@ -205,12 +209,17 @@ pub struct SlideMetadata {
 /// `SLURM_ARRAY_TASK_MIN` (default 0) of `SLURM_ARRAY_TASK_COUNT`, else `JOB_COMPLETION_INDEX`
 /// (Kubernetes Indexed Job; the count must come from `count`). `index`/`count` given on the
 /// command line win. Returns `None` for an unsharded run.
-pub fn shard_from_env(index: Option<usize>, count: Option<usize>) -> Result<Option<(usize, usize)>, PipelineError> {
+pub fn shard_from_env(
+    index: Option<usize>,
+    count: Option<usize>,
+) -> Result<Option<(usize, usize)>, PipelineError> {
     let env_usize = |k: &str| -> Result<Option<usize>, PipelineError> {
         match std::env::var(k) {
-            Ok(v) if !v.trim().is_empty() => {
-                v.trim().parse::<usize>().map(Some).map_err(|_| infer_err(format!("environment {k}={v:?} is not a number")))
-            }
+            Ok(v) if !v.trim().is_empty() => v
+                .trim()
+                .parse::<usize>()
+                .map(Some)
+                .map_err(|_| infer_err(format!("environment {k}={v:?} is not a number"))),
             _ => Ok(None),
         }
     };
@@ -219,7 +228,10 @@ pub fn shard_from_env(index: Option<usize>, count: Option<usize>) -> Result<Opti
         && let Some(id) = env_usize("SLURM_ARRAY_TASK_ID")?
     {
         let min = env_usize("SLURM_ARRAY_TASK_MIN")?.unwrap_or(0);
-        i = Some(id.checked_sub(min).ok_or_else(|| infer_err("SLURM_ARRAY_TASK_ID < SLURM_ARRAY_TASK_MIN"))?);
+        i = Some(
+            id.checked_sub(min)
+                .ok_or_else(|| infer_err("SLURM_ARRAY_TASK_ID < SLURM_ARRAY_TASK_MIN"))?,
+        );
         if n.is_none() {
             n = env_usize("SLURM_ARRAY_TASK_COUNT")?;
         }
@@ -229,9 +241,15 @@ pub fn shard_from_env(index: Option<usize>, count: Option<usize>) -> Result<Opti
     }
     match (i, n) {
         (None, None) => Ok(None),
-        (None, Some(n)) => Err(infer_err(format!("--num-shards {n} given without a shard index (--shard-index or SLURM/JOB_COMPLETION_INDEX)"))),
-        (Some(i), None) => Err(infer_err(format!("shard index {i} given without the number of shards (--num-shards)"))),
-        (Some(i), Some(n)) if n == 0 || i >= n => Err(infer_err(format!("shard index {i} must be < number of shards {n}"))),
+        (None, Some(n)) => Err(infer_err(format!(
+            "--num-shards {n} given without a shard index (--shard-index or SLURM/JOB_COMPLETION_INDEX)"
+        ))),
+        (Some(i), None) => Err(infer_err(format!(
+            "shard index {i} given without the number of shards (--num-shards)"
+        ))),
+        (Some(i), Some(n)) if n == 0 || i >= n => Err(infer_err(format!(
+            "shard index {i} must be < number of shards {n}"
+        ))),
         (Some(i), Some(n)) => Ok(Some((i, n))),
     }
 }
@@ -244,7 +262,9 @@ fn is_slide_file(p: &Path) -> bool {
 }
 
 fn stem(p: &Path) -> String {
-    p.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_default()
+    p.file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default()
 }
 
 /// The jobs of a source, sorted by name; duplicate names are an error.
@@ -257,18 +277,34 @@ pub fn list_jobs(cfg: &Config, opts: &InferOptions) -> Result<Vec<SlideJob>, Pip
     let mut jobs = Vec::new();
     match &opts.source {
         SlideSource::Dir(d) => {
-            let rd = std::fs::read_dir(d).map_err(|source| PipelineError::Io { path: d.clone(), source })?;
-            let mut paths: Vec<PathBuf> = rd.filter_map(|e| e.ok().map(|e| e.path())).filter(|p| is_slide_file(p)).collect();
+            let rd = std::fs::read_dir(d).map_err(|source| PipelineError::Io {
+                path: d.clone(),
+                source,
+            })?;
+            let mut paths: Vec<PathBuf> = rd
+                .filter_map(|e| e.ok().map(|e| e.path()))
+                .filter(|p| is_slide_file(p))
+                .collect();
             paths.sort();
             for p in paths {
                 let name = stem(&p);
-                jobs.push(SlideJob { coordinates_path: coords_for(&name), name, slide_path: p, mpp: None });
+                jobs.push(SlideJob {
+                    coordinates_path: coords_for(&name),
+                    name,
+                    slide_path: p,
+                    mpp: None,
+                });
             }
         }
         SlideSource::Paths(ps) => {
             for p in ps {
                 let name = stem(p);
-                jobs.push(SlideJob { coordinates_path: coords_for(&name), name, slide_path: p.clone(), mpp: None });
+                jobs.push(SlideJob {
+                    coordinates_path: coords_for(&name),
+                    name,
+                    slide_path: p.clone(),
+                    mpp: None,
+                });
             }
         }
         SlideSource::Manifest(m) => jobs = read_manifest(m)?,
@@ -286,7 +322,11 @@ pub fn list_jobs(cfg: &Config, opts: &InferOptions) -> Result<Vec<SlideJob>, Pip
     }
     for j in &jobs {
         if j.name.is_empty() || j.name.starts_with('.') || j.name.contains(['/', '\\']) {
-            return Err(infer_err(format!("bad slide name {:?} ({})", j.name, j.slide_path.display())));
+            return Err(infer_err(format!(
+                "bad slide name {:?} ({})",
+                j.name,
+                j.slide_path.display()
+            )));
         }
     }
     Ok(jobs)
@@ -322,10 +362,15 @@ fn csv_field(s: &str) -> String {
 
 /// Reads a manifest CSV `sample_id,image_path[,coordinates_path][,mpp]` (header required).
 pub fn read_manifest(path: &Path) -> Result<Vec<SlideJob>, PipelineError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let base = path.parent().unwrap_or(Path::new("."));
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header = lines.next().ok_or_else(|| infer_err(format!("{}: empty manifest", path.display())))?;
+    let header = lines
+        .next()
+        .ok_or_else(|| infer_err(format!("{}: empty manifest", path.display())))?;
     let cols = split_csv_line(header.trim_start_matches('\u{feff}'));
     let col = |n: &str| cols.iter().position(|c| c == n);
     let (Some(ci), Some(cp)) = (col("sample_id"), col("image_path")) else {
@@ -342,17 +387,39 @@ pub fn read_manifest(path: &Path) -> Result<Vec<SlideJob>, PipelineError> {
     let mut jobs = Vec::new();
     for (ln, line) in lines.enumerate() {
         let f = split_csv_line(line);
-        let get = |i: Option<usize>| i.and_then(|i| f.get(i)).map(String::as_str).filter(|s| !s.is_empty());
+        let get = |i: Option<usize>| {
+            i.and_then(|i| f.get(i))
+                .map(String::as_str)
+                .filter(|s| !s.is_empty())
+        };
         let (Some(name), Some(img)) = (get(Some(ci)), get(Some(cp))) else {
-            return Err(infer_err(format!("{} line {}: sample_id and image_path are required", path.display(), ln + 2)));
+            return Err(infer_err(format!(
+                "{} line {}: sample_id and image_path are required",
+                path.display(),
+                ln + 2
+            )));
         };
         let mpp = match get(cm) {
-            Some(v) => Some(v.parse::<f64>().ok().filter(|m| m.is_finite() && *m > 0.0).ok_or_else(|| {
-                infer_err(format!("{} line {}: mpp {v:?} is not a positive number", path.display(), ln + 2))
-            })?),
+            Some(v) => Some(
+                v.parse::<f64>()
+                    .ok()
+                    .filter(|m| m.is_finite() && *m > 0.0)
+                    .ok_or_else(|| {
+                        infer_err(format!(
+                            "{} line {}: mpp {v:?} is not a positive number",
+                            path.display(),
+                            ln + 2
+                        ))
+                    })?,
+            ),
             None => None,
         };
-        jobs.push(SlideJob { name: name.to_string(), slide_path: resolve(img), coordinates_path: get(cc).map(resolve), mpp });
+        jobs.push(SlideJob {
+            name: name.to_string(),
+            slide_path: resolve(img),
+            coordinates_path: get(cc).map(resolve),
+            mpp,
+        });
     }
     Ok(jobs)
 }
@@ -361,7 +428,12 @@ pub fn read_manifest(path: &Path) -> Result<Vec<SlideJob>, PipelineError> {
 pub fn shard_jobs(jobs: Vec<SlideJob>, shard: Option<(usize, usize)>) -> Vec<SlideJob> {
     match shard {
         None => jobs,
-        Some((i, n)) => jobs.into_iter().enumerate().filter(|(k, _)| k % n == i).map(|(_, j)| j).collect(),
+        Some((i, n)) => jobs
+            .into_iter()
+            .enumerate()
+            .filter(|(k, _)| k % n == i)
+            .map(|(_, j)| j)
+            .collect(),
     }
 }
 
@@ -393,7 +465,10 @@ fn write_batch_results(path: &Path, rows: &[BatchRow]) -> Result<(), PipelineErr
 
 /// Reads a batch results file.
 pub fn read_batch_results(path: &Path) -> Result<Vec<BatchRow>, PipelineError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut rows = Vec::new();
     for (ln, line) in text.lines().enumerate().skip(1) {
         if line.trim().is_empty() {
@@ -401,11 +476,22 @@ pub fn read_batch_results(path: &Path) -> Result<Vec<BatchRow>, PipelineError> {
         }
         let f = split_csv_line(line);
         if f.len() != 6 {
-            return Err(infer_err(format!("{} line {}: expected 6 columns, got {}", path.display(), ln + 1, f.len())));
+            return Err(infer_err(format!(
+                "{} line {}: expected 6 columns, got {}",
+                path.display(),
+                ln + 1,
+                f.len()
+            )));
         }
         rows.push(BatchRow {
             wsi_name: f[0].clone(),
-            num_patches: f[1].parse().map_err(|_| infer_err(format!("{} line {}: bad num_patches", path.display(), ln + 1)))?,
+            num_patches: f[1].parse().map_err(|_| {
+                infer_err(format!(
+                    "{} line {}: bad num_patches",
+                    path.display(),
+                    ln + 1
+                ))
+            })?,
             processing_time: f[2].clone(),
             model_version: f[3].clone(),
             status: f[4].clone(),
@@ -418,23 +504,37 @@ pub fn read_batch_results(path: &Path) -> Result<Vec<BatchRow>, PipelineError> {
 /// Merges every `batch_results.shard-*.csv` in `predictions_dir` into `batch_results.csv` (rows
 /// sorted by name). A slide in two shard files is an error. Returns the rows.
 pub fn merge_results(predictions_dir: &Path) -> Result<Vec<BatchRow>, PipelineError> {
-    let rd = std::fs::read_dir(predictions_dir).map_err(|source| PipelineError::Io { path: predictions_dir.to_path_buf(), source })?;
+    let rd = std::fs::read_dir(predictions_dir).map_err(|source| PipelineError::Io {
+        path: predictions_dir.to_path_buf(),
+        source,
+    })?;
     let mut files: Vec<PathBuf> = rd
         .filter_map(|e| e.ok().map(|e| e.path()))
         .filter(|p| {
-            let n = p.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+            let n = p
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default();
             n.starts_with("batch_results.shard-") && n.ends_with(".csv")
         })
         .collect();
     files.sort();
     if files.is_empty() {
-        return Err(infer_err(format!("{}: no batch_results.shard-*.csv files", predictions_dir.display())));
+        return Err(infer_err(format!(
+            "{}: no batch_results.shard-*.csv files",
+            predictions_dir.display()
+        )));
     }
     let mut by_name: BTreeMap<String, (BatchRow, PathBuf)> = BTreeMap::new();
     for f in &files {
         for r in read_batch_results(f)? {
             if let Some((_, other)) = by_name.get(&r.wsi_name) {
-                return Err(infer_err(format!("slide {:?} is in both {} and {}", r.wsi_name, other.display(), f.display())));
+                return Err(infer_err(format!(
+                    "slide {:?} is in both {} and {}",
+                    r.wsi_name,
+                    other.display(),
+                    f.display()
+                )));
             }
             by_name.insert(r.wsi_name.clone(), (r, f.clone()));
         }
@@ -446,9 +546,15 @@ pub fn merge_results(predictions_dir: &Path) -> Result<Vec<BatchRow>, PipelineEr
 
 /// SHA-256 of a file, hex.
 pub fn sha256_file(path: &Path) -> Result<String, PipelineError> {
-    let mut f = std::fs::File::open(path).map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+    let mut f = std::fs::File::open(path).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|source| PipelineError::Io { path: path.to_path_buf(), source })?;
+    std::io::copy(&mut f, &mut h).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
     Ok(format!("{:x}", h.finalize()))
 }
 
@@ -478,12 +584,18 @@ pub fn is_complete(dir: &Path, name: &str, fingerprint: &str) -> Option<SlideMet
     if meta.run_fingerprint != fingerprint {
         return None;
     }
-    slide::expected_files(name).iter().all(|f| dir.join(f).is_file()).then_some(meta)
+    slide::expected_files(name)
+        .iter()
+        .all(|f| dir.join(f).is_file())
+        .then_some(meta)
 }
 
 /// UTC timestamp `YYYY-MM-DDTHH:MM:SSZ`.
 pub fn utc_timestamp() -> String {
-    let secs = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0) as i64;
+    let secs = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0) as i64;
     let (days, rem) = (secs.div_euclid(86_400), secs.rem_euclid(86_400));
     // Civil from days (H. Hinnant).
     let z = days + 719_468;
@@ -495,7 +607,12 @@ pub fn utc_timestamp() -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 fn post_processing_json(s: &InferSettings, min_component_size_px: usize) -> serde_json::Value {
@@ -526,12 +643,20 @@ pub fn run_with_predictor(
     model_version: &str,
 ) -> Result<InferSummary, PipelineError> {
     let settings = InferSettings::from_config(cfg)?;
-    let root = opts.output_dir.clone().unwrap_or_else(|| cfg.paths.work_dir.clone());
+    let root = opts
+        .output_dir
+        .clone()
+        .unwrap_or_else(|| cfg.paths.work_dir.clone());
     let pred_dir = root.join(OUTPUT_DIR);
-    std::fs::create_dir_all(&pred_dir).map_err(|source| PipelineError::Io { path: pred_dir.clone(), source })?;
+    std::fs::create_dir_all(&pred_dir).map_err(|source| PipelineError::Io {
+        path: pred_dir.clone(),
+        source,
+    })?;
     let all = list_jobs(cfg, opts)?;
     if all.is_empty() {
-        return Err(infer_err("no slides to run (empty input folder / list / manifest)"));
+        return Err(infer_err(
+            "no slides to run (empty input folder / list / manifest)",
+        ));
     }
     let jobs = shard_jobs(all, opts.shard);
     tracing::info!(slides = jobs.len(), shard = ?opts.shard, out = %pred_dir.display(), "inference");
@@ -540,7 +665,8 @@ pub fn run_with_predictor(
         Some(mp) => mp.add(ProgressBar::new(jobs.len() as u64)),
         None => ProgressBar::hidden(),
     };
-    if let Ok(style) = ProgressStyle::with_template("slides [{bar:30}] {pos}/{len} ETA {eta} {msg}") {
+    if let Ok(style) = ProgressStyle::with_template("slides [{bar:30}] {pos}/{len} ETA {eta} {msg}")
+    {
         overall.set_style(style.progress_chars("=> "));
     }
     let mut rows = Vec::new();
@@ -570,12 +696,22 @@ pub fn run_with_predictor(
         let tmp = pred_dir.join(format!(".{}.partial", job.name));
         let result = (|| -> Result<SlideOutput, PipelineError> {
             if tmp.exists() {
-                std::fs::remove_dir_all(&tmp).map_err(|source| PipelineError::Io { path: tmp.clone(), source })?;
+                std::fs::remove_dir_all(&tmp).map_err(|source| PipelineError::Io {
+                    path: tmp.clone(),
+                    source,
+                })?;
             }
-            std::fs::create_dir_all(&tmp).map_err(|source| PipelineError::Io { path: tmp.clone(), source })?;
+            std::fs::create_dir_all(&tmp).map_err(|source| PipelineError::Io {
+                path: tmp.clone(),
+                source,
+            })?;
             let out = slide::infer_slide(cfg, job, predictor, &settings, &tmp, multi.as_ref())?;
             let meta = SlideMetadata {
-                wsi_name: job.slide_path.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default(),
+                wsi_name: job
+                    .slide_path
+                    .file_name()
+                    .map(|f| f.to_string_lossy().into_owned())
+                    .unwrap_or_default(),
                 sample_id: job.name.clone(),
                 model_version: model_version.to_string(),
                 num_patches: out.num_patches,
@@ -595,17 +731,31 @@ pub fn run_with_predictor(
                 pbip_version: env!("CARGO_PKG_VERSION").to_string(),
                 run_fingerprint: fingerprint.clone(),
             };
-            let text = serde_json::to_string_pretty(&meta)
-                .map_err(|e| PipelineError::Json { path: tmp.join(slide::METADATA_JSON), message: e.to_string() })?;
+            let text = serde_json::to_string_pretty(&meta).map_err(|e| PipelineError::Json {
+                path: tmp.join(slide::METADATA_JSON),
+                message: e.to_string(),
+            })?;
             let mp = tmp.join(slide::METADATA_JSON);
-            let mut f = std::fs::File::create(&mp).map_err(|source| PipelineError::Io { path: mp.clone(), source })?;
+            let mut f = std::fs::File::create(&mp).map_err(|source| PipelineError::Io {
+                path: mp.clone(),
+                source,
+            })?;
             f.write_all(text.as_bytes())
                 .and_then(|_| f.sync_all())
-                .map_err(|source| PipelineError::Io { path: mp.clone(), source })?;
+                .map_err(|source| PipelineError::Io {
+                    path: mp.clone(),
+                    source,
+                })?;
             if final_dir.exists() {
-                std::fs::remove_dir_all(&final_dir).map_err(|source| PipelineError::Io { path: final_dir.clone(), source })?;
+                std::fs::remove_dir_all(&final_dir).map_err(|source| PipelineError::Io {
+                    path: final_dir.clone(),
+                    source,
+                })?;
             }
-            std::fs::rename(&tmp, &final_dir).map_err(|source| PipelineError::Io { path: final_dir.clone(), source })?;
+            std::fs::rename(&tmp, &final_dir).map_err(|source| PipelineError::Io {
+                path: final_dir.clone(),
+                source,
+            })?;
             Ok(out)
         })();
         let secs = t0.elapsed().as_secs_f64();
@@ -652,11 +802,22 @@ pub fn run_with_predictor(
     }
     let batch_results = pred_dir.join(batch_results_name(opts.shard));
     write_batch_results(&batch_results, &rows)?;
-    Ok(InferSummary { predictions_dir: pred_dir, batch_results, rows, processed, skipped, failed })
+    Ok(InferSummary {
+        predictions_dir: pred_dir,
+        batch_results,
+        rows,
+        processed,
+        skipped,
+        failed,
+    })
 }
 
 /// Loads a checkpoint and runs [`run_with_predictor`] with a [`ClassNetPredictor`].
-pub fn run(cfg: &Config, weights: &Path, opts: &InferOptions) -> Result<InferSummary, PipelineError> {
+pub fn run(
+    cfg: &Config,
+    weights: &Path,
+    opts: &InferOptions,
+) -> Result<InferSummary, PipelineError> {
     let device = crate::encoder::compute_device(cfg)?;
     let (model, _ncfg, meta) = pbip_model::ClassNet::load_safetensors(weights, &device)
         .map_err(|e| infer_err(format!("{}: {e}", weights.display())))?;
@@ -672,12 +833,19 @@ pub fn run(cfg: &Config, weights: &Path, opts: &InferOptions) -> Result<InferSum
         && let Ok(v) = serde_json::from_str::<Vec<String>>(co)
         && v != cfg.class_order
     {
-        return Err(infer_err(format!("{}: checkpoint class_order {v:?} differs from the config's {:?}", weights.display(), cfg.class_order)));
+        return Err(infer_err(format!(
+            "{}: checkpoint class_order {v:?} differs from the config's {:?}",
+            weights.display(),
+            cfg.class_order
+        )));
     }
     let gate_threshold = match predictor::gate_threshold_from_metadata(&meta) {
         Some(t) => t,
         None => {
-            tracing::warn!("{}: no gate_threshold in the checkpoint metadata; using 0.5", weights.display());
+            tracing::warn!(
+                "{}: no gate_threshold in the checkpoint metadata; using 0.5",
+                weights.display()
+            );
             0.5
         }
     };
@@ -688,9 +856,17 @@ pub fn run(cfg: &Config, weights: &Path, opts: &InferOptions) -> Result<InferSum
     };
     let normalization = pbip_data::Normalization::from_slices(&norm.mean, &norm.std, order)
         .map_err(|e| infer_err(format!("training.normalize: {e}")))?;
-    let fuse: [f64; 4] = cfg.evaluation.fuse_weights.as_slice().try_into().map_err(|_| {
-        infer_err(format!("evaluation.fuse_weights needs 4 values, got {}", cfg.evaluation.fuse_weights.len()))
-    })?;
+    let fuse: [f64; 4] = cfg
+        .evaluation
+        .fuse_weights
+        .as_slice()
+        .try_into()
+        .map_err(|_| {
+            infer_err(format!(
+                "evaluation.fuse_weights needs 4 values, got {}",
+                cfg.evaluation.fuse_weights.len()
+            ))
+        })?;
     let eval = pbip_model::EvalConfig {
         fuse,
         tta: cfg.inference.use_tta,
@@ -700,6 +876,13 @@ pub fn run(cfg: &Config, weights: &Path, opts: &InferOptions) -> Result<InferSum
     let identity = format!("sha256:{}; gate {gate_threshold}", sha256_file(weights)?);
     let version = predictor::model_version(weights, &meta);
     tracing::info!(weights = %weights.display(), version, gate_threshold, "model loaded");
-    let mut p = ClassNetPredictor::new(model, device, pbip_data::Preprocess::MeanStd(normalization), eval, gate_threshold, 1);
+    let mut p = ClassNetPredictor::new(
+        model,
+        device,
+        pbip_data::Preprocess::MeanStd(normalization),
+        eval,
+        gate_threshold,
+        1,
+    );
     run_with_predictor(cfg, opts, &mut p, &identity, &version)
 }

@@ -12,7 +12,12 @@ use pbip_pipeline::stage4_evaluate::{self as s4, EvaluateOptions};
 
 fn setup(dir: &Path) -> Config {
     let data = dir.join("data");
-    let opts = pbip_synth::SynthOptions { num_slides: 6, size_px: 1024, seed: 3, ..pbip_synth::SynthOptions::new(&data) };
+    let opts = pbip_synth::SynthOptions {
+        num_slides: 6,
+        size_px: 1024,
+        seed: 3,
+        ..pbip_synth::SynthOptions::new(&data)
+    };
     pbip_synth::generate(&opts).unwrap();
     let o = vec![
         format!("paths.work_dir={}", dir.join("work").display()),
@@ -37,17 +42,32 @@ fn checkpoint(cfg: &Config, path: &Path, threshold: f64) {
     let model = ClassNet::init(&ccfg, &protos, 7, &device).unwrap();
     let mut meta = BTreeMap::new();
     meta.insert("gate_threshold".to_string(), threshold.to_string());
-    meta.insert("class_order".to_string(), serde_json::to_string(&cfg.class_order).unwrap());
+    meta.insert(
+        "class_order".to_string(),
+        serde_json::to_string(&cfg.class_order).unwrap(),
+    );
     model.save_safetensors(path, &ccfg, &meta).unwrap();
 }
 
 fn read_cm(path: &Path) -> (Vec<String>, Vec<Vec<u64>>) {
     let text = std::fs::read_to_string(path).unwrap();
     let mut lines = text.lines();
-    let header: Vec<String> = lines.next().unwrap().split(',').skip(1).map(str::to_string).collect();
+    let header: Vec<String> = lines
+        .next()
+        .unwrap()
+        .split(',')
+        .skip(1)
+        .map(str::to_string)
+        .collect();
     let rows = lines
         .filter(|l| !l.trim().is_empty())
-        .map(|l| l.split(',').skip(1).take(header.len()).map(|v| v.trim().parse::<u64>().unwrap()).collect())
+        .map(|l| {
+            l.split(',')
+                .skip(1)
+                .take(header.len())
+                .map(|v| v.trim().parse::<u64>().unwrap())
+                .collect()
+        })
         .collect();
     (header, rows)
 }
@@ -59,14 +79,30 @@ fn evaluate_writes_every_output_and_metrics_match_the_confusion_matrix() {
     let ckpt = d.path().join("ckpt.safetensors");
     checkpoint(&cfg, &ckpt, 0.5);
     let out_dir = d.path().join("results");
-    let eo = EvaluateOptions { weights: ckpt.clone(), split: Split::Test, output_dir: Some(out_dir.clone()) };
+    let eo = EvaluateOptions {
+        weights: ckpt.clone(),
+        split: Split::Test,
+        output_dir: Some(out_dir.clone()),
+    };
     let outcome = s4::run(&cfg, &eo, &RunOptions::default()).unwrap();
-    assert!(outcome.failed_slides.is_empty(), "{:?}", outcome.failed_slides);
+    assert!(
+        outcome.failed_slides.is_empty(),
+        "{:?}",
+        outcome.failed_slides
+    );
 
-    for f in ["metrics.json", "confusion_matrix.csv", "per_slide.csv", "evaluation_report.txt", "report.html"] {
+    for f in [
+        "metrics.json",
+        "confusion_matrix.csv",
+        "per_slide.csv",
+        "evaluation_report.txt",
+        "report.html",
+    ] {
         assert!(out_dir.join(f).is_file(), "{f} missing");
     }
-    let m: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap()).unwrap();
+    let m: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
+            .unwrap();
     for key in ["deployable", "label_masked", "leak_reference"] {
         let miou = &m[key]["miou"];
         assert!(miou.is_number() || miou.is_null(), "{key}: {miou}");
@@ -74,7 +110,12 @@ fn evaluate_writes_every_output_and_metrics_match_the_confusion_matrix() {
             assert!(m[key][k].is_object(), "{key}.{k}");
         }
     }
-    assert!(m["deployable"]["slide_classification"]["slides"].as_u64().unwrap() >= 1);
+    assert!(
+        m["deployable"]["slide_classification"]["slides"]
+            .as_u64()
+            .unwrap()
+            >= 1
+    );
 
     // Recompute per-class IoU from the CSV (rows GT, columns predicted).
     let (header, cm) = read_cm(&out_dir.join("confusion_matrix.csv"));
@@ -103,21 +144,42 @@ fn evaluate_writes_every_output_and_metrics_match_the_confusion_matrix() {
     assert!((m["deployable"]["miou"].as_f64().unwrap() - miou).abs() < 1e-9);
 
     // Samples: input, GT and prediction PNGs for best and worst.
-    let samples: Vec<_> = std::fs::read_dir(out_dir.join("prediction_samples")).unwrap().flatten().collect();
-    assert!(samples.len() >= 6 && samples.len() % 3 == 0, "{} sample files", samples.len());
+    let samples: Vec<_> = std::fs::read_dir(out_dir.join("prediction_samples"))
+        .unwrap()
+        .flatten()
+        .collect();
+    assert!(
+        samples.len() >= 6 && samples.len() % 3 == 0,
+        "{} sample files",
+        samples.len()
+    );
     let html = std::fs::read_to_string(out_dir.join("report.html")).unwrap();
     assert!(html.contains("data:image/png;base64,") && html.contains("Deployable"));
 
     // The leak reference needs no model: its confusion matrix is the label class everywhere,
     // so its predicted columns are exactly the GT pixel counts of the slides' label classes.
     let leak_cm = &m["leak_reference"]["confusion_matrix"];
-    let leak_total: u64 = leak_cm.as_array().unwrap().iter().flat_map(|r| r.as_array().unwrap()).map(|v| v.as_u64().unwrap()).sum();
-    assert_eq!(leak_total, total, "all three protocols score the same pixels");
+    let leak_total: u64 = leak_cm
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|r| r.as_array().unwrap())
+        .map(|v| v.as_u64().unwrap())
+        .sum();
+    assert_eq!(
+        leak_total, total,
+        "all three protocols score the same pixels"
+    );
 
     // Render in headless Chromium: the screenshot must not be blank.
     let shot = d.path().join("shot.png");
     let status = std::process::Command::new("chromium")
-        .args(["--headless", "--no-sandbox", "--disable-gpu", "--window-size=1200,1600"])
+        .args([
+            "--headless",
+            "--no-sandbox",
+            "--disable-gpu",
+            "--window-size=1200,1600",
+        ])
         .arg(format!("--screenshot={}", shot.display()))
         .arg(format!("file://{}", out_dir.join("report.html").display()))
         .status()
@@ -129,8 +191,14 @@ fn evaluate_writes_every_output_and_metrics_match_the_confusion_matrix() {
     let info = reader.next_frame(&mut buf).unwrap();
     let px = &buf[..info.buffer_size()];
     let first = &px[..3];
-    let differing = px.chunks(info.color_type.samples()).filter(|p| &p[..3] != first).count();
-    assert!(differing > px.len() / info.color_type.samples() / 50, "screenshot is (nearly) blank");
+    let differing = px
+        .chunks(info.color_type.samples())
+        .filter(|p| &p[..3] != first)
+        .count();
+    assert!(
+        differing > px.len() / info.color_type.samples() / 50,
+        "screenshot is (nearly) blank"
+    );
     if let Ok(keep) = std::env::var("PBIP_KEEP_REPORT_SCREENSHOT") {
         std::fs::copy(&shot, keep).unwrap();
     }
@@ -145,13 +213,21 @@ fn bad_inputs_are_clear_errors_or_recorded_per_slide() {
     // A checkpoint for other k_list: a clear error.
     let mut other = cfg.clone();
     other.prototypes.k_list = vec![2, 3];
-    let eo = EvaluateOptions { weights: ckpt.clone(), split: Split::Test, output_dir: Some(d.path().join("r0")) };
-    let e = s4::run(&other, &eo, &RunOptions::default()).unwrap_err().to_string();
+    let eo = EvaluateOptions {
+        weights: ckpt.clone(),
+        split: Split::Test,
+        output_dir: Some(d.path().join("r0")),
+    };
+    let e = s4::run(&other, &eo, &RunOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("k_list"), "{e}");
     // A checkpoint with another class_order: a clear error.
     let mut renamed = cfg.clone();
     renamed.class_order = vec!["normal".into(), "tumor".into()];
-    let e = s4::run(&renamed, &eo, &RunOptions::default()).unwrap_err().to_string();
+    let e = s4::run(&renamed, &eo, &RunOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(e.contains("class_order"), "{e}");
 
     // A GT mask of the wrong size for one test slide: that slide fails, the others are reported.
@@ -162,12 +238,27 @@ fn bad_inputs_are_clear_errors_or_recorded_per_slide() {
     let mut enc = png::Encoder::new(std::io::BufWriter::new(f), 10, 10);
     enc.set_color(png::ColorType::Grayscale);
     enc.set_depth(png::BitDepth::Eight);
-    enc.write_header().unwrap().write_image_data(&[0u8; 100]).unwrap();
-    let eo = EvaluateOptions { weights: ckpt, split: Split::Test, output_dir: Some(d.path().join("r1")) };
+    enc.write_header()
+        .unwrap()
+        .write_image_data(&[0u8; 100])
+        .unwrap();
+    let eo = EvaluateOptions {
+        weights: ckpt,
+        split: Split::Test,
+        output_dir: Some(d.path().join("r1")),
+    };
     let outcome = s4::run(&cfg, &eo, &RunOptions::default()).unwrap();
-    assert_eq!(outcome.failed_slides.len(), 1, "{:?}", outcome.failed_slides);
+    assert_eq!(
+        outcome.failed_slides.len(),
+        1,
+        "{:?}",
+        outcome.failed_slides
+    );
     let csv = std::fs::read_to_string(d.path().join("r1/per_slide.csv")).unwrap();
     let row = csv.lines().find(|l| l.starts_with(&test[0].name)).unwrap();
-    assert!(row.contains("failed") && row.contains(victim.file_name().unwrap().to_str().unwrap()), "{row}");
+    assert!(
+        row.contains("failed") && row.contains(victim.file_name().unwrap().to_str().unwrap()),
+        "{row}"
+    );
     assert_eq!(csv.lines().count(), 1 + test.len());
 }

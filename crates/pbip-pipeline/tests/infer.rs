@@ -8,9 +8,12 @@ use std::sync::OnceLock;
 
 use pbip_config::Config;
 use pbip_pipeline::PipelineError;
-use pbip_pipeline::stage5_infer::slide::{self as s5, InferSettings, Placement, labels_from_maps, predict_and_stitch};
+use pbip_pipeline::stage5_infer::slide::{
+    self as s5, InferSettings, Placement, labels_from_maps, predict_and_stitch,
+};
 use pbip_pipeline::stage5_infer::{
-    self as infer, InferOptions, PatchMaps, PatchPredictor, PatchRef, SlideSource, merge_results, run_with_predictor,
+    self as infer, InferOptions, PatchMaps, PatchPredictor, PatchRef, SlideSource, merge_results,
+    run_with_predictor,
 };
 use pbip_post::stitch::{PatchFootprint, Weighting};
 use pbip_slide::{OpenOptions, Origin, PatchGeometry, Slide};
@@ -27,9 +30,18 @@ fn synth() -> &'static Synth {
     S.get_or_init(|| {
         let dir = tempfile::tempdir().expect("tempdir");
         let root = dir.path().join("data");
-        let opts = pbip_synth::SynthOptions { num_slides: 4, size_px: 1024, seed: 3, ..pbip_synth::SynthOptions::new(&root) };
+        let opts = pbip_synth::SynthOptions {
+            num_slides: 4,
+            size_px: 1024,
+            seed: 3,
+            ..pbip_synth::SynthOptions::new(&root)
+        };
         let summary = pbip_synth::generate(&opts).expect("synth");
-        Synth { _dir: dir, root, summary }
+        Synth {
+            _dir: dir,
+            root,
+            summary,
+        }
     })
 }
 
@@ -46,7 +58,9 @@ fn config(extra: &[&str]) -> Config {
 
 /// Reads an 8-bit PNG (gray or indexed) as raw values.
 fn read_png_u8(path: &Path) -> (usize, usize, Vec<u8>) {
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(path).expect("open png")));
+    let dec = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(path).expect("open png"),
+    ));
     let mut r = dec.read_info().expect("png info");
     let mut buf = vec![0u8; r.output_buffer_size().expect("size")];
     let fi = r.next_frame(&mut buf).expect("frame");
@@ -57,7 +71,14 @@ fn read_png_u8(path: &Path) -> (usize, usize, Vec<u8>) {
 /// GT masks of the synthetic slides (level-0 u8, 255 = background).
 fn gt_masks() -> &'static BTreeMap<String, (usize, usize, Vec<u8>)> {
     static M: OnceLock<BTreeMap<String, (usize, usize, Vec<u8>)>> = OnceLock::new();
-    M.get_or_init(|| synth().summary.slides.iter().map(|s| (s.name.clone(), read_png_u8(&s.mask_path))).collect())
+    M.get_or_init(|| {
+        synth()
+            .summary
+            .slides
+            .iter()
+            .map(|s| (s.name.clone(), read_png_u8(&s.mask_path)))
+            .collect()
+    })
 }
 
 /// "Model" that outputs the GT at each map pixel centre: tumour 0.9/benign 0.1 on tumour, the
@@ -77,7 +98,10 @@ impl PatchPredictor for GtPredictor {
         let mut data = Vec::with_capacity(patches.len() * 2 * m * m);
         for p in patches {
             if self.fail_on_slide.as_deref() == Some(p.slide_name) {
-                return Err(PipelineError::Data { stage: "test", message: "simulated crash".into() });
+                return Err(PipelineError::Data {
+                    stage: "test",
+                    message: "simulated crash".into(),
+                });
             }
             let (w, h, gt) = &gt_masks()[p.slide_name];
             let step = p.size_lv0_px / m as f64;
@@ -97,7 +121,13 @@ impl PatchPredictor for GtPredictor {
             data.extend(t.iter().map(|v| if *v == 0.4 { 0.5 } else { 1.0 - v }));
             data.extend(t);
         }
-        Ok(PatchMaps { batch: patches.len(), num_classes: 2, height_px: m, width_px: m, data })
+        Ok(PatchMaps {
+            batch: patches.len(),
+            num_classes: 2,
+            height_px: m,
+            width_px: m,
+            data,
+        })
     }
 }
 
@@ -125,12 +155,22 @@ impl PatchPredictor for FnPredictor {
             for k in 0..2 {
                 for v in 0..m {
                     for u in 0..m {
-                        data.push(known(k, p.x_lv0 as f64 + (u as f64 + 0.5) * step, p.y_lv0 as f64 + (v as f64 + 0.5) * step));
+                        data.push(known(
+                            k,
+                            p.x_lv0 as f64 + (u as f64 + 0.5) * step,
+                            p.y_lv0 as f64 + (v as f64 + 0.5) * step,
+                        ));
                     }
                 }
             }
         }
-        Ok(PatchMaps { batch: patches.len(), num_classes: 2, height_px: m, width_px: m, data })
+        Ok(PatchMaps {
+            batch: patches.len(),
+            num_classes: 2,
+            height_px: m,
+            width_px: m,
+            data,
+        })
     }
 }
 
@@ -144,11 +184,25 @@ fn grid(w: u64, h: u64, size: u32, stride: usize) -> Placement {
     let mut geometry = Vec::new();
     for y in (0..h as i64).step_by(stride) {
         for x in (0..w as i64).step_by(stride) {
-            footprints.push(PatchFootprint { x_lv0: x, y_lv0: y, size_lv0_px: f64::from(size) });
-            geometry.push(PatchGeometry { level: 0, read_size_px: size, out_size_px: 32, origin: Origin::TopLeft });
+            footprints.push(PatchFootprint {
+                x_lv0: x,
+                y_lv0: y,
+                size_lv0_px: f64::from(size),
+            });
+            geometry.push(PatchGeometry {
+                level: 0,
+                read_size_px: size,
+                out_size_px: 32,
+                origin: Origin::TopLeft,
+            });
         }
     }
-    Placement { footprints, geometry, source: "test".into(), tiling: None }
+    Placement {
+        footprints,
+        geometry,
+        source: "test".into(),
+        tiling: None,
+    }
 }
 
 fn settings(cfg: &Config, weighting: Weighting, block: usize) -> InferSettings {
@@ -172,21 +226,41 @@ fn stitched_known_function_both_weightings_no_seams() {
         for weighting in [Weighting::Mean, Weighting::Gaussian { sigma_rel: 0.125 }] {
             let s = settings(&cfg, weighting, 37);
             let placement = grid(w, h, 256, 128);
-            let st = predict_and_stitch(&slide, &sl.name, &placement, &mut FnPredictor { map_px }, &s, &indicatif::ProgressBar::hidden())
-                .expect("stitch");
-            assert_eq!((st.width_px, st.height_px), ((w as f64 / ds).ceil() as usize, (h as f64 / ds).ceil() as usize));
+            let st = predict_and_stitch(
+                &slide,
+                &sl.name,
+                &placement,
+                &mut FnPredictor { map_px },
+                &s,
+                &indicatif::ProgressBar::hidden(),
+            )
+            .expect("stitch");
+            assert_eq!(
+                (st.width_px, st.height_px),
+                (
+                    (w as f64 / ds).ceil() as usize,
+                    (h as f64 / ds).ceil() as usize
+                )
+            );
             let n = st.width_px * st.height_px;
             let mut max_err = 0f32;
             for k in 0..2 {
                 for j in 0..st.height_px {
                     for i in 0..st.width_px {
-                        assert!(st.weight[j * st.width_px + i] > 0.0, "pixel ({i},{j}) has no data");
+                        assert!(
+                            st.weight[j * st.width_px + i] > 0.0,
+                            "pixel ({i},{j}) has no data"
+                        );
                         let want = known(k, (i as f64 + 0.5) * ds, (j as f64 + 0.5) * ds);
-                        max_err = max_err.max((st.confidence[k * n + j * st.width_px + i] - want).abs());
+                        max_err =
+                            max_err.max((st.confidence[k * n + j * st.width_px + i] - want).abs());
                     }
                 }
             }
-            assert!(max_err <= tol, "map {map_px} {weighting:?}: max error {max_err} > {tol}");
+            assert!(
+                max_err <= tol,
+                "map {map_px} {weighting:?}: max error {max_err} > {tol}"
+            );
         }
     }
 }
@@ -196,25 +270,52 @@ fn blockwise_equals_single_block() {
     let sl = &synth().summary.slides[1];
     let slide = open(&sl.slide_path);
     let (w, h) = slide.dimensions();
-    for extra in [&["inference.use_crf=false"][..], &["inference.use_crf=true", "inference.crf.sxy_bilateral=10"][..]] {
+    for extra in [
+        &["inference.use_crf=false"][..],
+        &["inference.use_crf=true", "inference.crf.sxy_bilateral=10"][..],
+    ] {
         let cfg = config(extra);
         let placement = grid(w, h, 224, 112);
         let mut results = Vec::new();
         for (block, crf_block) in [(4096usize, 4096usize), (13, 40)] {
             let mut s = settings(&cfg, Weighting::Gaussian { sigma_rel: 0.125 }, block);
             s.crf_block_px = crf_block;
-            let st = predict_and_stitch(&slide, &sl.name, &placement, &mut GtPredictor { calls: 0, fail_on_slide: None }, &s, &indicatif::ProgressBar::hidden())
-                .expect("stitch");
+            let st = predict_and_stitch(
+                &slide,
+                &sl.name,
+                &placement,
+                &mut GtPredictor {
+                    calls: 0,
+                    fail_on_slide: None,
+                },
+                &s,
+                &indicatif::ProgressBar::hidden(),
+            )
+            .expect("stitch");
             let labels = labels_from_maps(&slide, &st, &s, 20).expect("labels");
             results.push((st, labels));
         }
-        assert_eq!(results[0].0, results[1].0, "stitched maps differ between block sizes");
+        assert_eq!(
+            results[0].0, results[1].0,
+            "stitched maps differ between block sizes"
+        );
         if extra.len() == 1 {
-            assert_eq!(results[0].1, results[1].1, "masks differ with and without block-wise processing");
+            assert_eq!(
+                results[0].1, results[1].1,
+                "masks differ with and without block-wise processing"
+            );
         } else {
             // CRF tiles with halos: nearly identical (halo = 3 sxy).
-            let diff = results[0].1.iter().zip(&results[1].1).filter(|(a, b)| a != b).count();
-            assert!(diff as f64 <= 0.002 * results[0].1.len() as f64, "{diff} CRF labels differ");
+            let diff = results[0]
+                .1
+                .iter()
+                .zip(&results[1].1)
+                .filter(|(a, b)| a != b)
+                .count();
+            assert!(
+                diff as f64 <= 0.002 * results[0].1.len() as f64,
+                "{diff} CRF labels differ"
+            );
         }
     }
 }
@@ -239,10 +340,15 @@ fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
             if p.is_dir() {
                 stack.push(p);
             } else {
-                let rel = p.strip_prefix(dir).expect("prefix").to_string_lossy().into_owned();
+                let rel = p
+                    .strip_prefix(dir)
+                    .expect("prefix")
+                    .to_string_lossy()
+                    .into_owned();
                 let mut bytes = std::fs::read(&p).expect("read");
                 if rel.ends_with("metadata.json") {
-                    let mut v: serde_json::Value = serde_json::from_slice(&bytes).expect("metadata json");
+                    let mut v: serde_json::Value =
+                        serde_json::from_slice(&bytes).expect("metadata json");
                     v["timestamp"] = serde_json::Value::Null;
                     v["processing_time_sec"] = serde_json::Value::Null;
                     bytes = v.to_string().into_bytes();
@@ -281,18 +387,35 @@ fn rings_of(geom: &serde_json::Value) -> Vec<Vec<(f64, f64)>> {
     };
     let polys: Vec<&serde_json::Value> = match geom["type"].as_str() {
         Some("Polygon") => vec![&geom["coordinates"]],
-        Some("MultiPolygon") => geom["coordinates"].as_array().expect("multi").iter().collect(),
+        Some("MultiPolygon") => geom["coordinates"]
+            .as_array()
+            .expect("multi")
+            .iter()
+            .collect(),
         other => panic!("unexpected geometry {other:?}"),
     };
-    polys.iter().flat_map(|p| p.as_array().expect("poly").iter().map(ring)).collect()
+    polys
+        .iter()
+        .flat_map(|p| p.as_array().expect("poly").iter().map(ring))
+        .collect()
 }
 
 #[test]
 fn end_to_end_outputs_readback_and_accuracy() {
     let out = tempfile::tempdir().expect("tmp");
     let cfg = config(&["inference.use_crf=true"]);
-    let mut p = GtPredictor { calls: 0, fail_on_slide: None };
-    let sum = run_with_predictor(&cfg, &opts(out.path(), None), &mut p, "gt-predictor", "test").expect("run");
+    let mut p = GtPredictor {
+        calls: 0,
+        fail_on_slide: None,
+    };
+    let sum = run_with_predictor(
+        &cfg,
+        &opts(out.path(), None),
+        &mut p,
+        "gt-predictor",
+        "test",
+    )
+    .expect("run");
     assert_eq!(sum.failed, 0);
     assert_eq!(sum.processed, 4);
     let rows = infer::read_batch_results(&sum.batch_results).expect("batch results");
@@ -304,19 +427,28 @@ fn end_to_end_outputs_readback_and_accuracy() {
         // mask.tiff through the slide reader equals the PNG.
         let t = open(&dir.join(s5::MASK_TIFF));
         assert_eq!(t.dimensions(), (mw as u64, mh as u64));
-        let img = t.read_region(0, 0, 0, mw as u32, mh as u32).expect("read tiff");
+        let img = t
+            .read_region(0, 0, 0, mw as u32, mh as u32)
+            .expect("read tiff");
         for i in 0..mw * mh {
             assert_eq!(img.data[3 * i], mask[i], "mask.tiff differs at {i}");
         }
         let mpp = t.mpp().expect("mask.tiff mpp").0;
         assert!((mpp - 0.5 * ds).abs() < 1e-3, "mask.tiff mpp {mpp}");
         // GeoJSON rasterises back to the mask.
-        let gj: serde_json::Value =
-            serde_json::from_slice(&std::fs::read(dir.join(format!("{}.geojson", sl.name))).expect("geojson")).expect("parse");
+        let gj: serde_json::Value = serde_json::from_slice(
+            &std::fs::read(dir.join(format!("{}.geojson", sl.name))).expect("geojson"),
+        )
+        .expect("parse");
         assert_eq!(gj["type"], "FeatureCollection");
         for f in gj["features"].as_array().expect("features") {
-            let name = f["properties"]["classification"]["name"].as_str().expect("name");
-            let k = ["benign", "tumor"].iter().position(|c| *c == name).expect("class") as u8;
+            let name = f["properties"]["classification"]["name"]
+                .as_str()
+                .expect("name");
+            let k = ["benign", "tumor"]
+                .iter()
+                .position(|c| *c == name)
+                .expect("class") as u8;
             let rings = rings_of(&f["geometry"]);
             let (mut inter, mut uni) = (0usize, 0usize);
             for j in 0..mh {
@@ -327,14 +459,21 @@ fn end_to_end_outputs_readback_and_accuracy() {
                     uni += usize::from(a || b);
                 }
             }
-            assert!(uni == 0 || inter as f64 / uni as f64 >= 0.99, "{} class {k}: IoU {}", sl.name, inter as f64 / uni as f64);
+            assert!(
+                uni == 0 || inter as f64 / uni as f64 >= 0.99,
+                "{} class {k}: IoU {}",
+                sl.name,
+                inter as f64 / uni as f64
+            );
         }
         // Tumour IoU against the GT at the output level (nearest GT sample at pixel centres).
         let (gw, _, gt) = &gt_masks()[&sl.name];
         let (mut inter, mut uni, mut gt_t) = (0usize, 0usize, 0usize);
         for j in 0..mh {
             for i in 0..mw {
-                let g = gt[((j as f64 + 0.5) * ds) as usize * gw + ((i as f64 + 0.5) * ds) as usize] == 1;
+                let g = gt
+                    [((j as f64 + 0.5) * ds) as usize * gw + ((i as f64 + 0.5) * ds) as usize]
+                    == 1;
                 let m = mask[j * mw + i] == 1;
                 inter += usize::from(g && m);
                 uni += usize::from(g || m);
@@ -343,12 +482,28 @@ fn end_to_end_outputs_readback_and_accuracy() {
         }
         if sl.label == 1 {
             assert!(gt_t > 0);
-            assert!(inter as f64 / uni as f64 > 0.8, "{}: tumour IoU {}", sl.name, inter as f64 / uni as f64);
+            assert!(
+                inter as f64 / uni as f64 > 0.8,
+                "{}: tumour IoU {}",
+                sl.name,
+                inter as f64 / uni as f64
+            );
         } else {
             assert_eq!(uni, 0, "{}: benign slide has tumour pixels", sl.name);
         }
-        let meta: serde_json::Value = serde_json::from_slice(&std::fs::read(dir.join(s5::METADATA_JSON)).expect("meta")).expect("json");
-        for key in ["wsi_name", "model_version", "num_patches", "processing_time_sec", "class_order", "post_processing", "timestamp", "mpp"] {
+        let meta: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(dir.join(s5::METADATA_JSON)).expect("meta"))
+                .expect("json");
+        for key in [
+            "wsi_name",
+            "model_version",
+            "num_patches",
+            "processing_time_sec",
+            "class_order",
+            "post_processing",
+            "timestamp",
+            "mpp",
+        ] {
             assert!(!meta[key].is_null(), "metadata lacks {key}");
         }
         assert_eq!(meta["coordinate_source"], "tiled");
@@ -358,7 +513,14 @@ fn end_to_end_outputs_readback_and_accuracy() {
     }
     // A rerun skips everything.
     let calls = p.calls;
-    let again = run_with_predictor(&cfg, &opts(out.path(), None), &mut p, "gt-predictor", "test").expect("rerun");
+    let again = run_with_predictor(
+        &cfg,
+        &opts(out.path(), None),
+        &mut p,
+        "gt-predictor",
+        "test",
+    )
+    .expect("rerun");
     assert_eq!((again.skipped, again.processed), (4, 0));
     assert_eq!(p.calls, calls, "a rerun must not predict complete slides");
 }
@@ -367,38 +529,95 @@ fn end_to_end_outputs_readback_and_accuracy() {
 fn resume_after_interrupted_run_gives_identical_outputs() {
     let cfg = config(&[]);
     let full = tempfile::tempdir().expect("tmp");
-    run_with_predictor(&cfg, &opts(full.path(), None), &mut GtPredictor { calls: 0, fail_on_slide: None }, "m", "v").expect("full");
+    run_with_predictor(
+        &cfg,
+        &opts(full.path(), None),
+        &mut GtPredictor {
+            calls: 0,
+            fail_on_slide: None,
+        },
+        "m",
+        "v",
+    )
+    .expect("full");
     let part = tempfile::tempdir().expect("tmp");
-    let names: Vec<String> = synth().summary.slides.iter().map(|s| s.name.clone()).collect();
+    let names: Vec<String> = synth()
+        .summary
+        .slides
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
     // First run dies on slide 2 (recorded, others go on), and a killed earlier run left a
     // half-written temporary folder and an incomplete output folder behind.
     let failed = run_with_predictor(
         &cfg,
         &opts(part.path(), None),
-        &mut GtPredictor { calls: 0, fail_on_slide: Some(names[2].clone()) },
+        &mut GtPredictor {
+            calls: 0,
+            fail_on_slide: Some(names[2].clone()),
+        },
         "m",
         "v",
     )
     .expect("run");
     assert_eq!(failed.failed, 1);
-    let row = failed.rows.iter().find(|r| r.wsi_name == names[2]).expect("row");
+    let row = failed
+        .rows
+        .iter()
+        .find(|r| r.wsi_name == names[2])
+        .expect("row");
     assert_eq!(row.status, "failed");
     assert!(row.error.contains("simulated crash"));
     let pred = part.path().join("predictions");
     std::fs::create_dir_all(pred.join(format!(".{}.partial", names[3]))).expect("mk");
-    std::fs::write(pred.join(format!(".{}.partial", names[3])).join("junk"), b"x").expect("w");
+    std::fs::write(
+        pred.join(format!(".{}.partial", names[3])).join("junk"),
+        b"x",
+    )
+    .expect("w");
     std::fs::remove_file(pred.join(&names[3]).join(s5::METADATA_JSON)).expect("rm");
     std::fs::write(pred.join(&names[3]).join(s5::MASK_PNG), b"truncated").expect("w");
-    let keep = std::fs::metadata(pred.join(&names[0]).join(s5::MASK_PNG)).expect("m").modified().expect("mtime");
-    let resumed = run_with_predictor(&cfg, &opts(part.path(), None), &mut GtPredictor { calls: 0, fail_on_slide: None }, "m", "v")
-        .expect("resume");
-    assert_eq!((resumed.failed, resumed.skipped, resumed.processed), (0, 2, 2));
-    let again = std::fs::metadata(pred.join(&names[0]).join(s5::MASK_PNG)).expect("m").modified().expect("mtime");
+    let keep = std::fs::metadata(pred.join(&names[0]).join(s5::MASK_PNG))
+        .expect("m")
+        .modified()
+        .expect("mtime");
+    let resumed = run_with_predictor(
+        &cfg,
+        &opts(part.path(), None),
+        &mut GtPredictor {
+            calls: 0,
+            fail_on_slide: None,
+        },
+        "m",
+        "v",
+    )
+    .expect("resume");
+    assert_eq!(
+        (resumed.failed, resumed.skipped, resumed.processed),
+        (0, 2, 2)
+    );
+    let again = std::fs::metadata(pred.join(&names[0]).join(s5::MASK_PNG))
+        .expect("m")
+        .modified()
+        .expect("mtime");
     assert_eq!(keep, again, "complete slide was rewritten");
-    assert_eq!(files_of(&full.path().join("predictions")), files_of(&pred), "resumed outputs differ from an uninterrupted run");
+    assert_eq!(
+        files_of(&full.path().join("predictions")),
+        files_of(&pred),
+        "resumed outputs differ from an uninterrupted run"
+    );
     // Another model identity redoes everything.
-    let other = run_with_predictor(&cfg, &opts(part.path(), None), &mut GtPredictor { calls: 0, fail_on_slide: None }, "m2", "v")
-        .expect("other");
+    let other = run_with_predictor(
+        &cfg,
+        &opts(part.path(), None),
+        &mut GtPredictor {
+            calls: 0,
+            fail_on_slide: None,
+        },
+        "m2",
+        "v",
+    )
+    .expect("other");
     assert_eq!(other.processed, 4);
 }
 
@@ -406,13 +625,35 @@ fn resume_after_interrupted_run_gives_identical_outputs() {
 fn shards_are_disjoint_and_their_union_is_the_full_run() {
     let cfg = config(&["inference.post_processing.edge_refinement=false"]);
     let full = tempfile::tempdir().expect("tmp");
-    run_with_predictor(&cfg, &opts(full.path(), None), &mut GtPredictor { calls: 0, fail_on_slide: None }, "m", "v").expect("full");
+    run_with_predictor(
+        &cfg,
+        &opts(full.path(), None),
+        &mut GtPredictor {
+            calls: 0,
+            fail_on_slide: None,
+        },
+        "m",
+        "v",
+    )
+    .expect("full");
     let sh = tempfile::tempdir().expect("tmp");
     let mut seen = Vec::new();
     for i in 0..3 {
-        let s = run_with_predictor(&cfg, &opts(sh.path(), Some((i, 3))), &mut GtPredictor { calls: 0, fail_on_slide: None }, "m", "v")
-            .expect("shard");
-        assert!(s.batch_results.ends_with(format!("batch_results.shard-{i:04}-of-0003.csv")));
+        let s = run_with_predictor(
+            &cfg,
+            &opts(sh.path(), Some((i, 3))),
+            &mut GtPredictor {
+                calls: 0,
+                fail_on_slide: None,
+            },
+            "m",
+            "v",
+        )
+        .expect("shard");
+        assert!(
+            s.batch_results
+                .ends_with(format!("batch_results.shard-{i:04}-of-0003.csv"))
+        );
         seen.extend(s.rows.iter().map(|r| r.wsi_name.clone()));
     }
     let mut sorted = seen.clone();
@@ -420,11 +661,28 @@ fn shards_are_disjoint_and_their_union_is_the_full_run() {
     sorted.dedup();
     assert_eq!(sorted.len(), seen.len(), "a slide ran in two shards");
     let merged = merge_results(&sh.path().join("predictions")).expect("merge");
-    let all: Vec<String> = synth().summary.slides.iter().map(|s| s.name.clone()).collect();
-    assert_eq!(merged.iter().map(|r| r.wsi_name.clone()).collect::<Vec<_>>(), all);
-    assert_eq!(files_of(&full.path().join("predictions")), files_of(&sh.path().join("predictions")));
+    let all: Vec<String> = synth()
+        .summary
+        .slides
+        .iter()
+        .map(|s| s.name.clone())
+        .collect();
+    assert_eq!(
+        merged
+            .iter()
+            .map(|r| r.wsi_name.clone())
+            .collect::<Vec<_>>(),
+        all
+    );
+    assert_eq!(
+        files_of(&full.path().join("predictions")),
+        files_of(&sh.path().join("predictions"))
+    );
     assert!(infer::shard_from_env(Some(3), Some(3)).is_err());
-    assert_eq!(infer::shard_from_env(Some(1), Some(3)).expect("shard"), Some((1, 3)));
+    assert_eq!(
+        infer::shard_from_env(Some(1), Some(3)).expect("shard"),
+        Some((1, 3))
+    );
 }
 
 #[test]
@@ -446,9 +704,23 @@ fn manifest_and_real_checkpoint_end_to_end() {
     model.save_safetensors(&ckpt, &ncfg, &meta).expect("save");
     let sl = &synth().summary.slides[0];
     let manifest = out.path().join("manifest.csv");
-    std::fs::write(&manifest, format!("sample_id,image_path,mpp\nmy_slide,{},0.5\n", sl.slide_path.display())).expect("w");
-    let cfg = config(&["inference.patch_size=64", "inference.batch_size=16", "model.backbone=mit_b0"]);
-    let o = InferOptions { source: SlideSource::Manifest(manifest), ..opts(out.path(), None) };
+    std::fs::write(
+        &manifest,
+        format!(
+            "sample_id,image_path,mpp\nmy_slide,{},0.5\n",
+            sl.slide_path.display()
+        ),
+    )
+    .expect("w");
+    let cfg = config(&[
+        "inference.patch_size=64",
+        "inference.batch_size=16",
+        "model.backbone=mit_b0",
+    ]);
+    let o = InferOptions {
+        source: SlideSource::Manifest(manifest),
+        ..opts(out.path(), None)
+    };
     let sum = infer::run(&cfg, &ckpt, &o).expect("run");
     assert_eq!(sum.failed, 0, "{:?}", sum.rows);
     assert_eq!(sum.rows[0].model_version, "best_epoch_3");

@@ -11,8 +11,13 @@ use pbip_pipeline::{RunOptions, run_stage};
 use pbip_slide::{OpenOptions, Origin, PatchGeometry, Slide};
 
 fn fixture() -> PathBuf {
-    let base = std::env::var("PBIP_PARITY_FIXTURE")
-        .unwrap_or_else(|_| concat!(env!("CARGO_MANIFEST_DIR"), "/../../../shared/fixtures/upstream-mit_b0-seed1").to_string());
+    let base = std::env::var("PBIP_PARITY_FIXTURE").unwrap_or_else(|_| {
+        concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/../../../shared/fixtures/upstream-mit_b0-seed1"
+        )
+        .to_string()
+    });
     PathBuf::from(format!("{base}.safetensors"))
 }
 
@@ -35,7 +40,12 @@ fn config(data: &Path, work: &Path, extra: &[&str]) -> Config {
 }
 
 fn synth(dir: &Path) {
-    let opts = pbip_synth::SynthOptions { num_slides: 4, size_px: 1024, seed: 5, ..pbip_synth::SynthOptions::new(dir) };
+    let opts = pbip_synth::SynthOptions {
+        num_slides: 4,
+        size_px: 1024,
+        seed: 5,
+        ..pbip_synth::SynthOptions::new(dir)
+    };
     pbip_synth::generate(&opts).unwrap();
 }
 
@@ -62,7 +72,11 @@ fn stages_0_1_2_produce_exact_features_and_a_unit_prototype_bank() {
     assert_eq!(dim, 512);
     let s0 = pbip_pipeline::stage0_sample_prototypes::read_summary(&cfg).unwrap();
     let per_class: Vec<usize> = s0.classes.iter().map(|c| c.coordinates).collect();
-    assert_eq!(n, per_class.iter().sum::<usize>(), "one feature row per stage-0 coordinate");
+    assert_eq!(
+        n,
+        per_class.iter().sum::<usize>(),
+        "one feature row per stage-0 coordinate"
+    );
     assert!(per_class.iter().all(|&c| c >= 5), "{per_class:?}");
     assert_eq!(meta.class_order, vec!["benign", "tumor"]);
     assert!(!meta.encoder.random);
@@ -73,30 +87,54 @@ fn stages_0_1_2_produce_exact_features_and_a_unit_prototype_bank() {
 
     // Features of a patch are the encoder applied to that patch read directly (same bits).
     let device = Device::flex();
-    let (model, _) = encoder::load_saved_encoder(&work.join("image_features/encoder.safetensors"), &device).unwrap();
+    let (model, _) =
+        encoder::load_saved_encoder(&work.join("image_features/encoder.safetensors"), &device)
+            .unwrap();
     let pre = Preprocess::from_config(&cfg);
-    let (xs, ys, sl) = (col(&map, "x_lv0"), col(&map, "y_lv0"), col(&map, "slide_index"));
+    let (xs, ys, sl) = (
+        col(&map, "x_lv0"),
+        col(&map, "y_lv0"),
+        col(&map, "slide_index"),
+    );
     let (lv, rs) = (col(&map, "tile_level"), col(&map, "tile_size_resized"));
     for row in [0usize, 7, n - 1] {
-        let slide = Slide::open(&meta.slide_paths[sl[row] as usize], &OpenOptions::default()).unwrap();
-        let geom = PatchGeometry { level: lv[row] as usize, read_size_px: rs[row] as u32, out_size_px: 224, origin: Origin::TopLeft };
-        let img = slide.read_patch(xs[row] as i64, ys[row] as i64, &geom).unwrap();
+        let slide =
+            Slide::open(&meta.slide_paths[sl[row] as usize], &OpenOptions::default()).unwrap();
+        let geom = PatchGeometry {
+            level: lv[row] as usize,
+            read_size_px: rs[row] as u32,
+            out_size_px: 224,
+            origin: Origin::TopLeft,
+        };
+        let img = slide
+            .read_patch(xs[row] as i64, ys[row] as i64, &geom)
+            .unwrap();
         let mut chw = vec![0f32; 3 * 224 * 224];
         pre.apply(&img.data, 224, row as u64, &mut chw);
         let f = encoder::encode_batch(&model, EncoderKind::Medclip, chw, 1, 224, &device).unwrap();
         let got = &feats.data[row * dim..(row + 1) * dim];
-        assert!(f.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()), "row {row}: features differ");
+        assert!(
+            f.iter().zip(got).all(|(a, b)| a.to_bits() == b.to_bits()),
+            "row {row}: features differ"
+        );
     }
 
     // The saved encoder is the fixture's: features of input.image equal out.clip_features.
     let (fx, _) = pbip_weights::read_tensors(&fixture()).unwrap();
     let img = &fx["input.image"];
-    let x: Tensor<4> = Tensor::from_data(TensorData::new(img.data.clone(), [2, 3, 224, 224]), &device);
+    let x: Tensor<4> =
+        Tensor::from_data(TensorData::new(img.data.clone(), [2, 3, 224, 224]), &device);
     let f = model.forward(x).try_into_vec_as::<f32>().unwrap();
     let want = &fx["out.clip_features"].data;
     let scale = want.iter().fold(0f32, |m, v| m.max(v.abs()));
-    let err = f.iter().zip(want).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
-    assert!(err <= 1e-4 * scale.max(1.0), "clip features differ by {err}");
+    let err = f
+        .iter()
+        .zip(want)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    assert!(
+        err <= 1e-4 * scale.max(1.0),
+        "clip features differ by {err}"
+    );
 
     // Stage 2 outputs.
     let (bank, pm) = s2::read_prototypes(&s2::prototypes_path(&cfg)).unwrap();
@@ -104,15 +142,23 @@ fn stages_0_1_2_produce_exact_features_and_a_unit_prototype_bank() {
     assert_eq!(pm.k_list, vec![2, 2]);
     assert_eq!(pm.cumsum_k, vec![0, 2, 4]);
     for r in 0..4 {
-        let norm: f32 = bank.data[r * 512..(r + 1) * 512].iter().map(|v| v * v).sum::<f32>().sqrt();
+        let norm: f32 = bank.data[r * 512..(r + 1) * 512]
+            .iter()
+            .map(|v| v * v)
+            .sum::<f32>()
+            .sqrt();
         assert!((norm - 1.0).abs() < 1e-5, "prototype {r} norm {norm}");
     }
     for (c, want) in pm.classes.iter().zip(&per_class) {
         assert_eq!(c.cluster_sizes.iter().sum::<usize>(), *want);
     }
     for class in ["benign", "tumor"] {
-        let sheet = work.join("image_features/prototype_sheets").join(format!("{class}.png"));
-        let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&sheet).unwrap()));
+        let sheet = work
+            .join("image_features/prototype_sheets")
+            .join(format!("{class}.png"));
+        let dec = png::Decoder::new(std::io::BufReader::new(
+            std::fs::File::open(&sheet).unwrap(),
+        ));
         let info = dec.read_info().unwrap().info().clone();
         assert_eq!(info.height, 2 * (112 + 4) + 4, "{}", sheet.display());
     }
@@ -121,21 +167,34 @@ fn stages_0_1_2_produce_exact_features_and_a_unit_prototype_bank() {
     let first = std::fs::read(s2::prototypes_path(&cfg)).unwrap();
     run_stage(2, &cfg, &opts).unwrap();
     assert_eq!(first, std::fs::read(s2::prototypes_path(&cfg)).unwrap());
-    assert_eq!(pbip_pipeline::stage_freshness(2, &cfg), pbip_pipeline::Freshness::UpToDate);
+    assert_eq!(
+        pbip_pipeline::stage_freshness(2, &cfg),
+        pbip_pipeline::Freshness::UpToDate
+    );
 
     // Batched encoding agrees with one-at-a-time encoding.
     let cfg3 = config(&data, &work, &["prototypes.batch_size=3"]);
     // The batch size does not change what stage 1 computes, so the outputs stay up to date.
-    assert_eq!(pbip_pipeline::stage_freshness(1, &cfg3), pbip_pipeline::Freshness::UpToDate);
+    assert_eq!(
+        pbip_pipeline::stage_freshness(1, &cfg3),
+        pbip_pipeline::Freshness::UpToDate
+    );
     run_stage(1, &cfg3, &opts).unwrap();
     let (map3, _) = s1::read_exemplars(&s1::exemplars_path(&cfg3)).unwrap();
-    let err = map3["features"].data.iter().zip(&feats.data).fold(0f32, |m, (a, b)| m.max((a - b).abs()));
+    let err = map3["features"]
+        .data
+        .iter()
+        .zip(&feats.data)
+        .fold(0f32, |m, (a, b)| m.max((a - b).abs()));
     assert!(err < 1e-4, "batch 3 vs batch 1: {err}");
 
     // Too few exemplars for k: a clear error naming the class and the key.
     let cfg_k = config(&data, &work, &["prototypes.k_list=[11,2]"]);
     let e = run_stage(2, &cfg_k, &opts).unwrap_err().to_string();
-    assert!(e.contains("benign") && e.contains("k_list") && e.contains("11"), "{e}");
+    assert!(
+        e.contains("benign") && e.contains("k_list") && e.contains("11"),
+        "{e}"
+    );
     assert!(per_class[0] < 11);
 }
 
@@ -145,7 +204,15 @@ fn random_encoder_is_recorded_and_missing_stage0_is_explained() {
     let data = d.path().join("data");
     synth(&data);
     let work = d.path().join("work");
-    let cfg = config(&data, &work, &["prototypes.encoder.weights=null", "prototypes.samples_per_wsi=2", "prototypes.k_list=[1,1]"]);
+    let cfg = config(
+        &data,
+        &work,
+        &[
+            "prototypes.encoder.weights=null",
+            "prototypes.samples_per_wsi=2",
+            "prototypes.k_list=[1,1]",
+        ],
+    );
     let opts = RunOptions::default();
     let e = run_stage(1, &cfg, &opts).unwrap_err().to_string();
     assert!(e.contains("sample-prototypes"), "{e}");
@@ -153,7 +220,11 @@ fn random_encoder_is_recorded_and_missing_stage0_is_explained() {
     run_stage(1, &cfg, &opts).unwrap();
     let (_, meta) = s1::read_exemplars(&s1::exemplars_path(&cfg)).unwrap();
     assert!(meta.encoder.random);
-    assert!(meta.encoder.source.contains("random"), "{}", meta.encoder.source);
+    assert!(
+        meta.encoder.source.contains("random"),
+        "{}",
+        meta.encoder.source
+    );
     // The same seed gives the same random encoder, so a rerun gives identical features.
     let a = std::fs::read(s1::exemplars_path(&cfg)).unwrap();
     let ta = safetensors_features(&a);

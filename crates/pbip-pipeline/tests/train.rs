@@ -27,7 +27,12 @@ fn base() -> &'static Base {
     BASE.get_or_init(|| {
         let dir = tempfile::tempdir().unwrap();
         let data = dir.path().join("data");
-        let opts = pbip_synth::SynthOptions { num_slides: 8, size_px: 1024, seed: 11, ..pbip_synth::SynthOptions::new(&data) };
+        let opts = pbip_synth::SynthOptions {
+            num_slides: 8,
+            size_px: 1024,
+            seed: 11,
+            ..pbip_synth::SynthOptions::new(&data)
+        };
         pbip_synth::generate(&opts).unwrap();
         let work = dir.path().join("work");
         let mut o: Vec<String> = SWIN.iter().map(|s| s.to_string()).collect();
@@ -37,7 +42,11 @@ fn base() -> &'static Base {
         for stage in 0..3 {
             run_stage(stage, &cfg, &RunOptions::default()).unwrap();
         }
-        Base { features: work.join("image_features"), data, _dir: dir }
+        Base {
+            features: work.join("image_features"),
+            data,
+            _dir: dir,
+        }
     })
 }
 
@@ -105,10 +114,18 @@ fn split_names(data: &Path, column: &str) -> Vec<String> {
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     let col = header.iter().position(|h| h.trim() == column).unwrap();
-    lines.filter_map(|l| l.split(',').nth(col).map(|s| s.trim().to_string())).filter(|s| !s.is_empty()).collect()
+    lines
+        .filter_map(|l| l.split(',').nth(col).map(|s| s.trim().to_string()))
+        .filter(|s| !s.is_empty())
+        .collect()
 }
 
-fn tensors(path: &Path) -> (pbip_weights::TensorMap, std::collections::BTreeMap<String, String>) {
+fn tensors(
+    path: &Path,
+) -> (
+    pbip_weights::TensorMap,
+    std::collections::BTreeMap<String, String>,
+) {
     pbip_weights::read_safetensors(path).unwrap()
 }
 
@@ -122,7 +139,14 @@ fn trains_and_writes_checkpoints_tensorboard_and_logs() {
     assert!(out.summary.completed);
     assert_eq!(out.summary.steps, 6);
     assert_eq!(out.summary.total_steps, 6);
-    for f in ["latest.safetensors", "best.safetensors", "epoch_1.safetensors", "epoch_2.safetensors", "latest.state.safetensors", "train_summary.json"] {
+    for f in [
+        "latest.safetensors",
+        "best.safetensors",
+        "epoch_1.safetensors",
+        "epoch_2.safetensors",
+        "latest.state.safetensors",
+        "train_summary.json",
+    ] {
         assert!(ck.join(f).is_file(), "{f} missing");
     }
     // Checkpoint metadata and round trip through the model loader.
@@ -136,7 +160,11 @@ fn trains_and_writes_checkpoints_tensorboard_and_logs() {
     let thr: f64 = meta["gate_threshold"].parse().unwrap();
     assert!((0.0..=1.0).contains(&thr));
     assert_eq!(map["prototypes"].shape, vec![6, 512]);
-    let (model, ncfg, _) = pbip_model::ClassNet::load_safetensors(&ck.join("latest.safetensors"), &burn::tensor::Device::flex()).unwrap();
+    let (model, ncfg, _) = pbip_model::ClassNet::load_safetensors(
+        &ck.join("latest.safetensors"),
+        &burn::tensor::Device::flex(),
+    )
+    .unwrap();
     assert_eq!(ncfg.k_list, vec![3, 3]);
     assert_eq!(model.num_classes(), 2);
     // Validation ran at steps 2, 3 (epoch end), 4, 6 and the last one is recorded.
@@ -152,8 +180,22 @@ fn trains_and_writes_checkpoints_tensorboard_and_logs() {
         events.extend(pbip_tensorboard::read_events(e.unwrap().path()).unwrap());
     }
     let sc = pbip_tensorboard::scalars(&events);
-    let steps_of = |tag: &str| -> Vec<i64> { sc.iter().filter(|(t, _, _)| t == tag).map(|(_, s, _)| *s).collect() };
-    for tag in ["train/loss", "train/loss_cls", "train/loss_fg", "train/loss_bg", "train/cam_mean", "train/lr", "train/data_wait_fraction", "train/patches_per_sec"] {
+    let steps_of = |tag: &str| -> Vec<i64> {
+        sc.iter()
+            .filter(|(t, _, _)| t == tag)
+            .map(|(_, s, _)| *s)
+            .collect()
+    };
+    for tag in [
+        "train/loss",
+        "train/loss_cls",
+        "train/loss_fg",
+        "train/loss_bg",
+        "train/cam_mean",
+        "train/lr",
+        "train/data_wait_fraction",
+        "train/patches_per_sec",
+    ] {
         assert_eq!(steps_of(tag), vec![1, 2, 3, 4, 5, 6], "{tag}");
     }
     // Step 0 is the untrained model's validation (the baseline).
@@ -161,18 +203,42 @@ fn trains_and_writes_checkpoints_tensorboard_and_logs() {
     assert_eq!(steps_of("val/auc"), vec![0, 2, 3, 4, 6]);
     assert_eq!(out.summary.untrained_val.as_ref().map(|v| v.step), Some(0));
     // lr follows the schedule: warmup of round(0.5 * 3) = 2 steps then cosine.
-    let lr: Vec<f64> = sc.iter().filter(|(t, _, _)| t == "train/lr").map(|(_, _, v)| *v).collect();
-    assert!((lr[0] - 0.0005).abs() < 1e-9 && (lr[1] - 0.001).abs() < 1e-9, "{lr:?}");
+    let lr: Vec<f64> = sc
+        .iter()
+        .filter(|(t, _, _)| t == "train/lr")
+        .map(|(_, _, v)| *v)
+        .collect();
+    assert!(
+        (lr[0] - 0.0005).abs() < 1e-9 && (lr[1] - 0.001).abs() < 1e-9,
+        "{lr:?}"
+    );
     assert!(lr[5] < lr[2], "{lr:?}");
 
     let log = std::fs::read_to_string(work.join("logs.txt")).unwrap();
-    assert_eq!(log.lines().filter(|l| l.starts_with("step ")).count(), 6, "{log}");
-    assert_eq!(log.lines().filter(|l| l.starts_with("val step ")).count(), 4, "{log}");
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("step ")).count(),
+        6,
+        "{log}"
+    );
+    assert_eq!(
+        log.lines().filter(|l| l.starts_with("val step ")).count(),
+        4,
+        "{log}"
+    );
     assert!(log.contains("data-wait"), "{log}");
-    assert_eq!(log.lines().filter(|l| l.starts_with("untrained val step 0")).count(), 1, "{log}");
+    assert_eq!(
+        log.lines()
+            .filter(|l| l.starts_with("untrained val step 0"))
+            .count(),
+        1,
+        "{log}"
+    );
 
     // A finished run is up to date for `pbip run`.
-    assert_eq!(pbip_pipeline::stage_freshness(3, &cfg), pbip_pipeline::Freshness::UpToDate);
+    assert_eq!(
+        pbip_pipeline::stage_freshness(3, &cfg),
+        pbip_pipeline::Freshness::UpToDate
+    );
 }
 
 /// Environment variable that turns `resume_child` into the training process to kill.
@@ -182,7 +248,9 @@ const CHILD_ENV: &str = "PBIP_TRAIN_RESUME_CHILD";
 /// and kills (it trains in the work dir named by `PBIP_TRAIN_RESUME_CHILD`).
 #[test]
 fn resume_child() {
-    let Ok(work) = std::env::var(CHILD_ENV) else { return };
+    let Ok(work) = std::env::var(CHILD_ENV) else {
+        return;
+    };
     let cfg = setup(Path::new(&work), None, &resume_settings());
     s3::train(&cfg, &RunOptions::default(), &TrainOptions::default()).unwrap();
 }
@@ -242,16 +310,33 @@ fn resume_after_sigkill_matches_uninterrupted_run() {
     child.kill().unwrap(); // SIGKILL on Unix
     child.wait().unwrap();
     let saved = step_in_state(&state).unwrap();
-    assert!(saved >= killed_at && saved < 12, "killed too late: state at step {saved}");
-    let summary_done = s3::read_summary(&setup(&work, None, &resume_settings())).map(|s| s.completed).unwrap_or(false);
+    assert!(
+        saved >= killed_at && saved < 12,
+        "killed too late: state at step {saved}"
+    );
+    let summary_done = s3::read_summary(&setup(&work, None, &resume_settings()))
+        .map(|s| s.completed)
+        .unwrap_or(false);
     assert!(!summary_done, "the killed run must not have finished");
 
     // `--resume` continues from the saved state and ends with the same weights.
     let cfg_k = setup(&work, None, &resume_settings());
-    let resumed = s3::train(&cfg_k, &RunOptions::default(), &TrainOptions { resume: true, ..Default::default() }).unwrap();
+    let resumed = s3::train(
+        &cfg_k,
+        &RunOptions::default(),
+        &TrainOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(resumed.summary.completed);
     assert_eq!(resumed.summary.steps, 12);
-    assert_eq!(resumed.summary.throughput.steps, 12 - saved, "resumed from step {saved}");
+    assert_eq!(
+        resumed.summary.throughput.steps,
+        12 - saved,
+        "resumed from step {saved}"
+    );
     let (a, _) = tensors(&ref_work.join("checkpoints/latest.safetensors"));
     let (b, _) = tensors(&work.join("checkpoints/latest.safetensors"));
     assert_eq!(a.len(), b.len());
@@ -259,13 +344,20 @@ fn resume_after_sigkill_matches_uninterrupted_run() {
     for (k, ta) in &a {
         let tb = &b[k];
         assert_eq!(ta.shape, tb.shape, "{k}");
-        let same = ta.data.iter().zip(&tb.data).all(|(x, y)| x.to_bits() == y.to_bits());
+        let same = ta
+            .data
+            .iter()
+            .zip(&tb.data)
+            .all(|(x, y)| x.to_bits() == y.to_bits());
         assert!(same, "{k} differs after resume");
         compared += ta.data.len();
     }
     assert!(compared > 1_000_000, "{compared}");
     // And the weights did change during training (the comparison is not trivially equal).
-    let init = s3::initial_model(&cfg, &burn::tensor::Device::flex()).unwrap().to_tensor_map().unwrap();
+    let init = s3::initial_model(&cfg, &burn::tensor::Device::flex())
+        .unwrap()
+        .to_tensor_map()
+        .unwrap();
     let moved = init.iter().any(|(k, t)| t.data != a[k].data);
     assert!(moved);
 }
@@ -274,8 +366,19 @@ fn resume_after_sigkill_matches_uninterrupted_run() {
 fn non_finite_losses_stop_the_run_with_the_batch_saved() {
     let d = tempfile::tempdir().unwrap();
     let work = d.path().join("work");
-    let cfg = setup(&work, None, &["training.optimizer.lr=1e30".into(), "training.max_nonfinite_steps=2".into(), "training.scheduler.type=constant".into(), "training.scheduler.warmup_epochs=0".into()]);
-    let err = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default()).unwrap_err().to_string();
+    let cfg = setup(
+        &work,
+        None,
+        &[
+            "training.optimizer.lr=1e30".into(),
+            "training.max_nonfinite_steps=2".into(),
+            "training.scheduler.type=constant".into(),
+            "training.scheduler.warmup_epochs=0".into(),
+        ],
+    );
+    let err = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("non-finite"), "{err}");
     assert!(err.contains("nonfinite.safetensors"), "{err}");
     let (map, meta) = tensors(&work.join("checkpoints/nonfinite.safetensors"));
@@ -304,15 +407,26 @@ fn training_split_with_one_class_is_an_error() {
         .collect();
     std::fs::write(data.join("labels.csv"), relabelled).unwrap();
     let cfg = setup(&d.path().join("work"), Some(&data), &[]);
-    let err = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default()).unwrap_err().to_string();
-    assert!(err.contains("no slide of class") && err.contains("benign"), "{err}");
+    let err = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("no slide of class") && err.contains("benign"),
+        "{err}"
+    );
 }
 
 #[test]
 fn prototypes_with_another_class_order_are_an_error() {
     let d = tempfile::tempdir().unwrap();
-    let cfg = setup(&d.path().join("work"), None, &["class_order=[tumor,benign]".into()]);
-    let err = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default()).unwrap_err().to_string();
+    let cfg = setup(
+        &d.path().join("work"),
+        None,
+        &["class_order=[tumor,benign]".into()],
+    );
+    let err = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default())
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("class_order"), "{err}");
     assert!(err.contains("prototype"), "{err}");
 }
@@ -321,7 +435,16 @@ fn prototypes_with_another_class_order_are_an_error() {
 fn resume_without_state_is_an_error() {
     let d = tempfile::tempdir().unwrap();
     let cfg = setup(&d.path().join("work"), None, &[]);
-    let err = s3::train(&cfg, &RunOptions::default(), &TrainOptions { resume: true, ..Default::default() }).unwrap_err().to_string();
+    let err = s3::train(
+        &cfg,
+        &RunOptions::default(),
+        &TrainOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
     assert!(err.contains("nothing to resume"), "{err}");
 }
 
@@ -343,17 +466,34 @@ fn bad_slides_are_excluded_with_a_warning_and_training_continues() {
         tile_size_lv0: 224,
         target_spacing: 0.5,
     };
-    pbip_coords::write_hs2p_v1_npy(data.join("coordinates").join(format!("{victim}.npy")), &[rec.clone(), rec]).unwrap();
+    pbip_coords::write_hs2p_v1_npy(
+        data.join("coordinates").join(format!("{victim}.npy")),
+        &[rec.clone(), rec],
+    )
+    .unwrap();
     // A val slide without its GT mask.
     let no_gt = &val[0];
     std::fs::remove_file(data.join("masks").join(format!("{no_gt}.png"))).unwrap();
     let work = d.path().join("work");
-    let cfg = setup(&work, Some(&data), &["training.epochs=1".into(), "training.iterations_per_epoch=2".into()]);
+    let cfg = setup(
+        &work,
+        Some(&data),
+        &[
+            "training.epochs=1".into(),
+            "training.iterations_per_epoch=2".into(),
+        ],
+    );
     let out = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default()).unwrap();
     assert!(out.summary.completed);
     let log = std::fs::read_to_string(work.join("logs.txt")).unwrap();
-    assert!(log.contains(&format!("train slide \"{victim}\" excluded")), "{log}");
-    assert!(log.contains(&format!("val slide \"{no_gt}\": no GT mask")), "{log}");
+    assert!(
+        log.contains(&format!("train slide \"{victim}\" excluded")),
+        "{log}"
+    );
+    assert!(
+        log.contains(&format!("val slide \"{no_gt}\": no GT mask")),
+        "{log}"
+    );
     let v = out.summary.last_val.unwrap();
     assert_eq!(v.slides, val.len());
     assert_eq!(v.slides_with_gt, val.len() - 1);
@@ -366,16 +506,47 @@ fn stop_and_resume_in_process_matches_uninterrupted_run() {
     let cfg_a = setup(&d.path().join("a"), None, &settings);
     s3::train(&cfg_a, &RunOptions::default(), &TrainOptions::default()).unwrap();
     let cfg_b = setup(&d.path().join("b"), None, &settings);
-    let part = s3::train(&cfg_b, &RunOptions::default(), &TrainOptions { stop_after_steps: Some(2), ..Default::default() }).unwrap();
+    let part = s3::train(
+        &cfg_b,
+        &RunOptions::default(),
+        &TrainOptions {
+            stop_after_steps: Some(2),
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(!part.summary.completed);
     assert_eq!(part.summary.steps, 2);
-    let rest = s3::train(&cfg_b, &RunOptions::default(), &TrainOptions { resume: true, ..Default::default() }).unwrap();
+    let rest = s3::train(
+        &cfg_b,
+        &RunOptions::default(),
+        &TrainOptions {
+            resume: true,
+            ..Default::default()
+        },
+    )
+    .unwrap();
     assert!(rest.summary.completed);
     assert_eq!(rest.summary.throughput.steps, 4);
     let (a, _) = tensors(&d.path().join("a/checkpoints/latest.safetensors"));
     let (b, _) = tensors(&d.path().join("b/checkpoints/latest.safetensors"));
-    let differing: Vec<&String> = a.keys().filter(|k| a[*k].data.iter().zip(&b[*k].data).any(|(x, y)| x.to_bits() != y.to_bits())).collect();
-    assert!(differing.is_empty(), "{} of {} tensors differ: {:?}", differing.len(), a.len(), &differing[..differing.len().min(8)]);
+    let differing: Vec<&String> = a
+        .keys()
+        .filter(|k| {
+            a[*k]
+                .data
+                .iter()
+                .zip(&b[*k].data)
+                .any(|(x, y)| x.to_bits() != y.to_bits())
+        })
+        .collect();
+    assert!(
+        differing.is_empty(),
+        "{} of {} tensors differ: {:?}",
+        differing.len(),
+        a.len(),
+        &differing[..differing.len().min(8)]
+    );
 }
 
 #[test]
@@ -399,14 +570,26 @@ fn contrastive_terms_train_through_the_frozen_encoder() {
     let before = std::fs::read(&enc).unwrap();
     let out = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default()).unwrap();
     assert!(out.summary.completed);
-    assert_eq!(std::fs::read(&enc).unwrap(), before, "the encoder must stay frozen");
-    assert_eq!(out.summary.nonfinite_steps, 0, "a skipped step would make the checks below vacuous");
+    assert_eq!(
+        std::fs::read(&enc).unwrap(),
+        before,
+        "the encoder must stay frozen"
+    );
+    assert_eq!(
+        out.summary.nonfinite_steps, 0,
+        "a skipped step would make the checks below vacuous"
+    );
     let mut events = Vec::new();
     for e in std::fs::read_dir(work.join("runs")).unwrap() {
         events.extend(pbip_tensorboard::read_events(e.unwrap().path()).unwrap());
     }
     let sc = pbip_tensorboard::scalars(&events);
-    let vals = |tag: &str| -> Vec<f64> { sc.iter().filter(|(t, _, _)| t == tag).map(|(_, _, v)| *v).collect() };
+    let vals = |tag: &str| -> Vec<f64> {
+        sc.iter()
+            .filter(|(t, _, _)| t == tag)
+            .map(|(_, _, v)| *v)
+            .collect()
+    };
     let pairs = vals("train/selected_pairs");
     let fg = vals("train/loss_fg");
     let bg = vals("train/loss_bg");
@@ -417,16 +600,26 @@ fn contrastive_terms_train_through_the_frozen_encoder() {
             assert!(fg[i] > 0.0 && bg[i] > 0.0, "{pairs:?} {fg:?} {bg:?}");
         }
     }
-    assert!(pairs.iter().any(|p| *p > 0.0), "no pair selected in 2 steps: {pairs:?}");
+    assert!(
+        pairs.iter().any(|p| *p > 0.0),
+        "no pair selected in 2 steps: {pairs:?}"
+    );
     let total = vals("train/loss");
     let cls = vals("train/loss_cls");
     let cam = vals("train/cam_mean");
     let (tv, l1) = (vals("train/cam_tv"), vals("train/cam_l1"));
     for i in 0..2 {
-        assert!(tv[i] > 0.0 && l1[i] > 0.0, "seed regularisers on by default: {tv:?} {l1:?}");
+        assert!(
+            tv[i] > 0.0 && l1[i] > 0.0,
+            "seed regularisers on by default: {tv:?} {l1:?}"
+        );
         // cam_smooth 0.1 and cam_sparsity 0.01 are the seed defaults.
         let expect = cls[i] + 0.1 * (fg[i] + bg[i] + 0.0005 * cam[i]) + 0.1 * tv[i] + 0.01 * l1[i];
-        assert!((total[i] - expect).abs() < 1e-4 * expect.abs().max(1.0), "{i}: {} vs {expect}", total[i]);
+        assert!(
+            (total[i] - expect).abs() < 1e-4 * expect.abs().max(1.0),
+            "{i}: {} vs {expect}",
+            total[i]
+        );
     }
 }
 
@@ -437,9 +630,15 @@ fn contrastive_terms_train_through_the_frozen_encoder() {
 fn eval_checkpoint() {
     let ckpt = PathBuf::from(std::env::var("PBIP_EVAL_CKPT").unwrap());
     let cfg_path = PathBuf::from(std::env::var("PBIP_EVAL_CONFIG").unwrap());
-    let set: Vec<String> = std::env::var("PBIP_EVAL_SET").unwrap_or_default().split(';').filter(|s| !s.is_empty()).map(String::from).collect();
+    let set: Vec<String> = std::env::var("PBIP_EVAL_SET")
+        .unwrap_or_default()
+        .split(';')
+        .filter(|s| !s.is_empty())
+        .map(String::from)
+        .collect();
     let cfg = Config::load(&cfg_path, &set).unwrap();
-    let (model, _, _) = pbip_model::ClassNet::load_safetensors(&ckpt, &burn::tensor::Device::flex()).unwrap();
+    let (model, _, _) =
+        pbip_model::ClassNet::load_safetensors(&ckpt, &burn::tensor::Device::flex()).unwrap();
     let v = s3::validate_model(&cfg, &model).unwrap();
     println!("{}", serde_json::to_string_pretty(&v).unwrap());
 }

@@ -6,11 +6,20 @@ use std::time::Instant;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let dir = std::path::PathBuf::from(std::env::args().nth(1).ok_or("usage: crf_bench DIR")?);
-    let meta: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)?;
+    let meta: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("meta.json"))?)?;
     let get = |k: &str| meta[k].as_u64().ok_or(format!("meta.json: missing {k}"));
-    let (w, h, c) = (get("width")? as usize, get("height")? as usize, get("num_classes")? as usize);
+    let (w, h, c) = (
+        get("width")? as usize,
+        get("height")? as usize,
+        get("num_classes")? as usize,
+    );
     let p = &meta["params"];
-    let f = |k: &str| p[k].as_f64().map(|v| v as f32).ok_or(format!("meta.json: missing params.{k}"));
+    let f = |k: &str| {
+        p[k].as_f64()
+            .map(|v| v as f32)
+            .ok_or(format!("meta.json: missing params.{k}"))
+    };
     let params = CrfParams {
         sxy_gaussian: f("sxy_gaussian")?,
         compat_gaussian: f("compat_gaussian")?,
@@ -43,10 +52,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
 
 /// Process CPU time (user + system, all threads) from /proc/self/stat, in seconds (NaN elsewhere).
 fn cpu_secs() -> f64 {
-    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else { return f64::NAN };
-    let Some(rest) = stat.rsplit(')').next() else { return f64::NAN };
+    let Ok(stat) = std::fs::read_to_string("/proc/self/stat") else {
+        return f64::NAN;
+    };
+    let Some(rest) = stat.rsplit(')').next() else {
+        return f64::NAN;
+    };
     let fields: Vec<&str> = rest.split_whitespace().collect();
     // After the ')' : state is field 3, utime field 14, stime field 15 (1-based in proc(5)).
-    let ticks = |i: usize| fields.get(i - 3).and_then(|v| v.parse::<f64>().ok()).unwrap_or(f64::NAN);
+    let ticks = |i: usize| {
+        fields
+            .get(i - 3)
+            .and_then(|v| v.parse::<f64>().ok())
+            .unwrap_or(f64::NAN)
+    };
     (ticks(14) + ticks(15)) / 100.0
 }

@@ -56,7 +56,14 @@ impl Default for CrfParams {
     /// The values of the pydensecrf README / DeepLab: sxy 3 compat 3, bilateral sxy 80 srgb 13 compat 10,
     /// 5 iterations.
     fn default() -> Self {
-        Self { sxy_gaussian: 3.0, compat_gaussian: 3.0, sxy_bilateral: 80.0, srgb: 13.0, compat_bilateral: 10.0, n_iter: 5 }
+        Self {
+            sxy_gaussian: 3.0,
+            compat_gaussian: 3.0,
+            sxy_bilateral: 80.0,
+            srgb: 13.0,
+            compat_bilateral: 10.0,
+            n_iter: 5,
+        }
     }
 }
 
@@ -107,7 +114,11 @@ pub const MAX_LATTICE_DIM: usize = 8;
 impl<const D: usize> KeyTable<D> {
     fn new(cap_hint: usize) -> Self {
         let cap = (cap_hint * 2).next_power_of_two().max(64);
-        Self { keys: Vec::with_capacity(cap_hint), table: vec![EMPTY; cap], mask: cap - 1 }
+        Self {
+            keys: Vec::with_capacity(cap_hint),
+            table: vec![EMPTY; cap],
+            mask: cap - 1,
+        }
     }
     fn len(&self) -> usize {
         self.keys.len()
@@ -293,7 +304,12 @@ fn build<const D: usize>(features: &[f32]) -> Built {
             neighbours[j * m + i] = (a, b);
         }
     }
-    Built { m, offset, barycentric, neighbours }
+    Built {
+        m,
+        offset,
+        barycentric,
+        neighbours,
+    }
 }
 
 impl Permutohedral {
@@ -316,7 +332,14 @@ impl Permutohedral {
             7 => build::<7>(features),
             _ => build::<8>(features),
         };
-        Ok(Self { n: features.len() / d, d, m: b.m, offset: b.offset, barycentric: b.barycentric, neighbours: b.neighbours })
+        Ok(Self {
+            n: features.len() / d,
+            d,
+            m: b.m,
+            offset: b.offset,
+            barycentric: b.barycentric,
+            neighbours: b.neighbours,
+        })
     }
 
     /// Number of lattice vertices.
@@ -344,35 +367,41 @@ impl Permutohedral {
         for j in 0..d1 {
             let nb = &self.neighbours[j * self.m..(j + 1) * self.m];
             let vals = &values;
-            new_values[vs..(self.m + 1) * vs].par_chunks_mut(vs * 1024).enumerate().for_each(|(chunk, dst)| {
-                for (r, row) in dst.chunks_exact_mut(vs).enumerate() {
-                    let i = chunk * 1024 + r;
-                    let (n1, n2) = nb[i];
-                    let (n1, n2) = (n1 as usize, n2 as usize);
-                    let base = (i + 1) * vs;
-                    for k in 0..vs {
-                        row[k] = vals[base + k] + 0.5 * (vals[n1 * vs + k] + vals[n2 * vs + k]);
+            new_values[vs..(self.m + 1) * vs]
+                .par_chunks_mut(vs * 1024)
+                .enumerate()
+                .for_each(|(chunk, dst)| {
+                    for (r, row) in dst.chunks_exact_mut(vs).enumerate() {
+                        let i = chunk * 1024 + r;
+                        let (n1, n2) = nb[i];
+                        let (n1, n2) = (n1 as usize, n2 as usize);
+                        let base = (i + 1) * vs;
+                        for k in 0..vs {
+                            row[k] = vals[base + k] + 0.5 * (vals[n1 * vs + k] + vals[n2 * vs + k]);
+                        }
                     }
-                }
-            });
+                });
             std::mem::swap(&mut values, &mut new_values);
         }
         let alpha = 1.0 / (1.0 + 2f32.powi(-(self.d as i32)));
         let vals = &values;
-        out[..self.n * vs].par_chunks_mut(vs * 1024).enumerate().for_each(|(chunk, dst)| {
-            for (r, o_row) in dst.chunks_exact_mut(vs).enumerate() {
-                let i = chunk * 1024 + r;
-                o_row.iter_mut().for_each(|v| *v = 0.0);
-                for j in 0..d1 {
-                    let o = self.offset[i * d1 + j] as usize + 1;
-                    let w = self.barycentric[i * d1 + j] * alpha;
-                    let src = &vals[o * vs..(o + 1) * vs];
-                    for k in 0..vs {
-                        o_row[k] += w * src[k];
+        out[..self.n * vs]
+            .par_chunks_mut(vs * 1024)
+            .enumerate()
+            .for_each(|(chunk, dst)| {
+                for (r, o_row) in dst.chunks_exact_mut(vs).enumerate() {
+                    let i = chunk * 1024 + r;
+                    o_row.iter_mut().for_each(|v| *v = 0.0);
+                    for j in 0..d1 {
+                        let o = self.offset[i * d1 + j] as usize + 1;
+                        let w = self.barycentric[i * d1 + j] * alpha;
+                        let src = &vals[o * vs..(o + 1) * vs];
+                        for k in 0..vs {
+                            o_row[k] += w * src[k];
+                        }
                     }
                 }
-            }
-        });
+            });
     }
 }
 
@@ -380,22 +409,44 @@ impl Permutohedral {
 // Inference
 // ---------------------------------------------------------------------------------------------
 
-fn check_inputs(probs: &[f32], c: usize, w: usize, h: usize, rgb: &[u8], p: &CrfParams) -> Result<()> {
+fn check_inputs(
+    probs: &[f32],
+    c: usize,
+    w: usize,
+    h: usize,
+    rgb: &[u8],
+    p: &CrfParams,
+) -> Result<()> {
     if c == 0 || c > 255 {
         return invalid(format!("CRF: num_classes must be in 1..=255, got {c}"));
     }
     if probs.len() != c * w * h {
-        return invalid(format!("CRF: probabilities have {} values, expected C*H*W = {}", probs.len(), c * w * h));
+        return invalid(format!(
+            "CRF: probabilities have {} values, expected C*H*W = {}",
+            probs.len(),
+            c * w * h
+        ));
     }
     if rgb.len() != 3 * w * h {
-        return invalid(format!("CRF: image has {} bytes, expected 3*H*W = {}", rgb.len(), 3 * w * h));
+        return invalid(format!(
+            "CRF: image has {} bytes, expected 3*H*W = {}",
+            rgb.len(),
+            3 * w * h
+        ));
     }
-    for (name, v) in [("sxy_gaussian", p.sxy_gaussian), ("sxy_bilateral", p.sxy_bilateral), ("srgb", p.srgb)] {
+    for (name, v) in [
+        ("sxy_gaussian", p.sxy_gaussian),
+        ("sxy_bilateral", p.sxy_bilateral),
+        ("srgb", p.srgb),
+    ] {
         if !(v.is_finite() && v > 0.0) {
             return invalid(format!("CRF: {name} must be > 0, got {v}"));
         }
     }
-    for (name, v) in [("compat_gaussian", p.compat_gaussian), ("compat_bilateral", p.compat_bilateral)] {
+    for (name, v) in [
+        ("compat_gaussian", p.compat_gaussian),
+        ("compat_bilateral", p.compat_bilateral),
+    ] {
         if !v.is_finite() {
             return invalid(format!("CRF: {name} must be finite, got {v}"));
         }
@@ -469,7 +520,13 @@ fn finish_output(q: &[f32], c: usize, w: usize, h: usize) -> CrfOutput {
         }
         labels[i] = best as u8;
     }
-    CrfOutput { num_classes: c, width_px: w, height_px: h, marginals, labels }
+    CrfOutput {
+        num_classes: c,
+        width_px: w,
+        height_px: h,
+        marginals,
+        labels,
+    }
 }
 
 /// A kernel: a filter `K` (unnormalised) plus its symmetric normalisation and weight.
@@ -521,10 +578,21 @@ impl Kernel {
         for v in norm.iter_mut() {
             *v = 1.0 / (*v + 1e-20).sqrt();
         }
-        Self { filter, norm, weight }
+        Self {
+            filter,
+            norm,
+            weight,
+        }
     }
     /// `logits += weight * D^-1/2 K D^-1/2 q`
-    fn add_message(&self, q: &[f32], c: usize, tmp_in: &mut [f32], tmp_out: &mut [f32], logits: &mut [f32]) {
+    fn add_message(
+        &self,
+        q: &[f32],
+        c: usize,
+        tmp_in: &mut [f32],
+        tmp_out: &mut [f32],
+        logits: &mut [f32],
+    ) {
         for (i, &nv) in self.norm.iter().enumerate() {
             for k in 0..c {
                 tmp_in[i * c + k] = q[i * c + k] * nv;
@@ -568,7 +636,11 @@ fn build_kernels(
     let n = w * h;
     let mut kernels = Vec::new();
     if p.compat_gaussian != 0.0 {
-        kernels.push(Kernel::new(make(gaussian_features(w, h, p.sxy_gaussian), 2)?, n, p.compat_gaussian));
+        kernels.push(Kernel::new(
+            make(gaussian_features(w, h, p.sxy_gaussian), 2)?,
+            n,
+            p.compat_gaussian,
+        ));
     }
     if p.compat_bilateral != 0.0 {
         kernels.push(Kernel::new(
@@ -583,7 +655,14 @@ fn build_kernels(
 /// Dense CRF with permutohedral-lattice message passing.
 ///
 /// `probs` is `[C, H, W]` class probabilities, `rgb` is `H * W * 3` RGB8 (row-major, HWC).
-pub fn dense_crf(probs: &[f32], num_classes: usize, width_px: usize, height_px: usize, rgb: &[u8], params: &CrfParams) -> Result<CrfOutput> {
+pub fn dense_crf(
+    probs: &[f32],
+    num_classes: usize,
+    width_px: usize,
+    height_px: usize,
+    rgb: &[u8],
+    params: &CrfParams,
+) -> Result<CrfOutput> {
     check_inputs(probs, num_classes, width_px, height_px, rgb, params)?;
     let n = width_px * height_px;
     let kernels = build_kernels(width_px, height_px, rgb, params, &|f, d| {
@@ -606,7 +685,9 @@ pub fn dense_crf_bruteforce(
     check_inputs(probs, num_classes, width_px, height_px, rgb, params)?;
     let n = width_px * height_px;
     if n > 1 << 16 {
-        return invalid(format!("dense_crf_bruteforce: {n} pixels is too many for O(N^2) (max 65536)"));
+        return invalid(format!(
+            "dense_crf_bruteforce: {n} pixels is too many for O(N^2) (max 65536)"
+        ));
     }
     let kernels = build_kernels(width_px, height_px, rgb, params, &|features, d| {
         Ok(Box::new(Brute { features, d }) as Box<dyn Filter>)
@@ -657,7 +738,8 @@ pub fn dense_crf_blockwise(
             for k in 0..c {
                 for y in 0..th {
                     let src = (k * h + ty0 + y) * w + tx0;
-                    tp[(k * th + y) * tw..(k * th + y + 1) * tw].copy_from_slice(&probs[src..src + tw]);
+                    tp[(k * th + y) * tw..(k * th + y + 1) * tw]
+                        .copy_from_slice(&probs[src..src + tw]);
                 }
             }
             for y in 0..th {
@@ -683,7 +765,13 @@ pub fn dense_crf_blockwise(
             }
         }
     }
-    Ok(CrfOutput { num_classes: c, width_px: w, height_px: h, marginals, labels })
+    Ok(CrfOutput {
+        num_classes: c,
+        width_px: w,
+        height_px: h,
+        marginals,
+        labels,
+    })
 }
 
 /// Builds lattice-filter and brute-force kernels on the same features; returns
@@ -693,7 +781,10 @@ pub fn filter_pair(features: &[f32], d: usize, v: &[f32]) -> Result<(Vec<f32>, V
     let lat = Permutohedral::new(features, d)?;
     let mut a = vec![0f32; v.len()];
     lat.compute(v, 1, &mut a);
-    let br = Brute { features: features.to_vec(), d };
+    let br = Brute {
+        features: features.to_vec(),
+        d,
+    };
     let mut b = vec![0f32; v.len()];
     br.apply(v, 1, &mut b);
     Ok((a, b))
@@ -736,7 +827,11 @@ mod tests {
         for i in 0..n {
             let mut s = 0f32;
             for k in 0..c {
-                let base = if k == truth[i] { 0.55 } else { 0.45 / (c - 1) as f32 };
+                let base = if k == truth[i] {
+                    0.55
+                } else {
+                    0.45 / (c - 1) as f32
+                };
                 let v = (base + rng.random_range(-0.3..0.3f32)).max(0.01);
                 probs[k * n + i] = v;
                 s += v;
@@ -769,7 +864,14 @@ mod tests {
 
     #[test]
     fn lattice_crf_agrees_with_bruteforce() {
-        let params = CrfParams { sxy_gaussian: 3.0, compat_gaussian: 3.0, sxy_bilateral: 5.0, srgb: 13.0, compat_bilateral: 5.0, n_iter: 5 };
+        let params = CrfParams {
+            sxy_gaussian: 3.0,
+            compat_gaussian: 3.0,
+            sxy_bilateral: 5.0,
+            srgb: 13.0,
+            compat_bilateral: 5.0,
+            n_iter: 5,
+        };
         let mut total_eq = 0usize;
         let mut total = 0usize;
         for (seed, c) in [(1u64, 2usize), (2, 3), (3, 2), (4, 3)] {
@@ -777,16 +879,34 @@ mod tests {
             let (probs, rgb) = problem(w, h, c, seed);
             let a = dense_crf(&probs, c, w, h, &rgb, &params).unwrap();
             let b = dense_crf_bruteforce(&probs, c, w, h, &rgb, &params).unwrap();
-            let eq = a.labels.iter().zip(&b.labels).filter(|(x, y)| x == y).count();
-            let mad: f32 = a.marginals.iter().zip(&b.marginals).map(|(x, y)| (x - y).abs()).sum::<f32>()
+            let eq = a
+                .labels
+                .iter()
+                .zip(&b.labels)
+                .filter(|(x, y)| x == y)
+                .count();
+            let mad: f32 = a
+                .marginals
+                .iter()
+                .zip(&b.marginals)
+                .map(|(x, y)| (x - y).abs())
+                .sum::<f32>()
                 / a.marginals.len() as f32;
-            eprintln!("seed {seed} C={c}: label agreement {}/{}, marginal MAD {mad}", eq, w * h);
+            eprintln!(
+                "seed {seed} C={c}: label agreement {}/{}, marginal MAD {mad}",
+                eq,
+                w * h
+            );
             assert!(mad < 0.03, "marginal mean abs diff {mad}");
             total_eq += eq;
             total += w * h;
             // And the CRF did something: it changes labels w.r.t. the unary arg-max.
             let unary_lab: Vec<u8> = (0..w * h)
-                .map(|i| (0..c).max_by(|&x, &y| probs[x * w * h + i].total_cmp(&probs[y * w * h + i])).unwrap_or(0) as u8)
+                .map(|i| {
+                    (0..c)
+                        .max_by(|&x, &y| probs[x * w * h + i].total_cmp(&probs[y * w * h + i]))
+                        .unwrap_or(0) as u8
+                })
                 .collect();
             assert!(b.labels != unary_lab);
         }
@@ -796,16 +916,47 @@ mod tests {
 
     #[test]
     fn blockwise_with_halo_matches_global() {
-        let params = CrfParams { sxy_gaussian: 3.0, compat_gaussian: 3.0, sxy_bilateral: 6.0, srgb: 13.0, compat_bilateral: 5.0, n_iter: 5 };
+        let params = CrfParams {
+            sxy_gaussian: 3.0,
+            compat_gaussian: 3.0,
+            sxy_bilateral: 6.0,
+            srgb: 13.0,
+            compat_bilateral: 5.0,
+            n_iter: 5,
+        };
         let (w, h, c) = (90, 70, 3);
         let (probs, rgb) = problem(w, h, c, 9);
         let g = dense_crf(&probs, c, w, h, &rgb, &params).unwrap();
-        let b = dense_crf_blockwise(&probs, c, w, h, &rgb, &params, 32, suggested_halo_px(&params)).unwrap();
-        let eq = g.labels.iter().zip(&b.labels).filter(|(x, y)| x == y).count();
-        assert!(eq as f64 >= 0.98 * (w * h) as f64, "blockwise agreement {eq}/{}", w * h);
+        let b = dense_crf_blockwise(
+            &probs,
+            c,
+            w,
+            h,
+            &rgb,
+            &params,
+            32,
+            suggested_halo_px(&params),
+        )
+        .unwrap();
+        let eq = g
+            .labels
+            .iter()
+            .zip(&b.labels)
+            .filter(|(x, y)| x == y)
+            .count();
+        assert!(
+            eq as f64 >= 0.98 * (w * h) as f64,
+            "blockwise agreement {eq}/{}",
+            w * h
+        );
         // Without halo the agreement is worse or equal (sanity that the halo matters).
         let b0 = dense_crf_blockwise(&probs, c, w, h, &rgb, &params, 32, 0).unwrap();
-        let eq0 = g.labels.iter().zip(&b0.labels).filter(|(x, y)| x == y).count();
+        let eq0 = g
+            .labels
+            .iter()
+            .zip(&b0.labels)
+            .filter(|(x, y)| x == y)
+            .count();
         assert!(eq >= eq0);
     }
 

@@ -68,24 +68,47 @@ pub struct ClassInfo {
 impl ClassInfo {
     /// Class infos for names with the default palette.
     pub fn from_names(names: &[impl AsRef<str>]) -> Vec<ClassInfo> {
-        names.iter().enumerate().map(|(k, n)| ClassInfo { name: n.as_ref().to_string(), color: default_color(k) }).collect()
+        names
+            .iter()
+            .enumerate()
+            .map(|(k, n)| ClassInfo {
+                name: n.as_ref().to_string(),
+                color: default_color(k),
+            })
+            .collect()
     }
 }
 
 fn create_file(path: &Path) -> Result<BufWriter<std::fs::File>> {
     std::fs::File::create(path)
         .map(BufWriter::new)
-        .map_err(|source| PostError::Io { path: path.to_path_buf(), source })
+        .map_err(|source| PostError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
 }
 
 fn png_err(path: &Path) -> impl Fn(png::EncodingError) -> PostError + '_ {
-    move |source| PostError::Png { path: path.to_path_buf(), source }
+    move |source| PostError::Png {
+        path: path.to_path_buf(),
+        source,
+    }
 }
 
 /// Writes a label map as an indexed PNG (see the module docs). `palette[k]` is class `k`'s colour.
-pub fn write_label_png(path: &Path, labels: &[u8], width_px: u32, height_px: u32, palette: &[[u8; 3]]) -> Result<()> {
+pub fn write_label_png(
+    path: &Path,
+    labels: &[u8],
+    width_px: u32,
+    height_px: u32,
+    palette: &[[u8; 3]],
+) -> Result<()> {
     if labels.len() != width_px as usize * height_px as usize || width_px == 0 || height_px == 0 {
-        return invalid(format!("{}: label map has {} values for {width_px}x{height_px}", path.display(), labels.len()));
+        return invalid(format!(
+            "{}: label map has {} values for {width_px}x{height_px}",
+            path.display(),
+            labels.len()
+        ));
     }
     let mut plte = vec![0u8; 256 * 3];
     for (k, c) in palette.iter().take(255).enumerate() {
@@ -107,7 +130,11 @@ pub fn write_label_png(path: &Path, labels: &[u8], width_px: u32, height_px: u32
 /// Writes an RGB8 (HWC, row-major) PNG.
 pub fn write_rgb_png(path: &Path, rgb: &[u8], width_px: u32, height_px: u32) -> Result<()> {
     if rgb.len() != 3 * width_px as usize * height_px as usize || width_px == 0 || height_px == 0 {
-        return invalid(format!("{}: RGB buffer has {} bytes for {width_px}x{height_px}x3", path.display(), rgb.len()));
+        return invalid(format!(
+            "{}: RGB buffer has {} bytes for {width_px}x{height_px}x3",
+            path.display(),
+            rgb.len()
+        ));
     }
     let mut enc = png::Encoder::new(create_file(path)?, width_px, height_px);
     enc.set_color(png::ColorType::Rgb);
@@ -132,10 +159,16 @@ pub fn overlay_labels(
     alpha: f32,
 ) -> Result<Vec<u8>> {
     if thumb_rgb.len() != 3 * thumb_w * thumb_h || thumb_w == 0 || thumb_h == 0 {
-        return invalid(format!("overlay: thumbnail has {} bytes for {thumb_w}x{thumb_h}x3", thumb_rgb.len()));
+        return invalid(format!(
+            "overlay: thumbnail has {} bytes for {thumb_w}x{thumb_h}x3",
+            thumb_rgb.len()
+        ));
     }
     if labels.len() != label_w * label_h || label_w == 0 || label_h == 0 {
-        return invalid(format!("overlay: label map has {} values for {label_w}x{label_h}", labels.len()));
+        return invalid(format!(
+            "overlay: label map has {} values for {label_w}x{label_h}",
+            labels.len()
+        ));
     }
     if !(0.0..=1.0).contains(&alpha) {
         return invalid(format!("overlay: alpha must be in [0, 1], got {alpha}"));
@@ -144,7 +177,8 @@ pub fn overlay_labels(
     for y in 0..thumb_h {
         let ly = (((y as f64 + 0.5) * label_h as f64 / thumb_h as f64) as usize).min(label_h - 1);
         for x in 0..thumb_w {
-            let lx = (((x as f64 + 0.5) * label_w as f64 / thumb_w as f64) as usize).min(label_w - 1);
+            let lx =
+                (((x as f64 + 0.5) * label_w as f64 / thumb_w as f64) as usize).min(label_w - 1);
             let l = labels[ly * label_w + lx];
             if l == NO_LABEL || l as usize >= palette.len() {
                 continue;
@@ -152,7 +186,9 @@ pub fn overlay_labels(
             let c = palette[l as usize];
             for ch in 0..3 {
                 let p = &mut out[3 * (y * thumb_w + x) + ch];
-                *p = ((1.0 - alpha) * *p as f32 + alpha * c[ch] as f32).round().clamp(0.0, 255.0) as u8;
+                *p = ((1.0 - alpha) * *p as f32 + alpha * c[ch] as f32)
+                    .round()
+                    .clamp(0.0, 255.0) as u8;
             }
         }
     }
@@ -193,10 +229,18 @@ pub struct Polygon {
 
 /// Traces the polygons (one per 4-connected component) of pixels equal to `class` (see the module
 /// docs), in output-grid pixel-corner coordinates.
-pub fn trace_class_polygons(labels: &[u8], width_px: usize, height_px: usize, class: u8) -> Result<Vec<Polygon>> {
+pub fn trace_class_polygons(
+    labels: &[u8],
+    width_px: usize,
+    height_px: usize,
+    class: u8,
+) -> Result<Vec<Polygon>> {
     let (w, h) = (width_px, height_px);
     if labels.len() != w * h {
-        return invalid(format!("trace_class_polygons: {} values for {w}x{h}", labels.len()));
+        return invalid(format!(
+            "trace_class_polygons: {} values for {w}x{h}",
+            labels.len()
+        ));
     }
     let mask: Vec<bool> = labels.iter().map(|&l| l == class).collect();
     let (comp, n) = label_mask(&mask, w, h, Connectivity::Four)?;
@@ -207,7 +251,13 @@ pub fn trace_class_polygons(labels: &[u8], width_px: usize, height_px: usize, cl
     let vid = |x: usize, y: usize| y as u64 * vw + x as u64;
     // Directed edges (start vertex, direction 0:+x 1:+y 2:-x 3:-y), sorted by start vertex.
     let mut edges: Vec<(u64, u8)> = Vec::new();
-    let inside = |x: isize, y: isize| x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h && mask[y as usize * w + x as usize];
+    let inside = |x: isize, y: isize| {
+        x >= 0
+            && y >= 0
+            && (x as usize) < w
+            && (y as usize) < h
+            && mask[y as usize * w + x as usize]
+    };
     for y in 0..h {
         for x in 0..w {
             if !mask[y * w + x] {
@@ -256,12 +306,16 @@ pub fn trace_class_polygons(labels: &[u8], width_px: usize, height_px: usize, cl
             }
             prev_dir = Some(d);
             let nv = step(v, d);
-            let next = [(d + 1) % 4, d, (d + 3) % 4].iter().find_map(|&nd| find(nv, nd));
+            let next = [(d + 1) % 4, d, (d + 3) % 4]
+                .iter()
+                .find_map(|&nd| find(nv, nd));
             match next {
                 Some(ne) if ne == start => break,
                 Some(ne) if !used[ne] => e = ne,
                 _ => {
-                    return invalid(format!("trace_class_polygons: broken boundary at vertex {nv} (internal error)"));
+                    return invalid(format!(
+                        "trace_class_polygons: broken boundary at vertex {nv} (internal error)"
+                    ));
                 }
             }
         }
@@ -271,7 +325,10 @@ pub fn trace_class_polygons(labels: &[u8], width_px: usize, height_px: usize, cl
         }
         let first = ring[0];
         ring.push(first);
-        let area2: i64 = ring.windows(2).map(|p| p[0].0 * p[1].1 - p[1].0 * p[0].1).sum();
+        let area2: i64 = ring
+            .windows(2)
+            .map(|p| p[0].0 * p[1].1 - p[1].0 * p[0].1)
+            .sum();
         let (v, d) = edges[start];
         let (vx, vy) = ((v % vw) as usize, (v / vw) as usize);
         let (px, py) = match d {
@@ -290,7 +347,10 @@ pub fn trace_class_polygons(labels: &[u8], width_px: usize, height_px: usize, cl
     let mut polys = Vec::with_capacity(n);
     for c in 1..=n {
         if let Some(ext) = outers[c].take() {
-            polys.push(Polygon { exterior: ext, holes: std::mem::take(&mut holes[c]) });
+            polys.push(Polygon {
+                exterior: ext,
+                holes: std::mem::take(&mut holes[c]),
+            });
         }
     }
     Ok(polys)
@@ -298,7 +358,9 @@ pub fn trace_class_polygons(labels: &[u8], width_px: usize, height_px: usize, cl
 
 fn ring_json(ring: &[(i64, i64)], ds: f64) -> serde_json::Value {
     serde_json::Value::Array(
-        ring.iter().map(|&(x, y)| serde_json::json!([x as f64 * ds, y as f64 * ds])).collect(),
+        ring.iter()
+            .map(|&(x, y)| serde_json::json!([x as f64 * ds, y as f64 * ds]))
+            .collect(),
     )
 }
 
@@ -316,7 +378,10 @@ pub fn label_map_to_geojson(
         return invalid(format!("GeoJSON: downsample must be > 0, got {downsample}"));
     }
     if classes.len() > 255 {
-        return invalid(format!("GeoJSON: at most 255 classes, got {}", classes.len()));
+        return invalid(format!(
+            "GeoJSON: at most 255 classes, got {}",
+            classes.len()
+        ));
     }
     let mut features = Vec::new();
     for (k, ci) in classes.iter().enumerate() {
@@ -352,9 +417,14 @@ pub fn label_map_to_geojson(
 /// Writes a GeoJSON value to `path`.
 pub fn write_geojson(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut f = create_file(path)?;
-    serde_json::to_writer(&mut f, value)
-        .map_err(|e| PostError::Io { path: path.to_path_buf(), source: std::io::Error::other(e) })?;
-    f.flush().map_err(|source| PostError::Io { path: path.to_path_buf(), source })
+    serde_json::to_writer(&mut f, value).map_err(|e| PostError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    f.flush().map_err(|source| PostError::Io {
+        path: path.to_path_buf(),
+        source,
+    })
 }
 
 #[cfg(test)]
@@ -364,7 +434,13 @@ mod tests {
     #[test]
     fn single_pixel_and_hole() {
         let p = trace_class_polygons(&[1], 1, 1, 1).unwrap();
-        assert_eq!(p, vec![Polygon { exterior: vec![(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)], holes: vec![] }]);
+        assert_eq!(
+            p,
+            vec![Polygon {
+                exterior: vec![(0, 0), (1, 0), (1, 1), (0, 1), (0, 0)],
+                holes: vec![]
+            }]
+        );
         #[rustfmt::skip]
         let ring = [1u8, 1, 1,
                     1, 0, 1,
@@ -372,14 +448,20 @@ mod tests {
         let p = trace_class_polygons(&ring, 3, 3, 1).unwrap();
         assert_eq!(p.len(), 1);
         assert_eq!(p[0].exterior.len(), 5);
-        assert_eq!(p[0].holes, vec![vec![(1, 1), (1, 2), (2, 2), (2, 1), (1, 1)]]);
+        assert_eq!(
+            p[0].holes,
+            vec![vec![(1, 1), (1, 2), (2, 2), (2, 1), (1, 1)]]
+        );
     }
 
     #[test]
     fn saddle_gives_two_polygons() {
         let p = trace_class_polygons(&[1, 0, 0, 1], 2, 2, 1).unwrap();
         assert_eq!(p.len(), 2);
-        assert!(p.iter().all(|q| q.exterior.len() == 5 && q.holes.is_empty()));
+        assert!(
+            p.iter()
+                .all(|q| q.exterior.len() == 5 && q.holes.is_empty())
+        );
     }
 
     #[test]
@@ -410,13 +492,22 @@ mod tests {
         let labels = vec![1u8, 255, 255, 0];
         let o = overlay_labels(&thumb, w, h, &labels, 2, 2, &DEFAULT_PALETTE[..2], 0.5).unwrap();
         // bottom-left quadrant is NO_LABEL -> unchanged
-        assert_eq!(&o[3 * (50 * w + 10)..3 * (50 * w + 10) + 3], &[100, 100, 100]);
+        assert_eq!(
+            &o[3 * (50 * w + 10)..3 * (50 * w + 10) + 3],
+            &[100, 100, 100]
+        );
         // bottom-right = class 0 blended
         let c = DEFAULT_PALETTE[0];
-        let want: Vec<u8> = c.iter().map(|&v| ((100.0 + v as f32) / 2.0).round() as u8).collect();
+        let want: Vec<u8> = c
+            .iter()
+            .map(|&v| ((100.0 + v as f32) / 2.0).round() as u8)
+            .collect();
         assert_eq!(&o[3 * (50 * w + 50)..3 * (50 * w + 50) + 3], &want[..]);
         // legend: black border pixel at (0, 0), first class square present
         assert_eq!(&o[0..3], &[0, 0, 0]);
-        assert_eq!(&o[3 * (4 * w + 4)..3 * (4 * w + 4) + 3], &DEFAULT_PALETTE[0]);
+        assert_eq!(
+            &o[3 * (4 * w + 4)..3 * (4 * w + 4) + 3],
+            &DEFAULT_PALETTE[0]
+        );
     }
 }

@@ -62,21 +62,42 @@ impl Connectivity {
     fn offsets(self) -> &'static [(isize, isize)] {
         match self {
             Connectivity::Four => &[(0, -1), (-1, 0), (1, 0), (0, 1)],
-            Connectivity::Eight => &[(-1, -1), (0, -1), (1, -1), (-1, 0), (1, 0), (-1, 1), (0, 1), (1, 1)],
+            Connectivity::Eight => &[
+                (-1, -1),
+                (0, -1),
+                (1, -1),
+                (-1, 0),
+                (1, 0),
+                (-1, 1),
+                (0, 1),
+                (1, 1),
+            ],
         }
     }
 }
 
 fn check_len(len: usize, w: usize, h: usize, what: &str) -> Result<()> {
     if len != w * h {
-        return invalid(format!("{what}: array has {len} values, expected width*height = {w}*{h} = {}", w * h));
+        return invalid(format!(
+            "{what}: array has {len} values, expected width*height = {w}*{h} = {}",
+            w * h
+        ));
     }
     Ok(())
 }
 
 /// 1-D "any"/"all" over windows `[i - a, i + b]` (clipped = ignore) via prefix sums.
 #[allow(clippy::too_many_arguments)]
-fn window_pass(src: &[bool], dst: &mut [bool], n: usize, stride: usize, count: usize, a: usize, b: usize, any: bool) {
+fn window_pass(
+    src: &[bool],
+    dst: &mut [bool],
+    n: usize,
+    stride: usize,
+    count: usize,
+    a: usize,
+    b: usize,
+    any: bool,
+) {
     // src/dst hold `count` lines of length n each, line l starts at l * (if stride == 1 {n} else 1)
     let mut pref = vec![0u32; n + 1];
     for l in 0..count {
@@ -88,7 +109,11 @@ fn window_pass(src: &[bool], dst: &mut [bool], n: usize, stride: usize, count: u
             let lo = i.saturating_sub(a);
             let hi = (i + b).min(n - 1);
             let ones = pref[hi + 1] - pref[lo];
-            dst[base + i * stride] = if any { ones > 0 } else { ones as usize == hi + 1 - lo };
+            dst[base + i * stride] = if any {
+                ones > 0
+            } else {
+                ones as usize == hi + 1 - lo
+            };
         }
     }
 }
@@ -98,7 +123,11 @@ fn square_op(mask: &[bool], w: usize, h: usize, k: usize, dilate: bool) -> Vec<b
         return mask.to_vec();
     }
     // erosion window [i - k/2, i + (k-1) - k/2]; dilation is the reflected window.
-    let (a, b) = if dilate { (k - 1 - k / 2, k / 2) } else { (k / 2, k - 1 - k / 2) };
+    let (a, b) = if dilate {
+        (k - 1 - k / 2, k / 2)
+    } else {
+        (k / 2, k - 1 - k / 2)
+    };
     let mut tmp = vec![false; w * h];
     window_pass(mask, &mut tmp, w, 1, h, a, b, dilate);
     let mut out = vec![false; w * h];
@@ -138,7 +167,12 @@ fn disk_op(mask: &[bool], w: usize, h: usize, r: usize, dilate: bool) -> Vec<boo
 }
 
 /// Binary dilation (`mode='ignore'`).
-pub fn binary_dilation(mask: &[bool], width_px: usize, height_px: usize, fp: Footprint) -> Result<Vec<bool>> {
+pub fn binary_dilation(
+    mask: &[bool],
+    width_px: usize,
+    height_px: usize,
+    fp: Footprint,
+) -> Result<Vec<bool>> {
     check_len(mask.len(), width_px, height_px, "binary_dilation")?;
     Ok(match fp {
         Footprint::Square(k) => square_op(mask, width_px, height_px, k, true),
@@ -147,7 +181,12 @@ pub fn binary_dilation(mask: &[bool], width_px: usize, height_px: usize, fp: Foo
 }
 
 /// Binary erosion (`mode='ignore'`).
-pub fn binary_erosion(mask: &[bool], width_px: usize, height_px: usize, fp: Footprint) -> Result<Vec<bool>> {
+pub fn binary_erosion(
+    mask: &[bool],
+    width_px: usize,
+    height_px: usize,
+    fp: Footprint,
+) -> Result<Vec<bool>> {
     check_len(mask.len(), width_px, height_px, "binary_erosion")?;
     Ok(match fp {
         Footprint::Square(k) => square_op(mask, width_px, height_px, k, false),
@@ -156,13 +195,23 @@ pub fn binary_erosion(mask: &[bool], width_px: usize, height_px: usize, fp: Foot
 }
 
 /// Binary closing = erosion(dilation(mask)).
-pub fn binary_closing(mask: &[bool], width_px: usize, height_px: usize, fp: Footprint) -> Result<Vec<bool>> {
+pub fn binary_closing(
+    mask: &[bool],
+    width_px: usize,
+    height_px: usize,
+    fp: Footprint,
+) -> Result<Vec<bool>> {
     let d = binary_dilation(mask, width_px, height_px, fp)?;
     binary_erosion(&d, width_px, height_px, fp)
 }
 
 /// Binary opening = dilation(erosion(mask)).
-pub fn binary_opening(mask: &[bool], width_px: usize, height_px: usize, fp: Footprint) -> Result<Vec<bool>> {
+pub fn binary_opening(
+    mask: &[bool],
+    width_px: usize,
+    height_px: usize,
+    fp: Footprint,
+) -> Result<Vec<bool>> {
     let e = binary_erosion(mask, width_px, height_px, fp)?;
     binary_dilation(&e, width_px, height_px, fp)
 }
@@ -181,7 +230,12 @@ fn present_classes(labels: &[u8]) -> Vec<u8> {
 
 /// Label-map closing: background ([`NO_LABEL`]) pixels inside the closing of a class become that
 /// class (ascending class order, first wins). See the module docs.
-pub fn label_closing(labels: &[u8], width_px: usize, height_px: usize, fp: Footprint) -> Result<Vec<u8>> {
+pub fn label_closing(
+    labels: &[u8],
+    width_px: usize,
+    height_px: usize,
+    fp: Footprint,
+) -> Result<Vec<u8>> {
     check_len(labels.len(), width_px, height_px, "label_closing")?;
     let mut out = labels.to_vec();
     for c in present_classes(labels) {
@@ -196,7 +250,12 @@ pub fn label_closing(labels: &[u8], width_px: usize, height_px: usize, fp: Footp
 }
 
 /// Label-map opening: class pixels outside the opening of their class mask become [`NO_LABEL`].
-pub fn label_opening(labels: &[u8], width_px: usize, height_px: usize, fp: Footprint) -> Result<Vec<u8>> {
+pub fn label_opening(
+    labels: &[u8],
+    width_px: usize,
+    height_px: usize,
+    fp: Footprint,
+) -> Result<Vec<u8>> {
     check_len(labels.len(), width_px, height_px, "label_opening")?;
     let mut out = labels.to_vec();
     for c in present_classes(labels) {
@@ -245,9 +304,13 @@ pub fn label_components(
     check_len(image.len(), width_px, height_px, "label_components")?;
     let (w, h) = (width_px, height_px);
     if w * h >= u32::MAX as usize {
-        return invalid(format!("label_components: {w}x{h} is too large for u32 labels"));
+        return invalid(format!(
+            "label_components: {w}x{h} is too large for u32 labels"
+        ));
     }
-    let mut uf = UnionFind { parent: (0..(w * h) as u32).collect() };
+    let mut uf = UnionFind {
+        parent: (0..(w * h) as u32).collect(),
+    };
     // Only "previous" neighbours (already visited in raster order) need a union.
     let prev: &[(isize, isize)] = match conn {
         Connectivity::Four => &[(-1, 0), (0, -1)],
@@ -290,7 +353,12 @@ pub fn label_components(
 }
 
 /// Connected components of a binary mask (`skimage.measure.label(mask, connectivity)`).
-pub fn label_mask(mask: &[bool], width_px: usize, height_px: usize, conn: Connectivity) -> Result<(Vec<u32>, usize)> {
+pub fn label_mask(
+    mask: &[bool],
+    width_px: usize,
+    height_px: usize,
+    conn: Connectivity,
+) -> Result<(Vec<u32>, usize)> {
     let img: Vec<u8> = mask.iter().map(|&m| m as u8).collect();
     label_components(&img, width_px, height_px, Some(0), conn)
 }
@@ -309,7 +377,10 @@ pub fn remove_small_objects(
     for &l in &lab {
         sizes[l as usize] += 1;
     }
-    Ok(lab.iter().map(|&l| l != 0 && sizes[l as usize] >= min_size).collect())
+    Ok(lab
+        .iter()
+        .map(|&l| l != 0 && sizes[l as usize] >= min_size)
+        .collect())
 }
 
 /// Relabels a component image so that its distinct non-zero labels become 1..=n in increasing order
@@ -320,7 +391,13 @@ pub fn relabel_sequential(labels: &[u32]) -> (Vec<u32>, usize) {
     vals.dedup();
     let out = labels
         .iter()
-        .map(|&l| if l == 0 { 0 } else { vals.binary_search(&l).map_or(0, |p| p as u32 + 1) })
+        .map(|&l| {
+            if l == 0 {
+                0
+            } else {
+                vals.binary_search(&l).map_or(0, |p| p as u32 + 1)
+            }
+        })
         .collect();
     (out, vals.len())
 }
@@ -336,7 +413,11 @@ pub fn remove_small_components_labels(
     include_background: bool,
 ) -> Result<(Vec<u8>, usize)> {
     let (w, h) = (width_px, height_px);
-    let bg = if include_background { None } else { Some(NO_LABEL) };
+    let bg = if include_background {
+        None
+    } else {
+        Some(NO_LABEL)
+    };
     let (comp, n) = label_components(labels, w, h, bg, conn)?;
     let mut sizes = vec![0usize; n + 1];
     for &l in &comp {
@@ -344,7 +425,8 @@ pub fn remove_small_components_labels(
     }
     let small = |l: u32| l != 0 && sizes[l as usize] < min_size;
     // Per small component: neighbour label histogram (kept neighbours, all neighbours).
-    let mut hist_kept: std::collections::HashMap<u32, [u32; 256]> = std::collections::HashMap::new();
+    let mut hist_kept: std::collections::HashMap<u32, [u32; 256]> =
+        std::collections::HashMap::new();
     let mut hist_all: std::collections::HashMap<u32, [u32; 256]> = std::collections::HashMap::new();
     for y in 0..h {
         for x in 0..w {
@@ -385,7 +467,10 @@ pub fn remove_small_components_labels(
         if !small(l) {
             continue;
         }
-        let r = hist_kept.get(&l).and_then(pick).or_else(|| hist_all.get(&l).and_then(pick));
+        let r = hist_kept
+            .get(&l)
+            .and_then(pick)
+            .or_else(|| hist_all.get(&l).and_then(pick));
         if r.is_some() {
             replaced += 1;
         }
@@ -447,12 +532,29 @@ fn dt_1d(f: &[f64], d: &mut [f64], v: &mut [usize], z: &mut [f64]) {
 
 /// Squared Euclidean distance of every pixel to the nearest `seed` pixel (`INFINITY`-like 1e20 if
 /// there is none).
-pub fn squared_distance_to_seeds(seeds: &[bool], width_px: usize, height_px: usize) -> Result<Vec<f64>> {
-    check_len(seeds.len(), width_px, height_px, "squared_distance_to_seeds")?;
+pub fn squared_distance_to_seeds(
+    seeds: &[bool],
+    width_px: usize,
+    height_px: usize,
+) -> Result<Vec<f64>> {
+    check_len(
+        seeds.len(),
+        width_px,
+        height_px,
+        "squared_distance_to_seeds",
+    )?;
     let (w, h) = (width_px, height_px);
-    let mut g: Vec<f64> = seeds.iter().map(|&s| if s { 0.0 } else { EDT_INF }).collect();
+    let mut g: Vec<f64> = seeds
+        .iter()
+        .map(|&s| if s { 0.0 } else { EDT_INF })
+        .collect();
     let m = w.max(h);
-    let (mut f, mut d, mut v, mut z) = (vec![0.0; m], vec![0.0; m], vec![0usize; m], vec![0.0; m + 1]);
+    let (mut f, mut d, mut v, mut z) = (
+        vec![0.0; m],
+        vec![0.0; m],
+        vec![0usize; m],
+        vec![0.0; m + 1],
+    );
     for x in 0..w {
         for y in 0..h {
             f[y] = g[y * w + x];
@@ -472,25 +574,48 @@ pub fn squared_distance_to_seeds(seeds: &[bool], width_px: usize, height_px: usi
 
 /// Exact Euclidean distance transform (`scipy.ndimage.distance_transform_edt`): distance of every
 /// `true` pixel to the nearest `false` pixel; 0 on `false` pixels; `f64::INFINITY` if there is none.
-pub fn distance_transform_edt(mask: &[bool], width_px: usize, height_px: usize) -> Result<Vec<f64>> {
+pub fn distance_transform_edt(
+    mask: &[bool],
+    width_px: usize,
+    height_px: usize,
+) -> Result<Vec<f64>> {
     let seeds: Vec<bool> = mask.iter().map(|&m| !m).collect();
     let sq = squared_distance_to_seeds(&seeds, width_px, height_px)?;
-    Ok(sq.into_iter().map(|s| if s >= EDT_INF * 0.5 { f64::INFINITY } else { s.sqrt() }).collect())
+    Ok(sq
+        .into_iter()
+        .map(|s| {
+            if s >= EDT_INF * 0.5 {
+                f64::INFINITY
+            } else {
+                s.sqrt()
+            }
+        })
+        .collect())
 }
 
 /// Separable Gaussian blur with `scipy.ndimage.gaussian_filter` conventions: kernel truncated at
 /// `truncate * sigma_px` (radius rounded), borders mode `'reflect'` (`d c b a | a b c d`).
-pub fn gaussian_blur(image: &[f32], width_px: usize, height_px: usize, sigma_px: f32, truncate: f32) -> Result<Vec<f32>> {
+pub fn gaussian_blur(
+    image: &[f32],
+    width_px: usize,
+    height_px: usize,
+    sigma_px: f32,
+    truncate: f32,
+) -> Result<Vec<f32>> {
     check_len(image.len(), width_px, height_px, "gaussian_blur")?;
     if !(sigma_px.is_finite() && sigma_px > 0.0 && truncate.is_finite() && truncate > 0.0) {
-        return invalid(format!("gaussian_blur: sigma_px ({sigma_px}) and truncate ({truncate}) must be > 0"));
+        return invalid(format!(
+            "gaussian_blur: sigma_px ({sigma_px}) and truncate ({truncate}) must be > 0"
+        ));
     }
     let (w, h) = (width_px, height_px);
     if w == 0 || h == 0 {
         return Ok(Vec::new());
     }
     let r = (truncate * sigma_px + 0.5) as isize;
-    let mut k: Vec<f32> = (-r..=r).map(|i| (-0.5 * (i as f32 / sigma_px).powi(2)).exp()).collect();
+    let mut k: Vec<f32> = (-r..=r)
+        .map(|i| (-0.5 * (i as f32 / sigma_px).powi(2)).exp())
+        .collect();
     let s: f32 = k.iter().sum();
     k.iter_mut().for_each(|v| *v /= s);
     let reflect = |i: isize, n: usize| -> usize {
@@ -549,7 +674,12 @@ pub struct BoundaryRefineParams {
 
 impl Default for BoundaryRefineParams {
     fn default() -> Self {
-        Self { band_px: 3.0, sigma_px: 1.0, threshold: 0.5, boundary_threshold: 0.35 }
+        Self {
+            band_px: 3.0,
+            sigma_px: 1.0,
+            threshold: 0.5,
+            boundary_threshold: 0.35,
+        }
     }
 }
 
@@ -572,8 +702,14 @@ pub fn refine_boundaries(
         ));
     }
     let p = params;
-    if !(p.band_px > 0.0 && p.sigma_px > 0.0 && p.threshold.is_finite() && p.boundary_threshold.is_finite()) {
-        return invalid(format!("refine_boundaries: band_px and sigma_px must be > 0 and thresholds finite, got {p:?}"));
+    if !(p.band_px > 0.0
+        && p.sigma_px > 0.0
+        && p.threshold.is_finite()
+        && p.boundary_threshold.is_finite())
+    {
+        return invalid(format!(
+            "refine_boundaries: band_px and sigma_px must be > 0 and thresholds finite, got {p:?}"
+        ));
     }
     let n = w * h;
     let mut boundary = vec![false; n];
@@ -639,12 +775,14 @@ mod tests {
             2, 2, 2, 2, 2, 2,
             2, 2, 2, 2, 2, 2,
         ];
-        let (out, n) = remove_small_components_labels(&lab, 6, 5, 3, Connectivity::Four, false).unwrap();
+        let (out, n) =
+            remove_small_components_labels(&lab, 6, 5, 3, Connectivity::Four, false).unwrap();
         assert_eq!(n, 1);
         assert_eq!(out[7], 0);
         assert_eq!(out[8], 0);
         assert_eq!(out[16], 255);
-        let (out, n) = remove_small_components_labels(&lab, 6, 5, 3, Connectivity::Four, true).unwrap();
+        let (out, n) =
+            remove_small_components_labels(&lab, 6, 5, 3, Connectivity::Four, true).unwrap();
         assert_eq!(n, 2);
         assert_eq!(out[16], 0);
         assert!(out[18..].iter().all(|&v| v == 2));
@@ -700,10 +838,18 @@ mod tests {
             conf[w * h + i] = p1;
             conf[i] = 1.0 - p1;
         }
-        let labels: Vec<u8> = (0..w * h).map(|i| (conf[w * h + i] > conf[i]) as u8).collect();
+        let labels: Vec<u8> = (0..w * h)
+            .map(|i| (conf[w * h + i] > conf[i]) as u8)
+            .collect();
         let errors = |l: &[u8]| l.iter().zip(&truth).filter(|(a, b)| a != b).count();
-        let refined = refine_boundaries(&labels, &conf, 2, w, h, &BoundaryRefineParams::default()).unwrap();
-        assert!(errors(&refined) < errors(&labels), "{} !< {}", errors(&refined), errors(&labels));
+        let refined =
+            refine_boundaries(&labels, &conf, 2, w, h, &BoundaryRefineParams::default()).unwrap();
+        assert!(
+            errors(&refined) < errors(&labels),
+            "{} !< {}",
+            errors(&refined),
+            errors(&labels)
+        );
         // Far from any boundary, labels are untouched.
         let bnd: Vec<bool> = (0..w * h)
             .map(|i| {

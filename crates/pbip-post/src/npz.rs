@@ -31,7 +31,14 @@ pub enum ConfidenceEncoding {
 pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     let shape_s = match shape.len() {
         1 => format!("({},)", shape[0]),
-        _ => format!("({})", shape.iter().map(|s| s.to_string()).collect::<Vec<_>>().join(", ")),
+        _ => format!(
+            "({})",
+            shape
+                .iter()
+                .map(|s| s.to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
     };
     let mut dict = format!("{{'descr': '{descr}', 'fortran_order': False, 'shape': {shape_s}, }}");
     let total = 10 + dict.len() + 1;
@@ -106,16 +113,30 @@ const DOS_DATE_1980_01_01: u16 = (1 << 5) | 1;
 impl NpzWriter {
     /// Creates (truncates) the archive file.
     pub fn create(path: &Path) -> Result<Self> {
-        let f = std::fs::File::create(path).map_err(|source| PostError::Io { path: path.to_path_buf(), source })?;
-        Ok(Self { path: path.to_path_buf(), out: BufWriter::new(f), entries: Vec::new(), pos: 0 })
+        let f = std::fs::File::create(path).map_err(|source| PostError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            out: BufWriter::new(f),
+            entries: Vec::new(),
+            pos: 0,
+        })
     }
 
     fn io(&self) -> impl Fn(std::io::Error) -> PostError + '_ {
-        move |source| PostError::Io { path: self.path.clone(), source }
+        move |source| PostError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     fn too_big(&self, what: &str) -> PostError {
-        PostError::InvalidArgument(format!("{}: {what} exceeds 4 GiB (ZIP64 is not supported)", self.path.display()))
+        PostError::InvalidArgument(format!(
+            "{}: {what} exceeds 4 GiB (ZIP64 is not supported)",
+            self.path.display()
+        ))
     }
 
     /// Adds a member `<key>.npy` with the given complete `.npy` bytes.
@@ -124,7 +145,10 @@ impl NpzWriter {
             return invalid(format!("{}: bad array key {key:?}", self.path.display()));
         }
         if self.entries.iter().any(|e| e.name == format!("{key}.npy")) {
-            return invalid(format!("{}: duplicate array key {key:?}", self.path.display()));
+            return invalid(format!(
+                "{}: duplicate array key {key:?}",
+                self.path.display()
+            ));
         }
         let name = format!("{key}.npy");
         let size = u32::try_from(npy.len()).map_err(|_| self.too_big(&name))?;
@@ -149,7 +173,12 @@ impl NpzWriter {
         if self.pos > u32::MAX as u64 {
             return Err(self.too_big("archive"));
         }
-        self.entries.push(Entry { name, crc, size, offset });
+        self.entries.push(Entry {
+            name,
+            crc,
+            size,
+            offset,
+        });
         Ok(())
     }
 
@@ -191,8 +220,9 @@ impl NpzWriter {
             cd.extend_from_slice(&e.offset.to_le_bytes());
             cd.extend_from_slice(e.name.as_bytes());
         }
-        let n = u16::try_from(self.entries.len())
-            .map_err(|_| PostError::InvalidArgument(format!("{}: too many arrays", self.path.display())))?;
+        let n = u16::try_from(self.entries.len()).map_err(|_| {
+            PostError::InvalidArgument(format!("{}: too many arrays", self.path.display()))
+        })?;
         let cd_size = cd.len() as u32;
         cd.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
         cd.extend_from_slice(&[0u8; 4]); // disk numbers
@@ -202,7 +232,10 @@ impl NpzWriter {
         cd.extend_from_slice(&cd_start.to_le_bytes());
         cd.extend_from_slice(&0u16.to_le_bytes());
         let path = self.path.clone();
-        let io = |source| PostError::Io { path: path.clone(), source };
+        let io = |source| PostError::Io {
+            path: path.clone(),
+            source,
+        };
         self.out.write_all(&cd).map_err(io)?;
         self.out.flush().map_err(io)?;
         let _ = self.out.stream_position();

@@ -29,7 +29,9 @@ impl std::str::FromStr for MorphOp {
             "closing" => Ok(MorphOp::Closing),
             "opening" => Ok(MorphOp::Opening),
             "none" => Ok(MorphOp::None),
-            other => invalid(format!("morphological_op must be closing, opening or none, got {other:?}")),
+            other => invalid(format!(
+                "morphological_op must be closing, opening or none, got {other:?}"
+            )),
         }
     }
 }
@@ -81,7 +83,10 @@ pub fn argmax_labels(
     if let Some(w) = weight
         && w.len() != n
     {
-        return invalid(format!("argmax_labels: weight has {} values, expected {n}", w.len()));
+        return invalid(format!(
+            "argmax_labels: weight has {} values, expected {n}",
+            w.len()
+        ));
     }
     Ok((0..n)
         .map(|i| {
@@ -119,8 +124,14 @@ pub fn postprocess_labels(
         };
     }
     if params.min_component_size > 0 {
-        let (l, replaced) =
-            morph::remove_small_components_labels(&lab, w, h, params.min_component_size, Connectivity::Eight, true)?;
+        let (l, replaced) = morph::remove_small_components_labels(
+            &lab,
+            w,
+            h,
+            params.min_component_size,
+            Connectivity::Eight,
+            true,
+        )?;
         tracing::debug!(replaced, "small components replaced");
         lab = l;
     }
@@ -154,7 +165,10 @@ mod tests {
         assert_eq!(lab[0], NO_LABEL);
         assert_eq!(lab[5 * w + 3], 1);
         assert_eq!(lab[5 * w + 15], 1);
-        let p = PostProcessParams { min_component_size: 4, ..Default::default() };
+        let p = PostProcessParams {
+            min_component_size: 4,
+            ..Default::default()
+        };
         let out = postprocess_labels(&lab, &conf, 2, w, h, &p).unwrap();
         assert_eq!(out[5 * w + 3], 0, "speck removed");
         assert_eq!(out[0], 0, "one-pixel background hole filled");

@@ -168,7 +168,8 @@ impl FullMap {
         let (w, h) = (self.width_px, self.height_px);
         for c in 0..self.num_classes {
             for r in 0..block.height_px {
-                let src = &block.confidence[(c * block.height_px + r) * block.width_px..][..block.width_px];
+                let src = &block.confidence[(c * block.height_px + r) * block.width_px..]
+                    [..block.width_px];
                 let dst = (c * h + block.y0_px + r) * w + block.x0_px;
                 self.confidence[dst..dst + block.width_px].copy_from_slice(src);
             }
@@ -241,7 +242,10 @@ impl<F: FnMut(StitchedBlock) -> Result<()>> Stitcher<F> {
         }
         for (i, f) in footprints.iter().enumerate() {
             if !(f.size_lv0_px.is_finite() && f.size_lv0_px > 0.0) {
-                return invalid(format!("patch {i}: size_lv0_px must be > 0, got {}", f.size_lv0_px));
+                return invalid(format!(
+                    "patch {i}: size_lv0_px must be > 0, got {}",
+                    f.size_lv0_px
+                ));
             }
         }
         let out_w = (cfg.slide_width_lv0 as f64 / cfg.downsample).ceil() as usize;
@@ -278,7 +282,14 @@ impl<F: FnMut(StitchedBlock) -> Result<()>> Stitcher<F> {
                 live_blocks: peak,
             });
         }
-        tracing::debug!(out_w, out_h, blocks_x, blocks_y, peak_live_blocks = peak, "stitcher created");
+        tracing::debug!(
+            out_w,
+            out_h,
+            blocks_x,
+            blocks_y,
+            peak_live_blocks = peak,
+            "stitcher created"
+        );
         Ok(s)
     }
 
@@ -322,8 +333,18 @@ impl<F: FnMut(StitchedBlock) -> Result<()>> Stitcher<F> {
     fn pixel_range(&self, i: usize) -> ((usize, usize), (usize, usize)) {
         let f = &self.footprints[i];
         let ds = self.cfg.downsample;
-        let xr = covered_range(f.x_lv0 as f64, f.x_lv0 as f64 + f.size_lv0_px, ds, self.out_w);
-        let yr = covered_range(f.y_lv0 as f64, f.y_lv0 as f64 + f.size_lv0_px, ds, self.out_h);
+        let xr = covered_range(
+            f.x_lv0 as f64,
+            f.x_lv0 as f64 + f.size_lv0_px,
+            ds,
+            self.out_w,
+        );
+        let yr = covered_range(
+            f.y_lv0 as f64,
+            f.y_lv0 as f64 + f.size_lv0_px,
+            ds,
+            self.out_h,
+        );
         (xr, yr)
     }
 
@@ -353,7 +374,10 @@ impl<F: FnMut(StitchedBlock) -> Result<()>> Stitcher<F> {
     /// emits every block that no pending patch can touch any more.
     pub fn add_patch(&mut self, index: usize, map: PatchMap<'_>) -> Result<()> {
         if index >= self.footprints.len() {
-            return invalid(format!("patch index {index} out of range (have {} footprints)", self.footprints.len()));
+            return invalid(format!(
+                "patch index {index} out of range (have {} footprints)",
+                self.footprints.len()
+            ));
         }
         if self.added[index] {
             return invalid(format!("patch {index} was already added"));
@@ -385,7 +409,12 @@ impl<F: FnMut(StitchedBlock) -> Result<()>> Stitcher<F> {
                     let u = ((centre - origin) / step - 0.5).clamp(0.0, (n - 1) as f64);
                     let u0 = u.floor() as usize;
                     let u1 = (u0 + 1).min(n - 1);
-                    (u0, u1, (u - u0 as f64) as f32, centre - (origin + 0.5 * f.size_lv0_px))
+                    (
+                        u0,
+                        u1,
+                        (u - u0 as f64) as f32,
+                        centre - (origin + 0.5 * f.size_lv0_px),
+                    )
                 })
                 .collect()
         };
@@ -415,11 +444,16 @@ impl<F: FnMut(StitchedBlock) -> Result<()>> Stitcher<F> {
                     });
                 }
                 let (_, _, w, h) = self.block_rect(b);
-                self.live[b] = Some(LiveBlock { acc: vec![0.0; c * w * h], weight: vec![0.0; w * h] });
+                self.live[b] = Some(LiveBlock {
+                    acc: vec![0.0; c * w * h],
+                    weight: vec![0.0; w * h],
+                });
                 self.live_count += 1;
             }
             let (bx0, by0, bw, bh) = self.block_rect(b);
-            let Some(lb) = self.live[b].as_mut() else { continue };
+            let Some(lb) = self.live[b].as_mut() else {
+                continue;
+            };
             let (ix0, ix1) = (x0.max(bx0), x1.min(bx0 + bw));
             let (iy0, iy1) = (y0.max(by0), y1.min(by0 + bh));
             let (mw, mh) = (map.width_px, map.height_px);
@@ -552,14 +586,21 @@ mod tests {
         while y < h as i64 {
             let mut x = 0;
             while x < w as i64 {
-                fps.push(PatchFootprint { x_lv0: x, y_lv0: y, size_lv0_px: size as f64 });
+                fps.push(PatchFootprint {
+                    x_lv0: x,
+                    y_lv0: y,
+                    size_lv0_px: size as f64,
+                });
                 let step = size as f64 / map_px as f64;
                 let mut m = vec![0f32; 2 * map_px * map_px];
                 for k in 0..2 {
                     for v in 0..map_px {
                         for u in 0..map_px {
-                            m[(k * map_px + v) * map_px + u] =
-                                f(k, x as f64 + (u as f64 + 0.5) * step, y as f64 + (v as f64 + 0.5) * step);
+                            m[(k * map_px + v) * map_px + u] = f(
+                                k,
+                                x as f64 + (u as f64 + 0.5) * step,
+                                y as f64 + (v as f64 + 0.5) * step,
+                            );
                         }
                     }
                 }
@@ -577,7 +618,15 @@ mod tests {
             cfg,
             fps.to_vec(),
             order.iter().map(|&i| {
-                (i, PatchMap { num_classes: 2, height_px: map_px, width_px: map_px, data: &maps[i] })
+                (
+                    i,
+                    PatchMap {
+                        num_classes: 2,
+                        height_px: map_px,
+                        width_px: map_px,
+                        data: &maps[i],
+                    },
+                )
             }),
         );
         match r {
@@ -591,7 +640,10 @@ mod tests {
         for k in 0..2 {
             for j in 0..m.height_px {
                 for i in 0..m.width_px {
-                    assert!(m.weight[j * m.width_px + i] > 0.0, "pixel ({i},{j}) has no data");
+                    assert!(
+                        m.weight[j * m.width_px + i] > 0.0,
+                        "pixel ({i},{j}) has no data"
+                    );
                     let got = m.confidence[(k * m.height_px + j) * m.width_px + i];
                     let want = f(k, (i as f64 + 0.5) * ds, (j as f64 + 0.5) * ds);
                     max_err = max_err.max((got - want).abs());
@@ -608,11 +660,19 @@ mod tests {
         let (w, h, ds) = (4096u64, 3072u64, 16.0);
         for &(stride, map_px) in &[(512i64, 32usize), (256, 32), (512, 64), (256, 128)] {
             let (fps, maps) = make_patches(w, h, 512, stride, map_px);
-            for weighting in [Weighting::Mean, Weighting::Gaussian { sigma_rel: DEFAULT_GAUSSIAN_SIGMA_REL }] {
+            for weighting in [
+                Weighting::Mean,
+                Weighting::Gaussian {
+                    sigma_rel: DEFAULT_GAUSSIAN_SIGMA_REL,
+                },
+            ] {
                 let blocked = run(cfg(w, h, ds, 2, weighting, 48), &fps, &maps, map_px);
                 check_equals_f(&blocked, ds, 1e-4);
                 let single = run(cfg(w, h, ds, 2, weighting, 4096), &fps, &maps, map_px);
-                assert_eq!(blocked, single, "block-wise differs from single block (stride {stride}, map {map_px})");
+                assert_eq!(
+                    blocked, single,
+                    "block-wise differs from single block (stride {stride}, map {map_px})"
+                );
             }
         }
     }
@@ -628,27 +688,48 @@ mod tests {
         for j in 0..m.height_px {
             for i in 0..m.width_px {
                 let got = m.confidence[j * m.width_px + i];
-                max_err = max_err.max((got - f(0, (i as f64 + 0.5) * ds, (j as f64 + 0.5) * ds)).abs());
+                max_err =
+                    max_err.max((got - f(0, (i as f64 + 0.5) * ds, (j as f64 + 0.5) * ds)).abs());
             }
         }
         // |grad f0| <= 0.3/3000 + 0.15/2500 = 1.6e-4 per lv0 px; 16 px -> 2.6e-3 (+ bilinear error).
         assert!(max_err < 3e-3, "max err {max_err}");
-        assert!(max_err > 1e-5, "clamping should show some error, got {max_err}");
+        assert!(
+            max_err > 1e-5,
+            "clamping should show some error, got {max_err}"
+        );
     }
 
     #[test]
     fn uncovered_pixels_have_no_data_and_blocks_all_emitted() {
         let c = cfg(1000, 700, 10.0, 1, Weighting::Mean, 16);
-        let fps = vec![PatchFootprint { x_lv0: 200, y_lv0: 100, size_lv0_px: 300.0 }];
+        let fps = vec![PatchFootprint {
+            x_lv0: 200,
+            y_lv0: 100,
+            size_lv0_px: 300.0,
+        }];
         let data = vec![0.75f32; 4];
         let mut seen = Vec::new();
         let mut st = Stitcher::new(c, fps, |b: StitchedBlock| {
-            seen.push((b.x0_px, b.y0_px, b.weight.iter().filter(|w| **w > 0.0).count()));
+            seen.push((
+                b.x0_px,
+                b.y0_px,
+                b.weight.iter().filter(|w| **w > 0.0).count(),
+            ));
             Ok(())
         })
         .unwrap();
         assert_eq!(st.output_size_px(), (100, 70));
-        st.add_patch(0, PatchMap { num_classes: 1, height_px: 2, width_px: 2, data: &data }).unwrap();
+        st.add_patch(
+            0,
+            PatchMap {
+                num_classes: 1,
+                height_px: 2,
+                width_px: 2,
+                data: &data,
+            },
+        )
+        .unwrap();
         st.finish().unwrap();
         assert_eq!(seen.len(), 7 * 5);
         let covered: usize = seen.iter().map(|s| s.2).sum();
@@ -679,12 +760,58 @@ mod tests {
         let c = cfg(100, 100, 0.0, 1, Weighting::Mean, 16);
         assert!(Stitcher::new(c, vec![], |_b: StitchedBlock| Ok(())).is_err());
         let c = cfg(100, 100, 1.0, 1, Weighting::Mean, 16);
-        let fps = vec![PatchFootprint { x_lv0: 0, y_lv0: 0, size_lv0_px: 50.0 }];
+        let fps = vec![PatchFootprint {
+            x_lv0: 0,
+            y_lv0: 0,
+            size_lv0_px: 50.0,
+        }];
         let mut st = Stitcher::new(c, fps, |_b: StitchedBlock| Ok(())).unwrap();
         let d = [0f32; 3];
-        assert!(st.add_patch(0, PatchMap { num_classes: 1, height_px: 2, width_px: 2, data: &d }).is_err());
-        assert!(st.add_patch(5, PatchMap { num_classes: 1, height_px: 1, width_px: 3, data: &d }).is_err());
-        st.add_patch(0, PatchMap { num_classes: 1, height_px: 1, width_px: 3, data: &d }).unwrap();
-        assert!(st.add_patch(0, PatchMap { num_classes: 1, height_px: 1, width_px: 3, data: &d }).is_err());
+        assert!(
+            st.add_patch(
+                0,
+                PatchMap {
+                    num_classes: 1,
+                    height_px: 2,
+                    width_px: 2,
+                    data: &d
+                }
+            )
+            .is_err()
+        );
+        assert!(
+            st.add_patch(
+                5,
+                PatchMap {
+                    num_classes: 1,
+                    height_px: 1,
+                    width_px: 3,
+                    data: &d
+                }
+            )
+            .is_err()
+        );
+        st.add_patch(
+            0,
+            PatchMap {
+                num_classes: 1,
+                height_px: 1,
+                width_px: 3,
+                data: &d,
+            },
+        )
+        .unwrap();
+        assert!(
+            st.add_patch(
+                0,
+                PatchMap {
+                    num_classes: 1,
+                    height_px: 1,
+                    width_px: 3,
+                    data: &d
+                }
+            )
+            .is_err()
+        );
     }
 }

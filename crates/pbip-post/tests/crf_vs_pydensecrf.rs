@@ -11,7 +11,11 @@ fn fixture() -> Value {
 }
 
 fn f32s(v: &Value) -> Vec<f32> {
-    v.as_array().unwrap().iter().map(|x| x.as_f64().unwrap() as f32).collect()
+    v.as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_f64().unwrap() as f32)
+        .collect()
 }
 
 #[test]
@@ -32,24 +36,64 @@ fn matches_pydensecrf() {
         compat_bilateral: g("compat_bilateral"),
         n_iter: p["n_iter"].as_u64().unwrap() as usize,
     };
-    let rgb: Vec<u8> = fx["rgb"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect();
+    let rgb: Vec<u8> = fx["rgb"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u8)
+        .collect();
     let probs = f32s(&fx["probs"]);
     let want_q = f32s(&fx["marginals"]);
-    let want_l: Vec<u8> = fx["labels"].as_array().unwrap().iter().map(|x| x.as_u64().unwrap() as u8).collect();
-    assert!(fx["unary_argmax_changed"].as_u64().unwrap() > 20, "fixture CRF should change labels");
+    let want_l: Vec<u8> = fx["labels"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|x| x.as_u64().unwrap() as u8)
+        .collect();
+    assert!(
+        fx["unary_argmax_changed"].as_u64().unwrap() > 20,
+        "fixture CRF should change labels"
+    );
 
     let out = dense_crf(&probs, c, w, h, &rgb, &params).unwrap();
-    let max_diff = out.marginals.iter().zip(&want_q).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
-    let eq = out.labels.iter().zip(&want_l).filter(|(a, b)| a == b).count();
-    eprintln!("vs pydensecrf: max |dQ| = {max_diff}, labels equal {eq}/{}", w * h);
+    let max_diff = out
+        .marginals
+        .iter()
+        .zip(&want_q)
+        .map(|(a, b)| (a - b).abs())
+        .fold(0f32, f32::max);
+    let eq = out
+        .labels
+        .iter()
+        .zip(&want_l)
+        .filter(|(a, b)| a == b)
+        .count();
+    eprintln!(
+        "vs pydensecrf: max |dQ| = {max_diff}, labels equal {eq}/{}",
+        w * h
+    );
     assert!(max_diff < 1e-5, "max marginal diff {max_diff}");
     assert!(eq * 1000 >= 999 * w * h, "labels equal {eq}/{}", w * h);
 
     // The exact-Gaussian reference is close too (the lattice is an approximation).
     let bf = dense_crf_bruteforce(&probs, c, w, h, &rgb, &params).unwrap();
-    let eq_bf = bf.labels.iter().zip(&want_l).filter(|(a, b)| a == b).count();
-    let mad: f32 = bf.marginals.iter().zip(&want_q).map(|(a, b)| (a - b).abs()).sum::<f32>() / want_q.len() as f32;
-    eprintln!("bruteforce vs pydensecrf: labels equal {eq_bf}/{}, marginal MAD {mad}", w * h);
+    let eq_bf = bf
+        .labels
+        .iter()
+        .zip(&want_l)
+        .filter(|(a, b)| a == b)
+        .count();
+    let mad: f32 = bf
+        .marginals
+        .iter()
+        .zip(&want_q)
+        .map(|(a, b)| (a - b).abs())
+        .sum::<f32>()
+        / want_q.len() as f32;
+    eprintln!(
+        "bruteforce vs pydensecrf: labels equal {eq_bf}/{}, marginal MAD {mad}",
+        w * h
+    );
     assert!(eq_bf * 100 >= 98 * w * h);
     assert!(mad < 0.03);
 }

@@ -40,7 +40,9 @@ fn blobby(w: usize, h: usize, c: usize, seed: u64) -> Vec<u8> {
             if rng.random_range(0.0..1.0f32) < 0.03 {
                 return rng.random_range(0..=c) as u8;
             }
-            let best = (0..=c).max_by(|&a, &b| layers[a][i].total_cmp(&layers[b][i])).unwrap_or(0);
+            let best = (0..=c)
+                .max_by(|&a, &b| layers[a][i].total_cmp(&layers[b][i]))
+                .unwrap_or(0);
             if best == c { 255 } else { best as u8 }
         })
         .collect()
@@ -115,9 +117,24 @@ fn geojson_round_trips_random_blobby_masks() {
         for (k, f) in feats.iter().enumerate() {
             assert_eq!(f["type"], "Feature");
             assert_eq!(f["properties"]["objectType"], "annotation");
-            assert_eq!(f["properties"]["classification"]["name"], classes[k].name.as_str());
-            let col: Vec<u64> = f["properties"]["classification"]["color"].as_array().unwrap().iter().map(|v| v.as_u64().unwrap()).collect();
-            assert_eq!(col, classes[k].color.iter().map(|&c| c as u64).collect::<Vec<_>>());
+            assert_eq!(
+                f["properties"]["classification"]["name"],
+                classes[k].name.as_str()
+            );
+            let col: Vec<u64> = f["properties"]["classification"]["color"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|v| v.as_u64().unwrap())
+                .collect();
+            assert_eq!(
+                col,
+                classes[k]
+                    .color
+                    .iter()
+                    .map(|&c| c as u64)
+                    .collect::<Vec<_>>()
+            );
             let rings = rings_of(&f["geometry"]);
             for r in &rings {
                 assert!(r.len() >= 5, "ring with {} points", r.len());

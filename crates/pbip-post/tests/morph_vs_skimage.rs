@@ -13,9 +13,16 @@ struct Case {
 
 impl Case {
     fn ints(&self, key: &str) -> Vec<i64> {
-        let arr = self.v[key].as_array().unwrap_or_else(|| panic!("{}: missing {key}", self.name));
+        let arr = self.v[key]
+            .as_array()
+            .unwrap_or_else(|| panic!("{}: missing {key}", self.name));
         let out: Vec<i64> = arr.iter().map(|x| x.as_i64().unwrap_or(i64::MIN)).collect();
-        assert_eq!(out.len(), self.w * self.h, "{}: {key} has wrong length", self.name);
+        assert_eq!(
+            out.len(),
+            self.w * self.h,
+            "{}: {key} has wrong length",
+            self.name
+        );
         out
     }
     fn mask(&self, key: &str) -> Vec<bool> {
@@ -48,7 +55,11 @@ fn diff_count(a: &[bool], b: &[bool]) -> usize {
 fn binary_closing_opening_match_skimage() {
     for c in cases() {
         let m = c.mask("mask");
-        for (key, fp) in [("sq3", Footprint::Square(3)), ("sq5", Footprint::Square(5)), ("disk2", Footprint::Disk(2))] {
+        for (key, fp) in [
+            ("sq3", Footprint::Square(3)),
+            ("sq5", Footprint::Square(5)),
+            ("disk2", Footprint::Disk(2)),
+        ] {
             let got = morph::binary_closing(&m, c.w, c.h, fp).unwrap();
             let want = c.mask(&format!("closing_{key}"));
             assert_eq!(diff_count(&got, &want), 0, "{} closing {key}", c.name);
@@ -65,7 +76,10 @@ fn binary_closing_opening_match_skimage() {
 fn labels_match_skimage_label() {
     for c in cases() {
         let m = c.mask("mask");
-        for (key, conn) in [("label_conn1", Connectivity::Four), ("label_conn2", Connectivity::Eight)] {
+        for (key, conn) in [
+            ("label_conn1", Connectivity::Four),
+            ("label_conn2", Connectivity::Eight),
+        ] {
             let (got, n) = morph::label_mask(&m, c.w, c.h, conn).unwrap();
             let want = c.ints(key);
             let got: Vec<i64> = got.iter().map(|&x| x as i64).collect();
@@ -73,7 +87,10 @@ fn labels_match_skimage_label() {
             assert_eq!(n as i64, want.iter().copied().max().unwrap_or(0));
         }
         let multi: Vec<u8> = c.ints("multi").iter().map(|&x| x as u8).collect();
-        for (key, conn) in [("multi_label_conn1", Connectivity::Four), ("multi_label_conn2", Connectivity::Eight)] {
+        for (key, conn) in [
+            ("multi_label_conn1", Connectivity::Four),
+            ("multi_label_conn2", Connectivity::Eight),
+        ] {
             let (got, _) = morph::label_components(&multi, c.w, c.h, Some(0), conn).unwrap();
             let got: Vec<i64> = got.iter().map(|&x| x as i64).collect();
             assert_eq!(got, c.ints(key), "{} {key}", c.name);
@@ -85,7 +102,10 @@ fn labels_match_skimage_label() {
 fn remove_small_objects_matches_skimage() {
     for c in cases() {
         let m = c.mask("mask");
-        for (key, conn) in [("rso_min10_conn1", Connectivity::Four), ("rso_min10_conn2", Connectivity::Eight)] {
+        for (key, conn) in [
+            ("rso_min10_conn1", Connectivity::Four),
+            ("rso_min10_conn2", Connectivity::Eight),
+        ] {
             let got = morph::remove_small_objects(&m, c.w, c.h, 10, conn).unwrap();
             let want = c.mask(key);
             assert_eq!(diff_count(&got, &want), 0, "{} {key}", c.name);
@@ -98,7 +118,12 @@ fn remove_small_objects_matches_skimage() {
 fn edt_matches_scipy() {
     for c in cases() {
         let m = c.mask("mask");
-        let want: Vec<f64> = c.v["edt"].as_array().unwrap().iter().map(|x| x.as_f64().unwrap_or(f64::NAN)).collect();
+        let want: Vec<f64> = c.v["edt"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|x| x.as_f64().unwrap_or(f64::NAN))
+            .collect();
         let got = morph::distance_transform_edt(&m, c.w, c.h).unwrap();
         assert_eq!(got.len(), want.len());
         for (i, (g, w)) in got.iter().zip(&want).enumerate() {

@@ -12,10 +12,16 @@ fn testdata(name: &str) -> Vec<u8> {
 fn npy_bytes_equal_numpy_save() {
     // numpy: (np.arange(12, dtype=np.float32).reshape(3, 4) / 7).astype(np.float16)
     let vals: Vec<f32> = (0..12).map(|i| i as f32 / 7.0).collect();
-    assert_eq!(npz::npy_bytes_f16(&[3, 4], &vals).unwrap(), testdata("npy_f16_ref.npy"));
+    assert_eq!(
+        npz::npy_bytes_f16(&[3, 4], &vals).unwrap(),
+        testdata("npy_f16_ref.npy")
+    );
     // numpy: np.arange(15, dtype=np.uint8).reshape(5, 3) * 17
     let vals: Vec<u8> = (0..15).map(|i| i * 17).collect();
-    assert_eq!(npz::npy_bytes_u8(&[5, 3], &vals).unwrap(), testdata("npy_u8_ref.npy"));
+    assert_eq!(
+        npz::npy_bytes_u8(&[5, 3], &vals).unwrap(),
+        testdata("npy_u8_ref.npy")
+    );
 }
 
 /// Minimal .npy parser: returns (descr, shape, data bytes).
@@ -26,9 +32,26 @@ fn parse_npy(b: &[u8]) -> (String, Vec<usize>, Vec<u8>) {
     let header = std::str::from_utf8(&b[10..10 + hl]).unwrap();
     assert!(header.ends_with('\n'));
     assert!(header.contains("'fortran_order': False"));
-    let descr = header.split("'descr': '").nth(1).unwrap().split('\'').next().unwrap().to_string();
-    let shape_s = header.split("'shape': (").nth(1).unwrap().split(')').next().unwrap();
-    let shape = shape_s.split(',').filter(|s| !s.trim().is_empty()).map(|s| s.trim().parse().unwrap()).collect();
+    let descr = header
+        .split("'descr': '")
+        .nth(1)
+        .unwrap()
+        .split('\'')
+        .next()
+        .unwrap()
+        .to_string();
+    let shape_s = header
+        .split("'shape': (")
+        .nth(1)
+        .unwrap()
+        .split(')')
+        .next()
+        .unwrap();
+    let shape = shape_s
+        .split(',')
+        .filter(|s| !s.trim().is_empty())
+        .map(|s| s.trim().parse().unwrap())
+        .collect();
     (descr, shape, b[10 + hl..].to_vec())
 }
 
@@ -49,7 +72,9 @@ fn read_npz(path: &std::path::Path) -> Vec<(String, Vec<u8>)> {
 fn confidence_npz_reads_back() {
     let dir = tempfile::tempdir().unwrap();
     let (w, h, c) = (7usize, 5usize, 3usize);
-    let conf: Vec<f32> = (0..c * w * h).map(|i| ((i * 37) % 101) as f32 / 100.0).collect();
+    let conf: Vec<f32> = (0..c * w * h)
+        .map(|i| ((i * 37) % 101) as f32 / 100.0)
+        .collect();
     for enc in [ConfidenceEncoding::Float16, ConfidenceEncoding::U8] {
         let path = dir.path().join(format!("conf_{enc:?}.npz"));
         npz::write_confidence_maps(&path, &conf, c, w, h, enc).unwrap();

@@ -120,7 +120,9 @@ pub enum PyramidError {
         source: SourceError,
     },
     /// An in-memory image does not have `width * height * channels` bytes.
-    #[error("image buffer for {path} has {actual} bytes, expected {expected} ({width_px}x{height_px}x{channels})")]
+    #[error(
+        "image buffer for {path} has {actual} bytes, expected {expected} ({width_px}x{height_px}x{channels})"
+    )]
     BufferSize {
         /// Output file.
         path: PathBuf,
@@ -376,18 +378,26 @@ pub fn write_pyramid_from_image(
             channels: ch,
         });
     }
-    write_pyramid(path, width_px, height_px, opts, |r: &Region, buf: &mut [u8]| {
-        let row = width_px as usize * ch;
-        let start = r.y_px as usize * row;
-        let end = start + r.height_px as usize * row;
-        // Bands always span the full width, so a band is one contiguous slice.
-        let src = data.get(start..end).ok_or("band outside the image buffer")?;
-        if r.x_px != 0 || r.width_px != width_px || buf.len() != src.len() {
-            return Err("unexpected band geometry".into());
-        }
-        buf.copy_from_slice(src);
-        Ok(())
-    })
+    write_pyramid(
+        path,
+        width_px,
+        height_px,
+        opts,
+        |r: &Region, buf: &mut [u8]| {
+            let row = width_px as usize * ch;
+            let start = r.y_px as usize * row;
+            let end = start + r.height_px as usize * row;
+            // Bands always span the full width, so a band is one contiguous slice.
+            let src = data
+                .get(start..end)
+                .ok_or("band outside the image buffer")?;
+            if r.x_px != 0 || r.width_px != width_px || buf.len() != src.len() {
+                return Err("unexpected band geometry".into());
+            }
+            buf.copy_from_slice(src);
+            Ok(())
+        },
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -414,7 +424,10 @@ fn plan_chain(
     opts: &PyramidOptions,
 ) -> Result<Vec<ChainLevel>, PyramidError> {
     if width == 0 || height == 0 {
-        return Err(invalid(path, format!("image size {width}x{height} is empty")));
+        return Err(invalid(
+            path,
+            format!("image size {width}x{height} is empty"),
+        ));
     }
     let t = opts.tile_size_px;
     if t < 16 || t > 4096 || t % 16 != 0 {
@@ -429,7 +442,10 @@ fn plan_chain(
                 return Err(invalid(path, "JPEG tiles are only supported for Rgb8"));
             }
             if !(1..=100).contains(&quality) {
-                return Err(invalid(path, format!("JPEG quality {quality} not in 1..=100")));
+                return Err(invalid(
+                    path,
+                    format!("JPEG quality {quality} not in 1..=100"),
+                ));
             }
         }
         TileCompression::Deflate { level } => {
@@ -457,7 +473,10 @@ fn plan_chain(
     match &opts.downsamples {
         Some(list) => {
             if list.first() != Some(&1) {
-                return Err(invalid(path, format!("downsamples {list:?} must start with 1")));
+                return Err(invalid(
+                    path,
+                    format!("downsamples {list:?} must start with 1"),
+                ));
             }
             for w in list.windows(2) {
                 if w[1] <= w[0] {
@@ -496,8 +515,7 @@ fn plan_chain(
         None => loop {
             let prev = chain[chain.len() - 1];
             let (w2, h2) = (prev.width.div_ceil(2), prev.height.div_ceil(2));
-            if (prev.width == 1 && prev.height == 1) || w2.max(h2) < opts.min_level_size_px.max(1)
-            {
+            if (prev.width == 1 && prev.height == 1) || w2.max(h2) < opts.min_level_size_px.max(1) {
                 break;
             }
             chain.push(ChainLevel {
@@ -583,10 +601,12 @@ impl Engine<'_> {
         if st.geom.write {
             let tiles = encode_band(path, self.opts, ch, level, st)?;
             for t in tiles {
-                let off = dir.write_data(t.as_slice()).map_err(|source| PyramidError::Tiff {
-                    path: path.to_path_buf(),
-                    source,
-                })?;
+                let off = dir
+                    .write_data(t.as_slice())
+                    .map_err(|source| PyramidError::Tiff {
+                        path: path.to_path_buf(),
+                        source,
+                    })?;
                 st.offsets.push(off);
                 st.counts.push(t.len() as u64);
             }
@@ -701,27 +721,29 @@ fn downsample_band(
     let (w, r) = (width as usize, rows as usize);
     let (w2, r2) = (w.div_ceil(2), r.div_ceil(2));
     let mut out = vec![0u8; w2 * r2 * ch];
-    out.par_chunks_mut(w2 * ch).enumerate().for_each(|(y, orow)| {
-        let y0 = 2 * y;
-        let y1 = (2 * y + 1).min(r - 1);
-        for x in 0..w2 {
-            let x0 = 2 * x;
-            let x1 = (2 * x + 1).min(w - 1);
-            for c in 0..ch {
-                let v = match mode {
-                    Downsampling::Nearest => band[(y0 * w + x0) * ch + c],
-                    Downsampling::Mean2x2 => {
-                        let s = band[(y0 * w + x0) * ch + c] as u32
-                            + band[(y0 * w + x1) * ch + c] as u32
-                            + band[(y1 * w + x0) * ch + c] as u32
-                            + band[(y1 * w + x1) * ch + c] as u32;
-                        ((s + 2) / 4) as u8
-                    }
-                };
-                orow[x * ch + c] = v;
+    out.par_chunks_mut(w2 * ch)
+        .enumerate()
+        .for_each(|(y, orow)| {
+            let y0 = 2 * y;
+            let y1 = (2 * y + 1).min(r - 1);
+            for x in 0..w2 {
+                let x0 = 2 * x;
+                let x1 = (2 * x + 1).min(w - 1);
+                for c in 0..ch {
+                    let v = match mode {
+                        Downsampling::Nearest => band[(y0 * w + x0) * ch + c],
+                        Downsampling::Mean2x2 => {
+                            let s = band[(y0 * w + x0) * ch + c] as u32
+                                + band[(y0 * w + x1) * ch + c] as u32
+                                + band[(y1 * w + x0) * ch + c] as u32
+                                + band[(y1 * w + x1) * ch + c] as u32;
+                            ((s + 2) / 4) as u8
+                        }
+                    };
+                    orow[x * ch + c] = v;
+                }
             }
-        }
-    });
+        });
     (out, r2 as u32)
 }
 
@@ -907,7 +929,14 @@ fn write_tags<W: Write + Seek, K: TiffKind>(
         d.write_tag(Tag::TileOffsets, to32(&st.offsets)?.as_slice())?;
         d.write_tag(Tag::TileByteCounts, to32(&st.counts)?.as_slice())?;
     }
-    d.write_tag(Tag::SampleFormat, if opts.pixel_format.channels() == 3 { &[1u16, 1, 1][..] } else { &[1u16][..] })?;
+    d.write_tag(
+        Tag::SampleFormat,
+        if opts.pixel_format.channels() == 3 {
+            &[1u16, 1, 1][..]
+        } else {
+            &[1u16][..]
+        },
+    )?;
     if let TileCompression::Jpeg { .. } = opts.compression {
         d.write_tag(Tag::ChromaSubsampling, &[2u16, 2][..])?;
     }
@@ -941,10 +970,18 @@ mod tests {
     fn plan_auto_levels_stop_at_min_size() {
         let opts = PyramidOptions::rgb_jpeg(None);
         let lv = plan_levels(2048, 1000, &opts).unwrap();
-        let dims: Vec<_> = lv.iter().map(|l| (l.width_px, l.height_px, l.downsample)).collect();
+        let dims: Vec<_> = lv
+            .iter()
+            .map(|l| (l.width_px, l.height_px, l.downsample))
+            .collect();
         assert_eq!(
             dims,
-            vec![(2048, 1000, 1), (1024, 500, 2), (512, 250, 4), (256, 125, 8)]
+            vec![
+                (2048, 1000, 1),
+                (1024, 500, 2),
+                (512, 250, 4),
+                (256, 125, 8)
+            ]
         );
         assert_eq!(lv[0].tiles_x, 8);
         assert_eq!(lv[0].tiles_y, 4);
@@ -955,7 +992,10 @@ mod tests {
         let mut opts = PyramidOptions::rgb_jpeg(None);
         opts.downsamples = Some(vec![1, 4, 16]);
         let lv = plan_levels(1001, 999, &opts).unwrap();
-        let dims: Vec<_> = lv.iter().map(|l| (l.width_px, l.height_px, l.downsample)).collect();
+        let dims: Vec<_> = lv
+            .iter()
+            .map(|l| (l.width_px, l.height_px, l.downsample))
+            .collect();
         assert_eq!(dims, vec![(1001, 999, 1), (251, 250, 4), (63, 63, 16)]);
         opts.downsamples = Some(vec![1, 3]);
         assert!(plan_levels(100, 100, &opts).is_err());

@@ -42,10 +42,16 @@ fn read_levels(path: &Path) -> Vec<Level> {
         let (width, height) = dec.dimensions().unwrap();
         let (tile_w, tile_h) = dec.chunk_dimensions();
         let spp = dec.get_tag_u32(Tag::SamplesPerPixel).unwrap() as usize;
-        let subfile = dec.find_tag_unsigned::<u32>(Tag::NewSubfileType).unwrap().unwrap_or(0);
+        let subfile = dec
+            .find_tag_unsigned::<u32>(Tag::NewSubfileType)
+            .unwrap()
+            .unwrap_or(0);
         let compression = dec.get_tag_u32(Tag::Compression).unwrap() as u16;
         let photometric = dec.get_tag_u32(Tag::PhotometricInterpretation).unwrap() as u16;
-        let res_px_per_cm = match (dec.find_tag(Tag::XResolution).unwrap(), dec.find_tag(Tag::YResolution).unwrap()) {
+        let res_px_per_cm = match (
+            dec.find_tag(Tag::XResolution).unwrap(),
+            dec.find_tag(Tag::YResolution).unwrap(),
+        ) {
             (Some(x), Some(y)) => Some((rational(x), rational(y))),
             _ => None,
         };
@@ -56,7 +62,10 @@ fn read_levels(path: &Path) -> Vec<Level> {
             .map(|v| v.into_string().unwrap());
         // Tile offsets must be present and as many as tiles.
         let n_tiles = width.div_ceil(tile_w) * height.div_ceil(tile_h);
-        assert_eq!(dec.get_tag_u64_vec(Tag::TileOffsets).unwrap().len() as u32, n_tiles);
+        assert_eq!(
+            dec.get_tag_u64_vec(Tag::TileOffsets).unwrap().len() as u32,
+            n_tiles
+        );
         assert_eq!(dec.tile_count().unwrap(), n_tiles);
         let tiles_x = width.div_ceil(tile_w);
         let mut pixels = vec![0u8; width as usize * height as usize * spp];
@@ -183,7 +192,11 @@ fn rgb_deflate_roundtrip_is_exact_on_every_level() {
     assert_eq!(levels.len(), 3);
     let (mut cur, mut cw, mut chh) = (img.clone(), w, h);
     for (i, lv) in levels.iter().enumerate() {
-        assert_eq!((lv.width as usize, lv.height as usize), (cw, chh), "level {i} size");
+        assert_eq!(
+            (lv.width as usize, lv.height as usize),
+            (cw, chh),
+            "level {i} size"
+        );
         assert_eq!((lv.tile_w, lv.tile_h), (128, 128));
         assert_eq!(lv.compression, 8);
         assert_eq!(lv.photometric, 2);
@@ -191,7 +204,10 @@ fn rgb_deflate_roundtrip_is_exact_on_every_level() {
         assert_eq!(lv.subfile, if i == 0 { 0 } else { 1 });
         let ds = 1u32 << i;
         let (xr, yr) = lv.res_px_per_cm.unwrap();
-        assert!((xr - 1e4 / (0.25 * ds as f64)).abs() < 1e-6, "level {i} xres {xr}");
+        assert!(
+            (xr - 1e4 / (0.25 * ds as f64)).abs() < 1e-6,
+            "level {i} xres {xr}"
+        );
         assert!((yr - xr).abs() < 1e-9);
         assert_eq!(lv.res_unit, Some(3));
         assert!(lv.pixels == cur, "level {i} pixels differ");
@@ -272,7 +288,8 @@ fn jpeg_tiles_decode_to_rgb_with_zune_jpeg() {
     assert_eq!(offs.len(), 4);
     for (o, c) in offs.iter().zip(&counts) {
         let tile = &bytes[*o as usize..(*o + *c) as usize];
-        let mut d = zune_jpeg::JpegDecoder::new(zune_jpeg::zune_core::bytestream::ZCursor::new(tile));
+        let mut d =
+            zune_jpeg::JpegDecoder::new(zune_jpeg::zune_core::bytestream::ZCursor::new(tile));
         let px = d.decode().unwrap();
         let (tw, th) = d.dimensions().unwrap();
         assert_eq!((tw, th), (256, 256));
@@ -299,17 +316,31 @@ fn label_mask_bigtiff_nearest_levels_exact() {
     opts.edge_padding = EdgePadding::Value(255);
     // Stream level-0 bands from a closure; record the requested regions.
     let mut regions = Vec::new();
-    let summary = write_pyramid(&path, w as u32, h as u32, &opts, |r: &Region, buf: &mut [u8]| {
-        regions.push(*r);
-        for row in 0..r.height_px as usize {
-            let y = r.y_px as usize + row;
-            buf[row * w..(row + 1) * w].copy_from_slice(&img[y * w..(y + 1) * w]);
-        }
-        Ok(())
-    })
+    let summary = write_pyramid(
+        &path,
+        w as u32,
+        h as u32,
+        &opts,
+        |r: &Region, buf: &mut [u8]| {
+            regions.push(*r);
+            for row in 0..r.height_px as usize {
+                let y = r.y_px as usize + row;
+                buf[row * w..(row + 1) * w].copy_from_slice(&img[y * w..(y + 1) * w]);
+            }
+            Ok(())
+        },
+    )
     .unwrap();
     assert_eq!(regions.len(), 3); // 512 + 512 + 76 rows
-    assert_eq!(regions[2], Region { x_px: 0, y_px: 1024, width_px: 1500, height_px: 76 });
+    assert_eq!(
+        regions[2],
+        Region {
+            x_px: 0,
+            y_px: 1024,
+            width_px: 1500,
+            height_px: 76
+        }
+    );
     let head = std::fs::read(&path).unwrap();
     assert_eq!(&head[..4], b"II+\0", "BigTIFF header");
     let levels = read_levels(&path);
@@ -355,7 +386,10 @@ fn explicit_downsamples_write_only_requested_levels() {
     assert_eq!(levels.len(), 2);
     let (l1, w1, h1) = ref_mean_half(&img, w, h, 1);
     let (l2, w2, h2) = ref_mean_half(&l1, w1, h1, 1);
-    assert_eq!((levels[1].width as usize, levels[1].height as usize), (w2, h2));
+    assert_eq!(
+        (levels[1].width as usize, levels[1].height as usize),
+        (w2, h2)
+    );
     assert!(levels[1].pixels == l2);
     assert!(levels[0].res_px_per_cm.is_none());
 }
@@ -399,7 +433,14 @@ fn wrong_buffer_size_is_an_error() {
     let path = dir.path().join("x.tif");
     let err = write_pyramid_from_image(&path, 10, 10, &[0u8; 10], &PyramidOptions::rgb_jpeg(None))
         .unwrap_err();
-    assert!(matches!(err, PyramidError::BufferSize { expected: 300, actual: 10, .. }));
+    assert!(matches!(
+        err,
+        PyramidError::BufferSize {
+            expected: 300,
+            actual: 10,
+            ..
+        }
+    ));
 }
 
 #[test]

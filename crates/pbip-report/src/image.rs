@@ -18,7 +18,11 @@ pub struct PngImage {
 impl PngImage {
     /// Encodes an RGB8 image (row-major, HWC, `width * height * 3` bytes).
     pub fn from_rgb8(width: u32, height: u32, rgb: &[u8]) -> Result<Self, ReportError> {
-        Ok(Self { width, height, png: encode_png_rgb8(width, height, rgb)? })
+        Ok(Self {
+            width,
+            height,
+            png: encode_png_rgb8(width, height, rgb)?,
+        })
     }
 
     /// Encodes a label map (one `u8` class index per pixel) as a palette PNG; see
@@ -30,7 +34,11 @@ impl PngImage {
         class_colors: &[[u8; 3]],
         ignore_color: [u8; 3],
     ) -> Result<Self, ReportError> {
-        Ok(Self { width, height, png: encode_png_labels(width, height, labels, class_colors, ignore_color)? })
+        Ok(Self {
+            width,
+            height,
+            png: encode_png_labels(width, height, labels, class_colors, ignore_color)?,
+        })
     }
 
     /// `data:image/png;base64,...` URI of the image.
@@ -39,14 +47,34 @@ impl PngImage {
     }
 }
 
-fn check_len(width: u32, height: u32, channels: usize, got: usize, what: &'static str) -> Result<(), ReportError> {
+fn check_len(
+    width: u32,
+    height: u32,
+    channels: usize,
+    got: usize,
+    what: &'static str,
+) -> Result<(), ReportError> {
     if width == 0 || height == 0 {
-        return Err(ReportError::ImageSize { what, width, height, expected: 0, got });
+        return Err(ReportError::ImageSize {
+            what,
+            width,
+            height,
+            expected: 0,
+            got,
+        });
     }
-    let expected = (width as usize).checked_mul(height as usize).and_then(|n| n.checked_mul(channels));
+    let expected = (width as usize)
+        .checked_mul(height as usize)
+        .and_then(|n| n.checked_mul(channels));
     match expected {
         Some(e) if e == got => Ok(()),
-        e => Err(ReportError::ImageSize { what, width, height, expected: e.unwrap_or(usize::MAX), got }),
+        e => Err(ReportError::ImageSize {
+            what,
+            width,
+            height,
+            expected: e.unwrap_or(usize::MAX),
+            got,
+        }),
     }
 }
 
@@ -65,8 +93,11 @@ fn encode(
         if let Some(p) = palette {
             enc.set_palette(p);
         }
-        let mut w = enc.write_header().map_err(|e| ReportError::Png(e.to_string()))?;
-        w.write_image_data(data).map_err(|e| ReportError::Png(e.to_string()))?;
+        let mut w = enc
+            .write_header()
+            .map_err(|e| ReportError::Png(e.to_string()))?;
+        w.write_image_data(data)
+            .map_err(|e| ReportError::Png(e.to_string()))?;
         w.finish().map_err(|e| ReportError::Png(e.to_string()))?;
     }
     Ok(out)
@@ -98,11 +129,18 @@ pub fn encode_png_labels(
 ) -> Result<Vec<u8>, ReportError> {
     check_len(width, height, 1, labels.len(), "label map")?;
     if class_colors.len() > 255 {
-        return Err(ReportError::Png(format!("{} class colours, at most 255 allowed", class_colors.len())));
+        return Err(ReportError::Png(format!(
+            "{} class colours, at most 255 allowed",
+            class_colors.len()
+        )));
     }
     let mut pal = Vec::with_capacity(768);
     for i in 0..256usize {
-        let c = if i == 255 { ignore_color } else { class_colors.get(i).copied().unwrap_or([255, 0, 255]) };
+        let c = if i == 255 {
+            ignore_color
+        } else {
+            class_colors.get(i).copied().unwrap_or([255, 0, 255])
+        };
         pal.extend_from_slice(&c);
     }
     encode(width, height, png::ColorType::Indexed, Some(pal), labels)
@@ -186,7 +224,8 @@ mod tests {
     #[test]
     fn labels_palette() {
         let labels = [0u8, 1, 255, 7];
-        let png_bytes = encode_png_labels(2, 2, &labels, &[[1, 2, 3], [4, 5, 6]], [9, 9, 9]).unwrap();
+        let png_bytes =
+            encode_png_labels(2, 2, &labels, &[[1, 2, 3], [4, 5, 6]], [9, 9, 9]).unwrap();
         let (info, data, pal) = decode(&png_bytes);
         assert_eq!(info.color_type, png::ColorType::Indexed);
         assert_eq!(data, labels);

@@ -162,7 +162,12 @@ pub fn utc_timestamp(unix_secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC", rem / 3600, rem % 3600 / 60, rem % 60)
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
 }
 
 /// Current time as [`utc_timestamp`].
@@ -188,10 +193,16 @@ fn fmt_pct(v: f64) -> String {
 
 /// Heat-map colour for a fraction in [0, 1]: white to dark blue.
 fn heat_color(f: f64) -> (String, &'static str) {
-    let f = if f.is_finite() { f.clamp(0.0, 1.0) } else { 0.0 };
+    let f = if f.is_finite() {
+        f.clamp(0.0, 1.0)
+    } else {
+        0.0
+    };
     let lo = [247.0, 251.0, 255.0];
     let hi = [8.0, 48.0, 107.0];
-    let c: Vec<u8> = (0..3).map(|i| (lo[i] + (hi[i] - lo[i]) * f).round() as u8).collect();
+    let c: Vec<u8> = (0..3)
+        .map(|i| (lo[i] + (hi[i] - lo[i]) * f).round() as u8)
+        .collect();
     let fg = if f > 0.5 { "#fff" } else { "#111" };
     (format!("#{:02x}{:02x}{:02x}", c[0], c[1], c[2]), fg)
 }
@@ -226,7 +237,10 @@ footer{margin-top:2em;color:#777;font-size:0.8em}
 impl Report {
     /// Empty report with a title.
     pub fn new(title: impl Into<String>) -> Self {
-        Self { title: title.into(), ..Default::default() }
+        Self {
+            title: title.into(),
+            ..Default::default()
+        }
     }
 
     /// Renders the full HTML page. Fails only if the confusion matrix and its names disagree.
@@ -242,12 +256,21 @@ impl Report {
         if !self.info.is_empty() {
             h.push_str("<h2 id=\"run-info\">Run information</h2>\n<table class=\"info\">\n");
             for (k, v) in &self.info {
-                let _ = writeln!(h, "<tr><th>{}</th><td>{}</td></tr>", escape_html(k), escape_html(v));
+                let _ = writeln!(
+                    h,
+                    "<tr><th>{}</th><td>{}</td></tr>",
+                    escape_html(k),
+                    escape_html(v)
+                );
             }
             h.push_str("</table>\n");
         }
         for (i, s) in self.sections.iter().enumerate() {
-            let _ = writeln!(h, "<section class=\"metrics\" id=\"section-{i}\">\n<h2>{}</h2>", escape_html(&s.name));
+            let _ = writeln!(
+                h,
+                "<section class=\"metrics\" id=\"section-{i}\">\n<h2>{}</h2>",
+                escape_html(&s.name)
+            );
             if let Some(n) = &s.note {
                 let _ = writeln!(h, "<p class=\"note\">{}</p>", escape_html(n));
             }
@@ -330,13 +353,21 @@ fn render_metrics(h: &mut String, m: &MetricsReport) {
     h.push_str("<p class=\"summary\">");
     let _ = write!(h, "<span><b>mIoU</b> {}</span>", fmt_score(m.miou));
     let _ = write!(h, "<span><b>FwIoU</b> {}</span>", fmt_score(m.fwiou));
-    let _ = write!(h, "<span><b>pixel accuracy</b> {}</span>", fmt_score(m.pixel_accuracy));
+    let _ = write!(
+        h,
+        "<span><b>pixel accuracy</b> {}</span>",
+        fmt_score(m.pixel_accuracy)
+    );
     let _ = write!(h, "<span><b>pixels</b> {}</span>", m.num_pixels);
     if let Some(n) = m.num_patches {
         let _ = write!(h, "<span><b>patches</b> {n}</span>");
     }
     if m.patch_pixel_accuracy.is_some() {
-        let _ = write!(h, "<span><b>patch-mean pixel accuracy</b> {}</span>", fmt_score(m.patch_pixel_accuracy));
+        let _ = write!(
+            h,
+            "<span><b>patch-mean pixel accuracy</b> {}</span>",
+            fmt_score(m.patch_pixel_accuracy)
+        );
     }
     h.push_str("</p>\n<table class=\"scores\">\n<tr><th>class</th><th>IoU</th><th>Dice</th><th>precision</th><th>recall</th><th>F1</th><th>GT pixels</th><th>predicted pixels</th></tr>\n");
     for (name, s) in &m.per_class.0 {
@@ -382,10 +413,17 @@ fn render_table(h: &mut String, t: &SimpleTable) {
     h.push_str("</table>\n");
 }
 
-fn render_confusion(h: &mut String, m: &ConfusionMatrix, names: &[String]) -> Result<(), ReportError> {
+fn render_confusion(
+    h: &mut String,
+    m: &ConfusionMatrix,
+    names: &[String],
+) -> Result<(), ReportError> {
     let n = m.num_classes();
     if names.len() != n {
-        return Err(ReportError::ClassNames { classes: n, names: names.len() });
+        return Err(ReportError::ClassNames {
+            classes: n,
+            names: names.len(),
+        });
     }
     let unpred = m.unpredicted();
     let has_unpred = unpred.iter().any(|&u| u > 0);
@@ -400,14 +438,23 @@ fn render_confusion(h: &mut String, m: &ConfusionMatrix, names: &[String]) -> Re
     for (g, gname) in names.iter().enumerate() {
         let row_total = m.gt_count(g);
         let _ = write!(h, "<tr><th>{}</th>", escape_html(gname));
-        let cols = (0..n).map(|p| m.get(g, p)).chain(has_unpred.then(|| unpred[g]));
+        let cols = (0..n)
+            .map(|p| m.get(g, p))
+            .chain(has_unpred.then(|| unpred[g]));
         for count in cols {
             if row_total == 0 {
-                let _ = write!(h, "<td style=\"background:#eeeeee;color:#777\">{count}<small>n/a</small></td>");
+                let _ = write!(
+                    h,
+                    "<td style=\"background:#eeeeee;color:#777\">{count}<small>n/a</small></td>"
+                );
             } else {
                 let f = count as f64 / row_total as f64;
                 let (bg, fg) = heat_color(f);
-                let _ = write!(h, "<td style=\"background:{bg};color:{fg}\">{count}<small>{}</small></td>", fmt_pct(f));
+                let _ = write!(
+                    h,
+                    "<td style=\"background:{bg};color:{fg}\">{count}<small>{}</small></td>",
+                    fmt_pct(f)
+                );
             }
         }
         let _ = writeln!(h, "<td class=\"num\">{row_total}</td></tr>");
@@ -419,7 +466,11 @@ fn render_confusion(h: &mut String, m: &ConfusionMatrix, names: &[String]) -> Re
 fn render_sample(h: &mut String, s: &SampleTriplet) {
     h.push_str("<figure class=\"sample\">\n<div class=\"imgs\">");
     let alt = escape_html(&s.title);
-    for (label, img) in [("input", &s.input), ("ground truth", &s.gt), ("prediction", &s.pred)] {
+    for (label, img) in [
+        ("input", &s.input),
+        ("ground truth", &s.gt),
+        ("prediction", &s.pred),
+    ] {
         let _ = write!(
             h,
             "<div><img src=\"{}\" width=\"{}\" height=\"{}\" alt=\"{alt} {label}\">{label}</div>",
@@ -444,7 +495,10 @@ mod tests {
 
     #[test]
     fn escaping() {
-        assert_eq!(escape_html("<script>alert('x&y')</script>\""), "&lt;script&gt;alert(&#39;x&amp;y&#39;)&lt;/script&gt;&quot;");
+        assert_eq!(
+            escape_html("<script>alert('x&y')</script>\""),
+            "&lt;script&gt;alert(&#39;x&amp;y&#39;)&lt;/script&gt;&quot;"
+        );
     }
 
     #[test]

@@ -43,13 +43,13 @@ use std::io::{BufWriter, Write};
 use std::path::{Path, PathBuf};
 
 use pbip_pyramid::{PyramidOptions, Region, TileCompression, aperio_description, write_pyramid};
-use rand::{Rng, SeedableRng};
 use rand::seq::SliceRandom;
+use rand::{Rng, SeedableRng};
 use rand_chacha::ChaCha8Rng;
 use rayon::prelude::*;
 
-pub use texture::{LABEL_BACKGROUND, LABEL_BENIGN, LABEL_TUMOUR};
 use texture::SlideModel;
+pub use texture::{LABEL_BACKGROUND, LABEL_BENIGN, LABEL_TUMOUR};
 
 /// Class names in class-index order.
 pub const CLASS_ORDER: [&str; 2] = ["benign", "tumor"];
@@ -313,10 +313,7 @@ pub fn generate(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
     let plan = plan_splits(opts.num_slides, opts.seed)?;
     let out = &opts.out_dir;
     let dirs = ["slides", "masks", "coordinates"];
-    for d in dirs
-        .iter()
-        .chain(opts.thumbnails.then_some(&"thumbnails"))
-    {
+    for d in dirs.iter().chain(opts.thumbnails.then_some(&"thumbnails")) {
         let p = out.join(d);
         std::fs::create_dir_all(&p).map_err(io_err(&p))?;
     }
@@ -353,7 +350,10 @@ pub fn generate(opts: &SynthOptions) -> Result<SynthSummary, SynthError> {
     let rows = cols.iter().map(Vec::len).max().unwrap_or(0);
     let mut text = String::from("train,val,test\n");
     for r in 0..rows {
-        let cells: Vec<&str> = cols.iter().map(|c| c.get(r).copied().unwrap_or("")).collect();
+        let cells: Vec<&str> = cols
+            .iter()
+            .map(|c| c.get(r).copied().unwrap_or(""))
+            .collect();
         text.push_str(&cells.join(","));
         text.push('\n');
     }
@@ -602,12 +602,7 @@ fn generate_slide(
 }
 
 impl Accum {
-    fn add_band(
-        &mut self,
-        r: &Region,
-        rgb: &[u8],
-        labels: &[u8],
-    ) {
+    fn add_band(&mut self, r: &Region, rgb: &[u8], labels: &[u8]) {
         let w = self.width as usize;
         for row in 0..r.height_px as usize {
             let y = r.y_px as usize + row;
@@ -664,7 +659,10 @@ mod tests {
             let plan = plan_splits(n, 3).unwrap();
             assert_eq!(plan.len(), n);
             let count = |sp: Split, c: u8| plan.iter().filter(|p| p.0 == sp && p.1 == c).count();
-            assert!(count(Split::Train, 0) >= 1 && count(Split::Train, 1) >= 1, "n={n}");
+            assert!(
+                count(Split::Train, 0) >= 1 && count(Split::Train, 1) >= 1,
+                "n={n}"
+            );
             let nv = plan.iter().filter(|p| p.0 == Split::Val).count();
             let nt = plan.iter().filter(|p| p.0 == Split::Test).count();
             assert!(nv >= 1 && nt >= 1, "n={n}");
@@ -684,14 +682,35 @@ mod tests {
     fn bad_options_are_rejected() {
         let base = SynthOptions::new("/nonexistent/never_created");
         for o in [
-            SynthOptions { size_px: 100, ..base.clone() },
-            SynthOptions { num_slides: 2, ..base.clone() },
-            SynthOptions { mpp: 0.0, ..base.clone() },
-            SynthOptions { jpeg_quality: 0, ..base.clone() },
-            SynthOptions { tile_size_px: 100, ..base.clone() },
-            SynthOptions { min_tissue_fraction: 1.5, ..base.clone() },
+            SynthOptions {
+                size_px: 100,
+                ..base.clone()
+            },
+            SynthOptions {
+                num_slides: 2,
+                ..base.clone()
+            },
+            SynthOptions {
+                mpp: 0.0,
+                ..base.clone()
+            },
+            SynthOptions {
+                jpeg_quality: 0,
+                ..base.clone()
+            },
+            SynthOptions {
+                tile_size_px: 100,
+                ..base.clone()
+            },
+            SynthOptions {
+                min_tissue_fraction: 1.5,
+                ..base.clone()
+            },
         ] {
-            assert!(matches!(generate(&o), Err(SynthError::InvalidOptions(_))), "{o:?}");
+            assert!(
+                matches!(generate(&o), Err(SynthError::InvalidOptions(_))),
+                "{o:?}"
+            );
         }
         assert!(!Path::new("/nonexistent/never_created").exists());
     }

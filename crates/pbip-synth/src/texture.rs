@@ -27,7 +27,9 @@ fn mix64(mut z: u64) -> u64 {
 fn hash2(seed: u64, a: i64, b: i64) -> u64 {
     mix64(
         seed ^ (a as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
-            ^ (b as u64).wrapping_mul(0xC2B2_AE3D_27D4_EB4F).rotate_left(17),
+            ^ (b as u64)
+                .wrapping_mul(0xC2B2_AE3D_27D4_EB4F)
+                .rotate_left(17),
     )
 }
 
@@ -375,7 +377,11 @@ impl SlideModel {
         let (xf, yf) = (x as f32, y as f32);
         let mottle = vnoise(self.seed ^ 0x31, xf / 7.0, yf / 7.0) - 0.5;
         let mut c = p.tumour_cytoplasm;
-        c = [c[0] + 10.0 * mottle, c[1] + 12.0 * mottle, c[2] + 8.0 * mottle];
+        c = [
+            c[0] + 10.0 * mottle,
+            c[1] + 12.0 * mottle,
+            c[2] + 8.0 * mottle,
+        ];
 
         const CELL: f32 = 20.0;
         let (cx, cy) = (ffloor(xf / CELL), ffloor(yf / CELL));
@@ -452,7 +458,10 @@ mod tests {
             let t = mean_rgb(&m, LABEL_TUMOUR, 768);
             eprintln!("seed {seed}: benign {b:?} tumour {t:?}");
             for k in 0..3 {
-                assert!((b[k] - t[k]).abs() < 10.0, "channel {k}: benign {b:?} tumour {t:?}");
+                assert!(
+                    (b[k] - t[k]).abs() < 10.0,
+                    "channel {k}: benign {b:?} tumour {t:?}"
+                );
             }
             // ...but both are clearly tissue, not background.
             assert!(b.iter().sum::<f64>() / 3.0 < 215.0, "{b:?}");

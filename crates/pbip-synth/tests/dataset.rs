@@ -108,7 +108,12 @@ fn same_options_give_byte_identical_files() {
     }
     // A different seed gives different slides.
     let dir_c = tempfile::tempdir().unwrap();
-    generate(&SynthOptions { num_slides: 4, seed: 12, ..opts(dir_c.path()) }).unwrap();
+    generate(&SynthOptions {
+        num_slides: 4,
+        seed: 12,
+        ..opts(dir_c.path())
+    })
+    .unwrap();
     let a = std::fs::read(dir_a.path().join("masks/slide_000.png")).unwrap();
     let c = std::fs::read(dir_c.path().join("masks/slide_000.png")).unwrap();
     assert!(a != c);
@@ -149,14 +154,37 @@ fn csvs_parse_and_match_the_slides() {
     }
     assert_eq!(by_split.len(), 3);
     for name in label.keys() {
-        assert!(dir.path().join("slides").join(format!("{name}.tif")).is_file());
-        assert!(dir.path().join("masks").join(format!("{name}.png")).is_file());
-        assert!(dir.path().join("coordinates").join(format!("{name}.npy")).is_file());
-        assert!(dir.path().join("thumbnails").join(format!("{name}.png")).is_file());
+        assert!(
+            dir.path()
+                .join("slides")
+                .join(format!("{name}.tif"))
+                .is_file()
+        );
+        assert!(
+            dir.path()
+                .join("masks")
+                .join(format!("{name}.png"))
+                .is_file()
+        );
+        assert!(
+            dir.path()
+                .join("coordinates")
+                .join(format!("{name}.npy"))
+                .is_file()
+        );
+        assert!(
+            dir.path()
+                .join("thumbnails")
+                .join(format!("{name}.png"))
+                .is_file()
+        );
     }
     for s in &summary.slides {
         assert_eq!(label[&s.name], s.label);
-        let col = ["train", "val", "test"].iter().position(|c| *c == s.split.as_str()).unwrap();
+        let col = ["train", "val", "test"]
+            .iter()
+            .position(|c| *c == s.split.as_str())
+            .unwrap();
         assert!(by_split[&col].contains(&s.name));
     }
 }
@@ -199,14 +227,23 @@ fn config_has_exactly_the_agreed_keys() {
     assert_eq!(v["paths"]["coordinates_suffix"].as_str(), Some(".npy"));
     assert_eq!(v["paths"]["gt_suffix"].as_str(), Some(".png"));
     assert_eq!(v["paths"]["work_dir"].as_str(), Some("work"));
-    for key in ["split_csv", "labels_csv", "wsi_dir", "coordinates_dir", "gt_dir"] {
+    for key in [
+        "split_csv",
+        "labels_csv",
+        "wsi_dir",
+        "coordinates_dir",
+        "gt_dir",
+    ] {
         let rel = v["paths"][key].as_str().unwrap();
         assert!(Path::new(rel).is_relative());
         assert!(dir.path().join(rel).exists(), "{key} -> {rel}");
     }
     let protos = v["prototypes"].as_mapping().unwrap();
     let prkeys: BTreeSet<&str> = protos.keys().map(|k| k.as_str().unwrap()).collect();
-    assert_eq!(prkeys, BTreeSet::from(["num_per_class", "samples_per_wsi", "k_list"]));
+    assert_eq!(
+        prkeys,
+        BTreeSet::from(["num_per_class", "samples_per_wsi", "k_list"])
+    );
     let npc = v["prototypes"]["num_per_class"].as_u64().unwrap() as usize;
     assert_eq!(npc, summary.num_per_class);
     assert!(npc >= 1);
@@ -237,12 +274,20 @@ fn masks_are_consistent_with_labels_and_pixels() {
         }
         let tissue = benign + tumour;
         let tissue_frac = tissue as f64 / mask.len() as f64;
-        assert!((0.3..0.7).contains(&tissue_frac), "{}: tissue {tissue_frac}", s.name);
+        assert!(
+            (0.3..0.7).contains(&tissue_frac),
+            "{}: tissue {tissue_frac}",
+            s.name
+        );
         assert!((tissue_frac - s.tissue_fraction).abs() < 1e-12);
         let tum_frac = tumour as f64 / tissue as f64;
         assert!((tum_frac - s.tumour_fraction).abs() < 1e-12);
         if s.label == 1 {
-            assert!((0.15..0.65).contains(&tum_frac), "{}: tumour {tum_frac}", s.name);
+            assert!(
+                (0.15..0.65).contains(&tum_frac),
+                "{}: tumour {tum_frac}",
+                s.name
+            );
         } else {
             assert_eq!(tumour, 0, "{}: benign slide with tumour pixels", s.name);
         }
@@ -271,17 +316,37 @@ fn masks_are_consistent_with_labels_and_pixels() {
         let mean = |k: usize| sums[k].map(|v| v / counts[k].max(1) as f64);
         let bgm = mean(2);
         for c in 0..3 {
-            assert!((bgm[c] - 240.0).abs() < 3.0, "{}: background mean {bgm:?}", s.name);
+            assert!(
+                (bgm[c] - 240.0).abs() < 3.0,
+                "{}: background mean {bgm:?}",
+                s.name
+            );
         }
         // Only pixels right at the tissue border may be off-white after JPEG.
-        assert!((bg_off as f64) < 0.01 * bg as f64, "{}: {bg_off} off-white bg px", s.name);
+        assert!(
+            (bg_off as f64) < 0.01 * bg as f64,
+            "{}: {bg_off} off-white bg px",
+            s.name
+        );
         let bm = mean(0);
-        assert!(bm[1] < 200.0, "{}: benign tissue is not stained: {bm:?}", s.name);
+        assert!(
+            bm[1] < 200.0,
+            "{}: benign tissue is not stained: {bm:?}",
+            s.name
+        );
         if s.label == 1 {
             let tm = mean(1);
-            assert!(tm[1] < 200.0, "{}: tumour tissue is not stained: {tm:?}", s.name);
+            assert!(
+                tm[1] < 200.0,
+                "{}: tumour tissue is not stained: {tm:?}",
+                s.name
+            );
             for c in 0..3 {
-                assert!((bm[c] - tm[c]).abs() < 10.0, "{}: benign {bm:?} tumour {tm:?}", s.name);
+                assert!(
+                    (bm[c] - tm[c]).abs() < 10.0,
+                    "{}: benign {bm:?} tumour {tm:?}",
+                    s.name
+                );
             }
         }
     }
@@ -315,7 +380,12 @@ fn coordinates_are_exactly_the_tissue_tiles() {
                 }
             }
         }
-        let got: Vec<(i64, i64)> = coords.x.iter().copied().zip(coords.y.iter().copied()).collect();
+        let got: Vec<(i64, i64)> = coords
+            .x
+            .iter()
+            .copied()
+            .zip(coords.y.iter().copied())
+            .collect();
         assert_eq!(got, expected, "{}", s.name);
         for (i, _) in got.iter().enumerate() {
             let g = &coords;
@@ -338,7 +408,10 @@ fn slides_are_readable_pyramids_with_mpp() {
             let (w, h) = dec.dimensions().unwrap();
             assert_eq!(dec.chunk_dimensions(), (256, 256));
             assert_eq!(dec.get_tag_u32(Tag::Compression).unwrap(), 7);
-            let sub = dec.find_tag_unsigned::<u32>(Tag::NewSubfileType).unwrap().unwrap_or(0);
+            let sub = dec
+                .find_tag_unsigned::<u32>(Tag::NewSubfileType)
+                .unwrap()
+                .unwrap_or(0);
             assert_eq!(sub, if dims.is_empty() { 0 } else { 1 });
             let xres = match dec.get_tag(Tag::XResolution).unwrap() {
                 tiff::decoder::ifd::Value::Rational(n, d) => n as f64 / d as f64,
@@ -346,7 +419,11 @@ fn slides_are_readable_pyramids_with_mpp() {
             };
             let ds = SIZE as f64 / w as f64;
             // 0.5 µm/px -> 20000 px/cm at level 0.
-            assert!((xres - 2e4 / ds).abs() < 1e-6, "{}: xres {xres} at {w}", s.name);
+            assert!(
+                (xres - 2e4 / ds).abs() < 1e-6,
+                "{}: xres {xres} at {w}",
+                s.name
+            );
             assert_eq!(dec.get_tag_u32(Tag::ResolutionUnit).unwrap(), 3);
             // Every tile decodes.
             for i in 0..dec.tile_count().unwrap() {
@@ -358,7 +435,12 @@ fn slides_are_readable_pyramids_with_mpp() {
             }
             dec.next_image().unwrap();
         }
-        assert_eq!(dims, vec![(1024, 1024), (512, 512), (256, 256)], "{}", s.name);
+        assert_eq!(
+            dims,
+            vec![(1024, 1024), (512, 512), (256, 256)],
+            "{}",
+            s.name
+        );
         assert_eq!(s.num_levels, dims.len());
     }
 }
@@ -376,13 +458,16 @@ fn aperio_description_is_optional() {
     let summary = generate(&o).unwrap();
     assert_eq!(summary.slides.len(), 4);
     assert!(!dir.path().join("thumbnails").exists());
-    let mut dec =
-        Decoder::new(BufReader::new(File::open(&summary.slides[0].slide_path).unwrap())).unwrap();
+    let mut dec = Decoder::new(BufReader::new(
+        File::open(&summary.slides[0].slide_path).unwrap(),
+    ))
+    .unwrap();
     let d = dec.get_tag_ascii_string(Tag::ImageDescription).unwrap();
     assert!(d.starts_with("Aperio Image Library"), "{d}");
     assert!(d.contains("|MPP = 0.5"), "{d}");
     // Default datasets have none.
     let (_d, s) = dataset();
-    let mut dec = Decoder::new(BufReader::new(File::open(&s.slides[0].slide_path).unwrap())).unwrap();
+    let mut dec =
+        Decoder::new(BufReader::new(File::open(&s.slides[0].slide_path).unwrap())).unwrap();
     assert!(dec.find_tag(Tag::ImageDescription).unwrap().is_none());
 }

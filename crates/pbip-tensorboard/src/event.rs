@@ -65,11 +65,15 @@ impl Event {
     /// The value as `f64` for scalar entries (`Simple` or `TensorScalar`) of the given tag.
     pub fn scalar(&self, tag: &str) -> Option<f64> {
         match &self.what {
-            EventWhat::Summary(vals) => vals.iter().find(|v| v.tag == tag).and_then(|v| match v.value {
-                Value::Simple(x) => Some(x as f64),
-                Value::TensorScalar(x) => Some(x),
-                _ => None,
-            }),
+            EventWhat::Summary(vals) => {
+                vals.iter()
+                    .find(|v| v.tag == tag)
+                    .and_then(|v| match v.value {
+                        Value::Simple(x) => Some(x as f64),
+                        Value::TensorScalar(x) => Some(x),
+                        _ => None,
+                    })
+            }
             _ => None,
         }
     }
@@ -99,7 +103,11 @@ impl Event {
 
     /// Decodes one event; the error is a description of what is malformed.
     pub(crate) fn decode(buf: &[u8]) -> Result<Event, String> {
-        let mut ev = Event { wall_time_secs: 0.0, step: 0, what: EventWhat::Empty };
+        let mut ev = Event {
+            wall_time_secs: 0.0,
+            step: 0,
+            what: EventWhat::Empty,
+        };
         let mut f = Fields::new(buf);
         while let Some((num, val)) = f.next_field()? {
             match num {
@@ -182,7 +190,11 @@ fn decode_value(buf: &[u8]) -> Result<SummaryValue, String> {
             _ => {}
         }
     }
-    Ok(SummaryValue { tag, value, plugin_name })
+    Ok(SummaryValue {
+        tag,
+        value,
+        plugin_name,
+    })
 }
 
 fn decode_metadata(buf: &[u8]) -> Result<Option<String>, String> {
@@ -210,7 +222,10 @@ fn push_floats(val: Field<'_>, width: usize, out: &mut Vec<f64>, name: &str) -> 
         (Field::I64(a), 8) => out.push(f64::from_le_bytes(a)),
         (Field::Len(b), w) => {
             if b.len() % w != 0 {
-                return Err(format!("{name}: packed length {} not a multiple of {w}", b.len()));
+                return Err(format!(
+                    "{name}: packed length {} not a multiple of {w}",
+                    b.len()
+                ));
             }
             for c in b.chunks_exact(w) {
                 out.push(if w == 4 {
@@ -244,16 +259,26 @@ fn decode_tensor(buf: &[u8]) -> Result<Value, String> {
     Ok(match dtype {
         DT_STRING => match strings.first() {
             Some(s) => Value::Text(
-                String::from_utf8(s.to_vec()).map_err(|_| "TensorProto.string_val: not UTF-8".to_string())?,
+                String::from_utf8(s.to_vec())
+                    .map_err(|_| "TensorProto.string_val: not UTF-8".to_string())?,
             ),
             None => Value::Other,
         },
         DT_FLOAT | DT_DOUBLE => {
             let w = if dtype == DT_FLOAT { 4 } else { 8 };
             if floats.is_empty() && !content.is_empty() {
-                push_floats(Field::Len(content), w, &mut floats, "TensorProto.tensor_content")?;
+                push_floats(
+                    Field::Len(content),
+                    w,
+                    &mut floats,
+                    "TensorProto.tensor_content",
+                )?;
             }
-            if floats.len() == 1 { Value::TensorScalar(floats[0]) } else { Value::Other }
+            if floats.len() == 1 {
+                Value::TensorScalar(floats[0])
+            } else {
+                Value::Other
+            }
         }
         _ => Value::Other,
     })
@@ -266,14 +291,30 @@ mod tests {
     #[test]
     fn roundtrip_all_kinds() {
         let evs = [
-            Event { wall_time_secs: 1.5, step: 0, what: EventWhat::FileVersion("brain.Event:2".into()) },
+            Event {
+                wall_time_secs: 1.5,
+                step: 0,
+                what: EventWhat::FileVersion("brain.Event:2".into()),
+            },
             Event {
                 wall_time_secs: 2.0,
                 step: -3,
                 what: EventWhat::Summary(vec![
-                    SummaryValue { tag: "a".into(), value: Value::Simple(0.25), plugin_name: None },
-                    SummaryValue { tag: "b".into(), value: Value::TensorScalar(-7.5), plugin_name: Some("scalars".into()) },
-                    SummaryValue { tag: "t".into(), value: Value::Text("x<y".into()), plugin_name: Some("text".into()) },
+                    SummaryValue {
+                        tag: "a".into(),
+                        value: Value::Simple(0.25),
+                        plugin_name: None,
+                    },
+                    SummaryValue {
+                        tag: "b".into(),
+                        value: Value::TensorScalar(-7.5),
+                        plugin_name: Some("scalars".into()),
+                    },
+                    SummaryValue {
+                        tag: "t".into(),
+                        value: Value::Text("x<y".into()),
+                        plugin_name: Some("text".into()),
+                    },
                 ]),
             },
         ];

@@ -56,7 +56,9 @@ pub enum TbError {
         what: String,
     },
     /// A CRC does not match.
-    #[error("{path}: CRC mismatch in the {part} of the record at byte {offset} (stored {stored:#010x}, computed {computed:#010x})")]
+    #[error(
+        "{path}: CRC mismatch in the {part} of the record at byte {offset} (stored {stored:#010x}, computed {computed:#010x})"
+    )]
     BadCrc {
         /// Event file.
         path: PathBuf,
@@ -117,9 +119,19 @@ fn hostname() -> String {
     let clean: String = raw
         .trim()
         .chars()
-        .map(|c| if c.is_ascii_alphanumeric() || c == '-' || c == '_' { c } else { '_' })
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '_'
+            }
+        })
         .collect();
-    if clean.is_empty() { "localhost".to_string() } else { clean }
+    if clean.is_empty() {
+        "localhost".to_string()
+    } else {
+        clean
+    }
 }
 
 /// Writes one TensorBoard event file.
@@ -131,7 +143,9 @@ pub struct EventWriter {
 
 impl std::fmt::Debug for EventWriter {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("EventWriter").field("path", &self.path).finish_non_exhaustive()
+        f.debug_struct("EventWriter")
+            .field("path", &self.path)
+            .finish_non_exhaustive()
     }
 }
 
@@ -151,7 +165,11 @@ impl EventWriter {
             source,
         })?;
         let t0 = clock();
-        let secs = if t0.is_finite() && t0 > 0.0 { t0 as u64 } else { 0 };
+        let secs = if t0.is_finite() && t0 > 0.0 {
+            t0 as u64
+        } else {
+            0
+        };
         let host = hostname();
         let pid = std::process::id();
         let (path, file) = loop {
@@ -161,12 +179,20 @@ impl EventWriter {
                 Ok(f) => break (p, f),
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
                 Err(source) => {
-                    return Err(TbError::Io { path: p, what: "creating the event file", source });
+                    return Err(TbError::Io {
+                        path: p,
+                        what: "creating the event file",
+                        source,
+                    });
                 }
             }
         };
         tracing::debug!(path = %path.display(), "created TensorBoard event file");
-        let mut w = EventWriter { path, out: BufWriter::new(file), clock };
+        let mut w = EventWriter {
+            path,
+            out: BufWriter::new(file),
+            clock,
+        };
         w.write_event(&Event {
             wall_time_secs: t0,
             step: 0,
@@ -198,7 +224,13 @@ impl EventWriter {
     }
 
     /// Logs a scalar with an explicit wall time and flushes.
-    pub fn add_scalar_at(&mut self, tag: &str, value: f32, step: i64, wall_time_secs: f64) -> Result<(), TbError> {
+    pub fn add_scalar_at(
+        &mut self,
+        tag: &str,
+        value: f32,
+        step: i64,
+        wall_time_secs: f64,
+    ) -> Result<(), TbError> {
         self.write_event(&scalar_event(tag, value, step, wall_time_secs))?;
         self.flush()
     }
@@ -221,7 +253,13 @@ impl EventWriter {
     }
 
     /// Logs a text summary with an explicit wall time and flushes.
-    pub fn add_text_at(&mut self, tag: &str, text: &str, step: i64, wall_time_secs: f64) -> Result<(), TbError> {
+    pub fn add_text_at(
+        &mut self,
+        tag: &str,
+        text: &str,
+        step: i64,
+        wall_time_secs: f64,
+    ) -> Result<(), TbError> {
         self.write_event(&Event {
             wall_time_secs,
             step,
@@ -288,20 +326,41 @@ pub fn parse_events(data: &[u8], path: &Path) -> Result<Vec<Event>, TbError> {
         let start = pos;
         let rest = &data[pos..];
         if rest.len() < 12 {
-            return Err(trunc(start, format!("{} bytes left, the 12-byte header needs 12", rest.len())));
+            return Err(trunc(
+                start,
+                format!("{} bytes left, the 12-byte header needs 12", rest.len()),
+            ));
         }
         let len_bytes = &rest[..8];
         let stored = u32::from_le_bytes([rest[8], rest[9], rest[10], rest[11]]);
         let computed = masked_crc32c(len_bytes);
         if stored != computed {
-            return Err(TbError::BadCrc { path: path.to_path_buf(), offset: start as u64, part: "length", stored, computed });
+            return Err(TbError::BadCrc {
+                path: path.to_path_buf(),
+                offset: start as u64,
+                part: "length",
+                stored,
+                computed,
+            });
         }
         let len = u64::from_le_bytes([
-            len_bytes[0], len_bytes[1], len_bytes[2], len_bytes[3], len_bytes[4], len_bytes[5], len_bytes[6], len_bytes[7],
+            len_bytes[0],
+            len_bytes[1],
+            len_bytes[2],
+            len_bytes[3],
+            len_bytes[4],
+            len_bytes[5],
+            len_bytes[6],
+            len_bytes[7],
         ]);
         let avail = (rest.len() - 12) as u64;
         if avail < len.saturating_add(4) {
-            return Err(trunc(start, format!("record declares {len} data bytes + 4 CRC bytes, only {avail} bytes follow")));
+            return Err(trunc(
+                start,
+                format!(
+                    "record declares {len} data bytes + 4 CRC bytes, only {avail} bytes follow"
+                ),
+            ));
         }
         let len = len as usize; // fits: len + 4 <= avail <= usize::MAX
         let payload = &rest[12..12 + len];
@@ -309,7 +368,13 @@ pub fn parse_events(data: &[u8], path: &Path) -> Result<Vec<Event>, TbError> {
         let stored = u32::from_le_bytes([c[0], c[1], c[2], c[3]]);
         let computed = masked_crc32c(payload);
         if stored != computed {
-            return Err(TbError::BadCrc { path: path.to_path_buf(), offset: start as u64, part: "data", stored, computed });
+            return Err(TbError::BadCrc {
+                path: path.to_path_buf(),
+                offset: start as u64,
+                part: "data",
+                stored,
+                computed,
+            });
         }
         let ev = Event::decode(payload).map_err(|msg| TbError::Malformed {
             path: path.to_path_buf(),
@@ -350,20 +415,27 @@ mod tests {
         assert_eq!(r.len(), 3 + 16);
         assert_eq!(&r[..8], &3u64.to_le_bytes());
         assert_eq!(&r[12..15], b"abc");
-        assert_eq!(parse_events(&frame_record(&[]), Path::new("x")).unwrap().len(), 1);
+        assert_eq!(
+            parse_events(&frame_record(&[]), Path::new("x"))
+                .unwrap()
+                .len(),
+            1
+        );
     }
 
     #[test]
     fn file_name_pattern() {
         let dir = tempfile::tempdir().unwrap();
-        let w = EventWriter::create_with_clock(dir.path().join("a/b"), Box::new(|| 1234.9)).unwrap();
+        let w =
+            EventWriter::create_with_clock(dir.path().join("a/b"), Box::new(|| 1234.9)).unwrap();
         let name = w.path().file_name().unwrap().to_str().unwrap().to_string();
         let parts: Vec<&str> = name.split('.').collect();
         assert_eq!(&parts[..4], &["events", "out", "tfevents", "1234"]);
         assert_eq!(parts.len(), 7, "{name}");
         assert_eq!(parts[5], std::process::id().to_string());
         assert!(parts[6].parse::<u64>().is_ok());
-        let w2 = EventWriter::create_with_clock(dir.path().join("a/b"), Box::new(|| 1234.9)).unwrap();
+        let w2 =
+            EventWriter::create_with_clock(dir.path().join("a/b"), Box::new(|| 1234.9)).unwrap();
         assert_ne!(w.path(), w2.path());
     }
 }

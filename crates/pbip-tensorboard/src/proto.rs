@@ -113,7 +113,8 @@ impl<'a> Fields<'a> {
             return Ok(None);
         }
         let key = self.varint()?;
-        let field = u32::try_from(key >> 3).map_err(|_| format!("field number {} too large", key >> 3))?;
+        let field =
+            u32::try_from(key >> 3).map_err(|_| format!("field number {} too large", key >> 3))?;
         if field == 0 {
             return Err("field number 0".to_string());
         }

@@ -9,7 +9,9 @@ use pbip_tensorboard::{
 };
 
 fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("testdata")
+        .join(name)
 }
 
 fn expected() -> Vec<serde_json::Value> {
@@ -24,20 +26,38 @@ fn reader_recovers_reference_scalars_exactly() {
     let exp = expected();
     assert_eq!(events.len(), exp.len());
     for (e, x) in events.iter().zip(&exp) {
-        assert_eq!(e.wall_time_secs.to_bits(), x["wall_time_bits"].as_u64().unwrap());
+        assert_eq!(
+            e.wall_time_secs.to_bits(),
+            x["wall_time_bits"].as_u64().unwrap()
+        );
         assert_eq!(e.step, x["step"].as_i64().unwrap());
         if let Some(fv) = x.get("file_version") {
-            assert_eq!(e.what, EventWhat::FileVersion(fv.as_str().unwrap().to_string()));
+            assert_eq!(
+                e.what,
+                EventWhat::FileVersion(fv.as_str().unwrap().to_string())
+            );
             continue;
         }
-        let EventWhat::Summary(vals) = &e.what else { panic!("not a summary: {e:?}") };
+        let EventWhat::Summary(vals) = &e.what else {
+            panic!("not a summary: {e:?}")
+        };
         assert_eq!(vals.len(), 1);
         assert_eq!(vals[0].tag, x["tag"].as_str().unwrap());
         if let Some(bits) = x.get("simple_value_bits") {
-            let Value::Simple(v) = vals[0].value else { panic!("not simple: {:?}", vals[0]) };
-            assert_eq!(v.to_bits() as u64, bits.as_u64().unwrap(), "tag {}", vals[0].tag);
+            let Value::Simple(v) = vals[0].value else {
+                panic!("not simple: {:?}", vals[0])
+            };
+            assert_eq!(
+                v.to_bits() as u64,
+                bits.as_u64().unwrap(),
+                "tag {}",
+                vals[0].tag
+            );
         } else {
-            assert_eq!(vals[0].value, Value::Text(x["text"].as_str().unwrap().to_string()));
+            assert_eq!(
+                vals[0].value,
+                Value::Text(x["text"].as_str().unwrap().to_string())
+            );
             assert_eq!(vals[0].plugin_name.as_deref(), Some("text"));
         }
     }
@@ -57,15 +77,18 @@ fn replay_clock(times: Vec<f64>) -> pbip_tensorboard::Clock {
 #[test]
 fn writer_is_byte_identical_to_tensorboardx() {
     let exp = expected();
-    let times: Vec<f64> =
-        exp.iter().map(|x| f64::from_bits(x["wall_time_bits"].as_u64().unwrap())).collect();
+    let times: Vec<f64> = exp
+        .iter()
+        .map(|x| f64::from_bits(x["wall_time_bits"].as_u64().unwrap()))
+        .collect();
     let dir = tempfile::tempdir().unwrap();
     let mut w = EventWriter::create_with_clock(dir.path(), replay_clock(times)).unwrap();
     for x in &exp[1..] {
         let tag = x["tag"].as_str().unwrap();
         let step = x["step"].as_i64().unwrap();
         if let Some(bits) = x.get("simple_value_bits") {
-            w.add_scalar(tag, f32::from_bits(bits.as_u64().unwrap() as u32), step).unwrap();
+            w.add_scalar(tag, f32::from_bits(bits.as_u64().unwrap() as u32), step)
+                .unwrap();
         } else {
             w.add_text(tag, x["text"].as_str().unwrap(), step).unwrap();
         }
@@ -99,13 +122,19 @@ fn roundtrip_and_flush_without_close() {
         .unwrap()
         .as_secs_f64();
     assert!(events[1].wall_time_secs > 1.6e9 && events[1].wall_time_secs <= now);
-    let EventWhat::Summary(v) = &events[4].what else { panic!() };
+    let EventWhat::Summary(v) = &events[4].what else {
+        panic!()
+    };
     assert_eq!(v[0].value, Value::Text("<b>hi</b>".into()));
     let all = pbip_tensorboard::scalars(&events);
     assert_eq!(all.len(), 3);
     assert_eq!(all[0], ("loss".to_string(), 1, 0.5));
     // Explicit event round trip.
-    let e = Event { wall_time_secs: 3.25, step: 9, what: EventWhat::FileVersion("x".into()) };
+    let e = Event {
+        wall_time_secs: 3.25,
+        step: 9,
+        what: EventWhat::FileVersion("x".into()),
+    };
     w.write_event(&e).unwrap();
     w.flush().unwrap();
     assert_eq!(read_events(w.path()).unwrap()[5], e);
@@ -134,7 +163,11 @@ fn bad_crc_is_an_error() {
     let mut d = data.clone();
     d[14] ^= 0x40;
     match parse_events(&d, p) {
-        Err(TbError::BadCrc { part: "data", offset: 0, .. }) => {}
+        Err(TbError::BadCrc {
+            part: "data",
+            offset: 0,
+            ..
+        }) => {}
         other => panic!("expected data CRC error, got {other:?}"),
     }
     // flip a bit in the length: length CRC fails
@@ -148,16 +181,25 @@ fn bad_crc_is_an_error() {
     let mut d = data.clone();
     let n = d.len();
     d[n - 1] ^= 0xff;
-    assert!(matches!(parse_events(&d, p), Err(TbError::BadCrc { part: "data", .. })));
+    assert!(matches!(
+        parse_events(&d, p),
+        Err(TbError::BadCrc { part: "data", .. })
+    ));
     // a huge declared length with a valid length CRC is truncation, not a panic or allocation
     let len = u64::MAX.to_le_bytes();
     let mut d = len.to_vec();
     d.extend_from_slice(&pbip_tensorboard::masked_crc32c(&len).to_le_bytes());
     d.extend_from_slice(&[0; 8]);
-    assert!(matches!(parse_events(&d, p), Err(TbError::Truncated { .. })));
+    assert!(matches!(
+        parse_events(&d, p),
+        Err(TbError::Truncated { .. })
+    ));
     // valid framing around garbage protobuf: malformed
     let d = pbip_tensorboard::frame_record(&[0x0a, 0x7f, 1]);
-    assert!(matches!(parse_events(&d, p), Err(TbError::Malformed { .. })));
+    assert!(matches!(
+        parse_events(&d, p),
+        Err(TbError::Malformed { .. })
+    ));
     // missing file names the path
     let err = read_events("/nonexistent/events.x").unwrap_err();
     assert!(err.to_string().contains("/nonexistent/events.x"));

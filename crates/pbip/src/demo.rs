@@ -44,10 +44,21 @@ pub const DEMO_OVERRIDES: &[&str] = &[
 
 /// Generates a synthetic dataset and returns a printable summary.
 pub fn synth(out: &Path, slides: usize, size: u32, seed: u64) -> Result<String> {
-    let opts = pbip_synth::SynthOptions { num_slides: slides, size_px: size, seed, ..pbip_synth::SynthOptions::new(out) };
-    let s = pbip_synth::generate(&opts).with_context(|| format!("generating synthetic data in {}", out.display()))?;
+    let opts = pbip_synth::SynthOptions {
+        num_slides: slides,
+        size_px: size,
+        seed,
+        ..pbip_synth::SynthOptions::new(out)
+    };
+    let s = pbip_synth::generate(&opts)
+        .with_context(|| format!("generating synthetic data in {}", out.display()))?;
     let mut text = String::new();
-    let _ = writeln!(text, "synthetic dataset in {}: {} slides of {size} x {size} px", s.out_dir.display(), s.slides.len());
+    let _ = writeln!(
+        text,
+        "synthetic dataset in {}: {} slides of {size} x {size} px",
+        s.out_dir.display(),
+        s.slides.len()
+    );
     for sl in &s.slides {
         let _ = writeln!(
             text,
@@ -71,12 +82,14 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
     let data = out.join("data");
     let marker = data.join(".pbip-demo-params");
     let params = format!("slides={slides} size={size} seed=0\n");
-    let reuse = std::fs::read_to_string(&marker).is_ok_and(|m| m == params) && data.join("config.yaml").is_file();
+    let reuse = std::fs::read_to_string(&marker).is_ok_and(|m| m == params)
+        && data.join("config.yaml").is_file();
     if reuse {
         println!("reusing synthetic data in {}", data.display());
     } else {
         println!("{}", synth(&data, slides, size, 0)?);
-        std::fs::write(&marker, &params).with_context(|| format!("writing {}", marker.display()))?;
+        std::fs::write(&marker, &params)
+            .with_context(|| format!("writing {}", marker.display()))?;
     }
     let config_path = data.join("config.yaml");
     let mut overrides: Vec<String> = DEMO_OVERRIDES.iter().map(|s| s.to_string()).collect();
@@ -86,8 +99,20 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
     }
     let cfg = Config::load(&config_path, &overrides)?;
     println!();
-    println!("running {} implemented stage(s) with {}", STAGES.len(), config_path.display());
-    println!("  equivalent: pbip run --config {} {}", config_path.display(), overrides.iter().map(|o| format!("--set {o}")).collect::<Vec<_>>().join(" "));
+    println!(
+        "running {} implemented stage(s) with {}",
+        STAGES.len(),
+        config_path.display()
+    );
+    println!(
+        "  equivalent: pbip run --config {} {}",
+        config_path.display(),
+        overrides
+            .iter()
+            .map(|o| format!("--set {o}"))
+            .collect::<Vec<_>>()
+            .join(" ")
+    );
     crate::run_pipeline(&cfg, false)?;
 
     println!();
@@ -95,14 +120,21 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
     println!("  data:      {}", data.display());
     println!("  work dir:  {}", cfg.paths.work_dir.display());
     let summary = stage0_sample_prototypes::read_summary(&cfg)?;
-    println!("  stage 0 prototype coordinates: {}", stage0_sample_prototypes::output_dir(&cfg).display());
+    println!(
+        "  stage 0 prototype coordinates: {}",
+        stage0_sample_prototypes::output_dir(&cfg).display()
+    );
     for c in &summary.classes {
         println!(
             "    {:<8} {:>5} coordinates from {} slide(s): {}",
             c.class,
             c.coordinates,
             c.slides_sampled,
-            c.per_slide.iter().map(|(k, v)| format!("{k}={v}")).collect::<Vec<_>>().join(" ")
+            c.per_slide
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(" ")
         );
     }
     let ex = pbip_pipeline::stage1_embed_prototypes::exemplars_path(&cfg);
@@ -124,9 +156,18 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
             .display()
     );
     let s3 = pbip_pipeline::stage3_train::read_summary(&cfg)?;
-    println!("  stage 3 checkpoints:         {} (latest, best, epoch_N .safetensors)", pbip_pipeline::stage3_train::output_dir(&cfg).display());
-    println!("  stage 3 TensorBoard:         tensorboard --logdir {}", pbip_pipeline::stage3_train::runs_dir(&cfg).display());
-    println!("  stage 3 log:                 {}", pbip_pipeline::stage3_train::log_path(&cfg).display());
+    println!(
+        "  stage 3 checkpoints:         {} (latest, best, epoch_N .safetensors)",
+        pbip_pipeline::stage3_train::output_dir(&cfg).display()
+    );
+    println!(
+        "  stage 3 TensorBoard:         tensorboard --logdir {}",
+        pbip_pipeline::stage3_train::runs_dir(&cfg).display()
+    );
+    println!(
+        "  stage 3 log:                 {}",
+        pbip_pipeline::stage3_train::log_path(&cfg).display()
+    );
     println!(
         "  stage 3 training:            {} steps, {:.1} patches/s, model step {:.3} s, data wait {:.1}%",
         s3.steps,
@@ -147,11 +188,17 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
         );
     }
     if let Some(v) = &s3.best_val {
-        println!("  stage 3 best val (step {}):  mIoU {}, AUC {}", v.step, f(v.miou), f(v.auc));
+        println!(
+            "  stage 3 best val (step {}):  mIoU {}, AUC {}",
+            v.step,
+            f(v.miou),
+            f(v.auc)
+        );
     }
     let results = cfg.paths.work_dir.join("results");
     let metrics: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(results.join("metrics.json")).with_context(|| format!("reading {}", results.display()))?,
+        &std::fs::read_to_string(results.join("metrics.json"))
+            .with_context(|| format!("reading {}", results.display()))?,
     )?;
     let g = |k: &str| metrics[k]["miou"].as_f64();
     println!(
@@ -161,7 +208,10 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
         f(g("leak_reference")),
         f(metrics["deployable"]["slide_classification"]["exact_match_accuracy"].as_f64())
     );
-    println!("  stage 4 report:              {}", results.join("report.html").display());
+    println!(
+        "  stage 4 report:              {}",
+        results.join("report.html").display()
+    );
     println!("  not in the demo yet: stage 5 (whole-slide inference)");
     Ok(())
 }

@@ -71,7 +71,12 @@ pub(crate) fn infer(args: &InferArgs) -> Result<()> {
         s.batch_results.display()
     );
     if s.failed > 0 {
-        let failed: Vec<String> = s.rows.iter().filter(|r| r.status == "failed").map(|r| format!("{}: {}", r.wsi_name, r.error)).collect();
+        let failed: Vec<String> = s
+            .rows
+            .iter()
+            .filter(|r| r.status == "failed")
+            .map(|r| format!("{}: {}", r.wsi_name, r.error))
+            .collect();
         bail!("{} slide(s) failed: {}", s.failed, failed.join("; "));
     }
     Ok(())
@@ -79,9 +84,17 @@ pub(crate) fn infer(args: &InferArgs) -> Result<()> {
 
 pub(crate) fn merge_results(output_dir: &std::path::Path) -> Result<()> {
     let dir = output_dir.join(stage5_infer::OUTPUT_DIR);
-    let dir = if dir.is_dir() { dir } else { output_dir.to_path_buf() };
+    let dir = if dir.is_dir() {
+        dir
+    } else {
+        output_dir.to_path_buf()
+    };
     let rows = stage5_infer::merge_results(&dir)?;
     let failed = rows.iter().filter(|r| r.status == "failed").count();
-    println!("merged {} slide(s) into {} ({failed} failed)", rows.len(), dir.join(stage5_infer::BATCH_RESULTS).display());
+    println!(
+        "merged {} slide(s) into {} ({failed} failed)",
+        rows.len(),
+        dir.join(stage5_infer::BATCH_RESULTS).display()
+    );
     Ok(())
 }

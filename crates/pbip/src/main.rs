@@ -200,7 +200,10 @@ fn init_logging(verbose: u8, format: LogFormat) {
         _ => "trace",
     };
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(verbose > 0);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 0);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -233,26 +236,43 @@ fn run(cli: Cli) -> Result<()> {
         Command::ClusterPrototypes(args) => run_one(2, &args),
         Command::Train { config, resume } => {
             let cfg = config.load()?;
-            let topts = pbip_pipeline::stage3_train::TrainOptions { resume, ..Default::default() };
+            let topts = pbip_pipeline::stage3_train::TrainOptions {
+                resume,
+                ..Default::default()
+            };
             let out = pbip_pipeline::stage3_train::train(&cfg, &progress(), &topts)?;
             print_report(&out.report);
             Ok(())
         }
-        Command::Evaluate { config, weights, split, output_dir } => {
+        Command::Evaluate {
+            config,
+            weights,
+            split,
+            output_dir,
+        } => {
             let cfg = config.load()?;
             let split = match split {
                 SplitArg::Test => pbip_config::Split::Test,
                 SplitArg::Val => pbip_config::Split::Val,
                 SplitArg::Train => pbip_config::Split::Train,
             };
-            let eo = pbip_pipeline::stage4_evaluate::EvaluateOptions { weights, split, output_dir };
+            let eo = pbip_pipeline::stage4_evaluate::EvaluateOptions {
+                weights,
+                split,
+                output_dir,
+            };
             let outcome = pbip_pipeline::stage4_evaluate::run(&cfg, &eo, &progress())?;
             print_report(&outcome.report);
             if !outcome.failed_slides.is_empty() {
                 bail!(
                     "{} slide(s) failed (see per_slide.csv): {}",
                     outcome.failed_slides.len(),
-                    outcome.failed_slides.iter().map(|(s, e)| format!("{s}: {e}")).collect::<Vec<_>>().join("; ")
+                    outcome
+                        .failed_slides
+                        .iter()
+                        .map(|(s, e)| format!("{s}: {e}"))
+                        .collect::<Vec<_>>()
+                        .join("; ")
                 );
             }
             Ok(())
@@ -263,16 +283,37 @@ fn run(cli: Cli) -> Result<()> {
             let cfg = config.load()?;
             run_pipeline(&cfg, force)
         }
-        Command::Synth { out, slides, size, seed } => {
+        Command::Synth {
+            out,
+            slides,
+            size,
+            seed,
+        } => {
             let summary = demo::synth(&out, slides, size, seed)?;
             println!("{summary}");
             Ok(())
         }
-        Command::Demo { out, size, slides, train_steps } => demo::demo(&out, size, slides, train_steps),
-        Command::SlideInfo { slides, json, backend } => slide_info(&slides, json, backend),
-        Command::ReadRegion { slide, x, y, level, width, height, out, backend } => {
-            read_region(&slide, x, y, level, width, height, &out, backend)
-        }
+        Command::Demo {
+            out,
+            size,
+            slides,
+            train_steps,
+        } => demo::demo(&out, size, slides, train_steps),
+        Command::SlideInfo {
+            slides,
+            json,
+            backend,
+        } => slide_info(&slides, json, backend),
+        Command::ReadRegion {
+            slide,
+            x,
+            y,
+            level,
+            width,
+            height,
+            out,
+            backend,
+        } => read_region(&slide, x, y, level, width, height, &out, backend),
     }
 }
 
@@ -308,14 +349,22 @@ pub(crate) fn run_pipeline(cfg: &Config, force: bool) -> Result<()> {
 }
 
 fn print_report(report: &pbip_pipeline::StageReport) {
-    println!("stage {} ({}): outputs in {}", report.stage.index, report.stage.command, report.output_dir.display());
+    println!(
+        "stage {} ({}): outputs in {}",
+        report.stage.index,
+        report.stage.command,
+        report.output_dir.display()
+    );
     for line in &report.summary {
         println!("  {line}");
     }
 }
 
 fn open_slide(path: &Path, backend: BackendArg) -> Result<Slide> {
-    let opts = OpenOptions { backend: backend.into(), ..OpenOptions::default() };
+    let opts = OpenOptions {
+        backend: backend.into(),
+        ..OpenOptions::default()
+    };
     Ok(Slide::open(path, &opts)?)
 }
 
@@ -325,7 +374,11 @@ fn slide_info(slides: &[PathBuf], json: bool, backend: BackendArg) -> Result<()>
         infos.push(open_slide(p, backend)?.info());
     }
     if json {
-        let text = if infos.len() == 1 { serde_json::to_string_pretty(&infos[0])? } else { serde_json::to_string_pretty(&infos)? };
+        let text = if infos.len() == 1 {
+            serde_json::to_string_pretty(&infos[0])?
+        } else {
+            serde_json::to_string_pretty(&infos)?
+        };
         println!("{text}");
     } else {
         for (i, info) in infos.iter().enumerate() {
@@ -339,13 +392,28 @@ fn slide_info(slides: &[PathBuf], json: bool, backend: BackendArg) -> Result<()>
 }
 
 #[allow(clippy::too_many_arguments)]
-fn read_region(slide: &Path, x: i64, y: i64, level: usize, width: u32, height: u32, out: &Path, backend: BackendArg) -> Result<()> {
+fn read_region(
+    slide: &Path,
+    x: i64,
+    y: i64,
+    level: usize,
+    width: u32,
+    height: u32,
+    out: &Path,
+    backend: BackendArg,
+) -> Result<()> {
     if width == 0 || height == 0 {
         bail!("WIDTH and HEIGHT must be > 0 (got {width} x {height})");
     }
     let s = open_slide(slide, backend)?;
     let img = s.read_region(x, y, level, width, height)?;
     pbip_slide::write_png(out, &img)?;
-    println!("wrote {} ({} x {} px, level {level}, backend {})", out.display(), img.width, img.height, s.backend_name());
+    println!(
+        "wrote {} ({} x {} px, level {level}, backend {})",
+        out.display(),
+        img.width,
+        img.height,
+        s.backend_name()
+    );
     Ok(())
 }

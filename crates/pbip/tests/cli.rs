@@ -9,17 +9,26 @@ use pbip_config::{Split, parse_labels_csv, parse_split_csv};
 use pbip_coords::Coordinates;
 
 fn pbip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pbip")).args(args).output().expect("run pbip")
+    Command::new(env!("CARGO_BIN_EXE_pbip"))
+        .args(args)
+        .output()
+        .expect("run pbip")
 }
 
 fn text(o: &Output) -> (String, String) {
-    (String::from_utf8_lossy(&o.stdout).into_owned(), String::from_utf8_lossy(&o.stderr).into_owned())
+    (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
 }
 
 fn ok(args: &[&str]) -> String {
     let o = pbip(args);
     let (out, err) = text(&o);
-    assert!(o.status.success(), "pbip {args:?} failed\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        o.status.success(),
+        "pbip {args:?} failed\nstdout:\n{out}\nstderr:\n{err}"
+    );
     out
 }
 
@@ -27,10 +36,16 @@ fn ok(args: &[&str]) -> String {
 fn fails_with(args: &[&str], needles: &[&str]) -> String {
     let o = pbip(args);
     let (out, err) = text(&o);
-    assert!(!o.status.success(), "pbip {args:?} should fail\nstdout:\n{out}\nstderr:\n{err}");
+    assert!(
+        !o.status.success(),
+        "pbip {args:?} should fail\nstdout:\n{out}\nstderr:\n{err}"
+    );
     assert!(!err.contains("panicked"), "panic: {err}");
     for n in needles {
-        assert!(err.contains(n), "stderr of pbip {args:?} lacks `{n}`:\n{err}");
+        assert!(
+            err.contains(n),
+            "stderr of pbip {args:?} lacks `{n}`:\n{err}"
+        );
     }
     err
 }
@@ -44,7 +59,17 @@ fn synth_dir() -> &'static Path {
     &DIR.get_or_init(|| {
         let tmp = tempfile::tempdir().unwrap();
         let data = tmp.path().join("data");
-        let out = ok(&["synth", "--out", data.to_str().unwrap(), "--slides", &SLIDES.to_string(), "--size", &SIZE.to_string(), "--seed", "3"]);
+        let out = ok(&[
+            "synth",
+            "--out",
+            data.to_str().unwrap(),
+            "--slides",
+            &SLIDES.to_string(),
+            "--size",
+            &SIZE.to_string(),
+            "--seed",
+            "3",
+        ]);
         assert!(out.contains("slide_000"), "{out}");
         (tmp, data)
     })
@@ -60,7 +85,10 @@ fn npy_files(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "npy") {
-            m.insert(p.file_name().unwrap().to_string_lossy().into_owned(), std::fs::read(&p).unwrap());
+            m.insert(
+                p.file_name().unwrap().to_string_lossy().into_owned(),
+                std::fs::read(&p).unwrap(),
+            );
         }
     }
     m
@@ -74,12 +102,31 @@ fn synth_then_sample_prototypes_is_valid_and_reproducible() {
     let work2 = tempfile::tempdir().unwrap();
     let set1 = format!("paths.work_dir={}", s(work1.path()));
     let set2 = format!("paths.work_dir={}", s(work2.path()));
-    ok(&["sample-prototypes", "--config", s(&cfg_path), "--set", &set1, "--set", "prototypes.samples_per_wsi=7"]);
-    ok(&["sample-prototypes", "--config", s(&cfg_path), "--set", &set2, "--set", "prototypes.samples_per_wsi=7"]);
+    ok(&[
+        "sample-prototypes",
+        "--config",
+        s(&cfg_path),
+        "--set",
+        &set1,
+        "--set",
+        "prototypes.samples_per_wsi=7",
+    ]);
+    ok(&[
+        "sample-prototypes",
+        "--config",
+        s(&cfg_path),
+        "--set",
+        &set2,
+        "--set",
+        "prototypes.samples_per_wsi=7",
+    ]);
     let out1 = work1.path().join("prototype_coordinates");
     let out2 = work2.path().join("prototype_coordinates");
     let f1 = npy_files(&out1);
-    assert_eq!(f1.keys().cloned().collect::<Vec<_>>(), vec!["benign.npy".to_string(), "tumor.npy".to_string()]);
+    assert_eq!(
+        f1.keys().cloned().collect::<Vec<_>>(),
+        vec!["benign.npy".to_string(), "tumor.npy".to_string()]
+    );
     assert_eq!(f1, npy_files(&out2), "two runs with the same config differ");
     assert!(out1.join("summary.json").is_file() && out1.join("config.resolved.yaml").is_file());
 
@@ -87,32 +134,47 @@ fn synth_then_sample_prototypes_is_valid_and_reproducible() {
     let cfg = pbip_config::Config::load(&cfg_path, &[]).unwrap();
     let labels = parse_labels_csv(&cfg.paths.labels_csv, &cfg.class_order).unwrap();
     let splits = parse_split_csv(&cfg.paths.split_csv).unwrap();
-    let train: BTreeSet<String> = splits.iter().filter(|r| r.split == Split::Train).map(|r| r.name.clone()).collect();
+    let train: BTreeSet<String> = splits
+        .iter()
+        .filter(|r| r.split == Split::Train)
+        .map(|r| r.name.clone())
+        .collect();
     for (c, class) in cfg.class_order.iter().enumerate() {
         let coords = Coordinates::read(out1.join(format!("{class}.npy"))).unwrap();
         assert!(!coords.is_empty(), "class {class} has no coordinates");
         let names = coords.wsi_name.clone().expect("wsi_name field");
         let mut per_slide: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
         for i in 0..coords.len() {
-            per_slide.entry(names[i].clone()).or_default().push((coords.x[i], coords.y[i]));
+            per_slide
+                .entry(names[i].clone())
+                .or_default()
+                .push((coords.x[i], coords.y[i]));
         }
         assert!(per_slide.len() <= cfg.prototypes.num_per_class);
         for (wsi, xy) in &per_slide {
             let slide_path = cfg.paths.wsi_dir.join(wsi);
-            assert!(slide_path.is_file(), "wsi_name {wsi} does not resolve to a slide");
+            assert!(
+                slide_path.is_file(),
+                "wsi_name {wsi} does not resolve to a slide"
+            );
             assert!(wsi.ends_with(".tif"), "wsi_name {wsi} lacks its extension");
             let stem = wsi.trim_end_matches(".tif");
             assert!(train.contains(stem), "{wsi} is not a training slide");
             assert_eq!(labels[stem][c], 1, "{wsi} is not labelled {class}");
             // The sampled rows are distinct rows of the slide's coordinate file, min(7, available) of them.
-            let all = Coordinates::read(cfg.paths.coordinates_dir.join(format!("{stem}.npy"))).unwrap();
-            let all_xy: BTreeSet<(i64, i64)> = all.x.iter().copied().zip(all.y.iter().copied()).collect();
+            let all =
+                Coordinates::read(cfg.paths.coordinates_dir.join(format!("{stem}.npy"))).unwrap();
+            let all_xy: BTreeSet<(i64, i64)> =
+                all.x.iter().copied().zip(all.y.iter().copied()).collect();
             let got: BTreeSet<(i64, i64)> = xy.iter().copied().collect();
             assert_eq!(got.len(), xy.len(), "duplicate coordinates for {wsi}");
             assert!(got.is_subset(&all_xy), "coordinates not from {stem}.npy");
             assert_eq!(xy.len(), all.len().min(7));
             for &(x, y) in xy {
-                assert!(x >= 0 && y >= 0 && x < SIZE as i64 && y < SIZE as i64, "({x},{y}) outside {wsi}");
+                assert!(
+                    x >= 0 && y >= 0 && x < SIZE as i64 && y < SIZE as i64,
+                    "({x},{y}) outside {wsi}"
+                );
             }
         }
         let ts = coords.tile_size_lv0.clone().unwrap();
@@ -133,7 +195,15 @@ fn synth_then_sample_prototypes_is_valid_and_reproducible() {
         "validation.patches_per_slide=1",
     ];
     let run = |samples: &str| {
-        let mut args = vec!["run", "--config", s(&cfg_path), "--set", &set1, "--set", samples];
+        let mut args = vec![
+            "run",
+            "--config",
+            s(&cfg_path),
+            "--set",
+            &set1,
+            "--set",
+            samples,
+        ];
         for f in &fast {
             args.push("--set");
             args.push(f);
@@ -144,7 +214,10 @@ fn synth_then_sample_prototypes_is_valid_and_reproducible() {
     assert!(out.contains("up to date"), "{out}");
     // Changing a relevant setting reruns.
     let out = run("prototypes.samples_per_wsi=5");
-    assert!(!out.contains("up to date") && out.contains("stage 0"), "{out}");
+    assert!(
+        !out.contains("up to date") && out.contains("stage 0"),
+        "{out}"
+    );
 }
 
 #[test]
@@ -157,7 +230,14 @@ fn multi_class_multi_label_dataset() {
     let mut labels = String::from("image_name,a,b,c\n");
     for (i, n) in names.iter().enumerate() {
         split.push_str(&format!("{n}.tif,,\n"));
-        let row = [[1, 0, 0], [0, 1, 0], [0, 0, 1], [1, 1, 0], [0, 1, 1], [1, 0, 1]][i % 6];
+        let row = [
+            [1, 0, 0],
+            [0, 1, 0],
+            [0, 0, 1],
+            [1, 1, 0],
+            [0, 1, 1],
+            [1, 0, 1],
+        ][i % 6];
         labels.push_str(&format!("{n},{},{},{}\n", row[0], row[1], row[2]));
     }
     std::fs::write(dir.path().join("split.csv"), split).unwrap();
@@ -170,9 +250,18 @@ fn multi_class_multi_label_dataset() {
     let cfg_path = dir.path().join("cfg.yaml");
     std::fs::write(&cfg_path, cfg).unwrap();
     ok(&["sample-prototypes", "--config", s(&cfg_path)]);
-    let label_map = parse_labels_csv(&dir.path().join("labels.csv"), &["a".into(), "b".into(), "c".into()]).unwrap();
+    let label_map = parse_labels_csv(
+        &dir.path().join("labels.csv"),
+        &["a".into(), "b".into(), "c".into()],
+    )
+    .unwrap();
     for (c, class) in ["a", "b", "c"].iter().enumerate() {
-        let coords = Coordinates::read(dir.path().join("work/prototype_coordinates").join(format!("{class}.npy"))).unwrap();
+        let coords = Coordinates::read(
+            dir.path()
+                .join("work/prototype_coordinates")
+                .join(format!("{class}.npy")),
+        )
+        .unwrap();
         let slides: BTreeSet<String> = coords.wsi_name.clone().unwrap().into_iter().collect();
         assert_eq!(slides.len(), 2, "class {class}: {slides:?}");
         assert!(coords.len() <= 6);
@@ -196,14 +285,32 @@ fn write_minimal(dir: &Path, extra: &str) -> PathBuf {
 fn config_errors_name_the_key() {
     let d = tempfile::tempdir().unwrap();
     let p = write_minimal(d.path(), "training:\n  epochz: 3\n");
-    fails_with(&["sample-prototypes", "--config", s(&p)], &["c.yaml", "epochz", "epochs"]);
+    fails_with(
+        &["sample-prototypes", "--config", s(&p)],
+        &["c.yaml", "epochz", "epochs"],
+    );
     let p = write_minimal(d.path(), "training:\n  epochs: many\n");
-    fails_with(&["sample-prototypes", "--config", s(&p)], &["c.yaml", "training.epochs"]);
-    let p = write_minimal(d.path(), "prototypes:\n  k_list: [3, 3, 3]\ninference:\n  overlap_ratio: 1.0\n");
-    fails_with(&["sample-prototypes", "--config", s(&p)], &["prototypes.k_list", "inference.overlap_ratio", "[0, 1)"]);
+    fails_with(
+        &["sample-prototypes", "--config", s(&p)],
+        &["c.yaml", "training.epochs"],
+    );
+    let p = write_minimal(
+        d.path(),
+        "prototypes:\n  k_list: [3, 3, 3]\ninference:\n  overlap_ratio: 1.0\n",
+    );
+    fails_with(
+        &["sample-prototypes", "--config", s(&p)],
+        &["prototypes.k_list", "inference.overlap_ratio", "[0, 1)"],
+    );
     let p = write_minimal(d.path(), "");
-    fails_with(&["run", "--config", s(&p), "--set", "training.nope=1"], &["unknown key `training.nope`", "epochs"]);
-    fails_with(&["run", "--config", s(&d.path().join("missing.yaml"))], &["missing.yaml"]);
+    fails_with(
+        &["run", "--config", s(&p), "--set", "training.nope=1"],
+        &["unknown key `training.nope`", "epochs"],
+    );
+    fails_with(
+        &["run", "--config", s(&d.path().join("missing.yaml"))],
+        &["missing.yaml"],
+    );
 }
 
 #[test]
@@ -218,18 +325,40 @@ fn csv_errors_are_reported_together() {
     }
     std::fs::remove_file(root.join("c/s4.npy")).unwrap();
     // s1 fine; s2 label out of range; s3 no label; ghost has no slide; s1 also in val; s4 lacks coordinates.
-    std::fs::write(root.join("s.csv"), "train,val,test\ns1,s1.tif,\ns2,,\ns3,,ghost\ns4,,\n").unwrap();
-    std::fs::write(root.join("l.csv"), "image_name,label\ns1,0\ns2,2\ns4,1\nghost,0\n").unwrap();
+    std::fs::write(
+        root.join("s.csv"),
+        "train,val,test\ns1,s1.tif,\ns2,,\ns3,,ghost\ns4,,\n",
+    )
+    .unwrap();
+    std::fs::write(
+        root.join("l.csv"),
+        "image_name,label\ns1,0\ns2,2\ns4,1\nghost,0\n",
+    )
+    .unwrap();
     let p = write_minimal(root, "");
     fails_with(
         &["sample-prototypes", "--config", s(&p)],
-        &["6 problem", "two splits", "out of range", "`s3`", "no row in the labels CSV", "`ghost`", "no file", "s4.npy"],
+        &[
+            "6 problem",
+            "two splits",
+            "out of range",
+            "`s3`",
+            "no row in the labels CSV",
+            "`ghost`",
+            "no file",
+            "s4.npy",
+        ],
     );
 }
 
 fn shared_svs() -> PathBuf {
-    let rel = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/CMU-1-Small-Region.svs");
-    if rel.is_file() { rel } else { PathBuf::from("/work/shared/data/CMU-1-Small-Region.svs") }
+    let rel =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/CMU-1-Small-Region.svs");
+    if rel.is_file() {
+        rel
+    } else {
+        PathBuf::from("/work/shared/data/CMU-1-Small-Region.svs")
+    }
 }
 
 #[test]
@@ -256,58 +385,152 @@ fn slide_info_json() {
     assert_eq!(v["backend"], "rust");
     let out = ok(&["slide-info", s(&svs)]);
     assert!(out.contains("2220") && out.contains("2967"), "{out}");
-    fails_with(&["slide-info", s(&synth_dir().join("split.csv"))], &["split.csv"]);
+    fails_with(
+        &["slide-info", s(&synth_dir().join("split.csv"))],
+        &["split.csv"],
+    );
 }
 
 #[test]
 fn read_region_writes_png_of_requested_size() {
     let d = tempfile::tempdir().unwrap();
     let png_path = d.path().join("r.png");
-    ok(&["read-region", s(&shared_svs()), "100", "200", "0", "300", "150", s(&png_path)]);
-    let dec = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png_path).unwrap()));
+    ok(&[
+        "read-region",
+        s(&shared_svs()),
+        "100",
+        "200",
+        "0",
+        "300",
+        "150",
+        s(&png_path),
+    ]);
+    let dec = png::Decoder::new(std::io::BufReader::new(
+        std::fs::File::open(&png_path).unwrap(),
+    ));
     let reader = dec.read_info().unwrap();
     assert_eq!((reader.info().width, reader.info().height), (300, 150));
     // Negative origin (padded with background) and level 1 of a synthetic slide.
     let png2 = d.path().join("r2.png");
-    ok(&["read-region", s(&synth_dir().join("slides/slide_001.tif")), "-50", "-20", "1", "64", "48", s(&png2)]);
-    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png2).unwrap())).read_info().unwrap();
+    ok(&[
+        "read-region",
+        s(&synth_dir().join("slides/slide_001.tif")),
+        "-50",
+        "-20",
+        "1",
+        "64",
+        "48",
+        s(&png2),
+    ]);
+    let reader = png::Decoder::new(std::io::BufReader::new(std::fs::File::open(&png2).unwrap()))
+        .read_info()
+        .unwrap();
     assert_eq!((reader.info().width, reader.info().height), (64, 48));
-    fails_with(&["read-region", s(&shared_svs()), "0", "0", "9", "10", "10", s(&png2)], &["CMU-1-Small-Region.svs"]);
+    fails_with(
+        &[
+            "read-region",
+            s(&shared_svs()),
+            "0",
+            "0",
+            "9",
+            "10",
+            "10",
+            s(&png2),
+        ],
+        &["CMU-1-Small-Region.svs"],
+    );
 }
 
 #[test]
 fn demo_runs_end_to_end() {
     let d = tempfile::tempdir().unwrap();
     let out_dir = d.path().join("demo");
-    let out = ok(&["demo", "--out", s(&out_dir), "--size", "1024", "--slides", "4", "--train-steps", "3"]);
+    let out = ok(&[
+        "demo",
+        "--out",
+        s(&out_dir),
+        "--size",
+        "1024",
+        "--slides",
+        "4",
+        "--train-steps",
+        "3",
+    ]);
     assert!(out.contains("prototype coordinates"), "{out}");
     // Stage 3: checkpoints, TensorBoard events, log, and the final val metrics printed.
-    for f in ["latest.safetensors", "best.safetensors", "latest.state.safetensors", "train_summary.json"] {
-        assert!(out_dir.join("work/checkpoints").join(f).is_file(), "{f} missing:\n{out}");
+    for f in [
+        "latest.safetensors",
+        "best.safetensors",
+        "latest.state.safetensors",
+        "train_summary.json",
+    ] {
+        assert!(
+            out_dir.join("work/checkpoints").join(f).is_file(),
+            "{f} missing:\n{out}"
+        );
     }
-    let runs: Vec<_> = std::fs::read_dir(out_dir.join("work/runs")).unwrap().collect();
+    let runs: Vec<_> = std::fs::read_dir(out_dir.join("work/runs"))
+        .unwrap()
+        .collect();
     assert!(!runs.is_empty(), "no TensorBoard file:\n{out}");
     assert!(out_dir.join("work/logs.txt").is_file(), "{out}");
-    assert!(out.contains("tensorboard --logdir") && out.contains("final val metrics") && out.contains("slide AUC"), "{out}");
+    assert!(
+        out.contains("tensorboard --logdir")
+            && out.contains("final val metrics")
+            && out.contains("slide AUC"),
+        "{out}"
+    );
     for class in ["benign", "tumor"] {
-        let f = out_dir.join("work/prototype_coordinates").join(format!("{class}.npy"));
+        let f = out_dir
+            .join("work/prototype_coordinates")
+            .join(format!("{class}.npy"));
         let c = Coordinates::read(&f).unwrap();
         assert!(!c.is_empty(), "{}", f.display());
-        let sheet = out_dir.join("work/image_features/prototype_sheets").join(format!("{class}.png"));
+        let sheet = out_dir
+            .join("work/image_features/prototype_sheets")
+            .join(format!("{class}.png"));
         assert!(sheet.is_file(), "{}", sheet.display());
     }
-    for f in ["exemplars.safetensors", "encoder.safetensors", "prototypes.safetensors"] {
-        assert!(out_dir.join("work/image_features").join(f).is_file(), "{f} missing:\n{out}");
+    for f in [
+        "exemplars.safetensors",
+        "encoder.safetensors",
+        "prototypes.safetensors",
+    ] {
+        assert!(
+            out_dir.join("work/image_features").join(f).is_file(),
+            "{f} missing:\n{out}"
+        );
     }
     // Stage 4 after training: every output exists and metrics.json parses.
-    for f in ["metrics.json", "confusion_matrix.csv", "per_slide.csv", "evaluation_report.txt", "report.html"] {
-        assert!(out_dir.join("work/results").join(f).is_file(), "{f} missing:\n{out}");
+    for f in [
+        "metrics.json",
+        "confusion_matrix.csv",
+        "per_slide.csv",
+        "evaluation_report.txt",
+        "report.html",
+    ] {
+        assert!(
+            out_dir.join("work/results").join(f).is_file(),
+            "{f} missing:\n{out}"
+        );
     }
-    let m: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(out_dir.join("work/results/metrics.json")).unwrap()).unwrap();
+    let m: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out_dir.join("work/results/metrics.json")).unwrap(),
+    )
+    .unwrap();
     assert!(m["deployable"]["miou"].is_number(), "{m}");
     assert!(out.contains("stage 4 test metrics"), "{out}");
     // Second run reuses data and skips the up-to-date stages.
-    let out = ok(&["demo", "--out", s(&out_dir), "--size", "1024", "--slides", "4", "--train-steps", "3"]);
+    let out = ok(&[
+        "demo",
+        "--out",
+        s(&out_dir),
+        "--size",
+        "1024",
+        "--slides",
+        "4",
+        "--train-steps",
+        "3",
+    ]);
     assert!(out.contains("up to date"), "{out}");
 }

@@ -123,18 +123,28 @@ impl ModuleMapper for Updater<'_> {
             }
         };
         if p.len() != grad.len() || shape.as_slice() != dims.as_slice() {
-            self.error = Some(format!("{path}: gradient shape {shape:?} vs parameter {dims:?}"));
+            self.error = Some(format!(
+                "{path}: gradient shape {shape:?} vs parameter {dims:?}"
+            ));
             return Param::from_mapped_value(id, tensor, mapper);
         }
         let o = self.opt.opts;
-        let st = self.opt.state.entry(path.clone()).or_insert_with(|| Moments {
-            shape: shape.clone(),
-            m: vec![0.0; p.len()],
-            v: vec![0.0; p.len()],
-            t: 0,
-        });
+        let st = self
+            .opt
+            .state
+            .entry(path.clone())
+            .or_insert_with(|| Moments {
+                shape: shape.clone(),
+                m: vec![0.0; p.len()],
+                v: vec![0.0; p.len()],
+                t: 0,
+            });
         if st.m.len() != p.len() {
-            self.error = Some(format!("{path}: optimiser state has {} values, parameter {}", st.m.len(), p.len()));
+            self.error = Some(format!(
+                "{path}: optimiser state has {} values, parameter {}",
+                st.m.len(),
+                p.len()
+            ));
             return Param::from_mapped_value(id, tensor, mapper);
         }
         st.t += 1;
@@ -205,7 +215,10 @@ pub fn materialize<M: Module>(module: M) -> Result<M, String> {
 impl AdamW {
     /// A fresh optimiser.
     pub fn new(opts: AdamWOptions) -> Self {
-        AdamW { opts, state: BTreeMap::new() }
+        AdamW {
+            opts,
+            state: BTreeMap::new(),
+        }
     }
 
     /// Host gradients of `module`'s parameters by path; `Err` when the backend fails.
@@ -213,7 +226,12 @@ impl AdamW {
         module: &M,
         grads: &GradientsParams,
     ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, String> {
-        let mut c = GradCollector { grads, path: Vec::new(), out: Vec::new(), error: None };
+        let mut c = GradCollector {
+            grads,
+            path: Vec::new(),
+            out: Vec::new(),
+            error: None,
+        };
         module.visit(&mut c);
         match c.error {
             Some(e) => Err(e),
@@ -250,13 +268,24 @@ impl AdamW {
             _ => 1.0,
         };
         let grads = grads.into_iter().map(|(p, s, g)| (p, (s, g))).collect();
-        let mut u = Updater { path: Vec::new(), grads, opt: self, lr, scale, updated: 0, error: None };
+        let mut u = Updater {
+            path: Vec::new(),
+            grads,
+            opt: self,
+            lr,
+            scale,
+            updated: 0,
+            error: None,
+        };
         let module = module.map(&mut u);
         if let Some(e) = u.error {
             return Err(e);
         }
         if !u.grads.is_empty() {
-            return Err(format!("gradients without a parameter: {:?}", u.grads.keys().collect::<Vec<_>>()));
+            return Err(format!(
+                "gradients without a parameter: {:?}",
+                u.grads.keys().collect::<Vec<_>>()
+            ));
         }
         let updated = u.updated;
         Ok((module, StepInfo { grad_norm, updated }))
@@ -266,23 +295,51 @@ impl AdamW {
     pub fn to_tensors(&self, map: &mut TensorMap) -> BTreeMap<String, u64> {
         let mut counts = BTreeMap::new();
         for (path, s) in &self.state {
-            map.insert(format!("adam_m.{path}"), HostTensor { shape: s.shape.clone(), data: s.m.clone() });
-            map.insert(format!("adam_v.{path}"), HostTensor { shape: s.shape.clone(), data: s.v.clone() });
+            map.insert(
+                format!("adam_m.{path}"),
+                HostTensor {
+                    shape: s.shape.clone(),
+                    data: s.m.clone(),
+                },
+            );
+            map.insert(
+                format!("adam_v.{path}"),
+                HostTensor {
+                    shape: s.shape.clone(),
+                    data: s.v.clone(),
+                },
+            );
             counts.insert(path.clone(), s.t);
         }
         counts
     }
 
     /// Restores the state written by [`AdamW::to_tensors`].
-    pub fn load_tensors(&mut self, map: &TensorMap, counts: &BTreeMap<String, u64>) -> Result<(), String> {
+    pub fn load_tensors(
+        &mut self,
+        map: &TensorMap,
+        counts: &BTreeMap<String, u64>,
+    ) -> Result<(), String> {
         self.state.clear();
         for (path, &t) in counts {
-            let m = map.get(&format!("adam_m.{path}")).ok_or_else(|| format!("adam_m.{path} missing"))?;
-            let v = map.get(&format!("adam_v.{path}")).ok_or_else(|| format!("adam_v.{path} missing"))?;
+            let m = map
+                .get(&format!("adam_m.{path}"))
+                .ok_or_else(|| format!("adam_m.{path} missing"))?;
+            let v = map
+                .get(&format!("adam_v.{path}"))
+                .ok_or_else(|| format!("adam_v.{path} missing"))?;
             if m.data.len() != v.data.len() {
                 return Err(format!("adam moments of {path} differ in size"));
             }
-            self.state.insert(path.clone(), Moments { shape: m.shape.clone(), m: m.data.clone(), v: v.data.clone(), t });
+            self.state.insert(
+                path.clone(),
+                Moments {
+                    shape: m.shape.clone(),
+                    m: m.data.clone(),
+                    v: v.data.clone(),
+                    t,
+                },
+            );
         }
         Ok(())
     }
@@ -300,7 +357,13 @@ mod tests {
         let device = Device::flex().autodiff();
         let lin: Linear = LinearConfig::new(2, 1).with_bias(false).init(&device);
         let w0 = lin.weight.val().try_into_vec_as::<f32>().unwrap();
-        let mut opt = AdamW::new(AdamWOptions { beta1: 0.9, beta2: 0.999, eps: 1e-8, weight_decay: 0.1, grad_clip: None });
+        let mut opt = AdamW::new(AdamWOptions {
+            beta1: 0.9,
+            beta2: 0.999,
+            eps: 1e-8,
+            weight_decay: 0.1,
+            grad_clip: None,
+        });
         let x: Tensor<2> = Tensor::from_data(TensorData::new(vec![1.0f32, -2.0], [1, 2]), &device);
         let mut model = lin;
         for _ in 0..2 {

@@ -69,7 +69,11 @@ pub struct ValMetrics {
 impl ValMetrics {
     /// The value `best` is chosen by: mIoU with GT, else AUC.
     pub fn selection_score(&self) -> Option<f64> {
-        if self.slides_with_gt > 0 { self.miou } else { self.auc }
+        if self.slides_with_gt > 0 {
+            self.miou
+        } else {
+            self.auc
+        }
     }
 }
 
@@ -83,7 +87,10 @@ pub struct ValSettings {
 }
 
 fn model_err(e: impl std::fmt::Display) -> PipelineError {
-    PipelineError::Data { stage: super::STAGE, message: format!("validation: {e}") }
+    PipelineError::Data {
+        stage: super::STAGE,
+        message: format!("validation: {e}"),
+    }
 }
 
 fn host(t: Tensor<4>) -> Result<Vec<f32>, PipelineError> {
@@ -91,9 +98,18 @@ fn host(t: Tensor<4>) -> Result<Vec<f32>, PipelineError> {
 }
 
 /// Runs the validation of `model` (use an inference model, e.g. `model.valid()`).
-pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -> Result<ValMetrics, PipelineError> {
+pub fn validate(
+    model: &ClassNet,
+    plan: &EvalPlan,
+    s: &ValSettings,
+    step: u64,
+) -> Result<ValMetrics, PipelineError> {
     let n = model.num_classes();
-    let device = model.logit_scale.first().map(|p| p.val().device()).ok_or_else(|| model_err("model has no parameters"))?;
+    let device = model
+        .logit_scale
+        .first()
+        .map(|p| p.val().device())
+        .ok_or_else(|| model_err("model has no parameters"))?;
     let grid = threshold_grid();
     let new_cm = || ConfusionMatrix::with_ignore(n, Some(255)).map_err(model_err);
     let mut cms: Vec<ConfusionMatrix> = grid.iter().map(|_| new_cm()).collect::<Result<_, _>>()?;
@@ -110,13 +126,19 @@ pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -
             None => break,
         };
         let [b, c, h, w] = batch.shape();
-        let images: Tensor<4> = Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
-        let out = model.try_forward(images.clone(), false).map_err(model_err)?;
-        let merged = merge_subclasses(out.cls[3].clone(), &model.k_list, MergeMethod::Mean).map_err(model_err)?;
+        let images: Tensor<4> =
+            Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
+        let out = model
+            .try_forward(images.clone(), false)
+            .map_err(model_err)?;
+        let merged = merge_subclasses(out.cls[3].clone(), &model.k_list, MergeMethod::Mean)
+            .map_err(model_err)?;
         let logits = pbip_model::util::to_vec(merged.clone()).map_err(model_err)?;
         let probs = pbip_model::util::to_vec(sigmoid(merged)).map_err(model_err)?;
         let fused_t = if s.eval.tta {
-            evaluate(model, images, &Gate::None, &s.eval).map_err(model_err)?.fused
+            evaluate(model, images, &Gate::None, &s.eval)
+                .map_err(model_err)?
+                .fused
         } else {
             let mut acc: Option<Tensor<4>> = None;
             for (i, cam) in out.cam.into_iter().enumerate() {
@@ -124,7 +146,17 @@ pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -
                 if wgt == 0.0 {
                     continue;
                 }
-                let m = seg_label(cam, &model.k_list, None, h, w, s.eval.merge, s.eval.minmax_eps).map_err(model_err)? * wgt;
+                let m = seg_label(
+                    cam,
+                    &model.k_list,
+                    None,
+                    h,
+                    w,
+                    s.eval.merge,
+                    s.eval.minmax_eps,
+                )
+                .map_err(model_err)?
+                    * wgt;
                 acc = Some(match acc {
                     None => m,
                     Some(a) => a + m,
@@ -150,19 +182,11 @@ pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -
             let p = &probs[i * n..(i + 1) * n];
             let mut pred = vec![0u8; plane];
             let predict = |t: f64, pred: &mut [u8]| {
-                let g: Vec<f32> = p.iter().map(|&v| if f64::from(v) >= t { 1.0 } else { 0.0 }).collect();
-                for (px, out) in pred.iter_mut().enumerate() {
-                    let mut best = 0usize;
-                    let mut bv = g[0] * f[px];
-                    for cl in 1..n {
-                        let v = g[cl] * f[cl * plane + px];
-                        if v > bv {
-                            bv = v;
-                            best = cl;
-                        }
-                    }
-                    *out = best as u8;
-                }
+                let g: Vec<f32> = p
+                    .iter()
+                    .map(|&v| if f64::from(v) >= t { 1.0 } else { 0.0 })
+                    .collect();
+                crate::stage4_evaluate::gated_argmax(f, &g, n, plane, pred);
             };
             for (ti, &t) in grid.iter().enumerate() {
                 predict(t, &mut pred);
@@ -177,7 +201,12 @@ pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -
         }
     }
     // Slide-level classification.
-    let labels_of = |si: usize| plan.set.get(si).map(|sd| sd.labels_f32.clone()).unwrap_or_default();
+    let labels_of = |si: usize| {
+        plan.set
+            .get(si)
+            .map(|sd| sd.labels_f32.clone())
+            .unwrap_or_default()
+    };
     let mut scores = Vec::new();
     let mut truth = Vec::new();
     let mut correct = 0usize;
@@ -200,7 +229,13 @@ pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -
         correct += usize::from(all_ok);
     }
     // A diverged model (non-finite logits) has no AUC.
-    let auc = if scores.is_empty() || scores.iter().any(|v| !v.is_finite()) { None } else { roc_auc_multilabel(&scores, &truth, n).map_err(model_err)?.macro_auc };
+    let auc = if scores.is_empty() || scores.iter().any(|v| !v.is_finite()) {
+        None
+    } else {
+        roc_auc_multilabel(&scores, &truth, n)
+            .map_err(model_err)?
+            .macro_auc
+    };
     let accuracy = (counted > 0).then(|| correct as f64 / counted as f64);
     let slides_with_gt = gt_slides.iter().filter(|v| **v).count();
     let mut m = ValMetrics {
@@ -230,7 +265,9 @@ pub fn validate(model: &ClassNet, plan: &EvalPlan, s: &ValSettings, step: u64) -
             let Some(v) = cm.summary().miou else { continue };
             let better = match best {
                 None => true,
-                Some((bi, bv)) => v > bv || (v == bv && (grid[ti] - 0.5).abs() < (grid[bi] - 0.5).abs()),
+                Some((bi, bv)) => {
+                    v > bv || (v == bv && (grid[ti] - 0.5).abs() < (grid[bi] - 0.5).abs())
+                }
             };
             if better {
                 best = Some((ti, v));

@@ -90,7 +90,14 @@ impl ClassNetPredictor {
         gate_threshold: f64,
         map_reduction: usize,
     ) -> Self {
-        Self { model, device, preprocess, eval, gate_threshold, map_reduction: map_reduction.max(1) }
+        Self {
+            model,
+            device,
+            preprocess,
+            eval,
+            gate_threshold,
+            map_reduction: map_reduction.max(1),
+        }
     }
 
     /// Gate threshold in use.
@@ -112,7 +119,10 @@ pub fn gate_threshold_from_metadata(meta: &BTreeMap<String, String>) -> Option<f
 /// A `model_version` string for a checkpoint: `<file stem>_epoch_<epoch>` when the metadata has an
 /// epoch, else the file stem (seed example: `best_epoch_6`).
 pub fn model_version(path: &Path, meta: &BTreeMap<String, String>) -> String {
-    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).unwrap_or_else(|| "model".into());
+    let stem = path
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "model".into());
     match meta.get("epoch") {
         Some(e) if !e.trim().is_empty() => format!("{stem}_epoch_{}", e.trim()),
         _ => stem,
@@ -127,27 +137,49 @@ impl PatchPredictor for ClassNetPredictor {
     fn predict(&mut self, patches: &[PatchRef<'_>]) -> Result<PatchMaps, PipelineError> {
         let b = patches.len();
         if b == 0 {
-            return Ok(PatchMaps { batch: 0, num_classes: self.num_classes(), height_px: 0, width_px: 0, data: vec![] });
+            return Ok(PatchMaps {
+                batch: 0,
+                num_classes: self.num_classes(),
+                height_px: 0,
+                width_px: 0,
+                data: vec![],
+            });
         }
         let side = patches[0].side_px;
         let plane = side * side;
         let mut data = vec![0f32; b * 3 * plane];
         for (i, p) in patches.iter().enumerate() {
             if p.side_px != side || p.rgb.len() != 3 * plane {
-                return Err(infer_err(format!("patch {i} is {} px / {} bytes, batch needs {side} px", p.side_px, p.rgb.len())));
+                return Err(infer_err(format!(
+                    "patch {i} is {} px / {} bytes, batch needs {side} px",
+                    p.side_px,
+                    p.rgb.len()
+                )));
             }
             self.preprocess
                 .apply(p.rgb, &mut data[i * 3 * plane..(i + 1) * 3 * plane])
                 .map_err(|e| infer_err(format!("preprocessing: {e}")))?;
         }
-        let images: Tensor<4> = Tensor::from_data(TensorData::new(data, [b, 3, side, side]), &self.device);
-        let gate = Gate::Predicted { threshold: self.gate_threshold, merge: MergeMethod::Mean };
-        let out = evaluate(&self.model, images, &gate, &self.eval).map_err(|e| infer_err(format!("model: {e}")))?;
+        let images: Tensor<4> =
+            Tensor::from_data(TensorData::new(data, [b, 3, side, side]), &self.device);
+        let gate = Gate::Predicted {
+            threshold: self.gate_threshold,
+            merge: MergeMethod::Mean,
+        };
+        let out = evaluate(&self.model, images, &gate, &self.eval)
+            .map_err(|e| infer_err(format!("model: {e}")))?;
         let [_, n, h, w] = out.fused.dims();
-        let fused = pbip_model::util::to_vec(out.fused).map_err(|e| infer_err(format!("model output: {e}")))?;
+        let fused = pbip_model::util::to_vec(out.fused)
+            .map_err(|e| infer_err(format!("model output: {e}")))?;
         let r = self.map_reduction;
         if r <= 1 || h % r != 0 || w % r != 0 {
-            return Ok(PatchMaps { batch: b, num_classes: n, height_px: h, width_px: w, data: fused });
+            return Ok(PatchMaps {
+                batch: b,
+                num_classes: n,
+                height_px: h,
+                width_px: w,
+                data: fused,
+            });
         }
         let (oh, ow) = (h / r, w / r);
         let mut red = vec![0f32; b * n * oh * ow];
@@ -166,6 +198,12 @@ impl PatchPredictor for ClassNetPredictor {
                 }
             }
         }
-        Ok(PatchMaps { batch: b, num_classes: n, height_px: oh, width_px: ow, data: red })
+        Ok(PatchMaps {
+            batch: b,
+            num_classes: n,
+            height_px: oh,
+            width_px: ow,
+            data: red,
+        })
     }
 }

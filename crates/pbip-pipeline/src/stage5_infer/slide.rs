@@ -10,11 +10,14 @@ use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pbip_config::Config;
 use pbip_coords::Coordinates;
 use pbip_post::crf::{CrfParams, dense_crf_blockwise, suggested_halo_px};
-use pbip_post::export::{ClassInfo, label_map_to_geojson, overlay_labels, write_geojson, write_label_png, write_rgb_png};
+use pbip_post::export::{
+    ClassInfo, label_map_to_geojson, overlay_labels, write_geojson, write_label_png, write_rgb_png,
+};
 use pbip_post::npz::{ConfidenceEncoding, write_confidence_maps};
 use pbip_post::postprocess::{MorphOp, PostProcessParams, argmax_labels, postprocess_labels};
 use pbip_post::stitch::{
-    DEFAULT_GAUSSIAN_SIGMA_REL, PatchFootprint, PatchMap, StitchConfig, StitchedBlock, Stitcher, Weighting, raster_order,
+    DEFAULT_GAUSSIAN_SIGMA_REL, PatchFootprint, PatchMap, StitchConfig, StitchedBlock, Stitcher,
+    Weighting, raster_order,
 };
 use pbip_post::{NO_LABEL, PostError};
 use pbip_slide::{Origin, PatchGeometry, Slide};
@@ -96,14 +99,19 @@ impl InferSettings {
             return Err(infer_err("inference.batch_size must be > 0"));
         }
         if !(0.0..1.0).contains(&inf.overlap_ratio) {
-            return Err(infer_err(format!("inference.overlap_ratio must be in [0, 1), got {}", inf.overlap_ratio)));
+            return Err(infer_err(format!(
+                "inference.overlap_ratio must be in [0, 1), got {}",
+                inf.overlap_ratio
+            )));
         }
         if inf.output_downsample == 0 {
             return Err(infer_err("inference.output_downsample must be >= 1"));
         }
         let weighting = match inf.stitch {
             pbip_config::Stitch::Mean => Weighting::Mean,
-            pbip_config::Stitch::Gaussian => Weighting::Gaussian { sigma_rel: DEFAULT_GAUSSIAN_SIGMA_REL },
+            pbip_config::Stitch::Gaussian => Weighting::Gaussian {
+                sigma_rel: DEFAULT_GAUSSIAN_SIGMA_REL,
+            },
         };
         let c = &inf.crf;
         let crf = inf.use_crf.then(|| CrfParams {
@@ -181,7 +189,9 @@ pub fn place_patches(
     if let Some(cp) = &job.coordinates_path {
         let coords = Coordinates::read(cp)?;
         for i in 0..coords.len() {
-            let Some(g) = coords.get_geometry(i, s.patch_size_px) else { continue };
+            let Some(g) = coords.get_geometry(i, s.patch_size_px) else {
+                continue;
+            };
             let level = g.level as usize;
             let lds = ds_of(level)?;
             let size_lv0 = f64::from(g.read_size_px) * lds;
@@ -191,7 +201,11 @@ pub fn place_patches(
                 x -= half;
                 y -= half;
             }
-            footprints.push(PatchFootprint { x_lv0: x, y_lv0: y, size_lv0_px: size_lv0 });
+            footprints.push(PatchFootprint {
+                x_lv0: x,
+                y_lv0: y,
+                size_lv0_px: size_lv0,
+            });
             geometry.push(PatchGeometry {
                 level,
                 read_size_px: g.read_size_px,
@@ -199,12 +213,21 @@ pub fn place_patches(
                 origin: Origin::TopLeft,
             });
         }
-        return Ok(Placement { footprints, geometry, source: format!("file:{}", cp.display()), tiling: None });
+        return Ok(Placement {
+            footprints,
+            geometry,
+            source: format!("file:{}", cp.display()),
+            tiling: None,
+        });
     }
     // hs2p-style tiling at the slide's own resolution.
     let downsamples = slide.level_downsamples().to_vec();
     let (w0, h0) = slide.dimensions();
-    let levels = pbip_tiling::SlideLevels { dimensions_px: [w0, h0], level_downsamples: downsamples.clone(), base_spacing_um: mpp };
+    let levels = pbip_tiling::SlideLevels {
+        dimensions_px: [w0, h0],
+        level_downsamples: downsamples.clone(),
+        base_spacing_um: mpp,
+    };
     let params = pbip_tiling::TilingParams {
         requested_tile_size_px: s.patch_size_px,
         requested_spacing_um: mpp,
@@ -214,19 +237,39 @@ pub fn place_patches(
     let seg_level = pbip_tiling::select_level_for_downsample(&downsamples, params.seg_downsample)
         .map_err(|e| infer_err(format!("tiling: {e}")))?;
     let (sw, sh) = slide.level_dimensions(seg_level)?;
-    let (sw, sh) = (u32::try_from(sw).unwrap_or(u32::MAX), u32::try_from(sh).unwrap_or(u32::MAX));
+    let (sw, sh) = (
+        u32::try_from(sw).unwrap_or(u32::MAX),
+        u32::try_from(sh).unwrap_or(u32::MAX),
+    );
     let seg = slide.read_region(0, 0, seg_level, sw, sh)?;
-    let tiling = pbip_tiling::tile_from_seg_image(&levels, seg.width, seg.height, &seg.data, &params)
-        .map_err(|e| infer_err(format!("tiling: {e}")))?;
+    let tiling =
+        pbip_tiling::tile_from_seg_image(&levels, seg.width, seg.height, &seg.data, &params)
+            .map_err(|e| infer_err(format!("tiling: {e}")))?;
     let c = &tiling.coordinates;
     for i in 0..c.len() {
-        let Some(g) = c.get_geometry(i, s.patch_size_px) else { continue };
+        let Some(g) = c.get_geometry(i, s.patch_size_px) else {
+            continue;
+        };
         let level = g.level as usize;
         let size_lv0 = f64::from(g.read_size_px) * ds_of(level)?;
-        footprints.push(PatchFootprint { x_lv0: c.x[i], y_lv0: c.y[i], size_lv0_px: size_lv0 });
-        geometry.push(PatchGeometry { level, read_size_px: g.read_size_px, out_size_px: s.patch_size_px, origin: Origin::TopLeft });
+        footprints.push(PatchFootprint {
+            x_lv0: c.x[i],
+            y_lv0: c.y[i],
+            size_lv0_px: size_lv0,
+        });
+        geometry.push(PatchGeometry {
+            level,
+            read_size_px: g.read_size_px,
+            out_size_px: s.patch_size_px,
+            origin: Origin::TopLeft,
+        });
     }
-    Ok(Placement { footprints, geometry, source: "tiled".into(), tiling: Some(tiling) })
+    Ok(Placement {
+        footprints,
+        geometry,
+        source: "tiled".into(),
+        tiling: Some(tiling),
+    })
 }
 
 /// Stitched output-level maps of a slide.
@@ -283,7 +326,8 @@ pub fn predict_and_stitch(
         let plane = out_w * out_h;
         for r in 0..b.height_px {
             let dst = (b.y0_px + r) * out_w + b.x0_px;
-            full.weight[dst..dst + b.width_px].copy_from_slice(&b.weight[r * b.width_px..][..b.width_px]);
+            full.weight[dst..dst + b.width_px]
+                .copy_from_slice(&b.weight[r * b.width_px..][..b.width_px]);
             for k in 0..nc {
                 let src = &b.confidence[(k * b.height_px + r) * b.width_px..][..b.width_px];
                 full.confidence[k * plane + dst..k * plane + dst + b.width_px].copy_from_slice(src);
@@ -323,7 +367,14 @@ pub fn predict_and_stitch(
                     .enumerate()
                     .map(|(j, rgb)| {
                         let f = fps[start + j];
-                        PatchRef { slide_name, rgb, side_px: side, x_lv0: f.x_lv0, y_lv0: f.y_lv0, size_lv0_px: f.size_lv0_px }
+                        PatchRef {
+                            slide_name,
+                            rgb,
+                            side_px: side,
+                            x_lv0: f.x_lv0,
+                            y_lv0: f.y_lv0,
+                            size_lv0_px: f.size_lv0_px,
+                        }
                     })
                     .collect();
                 let maps = predictor.predict(&refs)?;
@@ -388,7 +439,13 @@ pub fn read_scaled_rgb(slide: &Slide, tw: usize, th: usize) -> Result<Vec<u8>, P
             y1 += 1;
         }
         let ly1 = span(y1 - 1, sy, lh).1;
-        let strip = slide.read_region(0, (ly0 as f64 * lds).round() as i64, level, lw as u32, (ly1 - ly0) as u32)?;
+        let strip = slide.read_region(
+            0,
+            (ly0 as f64 * lds).round() as i64,
+            level,
+            lw as u32,
+            (ly1 - ly0) as u32,
+        )?;
         for ty in y..y1 {
             let (r0, r1) = span(ty, sy, lh);
             for (tx, &(c0, c1)) in cols.iter().enumerate() {
@@ -425,17 +482,33 @@ pub fn labels_from_maps(
     let (w, h, c) = (st.width_px, st.height_px, st.num_classes);
     let n = w * h;
     let mut labels = argmax_labels(&st.confidence, Some(&st.weight), c, w, h).map_err(post_err)?;
-    let rgb = if s.crf.is_some() || s.restrict_to_tissue { Some(read_scaled_rgb(slide, w, h)?) } else { None };
+    let rgb = if s.crf.is_some() || s.restrict_to_tissue {
+        Some(read_scaled_rgb(slide, w, h)?)
+    } else {
+        None
+    };
     if let (Some(crf), Some(rgb)) = (&s.crf, &rgb) {
         let mut probs = vec![0f32; c * n];
         const EPS: f32 = 1e-3;
         for i in 0..n {
-            let sum: f32 = (0..c).map(|k| st.confidence[k * n + i].max(0.0) + EPS).sum();
+            let sum: f32 = (0..c)
+                .map(|k| st.confidence[k * n + i].max(0.0) + EPS)
+                .sum();
             for k in 0..c {
                 probs[k * n + i] = (st.confidence[k * n + i].max(0.0) + EPS) / sum;
             }
         }
-        let out = dense_crf_blockwise(&probs, c, w, h, rgb, crf, s.crf_block_px, suggested_halo_px(crf)).map_err(post_err)?;
+        let out = dense_crf_blockwise(
+            &probs,
+            c,
+            w,
+            h,
+            rgb,
+            crf,
+            s.crf_block_px,
+            suggested_halo_px(crf),
+        )
+        .map_err(post_err)?;
         for ((l, &crf_label), &wt) in labels.iter_mut().zip(&out.labels).zip(&st.weight) {
             if wt > 0.0 {
                 *l = crf_label;
@@ -459,7 +532,10 @@ pub fn labels_from_maps(
             }
         }
     }
-    let post = PostProcessParams { min_component_size: min_component_size_px, ..s.post.clone() };
+    let post = PostProcessParams {
+        min_component_size: min_component_size_px,
+        ..s.post.clone()
+    };
     let mut out = postprocess_labels(&labels, &st.confidence, c, w, h, &post).map_err(post_err)?;
     // Post-processing may grow classes into no-data / non-tissue pixels (hole filling): keep them unlabelled.
     for (l, &k) in out.iter_mut().zip(&keep) {
@@ -510,7 +586,9 @@ pub fn infer_slide(
         Some(mp) => mp.add(ProgressBar::new(placement.footprints.len() as u64)),
         None => ProgressBar::hidden(),
     };
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} patches {per_sec} ETA {eta}") {
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} patches {per_sec} ETA {eta}")
+    {
         bar.set_style(style.progress_chars("=> "));
     }
     bar.set_prefix(job.name.clone());
@@ -561,14 +639,25 @@ fn write_outputs(
         u32::try_from(h).map_err(|_| infer_err("output too tall"))?,
     );
     write_label_png(&dir.join(MASK_PNG), labels, w32, h32, &palette).map_err(post_err)?;
-    write_confidence_maps(&dir.join(CONFIDENCE_NPZ), &st.confidence, st.num_classes, w, h, ConfidenceEncoding::Float16)
-        .map_err(post_err)?;
+    write_confidence_maps(
+        &dir.join(CONFIDENCE_NPZ),
+        &st.confidence,
+        st.num_classes,
+        w,
+        h,
+        ConfidenceEncoding::Float16,
+    )
+    .map_err(post_err)?;
     // Visualization: thumbnail of at most VISUALIZATION_MAX_SIDE_PX per side.
     let scale = (VISUALIZATION_MAX_SIDE_PX as f64 / w.max(h) as f64).min(1.0);
-    let (tw, th) = (((w as f64 * scale).round() as usize).max(1), ((h as f64 * scale).round() as usize).max(1));
+    let (tw, th) = (
+        ((w as f64 * scale).round() as usize).max(1),
+        ((h as f64 * scale).round() as usize).max(1),
+    );
     let thumb = read_scaled_rgb(slide, tw, th)?;
     let overlay = overlay_labels(&thumb, tw, th, labels, w, h, &palette, 0.45).map_err(post_err)?;
-    write_rgb_png(&dir.join(VISUALIZATION_PNG), &overlay, tw as u32, th as u32).map_err(post_err)?;
+    write_rgb_png(&dir.join(VISUALIZATION_PNG), &overlay, tw as u32, th as u32)
+        .map_err(post_err)?;
     // Pyramidal label TIFF at the output level: values = class index, 255 = no label.
     let mut topts = pbip_pyramid::PyramidOptions::label_mask(Some(mpp * s.output_downsample));
     topts.edge_padding = pbip_pyramid::EdgePadding::Value(NO_LABEL);
