@@ -148,8 +148,8 @@ pub fn escape_html(s: &str) -> String {
     out
 }
 
-/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the Unix epoch.
-pub fn utc_timestamp(unix_secs: u64) -> String {
+/// (year, month, day, hour, minute, second) in UTC for seconds since the Unix epoch.
+fn utc_civil(unix_secs: u64) -> (i64, i64, i64, u64, u64, u64) {
     let days = (unix_secs / 86_400) as i64;
     let rem = unix_secs % 86_400;
     // civil-from-days (H. Hinnant)
@@ -162,12 +162,19 @@ pub fn utc_timestamp(unix_secs: u64) -> String {
     let d = doy - (153 * mp + 2) / 5 + 1;
     let m = if mp < 10 { mp + 3 } else { mp - 9 };
     let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    (y, m, d, rem / 3600, rem % 3600 / 60, rem % 60)
+}
+
+/// `YYYY-MM-DD HH:MM:SS UTC` for seconds since the Unix epoch.
+pub fn utc_timestamp(unix_secs: u64) -> String {
+    let (y, m, d, h, mi, s) = utc_civil(unix_secs);
+    format!("{y:04}-{m:02}-{d:02} {h:02}:{mi:02}:{s:02} UTC")
+}
+
+/// ISO 8601 `YYYY-MM-DDTHH:MM:SSZ` for seconds since the Unix epoch.
+pub fn utc_iso8601(unix_secs: u64) -> String {
+    let (y, m, d, h, mi, s) = utc_civil(unix_secs);
+    format!("{y:04}-{m:02}-{d:02}T{h:02}:{mi:02}:{s:02}Z")
 }
 
 /// Current time as [`utc_timestamp`].
