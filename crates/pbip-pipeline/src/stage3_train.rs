@@ -12,13 +12,31 @@
 //! * A non-finite loss or gradient skips the step; `training.max_nonfinite_steps` consecutive
 //!   ones stop the run after writing `checkpoints/nonfinite.safetensors` (the batch's pixels and,
 //!   in the metadata, its slide names and coordinates).
+//! * Counters with skipped steps. The iteration `step` (0-based global batch index; logs,
+//!   TensorBoard and checkpoints show `step + 1`, the iterations done) counts every batch drawn,
+//!   skipped or not, and it alone indexes the learning-rate schedule: `lr = lr_at(step)`. This is
+//!   torch's convention for an `LRScheduler` stepped once per iteration (`GradScaler` skips
+//!   `optimizer.step()` on an overflow, never `scheduler.step()`). Upstream PBIP differs: its
+//!   `PolyWarmupAdamW` advances `global_step` inside `optimizer.step()`, so a skipped fp16 step
+//!   does not advance its schedule. pbip follows torch because the run's length is fixed in
+//!   iterations (`epochs × iterations_per_epoch`; a skipped batch is still consumed), so the
+//!   schedule ends at its configured end value on the last iteration whatever was skipped, and
+//!   because lr is then a pure function of the resume cursor (`next_step` in the state file), so
+//!   a resumed run cannot drift from an uninterrupted one. AdamW's bias correction counts the
+//!   updates each parameter received (skipped steps excluded), like torch's `state["step"]`;
+//!   those counts are saved in the state file too.
 //! * Validation ([`validate`]) every `validation_interval` steps, at each epoch end and at the
 //!   end; `best` by deployable val mIoU (or slide AUC without GT masks).
-//! * Outputs under `work_dir`: `checkpoints/{latest,best,epoch_N}.safetensors` (weights +
-//!   prototypes; metadata `pbip_config` (resolved YAML), `class_order`, `k_list`, `step`, `epoch`,
-//!   `metrics` (JSON), `gate_threshold`), `checkpoints/latest.state.safetensors` (weights, AdamW
-//!   moments, cursor: everything `--resume` needs, one atomic file), `runs/` (TensorBoard),
-//!   `logs.txt`, `checkpoints/train_summary.json`.
+//! * Outputs under `work_dir`: `checkpoints/*.safetensors` (weights + prototypes; metadata
+//!   `pbip_config` (resolved YAML), `class_order`, `k_list`, `step`, `epoch`, `metrics` (JSON),
+//!   `gate_threshold`): `latest` (rewritten at every validation, checkpoint and epoch end),
+//!   `best`, and the periodic ones named by [`periodic_checkpoint_name`], which never overwrite
+//!   each other: `epoch_N` holds the weights at the end of epoch N (1-based, written at every
+//!   epoch end) and `epoch_N_step_S` those after S iterations (global, S a multiple of
+//!   `checkpoint_interval` inside epoch N, not an epoch end). Also
+//!   `checkpoints/latest.state.safetensors` (weights, AdamW moments, cursor: everything
+//!   `--resume` needs, one atomic file), `runs/` (TensorBoard), `logs.txt`,
+//!   `checkpoints/train_summary.json`.
 //! * Resume: the run continues from `latest.state.safetensors`; because batches, augmentation
 //!   and DropPath masks are pure functions of (seed, step), the final weights equal those of an
 //!   uninterrupted run bit for bit on the CPU backend.
@@ -90,6 +108,38 @@ pub struct TrainOptions {
     /// Stop (after saving the state) once this many steps have run in this invocation
     /// (for tests and interrupted runs; `None` = run to the end).
     pub stop_after_steps: Option<u64>,
+    /// Fault injection for tests: the steps (0-based global iterations) whose loss is treated
+    /// as non-finite, exactly as a NaN loss would be (no backward, no update, counted as
+    /// skipped). Empty in normal runs.
+    #[doc(hidden)]
+    pub fault_nonfinite_steps: std::collections::BTreeSet<u64>,
+}
+
+/// File name of the periodic checkpoint written after `steps_done` iterations, if any:
+/// `epoch_N.safetensors` at the end of epoch N (1-based), otherwise
+/// `epoch_N_step_S.safetensors` (S = `steps_done`, inside epoch N) when S is a multiple of
+/// `checkpoint_interval`. Distinct steps give distinct names, so no periodic checkpoint
+/// overwrites another. `None` for a zero interval or epoch length, or `steps_done == 0`.
+pub fn periodic_checkpoint_name(
+    steps_done: u64,
+    iterations_per_epoch: u64,
+    checkpoint_interval: u64,
+) -> Option<String> {
+    if steps_done == 0 || iterations_per_epoch == 0 || checkpoint_interval == 0 {
+        return None;
+    }
+    if steps_done % iterations_per_epoch == 0 {
+        return Some(format!(
+            "epoch_{}.safetensors",
+            steps_done / iterations_per_epoch
+        ));
+    }
+    (steps_done % checkpoint_interval == 0).then(|| {
+        format!(
+            "epoch_{}_step_{steps_done}.safetensors",
+            steps_done / iterations_per_epoch + 1
+        )
+    })
 }
 
 /// Paths of the outputs.
@@ -1130,7 +1180,12 @@ pub fn train(
         let (loss, values) =
             compute_loss(&out, images, labels, &model.k_list, &lc, encoder.as_ref())?;
         let mut bad: Option<String> = None;
-        if !values.total.is_finite() {
+        if topts.fault_nonfinite_steps.contains(&g) {
+            bad = Some(format!(
+                "non-finite loss (injected fault, true loss {})",
+                values.total
+            ));
+        } else if !values.total.is_finite() {
             bad = Some(format!(
                 "non-finite loss {} (cls {}, fg {}, bg {})",
                 values.total, values.cls, values.fg, values.bg
@@ -1272,14 +1327,8 @@ pub fn train(
             saved_latest = true;
             val_secs += tv0.elapsed().as_secs_f64();
         }
-        if done % t.checkpoint_interval as u64 == 0 {
-            let p = ckpt.save(
-                &model,
-                &format!("epoch_{}.safetensors", epoch + 1),
-                done,
-                epoch + 1,
-                st.last_val.as_ref(),
-            )?;
+        if let Some(name) = periodic_checkpoint_name(done, ipe, t.checkpoint_interval as u64) {
+            let p = ckpt.save(&model, &name, done, epoch + 1, st.last_val.as_ref())?;
             tracing::debug!("checkpoint {}", p.display());
         }
         if !saved_latest
