@@ -157,16 +157,18 @@ impl Attention {
         };
         let m = xkv.dims()[1];
         let kv = self.kv.forward(xkv).reshape([b, m, 2, heads, hd]);
+        // The scale is applied to the (short) keys rather than to the [B,heads,N,M] scores.
         let k = kv
             .clone()
             .narrow(2, 0, 1)
             .reshape([b, m, heads, hd])
-            .swap_dims(1, 2);
+            .swap_dims(1, 2)
+            * scale;
         let v = kv
             .narrow(2, 1, 1)
             .reshape([b, m, heads, hd])
             .swap_dims(1, 2);
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)) * scale, 3);
+        let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, c]);
         self.proj.forward(out)
     }
@@ -213,12 +215,31 @@ impl MixFfn {
     }
 
     /// `[B,N,C]` -> `[B,N,C]`.
+    ///
+    /// Computed channel-first so that the wide `[B,4C,N]` hidden tensor never needs a layout
+    /// copy, in the forward pass or in the backward pass: `fc1` as `W1ᵀ·xᵀ` (a batched matmul
+    /// reading `x` through a transposed view) gives `[B,4C,N]`, i.e. the `[B,4C,H,W]` grid of
+    /// the depthwise conv as is; GELU runs on it in place; `fc2` as `W2ᵀ·g` gives `[B,C,N]`,
+    /// returned as a transposed view `[B,N,C]` (the next element-wise op reads it through its
+    /// strides). Same arithmetic as `Linear`s on tokens up to summation order.
     pub fn forward(&self, x: Tensor<3>, h: usize, w: usize) -> Tensor<3> {
-        let x = self.fc1.forward(x);
-        let [b, n, c] = x.dims();
-        let x = x.swap_dims(1, 2).reshape([b, c, h, w]);
-        let x = self.dwconv.forward(x).reshape([b, c, n]).swap_dims(1, 2);
-        self.fc2.forward(gelu(x))
+        let [b, n, _] = x.dims();
+        // Linear weights are stored [d_in, d_out].
+        let w1 = self.fc1.weight.val();
+        let hidden = w1.dims()[1];
+        let mut t = w1.transpose().unsqueeze::<3>().matmul(x.swap_dims(1, 2));
+        if let Some(bias) = &self.fc1.bias {
+            t = t + bias.val().reshape([1, hidden, 1]);
+        }
+        let t = self.dwconv.forward(t.reshape([b, hidden, h, w]));
+        let t = gelu(t.reshape([b, hidden, n]));
+        let w2 = self.fc2.weight.val();
+        let c = w2.dims()[1];
+        let mut y = w2.transpose().unsqueeze::<3>().matmul(t);
+        if let Some(bias) = &self.fc2.bias {
+            y = y + bias.val().reshape([1, c, 1]);
+        }
+        y.swap_dims(1, 2)
     }
 
     fn walk(&self, p: &str, f: &mut Visit<'_>) {
