@@ -313,6 +313,7 @@ impl Config {
             &mut self.prototypes.encoder.weights,
             &mut self.prototypes.encoder.projection_weights,
             &mut self.model.pretrained,
+            &mut self.inference.scratch_dir,
         ] {
             if let Some(path) = opt.as_mut() {
                 resolve(base_dir, path);
@@ -612,8 +613,17 @@ impl Config {
         if inf.patch_size == Some(0) {
             bad("inference.patch_size", "must be > 0 or null".into());
         }
-        if inf.output_downsample == 0 {
-            bad("inference.output_downsample", "must be >= 1".into());
+        if inf.output_downsample == OutputDownsample::Factor(0) {
+            bad("inference.output_downsample", "must be >= 1 or auto".into());
+        }
+        if inf.spacing_um.is_some_and(|v| !(v.is_finite() && v > 0.0)) {
+            bad(
+                "inference.spacing_um",
+                "must be > 0 (µm per pixel) or null".into(),
+            );
+        }
+        if inf.max_output_side_px == 0 {
+            bad("inference.max_output_side_px", "must be >= 1".into());
         }
         let pp = &inf.post_processing;
         if pp.morphological_op != MorphOp::None && pp.kernel_size == 0 {

@@ -645,6 +645,43 @@ pub enum AllKeyword {
     All,
 }
 
+/// Output downsample of stage 5: a factor or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum OutputDownsample {
+    /// Level-0 pixels per output pixel (>= 1).
+    Factor(u32),
+    /// `auto`: the smallest power of two >= 4 that keeps both output sides within
+    /// `max_output_side_px`.
+    Auto(AutoKeyword),
+}
+
+impl OutputDownsample {
+    /// The factor for a slide of `width_px x height_px` level-0 pixels.
+    pub fn resolve(self, width_px: u64, height_px: u64, max_output_side_px: u64) -> u32 {
+        match self {
+            OutputDownsample::Factor(f) => f.max(1),
+            OutputDownsample::Auto(_) => {
+                let side = width_px.max(height_px);
+                let max_side = max_output_side_px.max(1);
+                let mut f: u64 = 4;
+                while side.div_ceil(f) > max_side && f < (1 << 30) {
+                    f *= 2;
+                }
+                f as u32
+            }
+        }
+    }
+}
+
+/// The literal string `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum AutoKeyword {
+    /// `auto`.
+    Auto,
+}
+
 /// Evaluation protocol.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -783,12 +820,19 @@ pub struct Inference {
     pub post_processing: PostProcessing,
     /// Network input side, in pixels; none = the top-level patch_size.
     pub patch_size: Option<u32>,
-    /// Output mask downsample relative to level 0.
-    pub output_downsample: u32,
+    /// Spacing of the network input when pbip tiles a slide itself, in µm per pixel; none = the
+    /// slide's level-0 mpp (tiles of patch_size level-0 pixels).
+    pub spacing_um: Option<f64>,
+    /// Output mask downsample relative to level 0 (level-0 px per output px), or `auto`.
+    pub output_downsample: OutputDownsample,
+    /// Largest output side for `output_downsample: auto`, in output pixels.
+    pub max_output_side_px: u64,
     /// Overlap stitching.
     pub stitch: Stitch,
-    /// Memory budget for stitching buffers, in MiB.
+    /// Memory budget of one slide's working buffers (stitching blocks, tiles), in MiB.
     pub memory_budget_mb: u64,
+    /// Folder for the slide's scratch maps on disk; none = the slide's temporary output folder.
+    pub scratch_dir: Option<PathBuf>,
     /// Dense CRF parameters.
     pub crf: Crf,
     /// If set, min component size in µm² (uses slide mpp), overriding post_processing.min_component_size.
@@ -806,9 +850,12 @@ impl Default for Inference {
             overlap_ratio: 0.5,
             post_processing: PostProcessing::default(),
             patch_size: None,
-            output_downsample: 4,
+            spacing_um: None,
+            output_downsample: OutputDownsample::Auto(AutoKeyword::Auto),
+            max_output_side_px: 16384,
             stitch: Stitch::Gaussian,
-            memory_budget_mb: 4096,
+            memory_budget_mb: 1024,
+            scratch_dir: None,
             crf: Crf::default(),
             min_component_size_um2: None,
             restrict_to_tissue: true,

@@ -14,22 +14,26 @@
 //!    maps are the evaluation-path fused CAMs gated by its own image-level prediction
 //!    (`sigmoid(mean-merged logits) ≥ gate_threshold`, threshold from the checkpoint metadata
 //!    `gate_threshold`/`threshold`, else 0.5 with a warning), see [`predictor::ClassNetPredictor`].
-//! 3. **Stitching** at `inference.output_downsample` (level-0 px per output px) with
-//!    `inference.stitch` = mean | gaussian weights, block-wise (`pbip_post::stitch`): blocks of 512
-//!    output px are accumulated only while a pending patch can touch them, within
-//!    `inference.memory_budget_mb`.
-//! 4. **Post-processing**: arg-max (pixels no patch covers = 255, "no label"), dense CRF
-//!    (`inference.use_crf`, permutohedral lattice, 512 px tiles with halos), morphology, small
-//!    components (`min_component_size` output px, or `min_component_size_um2` µm² with the slide
-//!    mpp), boundary refinement; see `pbip_post::postprocess`.
-//! 5. **Outputs** in `predictions/<slide>/`: `segmentation_mask.png` (indexed PNG, pixel = class
-//!    index, 255 = no label / not tissue, transparent), `confidence_maps.npz` (`class_k` float16
-//!    `[H, W]` stitched confidences in [0, 1], 0 where no patch; not CRF-refined),
-//!    `visualization.png` (overlay on a thumbnail ≤ 2048 px, text-free legend in class order),
-//!    `mask.tiff` (tiled pyramidal BigTIFF, deflate, values as the PNG, resolution tags =
-//!    mpp × output_downsample), `<slide>.geojson` (QuPath FeatureCollection, one feature per class,
-//!    level-0 pixel coordinates), and `metadata.json` (seed fields + mpp, output_downsample,
-//!    coordinate_source, pbip_version, run_fingerprint). Plus `predictions/batch_results.csv`
+//! 3. **Stitching** at `inference.output_downsample` (level-0 px per output px; `auto` = the
+//!    smallest power of two >= 4 that keeps both sides <= `inference.max_output_side_px`, 16384)
+//!    with `inference.stitch` = mean | gaussian weights, block-wise (`pbip_post::stitch`): blocks of
+//!    512 output px are accumulated only while a pending patch can touch them, within
+//!    `inference.memory_budget_mb`, and written to scratch files as soon as they are complete.
+//! 4. **Labels** (`pbip_post::postprocess::label_planes`), block-wise on the scratch maps: arg-max
+//!    (pixels no patch covers, and with `restrict_to_tissue` pixels outside the HSV tissue mask of
+//!    the thumbnail, = 255, "no label"), dense CRF (`inference.use_crf`, permutohedral lattice, 512
+//!    px tiles with a halo of 3 sxy), morphology (tiles with halos), small components
+//!    (`min_component_size` output px, or `min_component_size_um2` µm² with the slide mpp; two
+//!    streaming passes over the rows), boundary refinement (tiles with halos).
+//! 5. **Outputs** in `predictions/<slide>/`, streamed from the scratch maps: `segmentation_mask.png`
+//!    (indexed PNG, pixel = class index, 255 = no label / not tissue, transparent),
+//!    `confidence_maps.npz` (`class_k` float16 `[H, W]` stitched confidences in [0, 1], 0 where no
+//!    patch; not CRF-refined; ZIP64 beyond 4 GiB), `visualization.png` (overlay on a thumbnail
+//!    <= 2048 px, text-free legend in class order), `mask.tiff` (tiled pyramidal BigTIFF, deflate,
+//!    values as the PNG, resolution tags = mpp x output_downsample), `<slide>.geojson` (QuPath
+//!    FeatureCollection, one feature per class, level-0 pixel coordinates, traced row by row), and
+//!    `metadata.json` (seed fields + mpp, output_downsample, coordinate_source, pbip_version,
+//!    run_fingerprint). Plus `predictions/batch_results.csv`
 //!    (`wsi_name,num_patches,processing_time,model_version,status,error`).
 //!
 //! # Robustness
@@ -49,12 +53,19 @@
 //!
 //! # Memory
 //!
-//! Patch reading and stitching are bounded (one batch in flight, live stitch blocks within the
-//! budget). The stitched output-level maps (`C + 1` f32 per output pixel), the label map and the
-//! CRF input are held whole at the *output* level; at the default downsample that is
-//! `(C + 1) · 4 B / 16` per level-0 pixel, so choose `output_downsample` for very large slides.
+//! No slide-sized array is held, at level 0 or at the output level. Patch reading holds one batch
+//! in flight; the stitcher holds the live blocks (about one row of 512 px blocks, checked against
+//! `inference.memory_budget_mb`); the output-level maps (`C` f32 confidence planes, a u8 keep plane
+//! and two u8 label planes, i.e. `4 C + 3` bytes per output pixel) live in scratch files
+//! (`inference.scratch_dir`, default a hidden folder inside the slide's temporary output folder,
+//! removed when the slide is done), read and written by rectangles through the page cache (which
+//! is not the process's memory). Every later pass holds one tile with its halo per worker thread
+//! (CRF: 512 px + 3 sxy; others 1024 px + a few px) or a band of rows (components, exports), and
+//! the polygon tracer holds the chains crossing the current row. Peak memory therefore does not
+//! grow with the slide; see `bench/RESULTS.md`.
 
 pub mod predictor;
+pub mod score;
 pub mod slide;
 
 use std::collections::{BTreeMap, BTreeSet};
@@ -707,7 +718,7 @@ pub fn run_with_predictor(
                 post_processing: post_processing_json(&settings, out.min_component_size_px),
                 timestamp: utc_timestamp(),
                 mpp: out.mpp,
-                output_downsample: settings.output_downsample,
+                output_downsample: out.output_downsample,
                 output_size_px: [out.width_px, out.height_px],
                 coordinate_source: out.coordinate_source.clone(),
                 class_pixels: out.class_pixels.clone(),

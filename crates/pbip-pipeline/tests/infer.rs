@@ -232,9 +232,14 @@ fn stitched_known_function_both_weightings_no_seams() {
                 &placement,
                 &mut FnPredictor { map_px },
                 &s,
+                ds,
+                None,
+                None,
                 &indicatif::ProgressBar::hidden(),
             )
             .expect("stitch");
+            let keep = st.keep.to_vec().expect("keep");
+            let confidence = st.confidence.to_vec().expect("confidence");
             assert_eq!(
                 (st.width_px, st.height_px),
                 (
@@ -247,13 +252,10 @@ fn stitched_known_function_both_weightings_no_seams() {
             for k in 0..2 {
                 for j in 0..st.height_px {
                     for i in 0..st.width_px {
-                        assert!(
-                            st.weight[j * st.width_px + i] > 0.0,
-                            "pixel ({i},{j}) has no data"
-                        );
+                        assert_eq!(keep[j * st.width_px + i], 1, "pixel ({i},{j}) has no data");
                         let want = known(k, (i as f64 + 0.5) * ds, (j as f64 + 0.5) * ds);
                         max_err =
-                            max_err.max((st.confidence[k * n + j * st.width_px + i] - want).abs());
+                            max_err.max((confidence[k * n + j * st.width_px + i] - want).abs());
                     }
                 }
             }
@@ -277,9 +279,16 @@ fn blockwise_equals_single_block() {
         let cfg = config(extra);
         let placement = grid(w, h, 224, 112);
         let mut results = Vec::new();
-        for (block, crf_block) in [(4096usize, 4096usize), (13, 40)] {
+        let scratch = tempfile::tempdir().expect("scratch");
+        // One block / one tile in memory, vs small stitch blocks, CRF tiles and post-processing
+        // tiles with the maps in scratch files.
+        for (block, crf_block, tile, dir) in [
+            (4096usize, 4096usize, 4096usize, None),
+            (13, 40, 17, Some(scratch.path())),
+        ] {
             let mut s = settings(&cfg, Weighting::Gaussian { sigma_rel: 0.125 }, block);
             s.crf_block_px = crf_block;
+            s.tile_px = tile;
             let st = predict_and_stitch(
                 &slide,
                 &sl.name,
@@ -289,11 +298,21 @@ fn blockwise_equals_single_block() {
                     fail_on_slide: None,
                 },
                 &s,
+                8.0,
+                None,
+                dir,
                 &indicatif::ProgressBar::hidden(),
             )
             .expect("stitch");
-            let labels = labels_from_maps(&slide, &st, &s, 20).expect("labels");
-            results.push((st, labels));
+            let labels = labels_from_maps(&slide, &st, &s, 20, dir)
+                .expect("labels")
+                .to_vec()
+                .expect("labels");
+            let maps = (
+                st.confidence.to_vec().expect("confidence"),
+                st.keep.to_vec().expect("keep"),
+            );
+            results.push((maps, labels));
         }
         assert_eq!(
             results[0].0, results[1].0,

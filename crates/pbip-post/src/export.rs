@@ -31,7 +31,6 @@
 
 use crate::NO_LABEL;
 use crate::error::{PostError, Result, invalid};
-use crate::morph::{Connectivity, label_mask};
 use std::io::{BufWriter, Write};
 use std::path::Path;
 
@@ -110,21 +109,82 @@ pub fn write_label_png(
             labels.len()
         ));
     }
-    let mut plte = vec![0u8; 256 * 3];
-    for (k, c) in palette.iter().take(255).enumerate() {
-        plte[3 * k..3 * k + 3].copy_from_slice(c);
+    let mut w = LabelPngWriter::create(path, width_px, height_px, palette)?;
+    for row in labels.chunks_exact(width_px as usize) {
+        w.write_row(row)?;
     }
-    let mut trns = vec![255u8; 256];
-    trns[NO_LABEL as usize] = 0;
-    let mut enc = png::Encoder::new(create_file(path)?, width_px, height_px);
-    enc.set_color(png::ColorType::Indexed);
-    enc.set_depth(png::BitDepth::Eight);
-    enc.set_palette(plte);
-    enc.set_trns(trns);
-    enc.set_compression(png::Compression::Fast);
-    let mut w = enc.write_header().map_err(png_err(path))?;
-    w.write_image_data(labels).map_err(png_err(path))?;
-    w.finish().map_err(png_err(path))
+    w.finish()
+}
+
+/// Row-by-row writer of the indexed label PNG of [`write_label_png`] (for maps that are not held
+/// in memory).
+pub struct LabelPngWriter {
+    path: std::path::PathBuf,
+    width_px: usize,
+    rows_left: usize,
+    stream: png::StreamWriter<'static, BufWriter<std::fs::File>>,
+}
+
+impl LabelPngWriter {
+    /// Creates the file and writes the header, palette and transparency chunks.
+    pub fn create(path: &Path, width_px: u32, height_px: u32, palette: &[[u8; 3]]) -> Result<Self> {
+        if width_px == 0 || height_px == 0 {
+            return invalid(format!(
+                "{}: empty label map {width_px}x{height_px}",
+                path.display()
+            ));
+        }
+        let mut plte = vec![0u8; 256 * 3];
+        for (k, c) in palette.iter().take(255).enumerate() {
+            plte[3 * k..3 * k + 3].copy_from_slice(c);
+        }
+        let mut trns = vec![255u8; 256];
+        trns[NO_LABEL as usize] = 0;
+        let mut enc = png::Encoder::new(create_file(path)?, width_px, height_px);
+        enc.set_color(png::ColorType::Indexed);
+        enc.set_depth(png::BitDepth::Eight);
+        enc.set_palette(plte);
+        enc.set_trns(trns);
+        enc.set_compression(png::Compression::Fast);
+        let w = enc.write_header().map_err(png_err(path))?;
+        let stream = w.into_stream_writer().map_err(png_err(path))?;
+        Ok(Self {
+            path: path.to_path_buf(),
+            width_px: width_px as usize,
+            rows_left: height_px as usize,
+            stream,
+        })
+    }
+
+    /// Appends the next row (`width` labels).
+    pub fn write_row(&mut self, row: &[u8]) -> Result<()> {
+        if row.len() != self.width_px || self.rows_left == 0 {
+            return invalid(format!(
+                "{}: row of {} labels (width {}, {} rows left)",
+                self.path.display(),
+                row.len(),
+                self.width_px,
+                self.rows_left
+            ));
+        }
+        self.rows_left -= 1;
+        self.stream.write_all(row).map_err(|source| PostError::Io {
+            path: self.path.clone(),
+            source,
+        })
+    }
+
+    /// Finishes the file (every row must have been written).
+    pub fn finish(self) -> Result<()> {
+        if self.rows_left != 0 {
+            return invalid(format!(
+                "{}: {} rows missing",
+                self.path.display(),
+                self.rows_left
+            ));
+        }
+        self.stream.finish().map_err(png_err(&self.path))
+    }
 }
 
 /// Writes an RGB8 (HWC, row-major) PNG.
@@ -218,143 +278,7 @@ fn draw_legend(img: &mut [u8], w: usize, h: usize, palette: &[[u8; 3]]) {
     }
 }
 
-/// One polygon in output-grid corner coordinates: exterior ring and holes, each ring closed.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Polygon {
-    /// Exterior ring (closed).
-    pub exterior: Vec<(i64, i64)>,
-    /// Hole rings (closed).
-    pub holes: Vec<Vec<(i64, i64)>>,
-}
-
-/// Traces the polygons (one per 4-connected component) of pixels equal to `class` (see the module
-/// docs), in output-grid pixel-corner coordinates.
-pub fn trace_class_polygons(
-    labels: &[u8],
-    width_px: usize,
-    height_px: usize,
-    class: u8,
-) -> Result<Vec<Polygon>> {
-    let (w, h) = (width_px, height_px);
-    if labels.len() != w * h {
-        return invalid(format!(
-            "trace_class_polygons: {} values for {w}x{h}",
-            labels.len()
-        ));
-    }
-    let mask: Vec<bool> = labels.iter().map(|&l| l == class).collect();
-    let (comp, n) = label_mask(&mask, w, h, Connectivity::Four)?;
-    if n == 0 {
-        return Ok(Vec::new());
-    }
-    let vw = (w + 1) as u64;
-    let vid = |x: usize, y: usize| y as u64 * vw + x as u64;
-    // Directed edges (start vertex, direction 0:+x 1:+y 2:-x 3:-y), sorted by start vertex.
-    let mut edges: Vec<(u64, u8)> = Vec::new();
-    let inside = |x: isize, y: isize| {
-        x >= 0
-            && y >= 0
-            && (x as usize) < w
-            && (y as usize) < h
-            && mask[y as usize * w + x as usize]
-    };
-    for y in 0..h {
-        for x in 0..w {
-            if !mask[y * w + x] {
-                continue;
-            }
-            let (xi, yi) = (x as isize, y as isize);
-            if !inside(xi, yi - 1) {
-                edges.push((vid(x, y), 0));
-            }
-            if !inside(xi + 1, yi) {
-                edges.push((vid(x + 1, y), 1));
-            }
-            if !inside(xi, yi + 1) {
-                edges.push((vid(x + 1, y + 1), 2));
-            }
-            if !inside(xi - 1, yi) {
-                edges.push((vid(x, y + 1), 3));
-            }
-        }
-    }
-    edges.sort_unstable();
-    let mut used = vec![false; edges.len()];
-    let find = |v: u64, d: u8| -> Option<usize> { edges.binary_search(&(v, d)).ok() };
-    let step = |v: u64, d: u8| -> u64 {
-        match d {
-            0 => v + 1,
-            1 => v + vw,
-            2 => v - 1,
-            _ => v - vw,
-        }
-    };
-    let mut outers: Vec<Option<Vec<(i64, i64)>>> = vec![None; n + 1];
-    let mut holes: Vec<Vec<Vec<(i64, i64)>>> = vec![Vec::new(); n + 1];
-    for start in 0..edges.len() {
-        if used[start] {
-            continue;
-        }
-        let mut ring: Vec<(i64, i64)> = Vec::new();
-        let mut e = start;
-        let mut prev_dir: Option<u8> = None;
-        loop {
-            used[e] = true;
-            let (v, d) = edges[e];
-            if prev_dir != Some(d) {
-                ring.push(((v % vw) as i64, (v / vw) as i64));
-            }
-            prev_dir = Some(d);
-            let nv = step(v, d);
-            let next = [(d + 1) % 4, d, (d + 3) % 4]
-                .iter()
-                .find_map(|&nd| find(nv, nd));
-            match next {
-                Some(ne) if ne == start => break,
-                Some(ne) if !used[ne] => e = ne,
-                _ => {
-                    return invalid(format!(
-                        "trace_class_polygons: broken boundary at vertex {nv} (internal error)"
-                    ));
-                }
-            }
-        }
-        // Drop the start vertex if it is collinear with the closing edge.
-        if ring.len() > 1 && edges[start].1 == prev_dir.unwrap_or(255) {
-            ring.remove(0);
-        }
-        let first = ring[0];
-        ring.push(first);
-        let area2: i64 = ring
-            .windows(2)
-            .map(|p| p[0].0 * p[1].1 - p[1].0 * p[0].1)
-            .sum();
-        let (v, d) = edges[start];
-        let (vx, vy) = ((v % vw) as usize, (v / vw) as usize);
-        let (px, py) = match d {
-            0 => (vx, vy),
-            1 => (vx - 1, vy),
-            2 => (vx - 1, vy - 1),
-            _ => (vx, vy - 1),
-        };
-        let c = comp[py * w + px] as usize;
-        if area2 > 0 {
-            outers[c] = Some(ring);
-        } else {
-            holes[c].push(ring);
-        }
-    }
-    let mut polys = Vec::with_capacity(n);
-    for c in 1..=n {
-        if let Some(ext) = outers[c].take() {
-            polys.push(Polygon {
-                exterior: ext,
-                holes: std::mem::take(&mut holes[c]),
-            });
-        }
-    }
-    Ok(polys)
-}
+pub use crate::polygons::{Polygon, trace_class_polygons};
 
 fn ring_json(ring: &[(i64, i64)], ds: f64) -> serde_json::Value {
     serde_json::Value::Array(
@@ -374,6 +298,28 @@ pub fn label_map_to_geojson(
     downsample: f64,
     classes: &[ClassInfo],
 ) -> Result<serde_json::Value> {
+    if labels.len() != width_px * height_px {
+        return invalid(format!(
+            "GeoJSON: {} labels for {width_px}x{height_px}",
+            labels.len()
+        ));
+    }
+    let mut tracer = crate::polygons::MultiClassTracer::new(width_px, classes.len());
+    if width_px > 0 {
+        for row in labels.chunks_exact(width_px) {
+            tracer.push_row(row)?;
+        }
+    }
+    polygons_to_geojson(&tracer.finish()?, downsample, classes)
+}
+
+/// GeoJSON `FeatureCollection` (see the module docs) of per-class polygons (`polygons[k]` of class
+/// `k`, output-grid corner coordinates), scaled by `downsample` to level-0 pixels.
+pub fn polygons_to_geojson(
+    polygons: &[Vec<Polygon>],
+    downsample: f64,
+    classes: &[ClassInfo],
+) -> Result<serde_json::Value> {
     if !(downsample.is_finite() && downsample > 0.0) {
         return invalid(format!("GeoJSON: downsample must be > 0, got {downsample}"));
     }
@@ -384,8 +330,7 @@ pub fn label_map_to_geojson(
         ));
     }
     let mut features = Vec::new();
-    for (k, ci) in classes.iter().enumerate() {
-        let polys = trace_class_polygons(labels, width_px, height_px, k as u8)?;
+    for (polys, ci) in polygons.iter().zip(classes) {
         if polys.is_empty() {
             continue;
         }

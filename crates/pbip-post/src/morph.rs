@@ -58,24 +58,6 @@ pub enum Connectivity {
     Eight,
 }
 
-impl Connectivity {
-    fn offsets(self) -> &'static [(isize, isize)] {
-        match self {
-            Connectivity::Four => &[(0, -1), (-1, 0), (1, 0), (0, 1)],
-            Connectivity::Eight => &[
-                (-1, -1),
-                (0, -1),
-                (1, -1),
-                (-1, 0),
-                (1, 0),
-                (-1, 1),
-                (0, 1),
-                (1, 1),
-            ],
-        }
-    }
-}
-
 fn check_len(len: usize, w: usize, h: usize, what: &str) -> Result<()> {
     if len != w * h {
         return invalid(format!(
@@ -403,7 +385,8 @@ pub fn relabel_sequential(labels: &[u32]) -> (Vec<u32>, usize) {
 }
 
 /// Replaces per-class components smaller than `min_size` pixels by the surrounding majority label
-/// (see the module docs). Returns the new label map and the number of components replaced.
+/// (see the module docs). Returns the new label map and the number of components replaced. This is
+/// [`crate::components::remove_small_components_planes`] on in-memory planes.
 pub fn remove_small_components_labels(
     labels: &[u8],
     width_px: usize,
@@ -412,79 +395,28 @@ pub fn remove_small_components_labels(
     conn: Connectivity,
     include_background: bool,
 ) -> Result<(Vec<u8>, usize)> {
-    let (w, h) = (width_px, height_px);
-    let bg = if include_background {
-        None
-    } else {
-        Some(NO_LABEL)
-    };
-    let (comp, n) = label_components(labels, w, h, bg, conn)?;
-    let mut sizes = vec![0usize; n + 1];
-    for &l in &comp {
-        sizes[l as usize] += 1;
-    }
-    let small = |l: u32| l != 0 && sizes[l as usize] < min_size;
-    // Per small component: neighbour label histogram (kept neighbours, all neighbours).
-    let mut hist_kept: std::collections::HashMap<u32, [u32; 256]> =
-        std::collections::HashMap::new();
-    let mut hist_all: std::collections::HashMap<u32, [u32; 256]> = std::collections::HashMap::new();
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            let ci = comp[i];
-            if !small(ci) {
-                continue;
-            }
-            for &(dx, dy) in conn.offsets() {
-                let (xx, yy) = (x as isize + dx, y as isize + dy);
-                if xx < 0 || yy < 0 || xx >= w as isize || yy >= h as isize {
-                    continue;
-                }
-                let j = yy as usize * w + xx as usize;
-                if comp[j] == ci {
-                    continue;
-                }
-                let lj = labels[j] as usize;
-                hist_all.entry(ci).or_insert([0; 256])[lj] += 1;
-                if !small(comp[j]) {
-                    hist_kept.entry(ci).or_insert([0; 256])[lj] += 1;
-                }
-            }
-        }
-    }
-    let pick = |hst: &[u32; 256]| -> Option<u8> {
-        let mut best: Option<(u32, usize)> = None;
-        for (v, &c) in hst.iter().enumerate() {
-            if c > 0 && best.is_none_or(|(bc, _)| c > bc) {
-                best = Some((c, v));
-            }
-        }
-        best.map(|(_, v)| v as u8)
-    };
-    let mut replacement = vec![None; n + 1];
-    let mut replaced = 0;
-    for l in 1..=n as u32 {
-        if !small(l) {
-            continue;
-        }
-        let r = hist_kept
-            .get(&l)
-            .and_then(pick)
-            .or_else(|| hist_all.get(&l).and_then(pick));
-        if r.is_some() {
-            replaced += 1;
-        }
-        replacement[l as usize] = r;
-    }
-    let out = labels
-        .iter()
-        .zip(&comp)
-        .map(|(&v, &c)| replacement[c as usize].unwrap_or(v))
-        .collect();
-    Ok((out, replaced))
+    check_len(
+        labels.len(),
+        width_px,
+        height_px,
+        "remove_small_components_labels",
+    )?;
+    let src = crate::plane::Planes::from_vec(width_px, height_px, 1, labels.to_vec())?;
+    let dst = crate::plane::Planes::memory(width_px, height_px, 1)?;
+    let replaced = crate::components::remove_small_components_planes(
+        &src,
+        &dst,
+        min_size,
+        conn,
+        include_background,
+    )?;
+    Ok((dst.to_vec()?, replaced))
 }
 
 const EDT_INF: f64 = 1e20;
+
+/// Gaussian truncation (in sigmas) of the boundary-refinement smoothing.
+pub const REFINE_TRUNCATE: f32 = 4.0;
 
 /// 1-D squared distance transform of sampled function `f` (Felzenszwalb & Huttenlocher).
 fn dt_1d(f: &[f64], d: &mut [f64], v: &mut [usize], z: &mut [f64]) {
@@ -730,7 +662,15 @@ pub fn refine_boundaries(
         return Ok(out);
     }
     let smoothed: Vec<Vec<f32>> = (0..c)
-        .map(|k| gaussian_blur(&confidence[k * n..(k + 1) * n], w, h, p.sigma_px, 4.0))
+        .map(|k| {
+            gaussian_blur(
+                &confidence[k * n..(k + 1) * n],
+                w,
+                h,
+                p.sigma_px,
+                REFINE_TRUNCATE,
+            )
+        })
         .collect::<Result<_>>()?;
     for i in 0..n {
         if d2[i] > band2 {

@@ -6,9 +6,10 @@
 //!   `\n` so that the data starts at a multiple of 64 bytes, then C-order little-endian data.
 //!   `numpy.load(..., allow_pickle=False)` reads them.
 //! - `.npz` is a ZIP archive of `.npy` members named `<key>.npy`, written with method 0 ("stored",
-//!   like `numpy.savez`), DOS date 1980-01-01, CRC-32 per member. No ZIP64: a member or the archive
-//!   may not exceed 4 GiB (an error says so) — at an output downsample of 16 even a 200k x 200k px
-//!   slide gives 12500 x 12500 x 2 bytes = 312 MB per float16 map.
+//!   like `numpy.savez`), DOS date 1980-01-01, CRC-32 per member, ZIP64 records (as Python's
+//!   `zipfile` writes and reads them) for members, offsets or a central directory beyond 4 GiB.
+//!   Members can be streamed ([`NpzWriter::add_streamed`]), so a whole-slide map is never held in
+//!   memory.
 //! - [`ConfidenceEncoding::Float16`]: IEEE half (`<f2`), round-to-nearest from f32; NaN stays NaN
 //!   (callers may mark "no data" pixels with NaN).
 //! - [`ConfidenceEncoding::U8`]: `q = round(clamp(p, 0, 1) * 255)` as `|u1` (NaN gives 0); read back
@@ -52,13 +53,18 @@ pub fn npy_header(descr: &str, shape: &[usize]) -> Vec<u8> {
     out
 }
 
+/// Little-endian IEEE half bytes of `v` (round to nearest; NaN stays NaN).
+pub fn f16_bytes(v: f32) -> [u8; 2] {
+    half::f16::from_f32(v).to_le_bytes()
+}
+
 /// Complete `.npy` bytes of a float16 array (values converted from f32).
 pub fn npy_bytes_f16(shape: &[usize], data: &[f32]) -> Result<Vec<u8>> {
     check_shape(shape, data.len())?;
     let mut out = npy_header("<f2", shape);
     out.reserve(2 * data.len());
     for &v in data {
-        out.extend_from_slice(&half::f16::from_f32(v).to_le_bytes());
+        out.extend_from_slice(&f16_bytes(v));
     }
     Ok(out)
 }
@@ -96,19 +102,43 @@ fn check_shape(shape: &[usize], len: usize) -> Result<()> {
 struct Entry {
     name: String,
     crc: u32,
-    size: u32,
-    offset: u32,
+    size: u64,
+    offset: u64,
 }
 
-/// Streaming writer of a stored (uncompressed) `.npz` archive.
+/// Streaming writer of a stored (uncompressed) `.npz` archive, ZIP64 where a member, an offset or
+/// the central directory passes 4 GiB.
 pub struct NpzWriter {
     path: PathBuf,
     out: BufWriter<std::fs::File>,
     entries: Vec<Entry>,
     pos: u64,
+    zip64_from: u64,
+}
+
+/// Writes the data of one member being added with [`NpzWriter::add_streamed`]; counts the bytes
+/// and computes their CRC-32.
+pub struct MemberWriter<'a> {
+    out: &'a mut BufWriter<std::fs::File>,
+    path: &'a Path,
+    crc: crc32fast::Hasher,
+    written: u64,
+}
+
+impl MemberWriter<'_> {
+    /// Appends bytes to the member.
+    pub fn write(&mut self, bytes: &[u8]) -> Result<()> {
+        self.crc.update(bytes);
+        self.written += bytes.len() as u64;
+        self.out.write_all(bytes).map_err(|source| PostError::Io {
+            path: self.path.to_path_buf(),
+            source,
+        })
+    }
 }
 
 const DOS_DATE_1980_01_01: u16 = (1 << 5) | 1;
+const U32_FULL: u64 = 0xFFFF_FFFF;
 
 impl NpzWriter {
     /// Creates (truncates) the archive file.
@@ -122,7 +152,15 @@ impl NpzWriter {
             out: BufWriter::new(f),
             entries: Vec::new(),
             pos: 0,
+            zip64_from: U32_FULL,
         })
+    }
+
+    /// Uses ZIP64 records for every size or offset `>= bytes` (default 4 GiB - 1); for tests.
+    #[doc(hidden)]
+    pub fn with_zip64_from(mut self, bytes: u64) -> Self {
+        self.zip64_from = bytes.min(U32_FULL);
+        self
     }
 
     fn io(&self) -> impl Fn(std::io::Error) -> PostError + '_ {
@@ -132,47 +170,73 @@ impl NpzWriter {
         }
     }
 
-    fn too_big(&self, what: &str) -> PostError {
-        PostError::InvalidArgument(format!(
-            "{}: {what} exceeds 4 GiB (ZIP64 is not supported)",
-            self.path.display()
-        ))
-    }
-
     /// Adds a member `<key>.npy` with the given complete `.npy` bytes.
     pub fn add_npy(&mut self, key: &str, npy: &[u8]) -> Result<()> {
+        self.add_streamed(key, npy.len() as u64, |w| w.write(npy))
+    }
+
+    /// Adds a member `<key>.npy` of exactly `size` bytes, written by `fill` (e.g. an `.npy` header
+    /// then rows read from disk), so that the member is never held in memory.
+    pub fn add_streamed(
+        &mut self,
+        key: &str,
+        size: u64,
+        fill: impl FnOnce(&mut MemberWriter<'_>) -> Result<()>,
+    ) -> Result<()> {
         if key.is_empty() || key.len() > 200 || key.contains(['/', '\\']) {
             return invalid(format!("{}: bad array key {key:?}", self.path.display()));
         }
-        if self.entries.iter().any(|e| e.name == format!("{key}.npy")) {
+        let name = format!("{key}.npy");
+        if self.entries.iter().any(|e| e.name == name) {
             return invalid(format!(
                 "{}: duplicate array key {key:?}",
                 self.path.display()
             ));
         }
-        let name = format!("{key}.npy");
-        let size = u32::try_from(npy.len()).map_err(|_| self.too_big(&name))?;
-        let offset = u32::try_from(self.pos).map_err(|_| self.too_big("archive"))?;
-        let crc = crc32fast::hash(npy);
-        let mut h = Vec::with_capacity(30 + name.len());
+        let offset = self.pos;
+        let zip64 = size >= self.zip64_from || offset >= self.zip64_from;
+        let mut h = Vec::with_capacity(50 + name.len());
         h.extend_from_slice(&0x0403_4b50u32.to_le_bytes());
-        h.extend_from_slice(&20u16.to_le_bytes()); // version needed
+        h.extend_from_slice(&(if zip64 { 45u16 } else { 20 }).to_le_bytes()); // version needed
         h.extend_from_slice(&0u16.to_le_bytes()); // flags
         h.extend_from_slice(&0u16.to_le_bytes()); // method: stored
         h.extend_from_slice(&0u16.to_le_bytes()); // time
         h.extend_from_slice(&DOS_DATE_1980_01_01.to_le_bytes());
-        h.extend_from_slice(&crc.to_le_bytes());
-        h.extend_from_slice(&size.to_le_bytes());
-        h.extend_from_slice(&size.to_le_bytes());
+        let crc_at = offset + h.len() as u64;
+        h.extend_from_slice(&0u32.to_le_bytes()); // CRC, patched below
+        let size32 = if zip64 { U32_FULL as u32 } else { size as u32 };
+        h.extend_from_slice(&size32.to_le_bytes());
+        h.extend_from_slice(&size32.to_le_bytes());
         h.extend_from_slice(&(name.len() as u16).to_le_bytes());
-        h.extend_from_slice(&0u16.to_le_bytes());
+        h.extend_from_slice(&(if zip64 { 20u16 } else { 0 }).to_le_bytes());
         h.extend_from_slice(name.as_bytes());
-        self.out.write_all(&h).map_err(self.io())?;
-        self.out.write_all(npy).map_err(self.io())?;
-        self.pos += (h.len() + npy.len()) as u64;
-        if self.pos > u32::MAX as u64 {
-            return Err(self.too_big("archive"));
+        if zip64 {
+            h.extend_from_slice(&1u16.to_le_bytes());
+            h.extend_from_slice(&16u16.to_le_bytes());
+            h.extend_from_slice(&size.to_le_bytes());
+            h.extend_from_slice(&size.to_le_bytes());
         }
+        self.out.write_all(&h).map_err(self.io())?;
+        let mut mw = MemberWriter {
+            out: &mut self.out,
+            path: &self.path,
+            crc: crc32fast::Hasher::new(),
+            written: 0,
+        };
+        fill(&mut mw)?;
+        let (written, crc) = (mw.written, mw.crc.finalize());
+        if written != size {
+            return invalid(format!(
+                "{}: member {name} declared {size} bytes, {written} written",
+                self.path.display()
+            ));
+        }
+        self.pos = offset + h.len() as u64 + size;
+        self.out
+            .seek(std::io::SeekFrom::Start(crc_at))
+            .and_then(|_| self.out.write_all(&crc.to_le_bytes()))
+            .and_then(|_| self.out.seek(std::io::SeekFrom::Start(self.pos)))
+            .map_err(self.io())?;
         self.entries.push(Entry {
             name,
             crc,
@@ -202,34 +266,79 @@ impl NpzWriter {
 
     /// Writes the central directory and closes the archive.
     pub fn finish(mut self) -> Result<()> {
-        let cd_start = u32::try_from(self.pos).map_err(|_| self.too_big("archive"))?;
+        let cd_start = self.pos;
+        let big = self.zip64_from;
         let mut cd = Vec::new();
         for e in &self.entries {
+            let (size64, off64) = (e.size >= big, e.offset >= big);
+            let mut extra = Vec::new();
+            if size64 {
+                extra.extend_from_slice(&e.size.to_le_bytes());
+                extra.extend_from_slice(&e.size.to_le_bytes());
+            }
+            if off64 {
+                extra.extend_from_slice(&e.offset.to_le_bytes());
+            }
+            let version: u16 = if extra.is_empty() { 20 } else { 45 };
+            let size32 = if size64 {
+                U32_FULL as u32
+            } else {
+                e.size as u32
+            };
+            let off32 = if off64 {
+                U32_FULL as u32
+            } else {
+                e.offset as u32
+            };
             cd.extend_from_slice(&0x0201_4b50u32.to_le_bytes());
-            cd.extend_from_slice(&20u16.to_le_bytes()); // made by
-            cd.extend_from_slice(&20u16.to_le_bytes()); // needed
+            cd.extend_from_slice(&version.to_le_bytes()); // made by
+            cd.extend_from_slice(&version.to_le_bytes()); // needed
             cd.extend_from_slice(&0u16.to_le_bytes()); // flags
             cd.extend_from_slice(&0u16.to_le_bytes()); // method
             cd.extend_from_slice(&0u16.to_le_bytes()); // time
             cd.extend_from_slice(&DOS_DATE_1980_01_01.to_le_bytes());
             cd.extend_from_slice(&e.crc.to_le_bytes());
-            cd.extend_from_slice(&e.size.to_le_bytes());
-            cd.extend_from_slice(&e.size.to_le_bytes());
+            cd.extend_from_slice(&size32.to_le_bytes());
+            cd.extend_from_slice(&size32.to_le_bytes());
             cd.extend_from_slice(&(e.name.len() as u16).to_le_bytes());
-            cd.extend_from_slice(&[0u8; 12]); // extra len, comment len, disk, int attr, ext attr (4)
-            cd.extend_from_slice(&e.offset.to_le_bytes());
+            let extra_len = if extra.is_empty() { 0 } else { 4 + extra.len() };
+            cd.extend_from_slice(&(extra_len as u16).to_le_bytes());
+            cd.extend_from_slice(&[0u8; 10]); // comment len, disk, int attr, ext attr (4)
+            cd.extend_from_slice(&off32.to_le_bytes());
             cd.extend_from_slice(e.name.as_bytes());
+            if !extra.is_empty() {
+                cd.extend_from_slice(&1u16.to_le_bytes());
+                cd.extend_from_slice(&(extra.len() as u16).to_le_bytes());
+                cd.extend_from_slice(&extra);
+            }
         }
-        let n = u16::try_from(self.entries.len()).map_err(|_| {
-            PostError::InvalidArgument(format!("{}: too many arrays", self.path.display()))
-        })?;
-        let cd_size = cd.len() as u32;
+        let n = self.entries.len() as u64;
+        let cd_size = cd.len() as u64;
+        let eocd64 = n >= 0xFFFF || cd_size >= big || cd_start >= big;
+        if eocd64 {
+            let rec_at = cd_start + cd_size;
+            cd.extend_from_slice(&0x0606_4b50u32.to_le_bytes());
+            cd.extend_from_slice(&44u64.to_le_bytes());
+            cd.extend_from_slice(&45u16.to_le_bytes());
+            cd.extend_from_slice(&45u16.to_le_bytes());
+            cd.extend_from_slice(&[0u8; 8]); // this disk, disk with the central directory
+            cd.extend_from_slice(&n.to_le_bytes());
+            cd.extend_from_slice(&n.to_le_bytes());
+            cd.extend_from_slice(&cd_size.to_le_bytes());
+            cd.extend_from_slice(&cd_start.to_le_bytes());
+            cd.extend_from_slice(&0x0706_4b50u32.to_le_bytes());
+            cd.extend_from_slice(&0u32.to_le_bytes());
+            cd.extend_from_slice(&rec_at.to_le_bytes());
+            cd.extend_from_slice(&1u32.to_le_bytes());
+        }
+        let n16 = if eocd64 { 0xFFFF } else { n as u16 };
+        let sat = |v: u64| if eocd64 { U32_FULL as u32 } else { v as u32 };
         cd.extend_from_slice(&0x0605_4b50u32.to_le_bytes());
         cd.extend_from_slice(&[0u8; 4]); // disk numbers
-        cd.extend_from_slice(&n.to_le_bytes());
-        cd.extend_from_slice(&n.to_le_bytes());
-        cd.extend_from_slice(&cd_size.to_le_bytes());
-        cd.extend_from_slice(&cd_start.to_le_bytes());
+        cd.extend_from_slice(&n16.to_le_bytes());
+        cd.extend_from_slice(&n16.to_le_bytes());
+        cd.extend_from_slice(&sat(cd_size).to_le_bytes());
+        cd.extend_from_slice(&sat(cd_start).to_le_bytes());
         cd.extend_from_slice(&0u16.to_le_bytes());
         let path = self.path.clone();
         let io = |source| PostError::Io {
@@ -238,7 +347,7 @@ impl NpzWriter {
         };
         self.out.write_all(&cd).map_err(io)?;
         self.out.flush().map_err(io)?;
-        let _ = self.out.stream_position();
+        self.out.get_ref().sync_all().map_err(io)?;
         Ok(())
     }
 }

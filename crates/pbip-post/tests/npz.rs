@@ -117,3 +117,46 @@ fn bad_shapes_are_errors() {
     assert!(w.add_u8("a/b", &[1], &[1]).is_err());
     assert!(npz::NpzWriter::create(std::path::Path::new("/nonexistent_dir_pbip/x.npz")).is_err());
 }
+
+#[test]
+fn streamed_members_and_zip64_read_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let vals: Vec<u8> = (0..=255u8).cycle().take(3000).collect();
+    let npy = npz::npy_bytes_u8(&[30, 100], &vals).unwrap();
+    // ZIP64 records everywhere (threshold 0), and a plain archive, both with streamed members.
+    for zip64_from in [0u64, u64::MAX] {
+        let path = dir.path().join(format!("s{zip64_from}.npz"));
+        let mut w = npz::NpzWriter::create(&path)
+            .unwrap()
+            .with_zip64_from(zip64_from);
+        for key in ["a", "b"] {
+            w.add_streamed(key, npy.len() as u64, |m| {
+                for chunk in npy.chunks(333) {
+                    m.write(chunk)?;
+                }
+                Ok(())
+            })
+            .unwrap();
+        }
+        // A member shorter than declared is an error.
+        assert!(w.add_streamed("c", 10, |m| m.write(&[1, 2, 3])).is_err());
+        drop(w);
+        let mut w = npz::NpzWriter::create(&path)
+            .unwrap()
+            .with_zip64_from(zip64_from);
+        for key in ["a", "b"] {
+            w.add_streamed(key, npy.len() as u64, |m| m.write(&npy))
+                .unwrap();
+        }
+        w.finish().unwrap();
+        let members = read_npz(&path);
+        assert_eq!(members.len(), 2);
+        for (name, bytes) in &members {
+            assert!(name == "a.npy" || name == "b.npy");
+            assert_eq!(bytes, &npy, "{name} (zip64 from {zip64_from})");
+        }
+        let raw = std::fs::read(&path).unwrap();
+        let has_zip64_eocd = raw.windows(4).any(|x| x == [0x50, 0x4b, 0x06, 0x06]);
+        assert_eq!(has_zip64_eocd, zip64_from == 0);
+    }
+}

@@ -40,6 +40,9 @@ pub const DEMO_OVERRIDES: &[&str] = &[
     "validation.patches_per_slide=32",
     "inference.batch_size=8",
     "inference.use_crf=false",
+    // Stage 5 tiles the test slides like the training tiles: 112 px network input at 1.0 um/px
+    // (224 level-0 px of the 0.5 um/px synthetic slides), 50 % overlap (seed).
+    "inference.spacing_um=1.0",
 ];
 
 /// Generates a synthetic dataset and returns a printable summary.
@@ -212,6 +215,71 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
         "  stage 4 report:              {}",
         results.join("report.html").display()
     );
-    println!("  not in the demo yet: stage 5 (whole-slide inference)");
+    demo_infer(&cfg)
+}
+
+/// Stage 5 of the demo: whole-slide inference on the test slides (pbip tiles them itself, as for
+/// new slides without coordinates), scored against the synthetic GT masks.
+fn demo_infer(cfg: &Config) -> Result<()> {
+    use pbip_pipeline::stage5_infer::{self, InferOptions, SlideSource, score};
+    let ds = pbip_config::Dataset::load(cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let slides: Vec<_> = ds
+        .split(pbip_config::Split::Test)
+        .iter()
+        .map(|s| s.slide_path.clone())
+        .collect();
+    if slides.is_empty() {
+        println!("  stage 5: no test slides");
+        return Ok(());
+    }
+    let weights = pbip_pipeline::stage3_train::output_dir(cfg).join("best.safetensors");
+    let n_slides = slides.len();
+    let opts = InferOptions {
+        source: SlideSource::Paths(slides),
+        coordinates_dir: None,
+        output_dir: Some(cfg.paths.work_dir.clone()),
+        overwrite: false,
+        shard: None,
+        run: pbip_pipeline::RunOptions { progress: true },
+    };
+    println!();
+    println!(
+        "stage 5: pbip infer --weights {} on the {} test slide(s)",
+        weights.display(),
+        n_slides
+    );
+    let s = stage5_infer::run(cfg, &weights, &opts)?;
+    if s.failed > 0 {
+        anyhow::bail!(
+            "stage 5: {} slide(s) failed, see {}",
+            s.failed,
+            s.batch_results.display()
+        );
+    }
+    println!(
+        "  stage 5 predictions:         {} ({} processed, {} skipped as complete; results {})",
+        s.predictions_dir.display(),
+        s.processed,
+        s.skipped,
+        s.batch_results.display()
+    );
+    let Some(gt_dir) = &cfg.paths.gt_dir else {
+        return Ok(());
+    };
+    let positive = cfg.class_order.len().saturating_sub(1) as u8;
+    for sc in score::score_predictions(&s.predictions_dir, gt_dir, positive)? {
+        match (sc.tumour_iou, sc.trivial_iou) {
+            (Some(iou), Some(triv)) => println!(
+                "  stage 5 {:<12} tumour IoU {iou:.3} (all-tissue-is-tumour map {triv:.3})",
+                sc.name
+            ),
+            _ => println!(
+                "  stage 5 {:<12} benign: tissue called tumour {:.1}% (all-tissue-is-tumour map {:.0}%)",
+                sc.name,
+                100.0 * sc.false_positive_tissue_fraction,
+                100.0 * sc.trivial_false_positive_fraction
+            ),
+        }
+    }
     Ok(())
 }

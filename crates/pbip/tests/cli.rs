@@ -520,6 +520,23 @@ fn demo_runs_end_to_end() {
     .unwrap();
     assert!(m["deployable"]["miou"].is_number(), "{m}");
     assert!(out.contains("stage 4 test metrics"), "{out}");
+    // Stage 5 on the test slides: per-slide outputs and whole-slide scores against the GT.
+    let pred = out_dir.join("work/predictions");
+    let csv = std::fs::read_to_string(pred.join("batch_results.csv")).unwrap();
+    let ok_rows: Vec<&str> = csv.lines().filter(|l| l.contains(",ok,")).collect();
+    assert!(!ok_rows.is_empty(), "{csv}");
+    for row in ok_rows {
+        let name = row.split(',').next().unwrap();
+        assert!(
+            pred.join(name).join("segmentation_mask.png").is_file(),
+            "{name}"
+        );
+        assert!(pred.join(name).join("metadata.json").is_file(), "{name}");
+    }
+    assert!(
+        out.contains("stage 5 predictions") && out.contains("all-tissue-is-tumour map"),
+        "{out}"
+    );
     // Second run reuses data and skips the up-to-date stages.
     let out = ok(&[
         "demo",
@@ -533,4 +550,5 @@ fn demo_runs_end_to_end() {
         "3",
     ]);
     assert!(out.contains("up to date"), "{out}");
+    assert!(out.contains("0 processed"), "stage 5 reran:\n{out}");
 }

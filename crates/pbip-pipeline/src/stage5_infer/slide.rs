@@ -9,12 +9,16 @@ use std::time::Instant;
 use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
 use pbip_config::Config;
 use pbip_coords::Coordinates;
-use pbip_post::crf::{CrfParams, dense_crf_blockwise, suggested_halo_px};
+use pbip_post::crf::{CrfParams, suggested_halo_px};
 use pbip_post::export::{
-    ClassInfo, label_map_to_geojson, overlay_labels, write_geojson, write_label_png, write_rgb_png,
+    ClassInfo, LabelPngWriter, overlay_labels, polygons_to_geojson, write_geojson, write_rgb_png,
 };
-use pbip_post::npz::{ConfidenceEncoding, write_confidence_maps};
-use pbip_post::postprocess::{MorphOp, PostProcessParams, argmax_labels, postprocess_labels};
+use pbip_post::npz::{NpzWriter, npy_header};
+use pbip_post::plane::{Planes, Rect};
+use pbip_post::polygons::MultiClassTracer;
+use pbip_post::postprocess::{
+    DEFAULT_TILE_PX, LabelInputs, LabelParams, MorphOp, PostProcessParams, label_planes,
+};
 use pbip_post::stitch::{
     DEFAULT_GAUSSIAN_SIGMA_REL, PatchFootprint, PatchMap, StitchConfig, StitchedBlock, Stitcher,
     Weighting, raster_order,
@@ -65,8 +69,12 @@ pub struct InferSettings {
     pub batch_size: usize,
     /// Tile overlap for self-tiling, fraction of the tile side.
     pub overlap_ratio: f64,
-    /// Level-0 pixels per output pixel.
-    pub output_downsample: f64,
+    /// Network-input spacing for self-tiling, µm/px (`None` = the slide's level-0 mpp).
+    pub spacing_um: Option<f64>,
+    /// Level-0 pixels per output pixel (`auto` resolves per slide, see [`Self::downsample_for`]).
+    pub output_downsample: pbip_config::OutputDownsample,
+    /// Largest output side for `auto`, output pixels.
+    pub max_output_side_px: u64,
     /// Stitch weighting.
     pub weighting: Weighting,
     /// Output block side of the stitcher, output pixels.
@@ -77,6 +85,10 @@ pub struct InferSettings {
     pub crf: Option<CrfParams>,
     /// CRF tile side, output pixels.
     pub crf_block_px: usize,
+    /// Tile side of the other block-wise passes (morphology, refinement), output pixels.
+    pub tile_px: usize,
+    /// Folder for scratch maps (`None` = the slide's temporary output folder).
+    pub scratch_dir: Option<PathBuf>,
     /// Post-processing (min component size in output pixels; may be overridden per slide by µm²).
     pub post: PostProcessParams,
     /// Minimum component area in µm² (overrides `post.min_component_size` with the slide mpp).
@@ -104,8 +116,10 @@ impl InferSettings {
                 inf.overlap_ratio
             )));
         }
-        if inf.output_downsample == 0 {
-            return Err(infer_err("inference.output_downsample must be >= 1"));
+        if inf.output_downsample == pbip_config::OutputDownsample::Factor(0) {
+            return Err(infer_err(
+                "inference.output_downsample must be >= 1 or auto",
+            ));
         }
         let weighting = match inf.stitch {
             pbip_config::Stitch::Mean => Weighting::Mean,
@@ -138,17 +152,31 @@ impl InferSettings {
             patch_size_px,
             batch_size: inf.batch_size,
             overlap_ratio: inf.overlap_ratio,
-            output_downsample: f64::from(inf.output_downsample),
+            spacing_um: inf.spacing_um,
+            output_downsample: inf.output_downsample,
+            max_output_side_px: inf.max_output_side_px,
             weighting,
             block_size_px: 512,
             memory_budget_bytes: inf.memory_budget_mb.saturating_mul(1 << 20),
             crf,
             crf_block_px: 512,
+            tile_px: DEFAULT_TILE_PX,
+            scratch_dir: inf.scratch_dir.clone(),
             post,
             min_component_size_um2: inf.min_component_size_um2,
             restrict_to_tissue: inf.restrict_to_tissue,
             class_order: cfg.class_order.clone(),
         })
+    }
+}
+
+impl InferSettings {
+    /// Level-0 pixels per output pixel for a slide of `w0 x h0` level-0 pixels.
+    pub fn downsample_for(&self, w0: u64, h0: u64) -> f64 {
+        f64::from(
+            self.output_downsample
+                .resolve(w0, h0, self.max_output_side_px),
+        )
     }
 }
 
@@ -163,6 +191,8 @@ pub struct SlideOutput {
     pub height_px: usize,
     /// Level-0 µm per pixel used.
     pub mpp: f64,
+    /// Level-0 pixels per output pixel used.
+    pub output_downsample: f64,
     /// Coordinate source.
     pub coordinate_source: String,
     /// Pixels per class in the final mask (index = class).
@@ -230,7 +260,7 @@ pub fn place_patches(
     };
     let params = pbip_tiling::TilingParams {
         requested_tile_size_px: s.patch_size_px,
-        requested_spacing_um: mpp,
+        requested_spacing_um: s.spacing_um.unwrap_or(mpp),
         overlap: s.overlap_ratio,
         ..pbip_tiling::TilingParams::default()
     };
@@ -272,8 +302,8 @@ pub fn place_patches(
     })
 }
 
-/// Stitched output-level maps of a slide.
-#[derive(Debug, Clone, PartialEq)]
+/// Stitched output-level maps of a slide, in scratch files (or memory).
+#[derive(Debug)]
 pub struct Stitched {
     /// Width, output px.
     pub width_px: usize,
@@ -281,20 +311,91 @@ pub struct Stitched {
     pub height_px: usize,
     /// Classes.
     pub num_classes: usize,
-    /// `[C, H, W]` confidence.
-    pub confidence: Vec<f32>,
-    /// `[H, W]` weight, 0 = no data.
-    pub weight: Vec<f32>,
+    /// Level-0 px per output px.
+    pub downsample: f64,
+    /// `C` planes of stitched confidence (0 where no patch).
+    pub confidence: Planes<f32>,
+    /// 1 plane: 1 where the pixel has data (and is tissue, with `restrict_to_tissue`), else 0.
+    pub keep: Planes<u8>,
+}
+
+/// Output-level tissue mask of a slide, computed on a thumbnail of at most
+/// [`VISUALIZATION_MAX_SIDE_PX`] per side and sampled with nearest neighbour (pixel centres
+/// aligned); at output sizes up to that it is exact at the output level.
+#[derive(Debug, Clone)]
+pub struct TissueMap {
+    /// Thumbnail width.
+    pub width_px: usize,
+    /// Thumbnail height.
+    pub height_px: usize,
+    /// 0/1 per thumbnail pixel.
+    pub mask: Vec<u8>,
+}
+
+impl TissueMap {
+    /// Tissue (hs2p HSV method) of an RGB thumbnail.
+    pub fn from_thumbnail(tw: usize, th: usize, rgb: &[u8]) -> Result<Self, PipelineError> {
+        let mask = if tw * th == 0 {
+            Vec::new()
+        } else {
+            pbip_tiling::tissue_mask(
+                tw as u32,
+                th as u32,
+                rgb,
+                &pbip_tiling::TissueMethod::default(),
+            )
+            .map_err(|e| infer_err(format!("tissue mask: {e}")))?
+        };
+        Ok(Self {
+            width_px: tw,
+            height_px: th,
+            mask,
+        })
+    }
+
+    /// Is output pixel `(x, y)` of an `out_w x out_h` grid tissue?
+    fn at(&self, x: usize, y: usize, out_w: usize, out_h: usize) -> bool {
+        if self.mask.is_empty() {
+            return false;
+        }
+        let tx = (((x as f64 + 0.5) * self.width_px as f64 / out_w as f64) as usize)
+            .min(self.width_px - 1);
+        let ty = (((y as f64 + 0.5) * self.height_px as f64 / out_h as f64) as usize)
+            .min(self.height_px - 1);
+        self.mask[ty * self.width_px + tx] != 0
+    }
+}
+
+/// Thumbnail size (at most [`VISUALIZATION_MAX_SIDE_PX`] per side) of a `w x h` output grid.
+pub fn thumbnail_size(w: usize, h: usize) -> (usize, usize) {
+    let scale = (VISUALIZATION_MAX_SIDE_PX as f64 / w.max(h).max(1) as f64).min(1.0);
+    (
+        ((w as f64 * scale).round() as usize).max(1),
+        ((h as f64 * scale).round() as usize).max(1),
+    )
+}
+
+/// Output grid size at `downsample` of a `w0 x h0` slide.
+pub fn output_size(w0: u64, h0: u64, downsample: f64) -> (usize, usize) {
+    (
+        (w0 as f64 / downsample).ceil() as usize,
+        (h0 as f64 / downsample).ceil() as usize,
+    )
 }
 
 /// Predicts every patch (reading on a worker thread, `batch_size` per forward) and stitches the
-/// maps block-wise at `s.output_downsample`. Patches go in raster order.
+/// maps block-wise at `downsample` into planes in `scratch` (a folder, or memory when `None`).
+/// `tissue` (when given) clears `keep` outside tissue. Patches go in raster order.
+#[allow(clippy::too_many_arguments)]
 pub fn predict_and_stitch(
     slide: &Slide,
     slide_name: &str,
     placement: &Placement,
     predictor: &mut dyn PatchPredictor,
     s: &InferSettings,
+    downsample: f64,
+    tissue: Option<&TissueMap>,
+    scratch: Option<&Path>,
     bar: &ProgressBar,
 ) -> Result<Stitched, PipelineError> {
     let (w0, h0) = slide.dimensions();
@@ -302,38 +403,37 @@ pub fn predict_and_stitch(
     let cfg = StitchConfig {
         slide_width_lv0: w0,
         slide_height_lv0: h0,
-        downsample: s.output_downsample,
+        downsample,
         num_classes: nc,
         weighting: s.weighting,
         block_size_px: s.block_size_px,
         memory_budget_bytes: s.memory_budget_bytes,
     };
-    let out_w = (w0 as f64 / s.output_downsample).ceil() as usize;
-    let out_h = (h0 as f64 / s.output_downsample).ceil() as usize;
-    let mut full = Stitched {
-        width_px: out_w,
-        height_px: out_h,
-        num_classes: nc,
-        confidence: vec![0f32; nc * out_w * out_h],
-        weight: vec![0f32; out_w * out_h],
-    };
+    let (out_w, out_h) = output_size(w0, h0, downsample);
+    let confidence =
+        Planes::<f32>::new_in(scratch, "confidence.f32", out_w, out_h, nc).map_err(post_err)?;
+    let keep = Planes::<u8>::new_in(scratch, "keep.u8", out_w, out_h, 1).map_err(post_err)?;
     let order = raster_order(&placement.footprints);
     // Declared order = raster order, so the budget check matches the order patches are added in.
     let fps: Vec<PatchFootprint> = order.iter().map(|&i| placement.footprints[i]).collect();
     let side = s.patch_size_px as usize;
     let batch_size = s.batch_size;
     let mut sink = |b: StitchedBlock| -> pbip_post::error::Result<()> {
-        let plane = out_w * out_h;
+        let rect = Rect::new(b.x0_px, b.y0_px, b.width_px, b.height_px);
+        if b.weight.iter().all(|&wt| wt <= 0.0) {
+            return Ok(()); // the planes start at zero: nothing to write
+        }
+        confidence.write_rect_all(rect, &b.confidence)?;
+        let mut k = Vec::with_capacity(rect.area());
         for r in 0..b.height_px {
-            let dst = (b.y0_px + r) * out_w + b.x0_px;
-            full.weight[dst..dst + b.width_px]
-                .copy_from_slice(&b.weight[r * b.width_px..][..b.width_px]);
-            for k in 0..nc {
-                let src = &b.confidence[(k * b.height_px + r) * b.width_px..][..b.width_px];
-                full.confidence[k * plane + dst..k * plane + dst + b.width_px].copy_from_slice(src);
+            for c in 0..b.width_px {
+                let has_data = b.weight[r * b.width_px + c] > 0.0;
+                let ok =
+                    has_data && tissue.is_none_or(|t| t.at(b.x0_px + c, b.y0_px + r, out_w, out_h));
+                k.push(u8::from(ok));
             }
         }
-        Ok(())
+        keep.write_rect(0, rect, &k)
     };
     let mut stitcher = Stitcher::new(cfg, fps.clone(), &mut sink).map_err(post_err)?;
     type Batch = Result<(usize, Vec<Vec<u8>>), PipelineError>;
@@ -406,15 +506,33 @@ pub fn predict_and_stitch(
     if missing > 0 {
         return Err(infer_err(format!("{missing} patches were never predicted")));
     }
-    Ok(full)
+    Ok(Stitched {
+        width_px: out_w,
+        height_px: out_h,
+        num_classes: nc,
+        downsample,
+        confidence,
+        keep,
+    })
 }
 
-/// Reads the slide resampled to `tw x th` pixels, RGB8 HWC: each target pixel is the mean of the
-/// pixels of the finest level whose downsample does not exceed the target's that fall in its
-/// footprint (area average), read strip by strip so memory stays at one strip of that level.
-pub fn read_scaled_rgb(slide: &Slide, tw: usize, th: usize) -> Result<Vec<u8>, PipelineError> {
-    if tw == 0 || th == 0 {
+/// Reads rectangle `r` of the slide resampled to a `tw x th` grid, RGB8 HWC (`r.w * r.h * 3`
+/// bytes): each grid pixel is the mean of the pixels of the finest level whose downsample does not
+/// exceed the grid's that fall in its footprint (area average). The level is read in strips of at
+/// most 256 rows, so memory stays at one strip of the rectangle's width.
+pub fn read_scaled_rgb_rect(
+    slide: &Slide,
+    tw: usize,
+    th: usize,
+    r: Rect,
+) -> Result<Vec<u8>, PipelineError> {
+    if r.area() == 0 {
         return Ok(Vec::new());
+    }
+    if r.x1() > tw || r.y1() > th {
+        return Err(infer_err(format!(
+            "scaled read: rect {r:?} outside the {tw}x{th} grid"
+        )));
     }
     let (w0, h0) = slide.dimensions();
     let (sx, sy) = (w0 as f64 / tw as f64, h0 as f64 / th as f64);
@@ -422,36 +540,39 @@ pub fn read_scaled_rgb(slide: &Slide, tw: usize, th: usize) -> Result<Vec<u8>, P
     let lds = slide.level_downsample(level)?;
     let (lw, lh) = slide.level_dimensions(level)?;
     let (lw, lh) = (lw.max(1) as usize, lh.max(1) as usize);
-    // Level-pixel span [lo, hi) of target pixel t along an axis (at least one pixel).
+    // Level-pixel span [lo, hi) of grid pixel t along an axis (at least one pixel).
     let span = |t: usize, scale: f64, n: usize| -> (usize, usize) {
         let lo = ((t as f64 * scale / lds).floor() as usize).min(n - 1);
         let hi = ((((t + 1) as f64) * scale / lds).floor() as usize).clamp(lo + 1, n);
         (lo, hi)
     };
-    let cols: Vec<(usize, usize)> = (0..tw).map(|x| span(x, sx, lw)).collect();
-    let mut out = vec![0u8; tw * th * 3];
+    let cols: Vec<(usize, usize)> = (r.x0..r.x1()).map(|x| span(x, sx, lw)).collect();
+    let (lx0, lx1) = (cols[0].0, cols[cols.len() - 1].1);
+    let lspan = lx1 - lx0;
+    let mut out = vec![0u8; r.area() * 3];
     const STRIP_ROWS: usize = 256;
-    let mut y = 0;
-    while y < th {
+    let mut y = r.y0;
+    while y < r.y1() {
         let (ly0, _) = span(y, sy, lh);
         let mut y1 = y + 1;
-        while y1 < th && span(y1, sy, lh).1 <= ly0 + STRIP_ROWS {
+        while y1 < r.y1() && span(y1, sy, lh).1 <= ly0 + STRIP_ROWS {
             y1 += 1;
         }
         let ly1 = span(y1 - 1, sy, lh).1;
         let strip = slide.read_region(
-            0,
+            (lx0 as f64 * lds).round() as i64,
             (ly0 as f64 * lds).round() as i64,
             level,
-            lw as u32,
+            lspan as u32,
             (ly1 - ly0) as u32,
         )?;
         for ty in y..y1 {
             let (r0, r1) = span(ty, sy, lh);
-            for (tx, &(c0, c1)) in cols.iter().enumerate() {
+            for (i, &(c0, c1)) in cols.iter().enumerate() {
                 let mut acc = [0u32; 3];
-                for r in r0..r1 {
-                    let row = &strip.data[3 * ((r - ly0) * lw + c0)..3 * ((r - ly0) * lw + c1)];
+                for rr in r0..r1 {
+                    let base = (rr - ly0) * lspan;
+                    let row = &strip.data[3 * (base + c0 - lx0)..3 * (base + c1 - lx0)];
                     for px in row.chunks_exact(3) {
                         acc[0] += u32::from(px[0]);
                         acc[1] += u32::from(px[1]);
@@ -460,7 +581,7 @@ pub fn read_scaled_rgb(slide: &Slide, tw: usize, th: usize) -> Result<Vec<u8>, P
                 }
                 let n = ((r1 - r0) * (c1 - c0)) as u32;
                 for ch in 0..3 {
-                    out[3 * (ty * tw + tx) + ch] = ((acc[ch] + n / 2) / n) as u8;
+                    out[3 * ((ty - r.y0) * r.w + i) + ch] = ((acc[ch] + n / 2) / n) as u8;
                 }
             }
         }
@@ -469,81 +590,69 @@ pub fn read_scaled_rgb(slide: &Slide, tw: usize, th: usize) -> Result<Vec<u8>, P
     Ok(out)
 }
 
-/// Labels from stitched maps: arg-max, optional block-wise dense CRF (on the slide image at the
-/// output resolution), then the post-processing chain. Pixels without data stay [`NO_LABEL`], and
-/// with `restrict_to_tissue` so do pixels outside the HSV tissue mask (hs2p's method, computed on the
-/// area-averaged slide image at the output resolution).
+/// The whole slide resampled to `tw x th` ([`read_scaled_rgb_rect`] of the whole grid).
+pub fn read_scaled_rgb(slide: &Slide, tw: usize, th: usize) -> Result<Vec<u8>, PipelineError> {
+    read_scaled_rgb_rect(slide, tw, th, Rect::new(0, 0, tw, th))
+}
+
+/// Labels from stitched maps, block-wise ([`pbip_post::postprocess::label_planes`]): arg-max where
+/// `keep`, optional dense CRF on the slide image at the output resolution (tiles of
+/// `crf_block_px` with halos), then the post-processing chain; pixels without data (or outside
+/// tissue) stay [`NO_LABEL`]. Intermediate planes live in `scratch` (memory when `None`).
 pub fn labels_from_maps(
     slide: &Slide,
     st: &Stitched,
     s: &InferSettings,
     min_component_size_px: usize,
-) -> Result<Vec<u8>, PipelineError> {
-    let (w, h, c) = (st.width_px, st.height_px, st.num_classes);
-    let n = w * h;
-    let mut labels = argmax_labels(&st.confidence, Some(&st.weight), c, w, h).map_err(post_err)?;
-    let rgb = if s.crf.is_some() || s.restrict_to_tissue {
-        Some(read_scaled_rgb(slide, w, h)?)
-    } else {
-        None
+    scratch: Option<&Path>,
+) -> Result<Planes<u8>, PipelineError> {
+    let (w, h) = (st.width_px, st.height_px);
+    let rgb_of = |r: Rect| -> pbip_post::error::Result<Vec<u8>> {
+        read_scaled_rgb_rect(slide, w, h, r).map_err(|e| PostError::InvalidArgument(e.to_string()))
     };
-    if let (Some(crf), Some(rgb)) = (&s.crf, &rgb) {
-        let mut probs = vec![0f32; c * n];
-        const EPS: f32 = 1e-3;
-        for i in 0..n {
-            let sum: f32 = (0..c)
-                .map(|k| st.confidence[k * n + i].max(0.0) + EPS)
-                .sum();
-            for k in 0..c {
-                probs[k * n + i] = (st.confidence[k * n + i].max(0.0) + EPS) / sum;
-            }
-        }
-        let out = dense_crf_blockwise(
-            &probs,
-            c,
-            w,
-            h,
-            rgb,
-            crf,
-            s.crf_block_px,
-            suggested_halo_px(crf),
-        )
-        .map_err(post_err)?;
-        for ((l, &crf_label), &wt) in labels.iter_mut().zip(&out.labels).zip(&st.weight) {
-            if wt > 0.0 {
-                *l = crf_label;
-            }
-        }
-    }
-    let mut keep: Vec<bool> = st.weight.iter().map(|&wt| wt > 0.0).collect();
-    if s.restrict_to_tissue
-        && let Some(rgb) = &rgb
-        && n > 0
-    {
-        let (w32, h32) = (w as u32, h as u32);
-        let tissue = pbip_tiling::tissue_mask(w32, h32, rgb, &pbip_tiling::TissueMethod::default())
-            .map_err(|e| infer_err(format!("tissue mask: {e}")))?;
-        for (k, &t) in keep.iter_mut().zip(&tissue) {
-            *k &= t != 0;
-        }
-        for (l, &k) in labels.iter_mut().zip(&keep) {
-            if !k {
-                *l = NO_LABEL;
-            }
-        }
-    }
-    let post = PostProcessParams {
-        min_component_size: min_component_size_px,
-        ..s.post.clone()
+    let inputs = LabelInputs {
+        confidence: &st.confidence,
+        keep: &st.keep,
+        rgb: Some(&rgb_of),
     };
-    let mut out = postprocess_labels(&labels, &st.confidence, c, w, h, &post).map_err(post_err)?;
-    // Post-processing may grow classes into no-data / non-tissue pixels (hole filling): keep them unlabelled.
-    for (l, &k) in out.iter_mut().zip(&keep) {
-        if !k {
-            *l = NO_LABEL;
+    let params = LabelParams {
+        crf: s.crf.clone(),
+        crf_block_px: s.crf_block_px,
+        crf_halo_px: s.crf.as_ref().map_or(0, suggested_halo_px),
+        post: PostProcessParams {
+            min_component_size: min_component_size_px,
+            ..s.post.clone()
+        },
+        tile_px: s.tile_px,
+    };
+    label_planes(&inputs, &params, scratch).map_err(post_err)
+}
+
+/// A scratch folder removed (with its files) when dropped.
+struct ScratchDir(PathBuf);
+
+impl ScratchDir {
+    fn create(base: &Path, slide_name: &str) -> Result<Self, PipelineError> {
+        let p = base.join(format!(".pbip-scratch-{slide_name}-{}", std::process::id()));
+        if p.exists() {
+            let _ = std::fs::remove_dir_all(&p);
+        }
+        std::fs::create_dir_all(&p).map_err(|source| PipelineError::Io {
+            path: p.clone(),
+            source,
+        })?;
+        Ok(Self(p))
+    }
+}
+
+impl Drop for ScratchDir {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_dir_all(&self.0)
+            && e.kind() != std::io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.0.display(), "could not remove the scratch folder: {e}");
         }
     }
-    Ok(out)
 }
 
 /// Runs the whole slide and writes every per-slide output except `metadata.json` into `dir`.
@@ -573,6 +682,10 @@ pub fn infer_slide(
             s.class_order
         )));
     }
+    let (w0, h0) = slide.dimensions();
+    let downsample = s.downsample_for(w0, h0);
+    let (out_w, out_h) = output_size(w0, h0, downsample);
+    tracing::info!(slide = %job.name, downsample, out_w, out_h, "output grid");
     let placement = place_patches(cfg, &slide, job, s, mpp)?;
     if placement.footprints.is_empty() {
         tracing::warn!(slide = %job.name, "no patches (no tissue found / empty coordinate file): the mask is empty");
@@ -582,6 +695,15 @@ pub fn infer_slide(
         t.write_hs2p(&npz, &job.name, &job.slide_path.to_string_lossy())
             .map_err(|e| infer_err(format!("{}: {e}", npz.display())))?;
     }
+    let scratch = ScratchDir::create(s.scratch_dir.as_deref().unwrap_or(dir), &job.name)?;
+    // Thumbnail: visualisation background and tissue mask.
+    let (tw, th) = thumbnail_size(out_w, out_h);
+    let thumb = read_scaled_rgb(&slide, tw, th)?;
+    let tissue = if s.restrict_to_tissue {
+        Some(TissueMap::from_thumbnail(tw, th, &thumb)?)
+    } else {
+        None
+    };
     let bar = match progress {
         Some(mp) => mp.add(ProgressBar::new(placement.footprints.len() as u64)),
         None => ProgressBar::hidden(),
@@ -593,81 +715,168 @@ pub fn infer_slide(
     }
     bar.set_prefix(job.name.clone());
     let t0 = Instant::now();
-    let st = predict_and_stitch(&slide, &job.name, &placement, predictor, s, &bar)?;
+    let st = predict_and_stitch(
+        &slide,
+        &job.name,
+        &placement,
+        predictor,
+        s,
+        downsample,
+        tissue.as_ref(),
+        Some(&scratch.0),
+        &bar,
+    )?;
     bar.finish_and_clear();
     tracing::info!(slide = %job.name, patches = placement.footprints.len(), secs = t0.elapsed().as_secs_f64(), "predicted and stitched");
     let min_component_size_px = match s.min_component_size_um2 {
         Some(a) => {
-            let px_um = mpp * s.output_downsample;
+            let px_um = mpp * downsample;
             (a / (px_um * px_um)).round().max(0.0) as usize
         }
         None => s.post.min_component_size,
     };
-    let labels = labels_from_maps(&slide, &st, s, min_component_size_px)?;
-    write_outputs(&slide, job, &st, &labels, s, mpp, dir)?;
-    let mut class_pixels = vec![0u64; st.num_classes];
-    for &l in &labels {
-        if let Some(c) = class_pixels.get_mut(l as usize) {
-            *c += 1;
-        }
-    }
+    let t1 = Instant::now();
+    let labels = labels_from_maps(&slide, &st, s, min_component_size_px, Some(&scratch.0))?;
+    tracing::info!(slide = %job.name, secs = t1.elapsed().as_secs_f64(), "labels (CRF, post-processing)");
+    let t2 = Instant::now();
+    let class_pixels = write_outputs(job, &st, &labels, s, mpp, &thumb, (tw, th), dir)?;
+    tracing::info!(slide = %job.name, secs = t2.elapsed().as_secs_f64(), "outputs written");
+    drop(labels);
+    drop(st);
+    drop(scratch);
     Ok(SlideOutput {
         num_patches: placement.footprints.len(),
-        width_px: st.width_px,
-        height_px: st.height_px,
+        width_px: out_w,
+        height_px: out_h,
         mpp,
+        output_downsample: downsample,
         coordinate_source: placement.source,
         class_pixels,
         min_component_size_px,
     })
 }
 
+/// Rows per band when streaming the output maps (about 8 MiB of f32 per band).
+fn band_rows(width: usize) -> usize {
+    ((8 << 20) / (4 * width.max(1))).clamp(1, 4096)
+}
+
+/// Writes the per-slide files from the label and confidence planes, streaming bands of rows.
+/// Returns the number of output pixels per class.
+#[allow(clippy::too_many_arguments)]
 fn write_outputs(
-    slide: &Slide,
     job: &SlideJob,
     st: &Stitched,
-    labels: &[u8],
+    labels: &Planes<u8>,
     s: &InferSettings,
     mpp: f64,
+    thumb: &[u8],
+    (tw, th): (usize, usize),
     dir: &Path,
-) -> Result<(), PipelineError> {
-    let (w, h) = (st.width_px, st.height_px);
+) -> Result<Vec<u64>, PipelineError> {
+    let (w, h, nc) = (st.width_px, st.height_px, st.num_classes);
     let classes = ClassInfo::from_names(&s.class_order);
     let palette: Vec<[u8; 3]> = classes.iter().map(|c| c.color).collect();
     let (w32, h32) = (
         u32::try_from(w).map_err(|_| infer_err("output too wide"))?,
         u32::try_from(h).map_err(|_| infer_err("output too tall"))?,
     );
-    write_label_png(&dir.join(MASK_PNG), labels, w32, h32, &palette).map_err(post_err)?;
-    write_confidence_maps(
-        &dir.join(CONFIDENCE_NPZ),
-        &st.confidence,
-        st.num_classes,
-        w,
-        h,
-        ConfidenceEncoding::Float16,
-    )
-    .map_err(post_err)?;
-    // Visualization: thumbnail of at most VISUALIZATION_MAX_SIDE_PX per side.
-    let scale = (VISUALIZATION_MAX_SIDE_PX as f64 / w.max(h) as f64).min(1.0);
-    let (tw, th) = (
-        ((w as f64 * scale).round() as usize).max(1),
-        ((h as f64 * scale).round() as usize).max(1),
-    );
-    let thumb = read_scaled_rgb(slide, tw, th)?;
-    let overlay = overlay_labels(&thumb, tw, th, labels, w, h, &palette, 0.45).map_err(post_err)?;
+    let band = band_rows(w);
+    // One pass over the label rows: PNG, GeoJSON polygons, class counts, thumbnail labels.
+    let mut png =
+        LabelPngWriter::create(&dir.join(MASK_PNG), w32, h32, &palette).map_err(post_err)?;
+    let mut tracer = MultiClassTracer::new(w, nc);
+    let mut class_pixels = vec![0u64; nc];
+    let thumb_rows: Vec<usize> = (0..th)
+        .map(|ty| (((ty as f64 + 0.5) * h as f64 / th as f64) as usize).min(h.saturating_sub(1)))
+        .collect();
+    let thumb_cols: Vec<usize> = (0..tw)
+        .map(|tx| (((tx as f64 + 0.5) * w as f64 / tw as f64) as usize).min(w.saturating_sub(1)))
+        .collect();
+    let mut thumb_labels = vec![NO_LABEL; tw * th];
+    let mut next_thumb_row = 0usize;
+    for y0 in (0..h).step_by(band) {
+        let rows = band.min(h - y0);
+        let data = labels.read_rows(0, y0, rows).map_err(post_err)?;
+        for (r, row) in data.chunks_exact(w).enumerate() {
+            png.write_row(row).map_err(post_err)?;
+            tracer.push_row(row).map_err(post_err)?;
+            for &l in row {
+                if let Some(c) = class_pixels.get_mut(l as usize) {
+                    *c += 1;
+                }
+            }
+            while next_thumb_row < th && thumb_rows[next_thumb_row] == y0 + r {
+                let dst = &mut thumb_labels[next_thumb_row * tw..(next_thumb_row + 1) * tw];
+                for (d, &x) in dst.iter_mut().zip(&thumb_cols) {
+                    *d = row[x];
+                }
+                next_thumb_row += 1;
+            }
+        }
+    }
+    png.finish().map_err(post_err)?;
+    let gj = polygons_to_geojson(&tracer.finish().map_err(post_err)?, st.downsample, &classes)
+        .map_err(post_err)?;
+    write_geojson(&dir.join(format!("{}.geojson", job.name)), &gj).map_err(post_err)?;
+    // Confidence maps: one float16 member per class, streamed plane by plane.
+    let npz_path = dir.join(CONFIDENCE_NPZ);
+    let mut npz = NpzWriter::create(&npz_path).map_err(post_err)?;
+    for k in 0..nc {
+        let header = npy_header("<f2", &[h, w]);
+        let size = header.len() as u64 + 2 * (w as u64) * (h as u64);
+        npz.add_streamed(&format!("class_{k}"), size, |mw| {
+            mw.write(&header)?;
+            let mut bytes = Vec::new();
+            for y0 in (0..h).step_by(band) {
+                let rows = band.min(h - y0);
+                let vals = st.confidence.read_rows(k, y0, rows)?;
+                bytes.clear();
+                bytes.reserve(2 * vals.len());
+                for v in vals {
+                    bytes.extend_from_slice(&half_bytes(v));
+                }
+                mw.write(&bytes)?;
+            }
+            Ok(())
+        })
+        .map_err(post_err)?;
+    }
+    npz.finish().map_err(post_err)?;
+    // Visualization: overlay on the thumbnail.
+    let overlay =
+        overlay_labels(thumb, tw, th, &thumb_labels, tw, th, &palette, 0.45).map_err(post_err)?;
     write_rgb_png(&dir.join(VISUALIZATION_PNG), &overlay, tw as u32, th as u32)
         .map_err(post_err)?;
     // Pyramidal label TIFF at the output level: values = class index, 255 = no label.
-    let mut topts = pbip_pyramid::PyramidOptions::label_mask(Some(mpp * s.output_downsample));
+    let mut topts = pbip_pyramid::PyramidOptions::label_mask(Some(mpp * st.downsample));
     topts.edge_padding = pbip_pyramid::EdgePadding::Value(NO_LABEL);
     topts.tile_size_px = 256;
     topts.min_level_size_px = 256;
-    pbip_pyramid::write_pyramid_from_image(&dir.join(MASK_TIFF), w32, h32, labels, &topts)
-        .map_err(|e| infer_err(format!("mask.tiff: {e}")))?;
-    let gj = label_map_to_geojson(labels, w, h, s.output_downsample, &classes).map_err(post_err)?;
-    write_geojson(&dir.join(format!("{}.geojson", job.name)), &gj).map_err(post_err)?;
-    Ok(())
+    pbip_pyramid::write_pyramid(
+        &dir.join(MASK_TIFF),
+        w32,
+        h32,
+        &topts,
+        |region: &pbip_pyramid::Region, buf: &mut [u8]| {
+            let r = Rect::new(
+                region.x_px as usize,
+                region.y_px as usize,
+                region.width_px as usize,
+                region.height_px as usize,
+            );
+            labels
+                .read_rect(0, r, buf)
+                .map_err(|e| Box::new(e) as pbip_pyramid::SourceError)
+        },
+    )
+    .map_err(|e| infer_err(format!("mask.tiff: {e}")))?;
+    Ok(class_pixels)
+}
+
+/// Little-endian IEEE half bytes of `v` (round to nearest).
+fn half_bytes(v: f32) -> [u8; 2] {
+    pbip_post::npz::f16_bytes(v)
 }
 
 /// The files a complete slide output folder has (besides `metadata.json`).

@@ -1,0 +1,177 @@
+//! Scores whole-slide predictions against GT masks (synthetic data, or any slide with a GT mask):
+//! tumour IoU on slides with tumour, false-positive tissue fraction on slides without, each next to
+//! the trivial "all tissue is tumour" map. Both masks are streamed row by row.
+//!
+//! GT: an 8-bit PNG (gray or indexed) of the slide (any size; usually level 0), pixel = class
+//! index, 255 = background. Prediction: `segmentation_mask.png` (255 = no label). GT is sampled at
+//! the centre of every prediction pixel. "Tissue" = GT != 255; "tumour" = GT == `positive_class`.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::infer_err;
+use crate::PipelineError;
+
+/// Whole-slide score of one slide.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct SlideScore {
+    /// Slide name.
+    pub name: String,
+    /// GT tissue pixels (prediction grid).
+    pub tissue_px: u64,
+    /// GT tumour pixels.
+    pub tumour_px: u64,
+    /// Predicted tumour pixels.
+    pub predicted_tumour_px: u64,
+    /// Tumour IoU (None when the slide has no tumour).
+    pub tumour_iou: Option<f64>,
+    /// IoU of the trivial map (every tissue pixel tumour) = tumour / tissue.
+    pub trivial_iou: Option<f64>,
+    /// Tissue predicted tumour that is not tumour, over tissue.
+    pub false_positive_tissue_fraction: f64,
+    /// The same for the trivial map: (tissue - tumour) / tissue.
+    pub trivial_false_positive_fraction: f64,
+}
+
+struct RowReader {
+    path: std::path::PathBuf,
+    reader: png::Reader<std::io::BufReader<std::fs::File>>,
+    width: usize,
+    height: usize,
+    next: usize,
+    row: Vec<u8>,
+}
+
+impl RowReader {
+    fn open(path: &Path) -> Result<Self, PipelineError> {
+        let err = |m: String| infer_err(format!("{}: {m}", path.display()));
+        let f = std::fs::File::open(path).map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let mut dec = png::Decoder::new(std::io::BufReader::new(f));
+        dec.set_transformations(png::Transformations::IDENTITY);
+        let reader = dec.read_info().map_err(|e| err(e.to_string()))?;
+        let info = reader.info();
+        if info.bit_depth != png::BitDepth::Eight
+            || !matches!(
+                info.color_type,
+                png::ColorType::Grayscale | png::ColorType::Indexed
+            )
+        {
+            return Err(err(format!(
+                "expected an 8-bit gray or indexed PNG of labels, got {:?} {:?}",
+                info.color_type, info.bit_depth
+            )));
+        }
+        if info.interlaced {
+            return Err(err(
+                "interlaced PNGs are not supported; re-save without interlacing".into(),
+            ));
+        }
+        let (width, height) = (info.width as usize, info.height as usize);
+        Ok(Self {
+            path: path.to_path_buf(),
+            reader,
+            width,
+            height,
+            next: 0,
+            row: Vec::new(),
+        })
+    }
+
+    /// Row `y` (rows must be asked in non-decreasing order).
+    fn row(&mut self, y: usize) -> Result<&[u8], PipelineError> {
+        while self.next <= y {
+            let r = self
+                .reader
+                .next_row()
+                .map_err(|e| infer_err(format!("{}: {e}", self.path.display())))?
+                .ok_or_else(|| infer_err(format!("{}: truncated", self.path.display())))?;
+            self.row.clear();
+            self.row.extend_from_slice(r.data());
+            self.next += 1;
+        }
+        Ok(&self.row)
+    }
+}
+
+/// Scores one prediction mask against its GT mask (see the module docs).
+pub fn score_slide(
+    name: &str,
+    prediction_png: &Path,
+    gt_png: &Path,
+    positive_class: u8,
+) -> Result<SlideScore, PipelineError> {
+    let mut pred = RowReader::open(prediction_png)?;
+    let mut gt = RowReader::open(gt_png)?;
+    let (mw, mh, gw, gh) = (pred.width, pred.height, gt.width, gt.height);
+    if mw == 0 || mh == 0 || gw == 0 || gh == 0 {
+        return Err(infer_err(format!("{name}: empty mask")));
+    }
+    let (sx, sy) = (gw as f64 / mw as f64, gh as f64 / mh as f64);
+    let cols: Vec<usize> = (0..mw)
+        .map(|i| (((i as f64 + 0.5) * sx) as usize).min(gw - 1))
+        .collect();
+    let (mut inter, mut union, mut tissue, mut tumour, mut fp, mut ptum) =
+        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
+    for j in 0..mh {
+        let gy = (((j as f64 + 0.5) * sy) as usize).min(gh - 1);
+        let prow = pred.row(j)?.to_vec();
+        let grow = gt.row(gy)?;
+        for (i, &p) in prow.iter().enumerate() {
+            let g = grow[cols[i]];
+            let is_tissue = g != 255;
+            let t = g == positive_class;
+            let pt = p == positive_class;
+            tissue += u64::from(is_tissue);
+            tumour += u64::from(t);
+            ptum += u64::from(pt);
+            inter += u64::from(t && pt);
+            union += u64::from(t || pt);
+            fp += u64::from(is_tissue && !t && pt);
+        }
+    }
+    let frac = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    Ok(SlideScore {
+        name: name.to_string(),
+        tissue_px: tissue,
+        tumour_px: tumour,
+        predicted_tumour_px: ptum,
+        tumour_iou: (tumour > 0).then(|| frac(inter, union)),
+        trivial_iou: (tumour > 0).then(|| frac(tumour, tissue)),
+        false_positive_tissue_fraction: frac(fp, tissue),
+        trivial_false_positive_fraction: frac(tissue - tumour, tissue),
+    })
+}
+
+/// Scores every slide folder of `predictions_dir` that has a `segmentation_mask.png` and a GT mask
+/// `gt_dir/<name>.png`; slides without GT are skipped. Sorted by name.
+pub fn score_predictions(
+    predictions_dir: &Path,
+    gt_dir: &Path,
+    positive_class: u8,
+) -> Result<Vec<SlideScore>, PipelineError> {
+    let rd = std::fs::read_dir(predictions_dir).map_err(|source| PipelineError::Io {
+        path: predictions_dir.to_path_buf(),
+        source,
+    })?;
+    let mut names: Vec<String> = rd
+        .flatten()
+        .filter(|e| e.path().join(super::slide::MASK_PNG).is_file())
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| !n.starts_with('.'))
+        .collect();
+    names.sort();
+    let mut out = Vec::new();
+    for n in names {
+        let gt = gt_dir.join(format!("{n}.png"));
+        if !gt.is_file() {
+            continue;
+        }
+        let pred = predictions_dir.join(&n).join(super::slide::MASK_PNG);
+        out.push(score_slide(&n, &pred, &gt, positive_class)?);
+    }
+    Ok(out)
+}

@@ -1,0 +1,285 @@
+//! `pbip infer` through the real binary: a multi-slide run killed with SIGKILL and rerun gives the
+//! same outputs as an uninterrupted run; outputs and batch results; bad input.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::Duration;
+
+fn pbip(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_pbip"))
+        .args(args)
+        .output()
+        .expect("run pbip")
+}
+
+fn ok(args: &[&str]) -> String {
+    let o = pbip(args);
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    );
+    assert!(
+        o.status.success(),
+        "pbip {args:?} failed\nstdout:\n{out}\nstderr:\n{err}"
+    );
+    out
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf-8 path")
+}
+
+/// A randomly initialised MiT-b0 checkpoint with two classes (one prototype each).
+fn checkpoint(path: &Path) {
+    use burn::tensor::Device;
+    use pbip_model::{ClassNet, ClassNetConfig, HostTensor};
+    let device = Device::flex();
+    let ncfg = ClassNetConfig::new("mit_b0", [4, 2, 2, 1], vec![1, 1]).expect("cfg");
+    let protos = HostTensor {
+        shape: vec![2, 512],
+        data: (0..1024)
+            .map(|i| {
+                if (i % 512) % 2 == i / 512 {
+                    0.0625
+                } else {
+                    -0.0625
+                }
+            })
+            .collect(),
+    };
+    let model = ClassNet::init(&ncfg, &protos, 0, &device).expect("init");
+    let mut meta = BTreeMap::new();
+    meta.insert("gate_threshold".to_string(), "0.5".to_string());
+    model.save_safetensors(path, &ncfg, &meta).expect("save");
+}
+
+/// Every file under `dir` (relative path -> bytes); run-dependent fields of metadata.json
+/// (timestamp, processing time) and batch results are left out.
+fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut m = BTreeMap::new();
+    let mut stack = vec![dir.to_path_buf()];
+    while let Some(d) = stack.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let p = e.path();
+            if p.is_dir() {
+                stack.push(p);
+                continue;
+            }
+            let rel = p
+                .strip_prefix(dir)
+                .expect("prefix")
+                .to_string_lossy()
+                .into_owned();
+            if rel.starts_with("batch_results") {
+                continue;
+            }
+            let mut bytes = std::fs::read(&p).expect("read");
+            if rel.ends_with("metadata.json") {
+                let mut v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
+                v["timestamp"] = serde_json::Value::Null;
+                v["processing_time_sec"] = serde_json::Value::Null;
+                bytes = v.to_string().into_bytes();
+            }
+            m.insert(rel, bytes);
+        }
+    }
+    m
+}
+
+struct Setup {
+    _tmp: tempfile::TempDir,
+    root: PathBuf,
+    config: PathBuf,
+    ckpt: PathBuf,
+    slides: PathBuf,
+}
+
+fn setup() -> Setup {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let root = tmp.path().to_path_buf();
+    let data = root.join("data");
+    ok(&[
+        "synth",
+        "--out",
+        s(&data),
+        "--slides",
+        "4",
+        "--size",
+        "1024",
+        "--seed",
+        "5",
+    ]);
+    let ckpt = root.join("best.safetensors");
+    checkpoint(&ckpt);
+    Setup {
+        config: data.join("config.yaml"),
+        slides: data.join("slides"),
+        ckpt,
+        root,
+        _tmp: tmp,
+    }
+}
+
+/// `pbip infer` arguments writing into `out`.
+fn infer_args<'a>(st: &'a Setup, out: &'a Path) -> Vec<String> {
+    let mut v: Vec<String> = vec![
+        "infer".into(),
+        "--config".into(),
+        s(&st.config).into(),
+        "--weights".into(),
+        s(&st.ckpt).into(),
+        "--input-dir".into(),
+        s(&st.slides).into(),
+        "--output-dir".into(),
+        s(out).into(),
+    ];
+    for kv in [
+        "model.backbone=mit_b0",
+        "inference.patch_size=64",
+        "inference.spacing_um=2.0",
+        "inference.batch_size=16",
+        "inference.output_downsample=8",
+        "inference.use_crf=true",
+        "inference.crf.sxy_bilateral=10",
+    ] {
+        v.push("--set".into());
+        v.push(kv.into());
+    }
+    v
+}
+
+#[test]
+fn killed_multi_slide_run_resumes_to_identical_outputs() {
+    let st = setup();
+    let full = st.root.join("full");
+    let args = infer_args(&st, &full);
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&argv);
+    assert!(out.contains("4 processed"), "{out}");
+    let pred = full.join("predictions");
+    let names: Vec<String> = (0..4).map(|i| format!("slide_{i:03}")).collect();
+    for n in &names {
+        for f in [
+            "segmentation_mask.png",
+            "confidence_maps.npz",
+            "visualization.png",
+            "mask.tiff",
+            "metadata.json",
+        ] {
+            assert!(pred.join(n).join(f).is_file(), "{n}/{f} missing");
+        }
+        assert!(pred.join(n).join(format!("{n}.geojson")).is_file());
+        assert!(pred.join(n).join(format!("{n}.coordinates.npz")).is_file());
+    }
+    let csv = std::fs::read_to_string(pred.join("batch_results.csv")).expect("csv");
+    assert!(csv.starts_with("wsi_name,num_patches,processing_time,model_version,status,error"));
+    assert_eq!(
+        csv.lines().filter(|l| l.contains(",ok,")).count(),
+        4,
+        "{csv}"
+    );
+
+    // The same run, killed (SIGKILL) as soon as its first slide is complete.
+    let killed = st.root.join("killed");
+    let args = infer_args(&st, &killed);
+    let mut child = Command::new(env!("CARGO_BIN_EXE_pbip"))
+        .args(&args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("spawn");
+    let first_done = killed
+        .join("predictions")
+        .join(&names[0])
+        .join("metadata.json");
+    let mut exited_early = false;
+    while !first_done.is_file() {
+        if child.try_wait().expect("wait").is_some() {
+            exited_early = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    assert!(
+        !exited_early,
+        "the run ended before its first slide was complete"
+    );
+    child.kill().expect("kill"); // SIGKILL on Unix
+    child.wait().expect("reap");
+    let complete = names
+        .iter()
+        .filter(|n| {
+            killed
+                .join("predictions")
+                .join(n)
+                .join("metadata.json")
+                .is_file()
+        })
+        .count();
+    assert!(
+        complete < names.len(),
+        "the run finished before it was killed"
+    );
+    assert!(
+        !killed.join("predictions/batch_results.csv").exists(),
+        "batch results are written at the end"
+    );
+
+    // Rerun: complete slides are skipped, the rest is redone, stale partial folders go.
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let out = ok(&argv);
+    assert!(out.contains("skipped"), "{out}");
+    let csv = std::fs::read_to_string(killed.join("predictions/batch_results.csv")).expect("csv");
+    assert!(
+        csv.contains(&format!("{},", names[0])) && csv.contains(",skipped,"),
+        "{csv}"
+    );
+    let left: Vec<String> = std::fs::read_dir(killed.join("predictions"))
+        .expect("dir")
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with('.'))
+        .collect();
+    assert!(left.is_empty(), "leftover temporary folders {left:?}");
+    assert_eq!(
+        files_of(&killed.join("predictions")),
+        files_of(&pred),
+        "killed + resumed outputs differ from the uninterrupted run"
+    );
+}
+
+#[test]
+fn bad_inputs_are_clear_errors() {
+    let st = setup();
+    let out = st.root.join("bad");
+    // Missing checkpoint: an error naming the file, no panic.
+    let mut args = infer_args(&st, &out);
+    let w = args.iter().position(|a| a == "--weights").expect("weights") + 1;
+    args[w] = s(&st.root.join("nope.safetensors")).into();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = pbip(&argv);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success());
+    assert!(
+        err.contains("nope.safetensors") && !err.contains("panicked"),
+        "{err}"
+    );
+    // A corrupt slide among good ones: recorded as failed, the others done, exit code non-zero.
+    let slides = st.root.join("mixed");
+    std::fs::create_dir_all(&slides).expect("mkdir");
+    std::fs::copy(st.slides.join("slide_000.tif"), slides.join("good.tif")).expect("copy");
+    std::fs::write(slides.join("broken.tif"), b"II*\0not a tiff").expect("write");
+    let mut args = infer_args(&st, &out);
+    let i = args.iter().position(|a| a == "--input-dir").expect("input") + 1;
+    args[i] = s(&slides).into();
+    let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+    let o = pbip(&argv);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "a failed slide must fail the run");
+    assert!(err.contains("broken") && !err.contains("panicked"), "{err}");
+    let csv = std::fs::read_to_string(out.join("predictions/batch_results.csv")).expect("csv");
+    assert!(csv.contains("good,") && csv.contains(",ok,"), "{csv}");
+    assert!(csv.contains("broken,") && csv.contains(",failed,"), "{csv}");
+    assert!(out.join("predictions/good/segmentation_mask.png").is_file());
+}
