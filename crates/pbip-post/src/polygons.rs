@@ -45,6 +45,20 @@ struct Chain {
     comp: u32,
 }
 
+/// A crack at the vertex being processed: one of an existing chain, or created at this vertex
+/// (right = `H(x, y)`, down = `V(x, y)`) with the provisional label of its class pixel.
+#[derive(Debug, Clone, Copy)]
+enum Crack {
+    Old(u32),
+    New { slot: Slot, comp: u32 },
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Slot {
+    Right,
+    Down,
+}
+
 /// A closed ring with the provisional label of its component.
 #[derive(Debug)]
 struct Ring {
@@ -107,12 +121,12 @@ impl PolygonTracer {
         c
     }
 
-    fn new_chain(&mut self, dir: Dir, comp: u32) -> u32 {
+    fn new_chain(&mut self, head_dir: Dir, tail_dir: Dir, comp: u32) -> u32 {
         let id = self.chains.len() as u32;
         self.chains.push(Some(Chain {
             pts: VecDeque::new(),
-            head_dir: dir,
-            tail_dir: dir,
+            head_dir,
+            tail_dir,
             comp,
         }));
         self.parent.push(id);
@@ -188,7 +202,8 @@ impl PolygonTracer {
     }
 
     /// Processes vertex row `y = rows_seen` between the previous row and `cur` (or the bottom
-    /// border when `cur` is all false and `ids` all 0).
+    /// border when `cur` is empty). Cracks created here that continue an existing chain extend it;
+    /// a chain is allocated only where a boundary starts (both cracks at a vertex new).
     fn vertex_row(&mut self, cur: &[bool], cur_ids: &[u32]) -> Result<()> {
         let w = self.width;
         let y = self.rows_seen as i64;
@@ -200,10 +215,10 @@ impl PolygonTracer {
         for x in 0..=w {
             let xi = x as isize;
             let v = (x as i64, y);
-            // Incoming and outgoing cracks at this vertex: (direction, chain).
-            let mut incoming: [Option<(Dir, u32)>; 2] = [None, None];
-            let mut outgoing: [Option<u32>; 4] = [None; 4];
-            let push_in = |d: Dir, c: u32, incoming: &mut [Option<(Dir, u32)>; 2]| {
+            // Incoming (direction, crack) and outgoing cracks (by direction) at this vertex.
+            let mut incoming: [Option<(Dir, Crack)>; 2] = [None, None];
+            let mut outgoing: [Option<Crack>; 4] = [None; 4];
+            let push_in = |d: Dir, c: Crack, incoming: &mut [Option<(Dir, Crack)>; 2]| {
                 if incoming[0].is_none() {
                     incoming[0] = Some((d, c));
                 } else {
@@ -213,17 +228,18 @@ impl PolygonTracer {
             // Up crack V(x, y-1): +y enters here, -y leaves.
             if let Some(c) = self.open[x] {
                 if at(&self.prev, xi - 1) {
-                    push_in(1, c, &mut incoming);
+                    push_in(1, Crack::Old(c), &mut incoming);
                 } else {
-                    outgoing[3] = Some(c);
+                    outgoing[3] = Some(Crack::Old(c));
                 }
             }
             // Left crack H(x-1, y): +x enters, -x leaves.
+            let mut right_dir = None;
             if let Some((c, d)) = pending_h.take() {
                 if d == 0 {
-                    push_in(0, c, &mut incoming);
+                    push_in(0, Crack::Old(c), &mut incoming);
                 } else {
-                    outgoing[2] = Some(c);
+                    outgoing[2] = Some(Crack::Old(c));
                 }
             }
             // Right crack H(x, y), created here.
@@ -236,13 +252,16 @@ impl PolygonTracer {
                     } else {
                         (2, self.prev_ids[x])
                     };
-                    let c = self.new_chain(d, comp);
+                    let c = Crack::New {
+                        slot: Slot::Right,
+                        comp,
+                    };
                     if d == 0 {
                         outgoing[0] = Some(c);
                     } else {
                         push_in(2, c, &mut incoming);
                     }
-                    pending_h = Some((c, d));
+                    right_dir = Some(d);
                 }
             }
             // Down crack V(x, y), created here.
@@ -255,25 +274,64 @@ impl PolygonTracer {
                     } else {
                         (3, cur_ids[x])
                     };
-                    let c = self.new_chain(d, comp);
+                    let c = Crack::New {
+                        slot: Slot::Down,
+                        comp,
+                    };
                     if d == 1 {
                         outgoing[1] = Some(c);
                     } else {
                         push_in(3, c, &mut incoming);
                     }
-                    new_open[x] = Some(c);
                 }
             }
-            for (d, c) in incoming.into_iter().flatten() {
-                let next = [(d + 1) % 4, d, (d + 3) % 4]
+            let (mut right_chain, mut down_chain) = (None, None);
+            let mut assign = |slot: Slot, c: u32| match slot {
+                Slot::Right => right_chain = Some(c),
+                Slot::Down => down_chain = Some(c),
+            };
+            for (d_in, inc) in incoming.into_iter().flatten() {
+                let next = [(d_in + 1) % 4, d_in, (d_in + 3) % 4]
                     .into_iter()
-                    .find_map(|nd| outgoing[nd as usize].take());
-                match next {
-                    Some(o) => self.link(c, o, v)?,
-                    None => {
-                        return invalid(format!(
-                            "polygon tracer: dangling boundary at vertex {v:?} (internal error)"
-                        ));
+                    .find_map(|nd| outgoing[nd as usize].take().map(|c| (nd, c)));
+                let Some((d_out, out)) = next else {
+                    return invalid(format!(
+                        "polygon tracer: dangling boundary at vertex {v:?} (internal error)"
+                    ));
+                };
+                match (inc, out) {
+                    (Crack::Old(a), Crack::Old(b)) => self.link(a, b, v)?,
+                    (Crack::Old(a), Crack::New { slot, .. }) => {
+                        let r = self.find(a);
+                        let Some(ch) = self.chains[r as usize].as_mut() else {
+                            return invalid("polygon tracer: chain vanished (internal error)");
+                        };
+                        if ch.tail_dir != d_out {
+                            ch.pts.push_back(v);
+                        }
+                        ch.tail_dir = d_out;
+                        assign(slot, r);
+                    }
+                    (Crack::New { slot, .. }, Crack::Old(b)) => {
+                        let r = self.find(b);
+                        let Some(ch) = self.chains[r as usize].as_mut() else {
+                            return invalid("polygon tracer: chain vanished (internal error)");
+                        };
+                        if ch.head_dir != d_in {
+                            ch.pts.push_front(v);
+                        }
+                        ch.head_dir = d_in;
+                        assign(slot, r);
+                    }
+                    (Crack::New { slot: s1, comp }, Crack::New { slot: s2, .. }) => {
+                        let c = self.new_chain(d_in, d_out, comp);
+                        if d_in != d_out {
+                            if let Some(ch) = self.chains[c as usize].as_mut() {
+                                ch.pts.push_back(v);
+                            }
+                        }
+                        assign(s1, c);
+                        assign(s2, c);
                     }
                 }
             }
@@ -281,6 +339,15 @@ impl PolygonTracer {
                 return invalid(format!(
                     "polygon tracer: unmatched boundary at vertex {v:?} (internal error)"
                 ));
+            }
+            if let Some(d) = right_dir {
+                let Some(c) = right_chain else {
+                    return invalid("polygon tracer: unlinked crack (internal error)");
+                };
+                pending_h = Some((c, d));
+            }
+            if let Some(c) = down_chain {
+                new_open[x] = Some(c);
             }
         }
         self.open = new_open;
