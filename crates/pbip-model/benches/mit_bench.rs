@@ -21,6 +21,19 @@ use pbip_model::{
 };
 
 const WARMUP: usize = 1;
+
+/// CPU seconds (user + system, all threads) this process has used, from `/proc/self/stat`
+/// (Linux; clock ticks taken as 1/100 s); `None` elsewhere. Reported next to the wall times:
+/// on a shared or virtualised machine (CPU steal) wall time alone is not comparable across runs.
+fn cpu_seconds() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    // fields after the parenthesised command name: state is field 3, utime 14, stime 15
+    let rest = stat.rsplit_once(')')?.1;
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ut: f64 = f.get(11)?.parse().ok()?;
+    let st: f64 = f.get(12)?.parse().ok()?;
+    Some((ut + st) / 100.0)
+}
 const ITERS: usize = 3;
 
 fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
@@ -67,13 +80,18 @@ fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
     for _ in 0..WARMUP {
         model = step(model, &mut scratch)?;
     }
+    let c0 = cpu_seconds();
     let t0 = Instant::now();
     for _ in 0..ITERS {
         model = step(model, &mut parts)?;
     }
     let train = t0.elapsed().as_secs_f64() / ITERS as f64;
+    let cpu = match (c0, cpu_seconds()) {
+        (Some(a), Some(b)) => format!(", CPU time {:.0} ms per step", (b - a) * 1000.0 / ITERS as f64),
+        _ => String::new(),
+    };
     println!(
-        "# burn-{backend} {variant} train step split: forward {:.0} ms, backward {:.0} ms, AdamW {:.0} ms",
+        "# burn-{backend} {variant} train step split: forward {:.0} ms, backward {:.0} ms, AdamW {:.0} ms{cpu}",
         parts[0] * 1000.0 / ITERS as f64,
         parts[1] * 1000.0 / ITERS as f64,
         parts[2] * 1000.0 / ITERS as f64

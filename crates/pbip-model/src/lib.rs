@@ -7,6 +7,7 @@
 
 pub mod classnet;
 pub mod eval;
+pub(crate) mod fused;
 pub mod host;
 pub mod loss;
 pub mod merge;

@@ -5,11 +5,13 @@
 use burn::module::Module;
 use burn::nn::conv::Conv2d;
 use burn::nn::{LayerNorm, Linear};
-use burn::tensor::activation::{gelu, softmax};
+use burn::tensor::activation::gelu;
+use burn::tensor::module::linear;
 use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::fused::{layer_norm, softmax_last};
 use crate::params::{Loader, Visit, walk_conv, walk_linear, walk_ln};
 
 /// Architecture of one MiT variant.
@@ -67,6 +69,11 @@ impl MitConfig {
     }
 }
 
+/// LayerNorm eps of the patch embeddings and of the spatial-reduction norms.
+const EPS_EMBED: f64 = 1e-5;
+/// LayerNorm eps of the blocks (`norm1`, `norm2`) and of the stage norms.
+const EPS_BLOCK: f64 = 1e-6;
+
 /// Overlapping patch embedding: conv (k×k, stride s, pad k/2) + LayerNorm(eps 1e-5).
 #[derive(Module, Debug)]
 pub struct OverlapPatchEmbed {
@@ -80,7 +87,7 @@ impl OverlapPatchEmbed {
     fn load(l: &mut Loader<'_>, p: &str, c_in: usize, c_out: usize, k: usize, s: usize) -> Self {
         Self {
             proj: l.conv(&format!("{p}.proj"), c_in, c_out, k, s, k / 2, 1),
-            norm: l.layer_norm(&format!("{p}.norm"), c_out, 1e-5),
+            norm: l.layer_norm(&format!("{p}.norm"), c_out, EPS_EMBED),
         }
     }
 
@@ -89,7 +96,7 @@ impl OverlapPatchEmbed {
         let x = self.proj.forward(x);
         let [b, c, h, w] = x.dims();
         let x = x.reshape([b, c, h * w]).swap_dims(1, 2);
-        (self.norm.forward(x), h, w)
+        (layer_norm(&self.norm, EPS_EMBED, x), h, w)
     }
 
     fn walk(&self, p: &str, f: &mut Visit<'_>) {
@@ -120,7 +127,7 @@ impl Attention {
         let (sr_conv, norm) = if sr > 1 {
             (
                 Some(l.conv(&format!("{p}.sr"), dim, dim, sr, sr, 0, 1)),
-                Some(l.layer_norm(&format!("{p}.norm"), dim, 1e-5)),
+                Some(l.layer_norm(&format!("{p}.norm"), dim, EPS_EMBED)),
             )
         } else {
             (None, None)
@@ -141,36 +148,41 @@ impl Attention {
         let heads = self.num_heads;
         let hd = c / heads;
         let scale = (hd as f64).powf(-0.5);
-        let q = self
-            .q
-            .forward(x.clone())
-            .reshape([b, n, heads, hd])
-            .swap_dims(1, 2);
+        // The 1/sqrt(d) of the scores is folded into the (C×C) query projection: q·kᵀ·s =
+        // (x·(s·Wq) + s·bq)·kᵀ, no pass over the [B,heads,N,M] scores or the queries.
+        let q = linear(
+            x.clone().reshape([b * n, c]),
+            self.q.weight.val() * scale,
+            self.q.bias.as_ref().map(|bias| bias.val() * scale),
+        )
+        .reshape([b, n, heads, hd])
+        .swap_dims(1, 2);
         let xkv = match (&self.sr, &self.norm) {
             (Some(sr), Some(norm)) => {
                 let x_ = x.swap_dims(1, 2).reshape([b, c, h, w]);
                 let x_ = sr.forward(x_);
                 let [_, _, h2, w2] = x_.dims();
-                norm.forward(x_.reshape([b, c, h2 * w2]).swap_dims(1, 2))
+                layer_norm(norm, EPS_EMBED, x_.reshape([b, c, h2 * w2]).swap_dims(1, 2))
             }
             _ => x,
         };
         let m = xkv.dims()[1];
-        let kv = self.kv.forward(xkv).reshape([b, m, 2, heads, hd]);
-        // The scale is applied to the (short) keys rather than to the [B,heads,N,M] scores.
+        let kv = self
+            .kv
+            .forward(xkv.reshape([b * m, c]))
+            .reshape([b, m, 2, heads, hd]);
         let k = kv
             .clone()
             .narrow(2, 0, 1)
             .reshape([b, m, heads, hd])
-            .swap_dims(1, 2)
-            * scale;
+            .swap_dims(1, 2);
         let v = kv
             .narrow(2, 1, 1)
             .reshape([b, m, heads, hd])
             .swap_dims(1, 2);
-        let attn = softmax(q.matmul(k.swap_dims(2, 3)), 3);
-        let out = attn.matmul(v).swap_dims(1, 2).reshape([b, n, c]);
-        self.proj.forward(out)
+        let attn = softmax_last(q.matmul(k.swap_dims(2, 3)));
+        let out = attn.matmul(v).swap_dims(1, 2).reshape([b * n, c]);
+        self.proj.forward(out).reshape([b, n, c])
     }
 
     fn walk(&self, p: &str, f: &mut Visit<'_>) {
@@ -216,17 +228,35 @@ impl MixFfn {
 
     /// `[B,N,C]` -> `[B,N,C]`.
     ///
-    /// Computed channel-first so that the wide `[B,4C,N]` hidden tensor never needs a layout
-    /// copy, in the forward pass or in the backward pass: `fc1` as `W1ᵀ·xᵀ` (a batched matmul
-    /// reading `x` through a transposed view) gives `[B,4C,N]`, i.e. the `[B,4C,H,W]` grid of
-    /// the depthwise conv as is; GELU runs on it in place; `fc2` as `W2ᵀ·g` gives `[B,C,N]`,
-    /// returned as a transposed view `[B,N,C]` (the next element-wise op reads it through its
-    /// strides). Same arithmetic as `Linear`s on tokens up to summation order.
+    /// Two layouts of the same computation (equal up to summation order), chosen by shape:
+    ///
+    /// * many tokens per image (`N ≥ 4C`, the high-resolution stages): channel-first, so that
+    ///   the wide `[B,4C,N]` hidden tensor never needs a layout copy, forward or backward.
+    ///   `fc1` as `W1ᵀ·xᵀ` (a batched matmul reading `x` through a transposed view) gives
+    ///   `[B,4C,N]`, i.e. the `[B,4C,H,W]` grid of the depthwise conv as is; GELU runs on it in
+    ///   place; `fc2` as `W2ᵀ·g` gives `[B,C,N]`, returned as a transposed view `[B,N,C]` (the
+    ///   next element-wise op reads it through its strides);
+    /// * few tokens (`N < 4C`): `Linear`s on the `[B·N, C]` token matrix (one large GEMM each,
+    ///   faster there than per-image products) with the hidden tensor transposed to the conv
+    ///   grid and back (small at these stages).
     pub fn forward(&self, x: Tensor<3>, h: usize, w: usize) -> Tensor<3> {
-        let [b, n, _] = x.dims();
+        let [b, n, c_in] = x.dims();
         // Linear weights are stored [d_in, d_out].
         let w1 = self.fc1.weight.val();
         let hidden = w1.dims()[1];
+        if n < hidden {
+            let t = self
+                .fc1
+                .forward(x.reshape([b * n, c_in]))
+                .reshape([b, n, hidden])
+                .swap_dims(1, 2)
+                .reshape([b, hidden, h, w]);
+            let t = gelu(self.dwconv.forward(t));
+            let t = t.reshape([b, hidden, n]).swap_dims(1, 2).reshape([b * n, hidden]);
+            let y = self.fc2.forward(t);
+            let c = y.dims()[1];
+            return y.reshape([b, n, c]);
+        }
         let mut t = w1.transpose().unsqueeze::<3>().matmul(x.swap_dims(1, 2));
         if let Some(bias) = &self.fc1.bias {
             t = t + bias.val().reshape([1, hidden, 1]);
@@ -272,7 +302,8 @@ fn drop_path(x: Tensor<3>, p: f64, active: bool) -> Tensor<3> {
     let keep = 1.0 - p;
     let b = x.dims()[0];
     let mask: Tensor<3> = Tensor::random([b, 1, 1], Distribution::Bernoulli(keep), &x.device());
-    x * mask / keep
+    // one broadcast product over the activations (the rescale is applied to the [B,1,1] mask)
+    x * (mask / keep)
 }
 
 impl Block {
@@ -286,9 +317,9 @@ impl Block {
         dp: f64,
     ) -> Self {
         Self {
-            norm1: l.layer_norm(&format!("{p}.norm1"), dim, 1e-6),
+            norm1: l.layer_norm(&format!("{p}.norm1"), dim, EPS_BLOCK),
             attn: Attention::load(l, &format!("{p}.attn"), dim, heads, sr),
-            norm2: l.layer_norm(&format!("{p}.norm2"), dim, 1e-6),
+            norm2: l.layer_norm(&format!("{p}.norm2"), dim, EPS_BLOCK),
             mlp: MixFfn::load(l, &format!("{p}.mlp"), dim, dim * mlp),
             drop_path: dp,
         }
@@ -296,9 +327,13 @@ impl Block {
 
     /// Block forward; stochastic depth only when `stochastic` is true.
     pub fn forward(&self, x: Tensor<3>, h: usize, w: usize, stochastic: bool) -> Tensor<3> {
-        let a = self.attn.forward(self.norm1.forward(x.clone()), h, w);
+        let a = self
+            .attn
+            .forward(layer_norm(&self.norm1, EPS_BLOCK, x.clone()), h, w);
         let x = x + drop_path(a, self.drop_path, stochastic);
-        let m = self.mlp.forward(self.norm2.forward(x.clone()), h, w);
+        let m = self
+            .mlp
+            .forward(layer_norm(&self.norm2, EPS_BLOCK, x.clone()), h, w);
         x + drop_path(m, self.drop_path, stochastic)
     }
 
@@ -369,7 +404,7 @@ impl MixTransformer {
                 })
                 .collect();
             cur += cfg.depths[i];
-            let norm = l.layer_norm(&format!("{prefix}norm{}", i + 1), dim, 1e-6);
+            let norm = l.layer_norm(&format!("{prefix}norm{}", i + 1), dim, EPS_BLOCK);
             stages.push(Stage {
                 patch_embed: pe,
                 blocks,
@@ -389,7 +424,7 @@ impl MixTransformer {
             for blk in &st.blocks {
                 t = blk.forward(t, h, w, stochastic);
             }
-            let t = st.norm.forward(t);
+            let t = layer_norm(&st.norm, EPS_BLOCK, t);
             let [b, _, c] = t.dims();
             x = t.reshape([b, h, w, c]).permute([0, 3, 1, 2]);
             outs.push(x.clone());

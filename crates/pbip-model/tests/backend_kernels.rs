@@ -160,6 +160,8 @@ fn depthwise_conv_gradients_match_definition() {
     check_conv(&dw(4, 13, 10, [3, 3], [1, 1], [2, 2], [2, 2]), 3);
     check_conv(&dw(3, 9, 14, [5, 3], [1, 2], [0, 1], [1, 1]), 4);
     check_conv(&dw(6, 7, 7, [3, 3], [3, 1], [0, 0], [1, 2]), 5);
+    // padding beyond the kernel reach (output larger than the input)
+    check_conv(&dw(3, 6, 5, [3, 3], [1, 1], [3, 2], [1, 1]), 8);
 }
 
 #[test]
@@ -180,6 +182,27 @@ fn grouped_and_dense_conv_gradients_match_definition() {
         },
         6,
     );
+    // MiT patch embeddings (overlapping, strided) and a dilated one
+    for (i, (k, st, pd, dl)) in [(7, 4, 3, 1), (3, 2, 1, 1), (3, 1, 1, 1), (3, 2, 2, 2)]
+        .into_iter()
+        .enumerate()
+    {
+        check_conv(
+            &Case {
+                b: 3,
+                c_in: 3,
+                c_out: 5,
+                groups: 1,
+                h: 17,
+                w: 15,
+                k: [k, k],
+                stride: [st, st],
+                pad: [pd, pd],
+                dil: [dl, dl],
+            },
+            20 + i as u64,
+        );
+    }
     // a MiT spatial-reduction conv (kernel = stride)
     check_conv(
         &Case {

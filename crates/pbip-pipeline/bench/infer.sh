@@ -17,18 +17,22 @@ cfg=${1:?config}; ckpt=${2:?checkpoint}; shift 2
 sides=("${@:-40000 80000}")
 dir=${BENCH_DIR:-/tmp/pbip-infer-bench}
 mkdir -p "$dir"
-cargo build --release -p pbip -p pbip-pipeline --example bench_slide
+# PBIP_BIN / BENCH_SLIDE_BIN: prebuilt binaries (skips the release build).
 bin=${CARGO_TARGET_DIR:-target}/release
-set_args=${PBIP_SET:---set inference.output_downsample=8 --set inference.overlap_ratio=0 --set inference.spacing_um=1.0 --set inference.batch_size=16 --set inference.use_crf=true}
+pbip_bin=${PBIP_BIN:-$bin/pbip}
+slide_bin=${BENCH_SLIDE_BIN:-$bin/examples/bench_slide}
+if [ -z "${PBIP_BIN:-}" ]; then cargo build --release -p pbip; fi
+if [ -z "${BENCH_SLIDE_BIN:-}" ]; then cargo build --release -p pbip-pipeline --example bench_slide; fi
+set_args=${PBIP_SET:---set inference.patch_size=112 --set inference.spacing_um=1.0 --set inference.output_downsample=8 --set inference.overlap_ratio=0 --set inference.batch_size=16 --set inference.use_crf=true}
 echo "settings: $set_args"
 echo "machine: $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB, load $(cut -d' ' -f1-3 /proc/loadavg)"
 for side in ${sides[@]}; do
   slide="$dir/bench_${side}.tif"
-  [ -f "$slide" ] || "$bin/examples/bench_slide" "$slide" "$side"
+  [ -f "$slide" ] || "$slide_bin" "$slide" "$side"
   out="$dir/out_${side}"
   rm -rf "$out"
   RUST_LOG=info /usr/bin/time -v -o "$dir/time_${side}.txt" \
-    "$bin/pbip" infer --config "$cfg" $set_args --weights "$ckpt" --output-dir "$out" "$slide" \
+    "$pbip_bin" infer --config "$cfg" $set_args --weights "$ckpt" --output-dir "$out" "$slide" \
     2> "$dir/log_${side}.txt"
   patches=$(awk -F, 'NR==2{print $2}' "$out/predictions/batch_results.csv")
   wall=$(awk -F, 'NR==2{print $3}' "$out/predictions/batch_results.csv")

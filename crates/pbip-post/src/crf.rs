@@ -220,8 +220,6 @@ fn build<const D: usize>(features: &[f32]) -> Built {
     }
     let mut elevated = [0f32; S];
     let mut rem0 = [0f32; S];
-    let mut rank = [0i32; S];
-    let mut bary = [0f32; S];
     let mut key = [0i32; D];
     let mut prev_rem0 = [f32::NAN; S];
     let mut prev_rank = [-1i32; S];
@@ -241,7 +239,7 @@ fn build<const D: usize>(features: &[f32]) -> Built {
             rem0[i] = rd * up;
             sum += rd as i32;
         }
-        rank = [0i32; S];
+        let mut rank = [0i32; S];
         for i in 0..d {
             let di = elevated[i] - rem0[i];
             for j in i + 1..=d {
@@ -262,7 +260,7 @@ fn build<const D: usize>(features: &[f32]) -> Built {
                 rem0[i] -= d1 as f32;
             }
         }
-        bary = [0f32; S];
+        let mut bary = [0f32; S];
         for i in 0..=d {
             let v = (elevated[i] - rem0[i]) * down;
             let r = rank[i] as usize;

@@ -97,6 +97,7 @@ pub mod comparison;
 #[macro_use]
 mod conv_common;
 pub mod conv;
+pub(crate) mod conv2d_fast;
 pub(crate) mod conv_dw_backward;
 pub mod conv_transpose;
 pub mod cumulative;

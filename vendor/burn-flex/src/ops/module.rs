@@ -66,6 +66,12 @@ impl ModuleOps<Flex> for Flex {
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
         let (x, options) = pad_asymmetric_conv_input::<Flex, 2>(x, options);
+        // pbip: stride-1 depthwise convolutions on padded planes (see `conv2d_fast`).
+        if crate::ops::conv2d_fast::is_depthwise_stride1(&x, &weight, &options)
+            && bias.as_ref().is_none_or(|b| b.dtype() == DType::F32)
+        {
+            return crate::ops::conv2d_fast::depthwise_stride1_forward(x, weight, bias, &options);
+        }
         match x.dtype() {
             DType::F32 => conv::conv2d_f32(x, weight, bias, &options),
             DType::F64 => conv::conv2d_f64(x, weight, bias, &options),
@@ -75,15 +81,22 @@ impl ModuleOps<Flex> for Flex {
         }
     }
 
-    // pbip: direct depthwise / bias kernels (see `conv_dw_backward`), burn's defaults otherwise.
+    // pbip: direct depthwise / dense-weight / bias kernels (see `conv2d_fast`, `conv_dw_backward`),
+    // burn's defaults otherwise.
     fn conv2d_x_backward(
         x: FloatTensor<Flex>,
         weight: FloatTensor<Flex>,
         output_grad: FloatTensor<Flex>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
+        use crate::ops::conv2d_fast as fast;
         use crate::ops::conv_dw_backward as dw;
         if dw::is_depthwise_f32(&x, &weight, &output_grad, &options) {
+            if fast::is_depthwise_stride1(&x, &weight, &options)
+                && fast::depthwise_stride1_x_grad_ok(&weight, &options)
+            {
+                return fast::depthwise_stride1_x_backward(&x, weight, output_grad, &options);
+            }
             return dw::depthwise_x_backward(x, weight, output_grad, &options);
         }
         dw::fallback::x_backward(x, weight, output_grad, options)
@@ -95,9 +108,16 @@ impl ModuleOps<Flex> for Flex {
         output_grad: FloatTensor<Flex>,
         options: ConvOptions<2>,
     ) -> FloatTensor<Flex> {
+        use crate::ops::conv2d_fast as fast;
         use crate::ops::conv_dw_backward as dw;
         if dw::is_depthwise_f32(&x, &weight, &output_grad, &options) {
+            if fast::is_depthwise_stride1(&x, &weight, &options) {
+                return fast::depthwise_stride1_weight_backward(x, &weight, output_grad, &options);
+            }
             return dw::depthwise_weight_backward(x, weight, output_grad, &options);
+        }
+        if fast::is_dense_f32(&x, &weight, &output_grad, &options) {
+            return fast::dense_weight_backward(x, &weight, output_grad, &options);
         }
         dw::fallback::weight_backward(x, weight, output_grad, options)
     }
