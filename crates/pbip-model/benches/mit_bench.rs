@@ -87,7 +87,10 @@ fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
     }
     let train = t0.elapsed().as_secs_f64() / ITERS as f64;
     let cpu = match (c0, cpu_seconds()) {
-        (Some(a), Some(b)) => format!(", CPU time {:.0} ms per step", (b - a) * 1000.0 / ITERS as f64),
+        (Some(a), Some(b)) => format!(
+            ", CPU time {:.0} ms per step",
+            (b - a) * 1000.0 / ITERS as f64
+        ),
         _ => String::new(),
     };
     println!(

@@ -70,7 +70,11 @@ fn values(t: &FlexTensor) -> &[f32] {
 }
 
 fn new_f32(data: Vec<f32>, shape: burn::backend::Shape) -> FlexTensor {
-    FlexTensor::new(Bytes::from_elems(data), Layout::contiguous(shape), DType::F32)
+    FlexTensor::new(
+        Bytes::from_elems(data),
+        Layout::contiguous(shape),
+        DType::F32,
+    )
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -155,7 +159,12 @@ fn ln_forward(x: &[f32], gamma: &[f32], beta: &[f32], eps: f32) -> (Vec<f32>, Ve
 }
 
 /// Returns (dx, dgamma, dbeta).
-fn ln_backward(x: &[f32], gamma: &[f32], stats: &[f32], dy: &[f32]) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+fn ln_backward(
+    x: &[f32],
+    gamma: &[f32],
+    stats: &[f32],
+    dy: &[f32],
+) -> (Vec<f32>, Vec<f32>, Vec<f32>) {
     let d = gamma.len();
     let mut dx = vec![0.0f32; x.len()];
     let inv_d = 1.0 / d as f32;

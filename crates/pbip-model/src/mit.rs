@@ -252,7 +252,10 @@ impl MixFfn {
                 .swap_dims(1, 2)
                 .reshape([b, hidden, h, w]);
             let t = gelu(self.dwconv.forward(t));
-            let t = t.reshape([b, hidden, n]).swap_dims(1, 2).reshape([b * n, hidden]);
+            let t = t
+                .reshape([b, hidden, n])
+                .swap_dims(1, 2)
+                .reshape([b * n, hidden]);
             let y = self.fc2.forward(t);
             let c = y.dims()[1];
             return y.reshape([b, n, c]);

@@ -359,6 +359,101 @@ pub fn polygons_to_geojson(
     Ok(serde_json::json!({"type": "FeatureCollection", "features": features}))
 }
 
+/// Writes the same `FeatureCollection` as [`polygons_to_geojson`] to `path` without building it
+/// in memory: features and coordinates are serialised one at a time (a JSON value costs ~120
+/// bytes per vertex, the streamed text ~17), so memory is the polygons themselves.
+pub fn write_polygons_geojson(
+    path: &Path,
+    polygons: &[Vec<Polygon>],
+    downsample: f64,
+    classes: &[ClassInfo],
+) -> Result<()> {
+    if !(downsample.is_finite() && downsample > 0.0) {
+        return invalid(format!("GeoJSON: downsample must be > 0, got {downsample}"));
+    }
+    if classes.len() > 255 {
+        return invalid(format!(
+            "GeoJSON: at most 255 classes, got {}",
+            classes.len()
+        ));
+    }
+    let io_err = |source: std::io::Error| PostError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let json_err = |e: serde_json::Error| PostError::Io {
+        path: path.to_path_buf(),
+        source: std::io::Error::other(e),
+    };
+    let mut f = create_file(path)?;
+    let ring = |f: &mut BufWriter<std::fs::File>, ring: &[(i64, i64)]| -> Result<()> {
+        f.write_all(b"[").map_err(io_err)?;
+        for (i, &(x, y)) in ring.iter().enumerate() {
+            if i > 0 {
+                f.write_all(b",").map_err(io_err)?;
+            }
+            f.write_all(b"[").map_err(io_err)?;
+            serde_json::to_writer(&mut *f, &(x as f64 * downsample)).map_err(json_err)?;
+            f.write_all(b",").map_err(io_err)?;
+            serde_json::to_writer(&mut *f, &(y as f64 * downsample)).map_err(json_err)?;
+            f.write_all(b"]").map_err(io_err)?;
+        }
+        f.write_all(b"]").map_err(io_err)
+    };
+    let polygon = |f: &mut BufWriter<std::fs::File>, p: &Polygon| -> Result<()> {
+        f.write_all(b"[").map_err(io_err)?;
+        ring(f, &p.exterior)?;
+        for h in &p.holes {
+            f.write_all(b",").map_err(io_err)?;
+            ring(f, h)?;
+        }
+        f.write_all(b"]").map_err(io_err)
+    };
+    f.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[")
+        .map_err(io_err)?;
+    let mut first = true;
+    for (polys, ci) in polygons.iter().zip(classes) {
+        if polys.is_empty() {
+            continue;
+        }
+        if !first {
+            f.write_all(b",").map_err(io_err)?;
+        }
+        first = false;
+        let kind = if polys.len() == 1 {
+            "Polygon"
+        } else {
+            "MultiPolygon"
+        };
+        write!(
+            f,
+            "{{\"type\":\"Feature\",\"geometry\":{{\"type\":\"{kind}\",\"coordinates\":"
+        )
+        .map_err(io_err)?;
+        if let [p] = polys.as_slice() {
+            polygon(&mut f, p)?;
+        } else {
+            f.write_all(b"[").map_err(io_err)?;
+            for (i, p) in polys.iter().enumerate() {
+                if i > 0 {
+                    f.write_all(b",").map_err(io_err)?;
+                }
+                polygon(&mut f, p)?;
+            }
+            f.write_all(b"]").map_err(io_err)?;
+        }
+        let properties = serde_json::json!({
+            "objectType": "annotation",
+            "classification": {"name": ci.name, "color": [ci.color[0], ci.color[1], ci.color[2]]}
+        });
+        f.write_all(b"},\"properties\":").map_err(io_err)?;
+        serde_json::to_writer(&mut f, &properties).map_err(json_err)?;
+        f.write_all(b"}").map_err(io_err)?;
+    }
+    f.write_all(b"]}").map_err(io_err)?;
+    f.flush().map_err(io_err)
+}
+
 /// Writes a GeoJSON value to `path`.
 pub fn write_geojson(path: &Path, value: &serde_json::Value) -> Result<()> {
     let mut f = create_file(path)?;
@@ -397,6 +492,53 @@ mod tests {
             p[0].holes,
             vec![vec![(1, 1), (1, 2), (2, 2), (2, 1), (1, 1)]]
         );
+    }
+
+    #[test]
+    fn streamed_geojson_equals_the_json_value() {
+        // class 0: several blobs (MultiPolygon) with a hole, class 1: one square (Polygon),
+        // class 2: absent (no feature)
+        let (w, h) = (9usize, 7usize);
+        #[rustfmt::skip]
+        let labels: Vec<u8> = vec![
+            0, 0, 0, 0, 255, 255, 255, 255, 255,
+            0, 255, 0, 0, 255, 1, 1, 255, 255,
+            0, 0, 0, 0, 255, 1, 1, 255, 255,
+            255, 255, 255, 255, 255, 255, 255, 255, 255,
+            255, 0, 255, 255, 255, 255, 0, 0, 255,
+            255, 255, 255, 255, 255, 255, 0, 0, 255,
+            255, 255, 255, 255, 255, 255, 255, 255, 0,
+        ];
+        let classes = vec![
+            ClassInfo {
+                name: "benign".into(),
+                color: [0, 200, 0],
+            },
+            ClassInfo {
+                name: "tumour \"x\"".into(),
+                color: [200, 0, 0],
+            },
+            ClassInfo {
+                name: "other".into(),
+                color: [0, 0, 200],
+            },
+        ];
+        let polygons: Vec<Vec<Polygon>> = (0..3u8)
+            .map(|c| trace_class_polygons(&labels, w, h, c).unwrap())
+            .collect();
+        assert!(polygons[0].len() >= 3 && polygons[1].len() == 1 && polygons[2].is_empty());
+        assert!(polygons[0].iter().any(|p| !p.holes.is_empty()));
+        for ds in [1.0, 2.5, 16.0] {
+            let want = polygons_to_geojson(&polygons, ds, &classes).unwrap();
+            let dir = tempfile::tempdir().unwrap();
+            let path = dir.path().join("a.geojson");
+            write_polygons_geojson(&path, &polygons, ds, &classes).unwrap();
+            let got: serde_json::Value =
+                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+            assert_eq!(got, want, "downsample {ds}");
+        }
+        let dir = tempfile::tempdir().unwrap();
+        assert!(write_polygons_geojson(&dir.path().join("b"), &polygons, 0.0, &classes).is_err());
     }
 
     #[test]

@@ -11,7 +11,7 @@ use pbip_config::Config;
 use pbip_coords::Coordinates;
 use pbip_post::crf::{CrfParams, suggested_halo_px};
 use pbip_post::export::{
-    ClassInfo, LabelPngWriter, overlay_labels, polygons_to_geojson, write_geojson, write_rgb_png,
+    ClassInfo, LabelPngWriter, overlay_labels, write_polygons_geojson, write_rgb_png,
 };
 use pbip_post::npz::{NpzWriter, npy_header};
 use pbip_post::plane::{Planes, Rect};
@@ -816,9 +816,13 @@ fn write_outputs(
         }
     }
     png.finish().map_err(post_err)?;
-    let gj = polygons_to_geojson(&tracer.finish().map_err(post_err)?, st.downsample, &classes)
-        .map_err(post_err)?;
-    write_geojson(&dir.join(format!("{}.geojson", job.name)), &gj).map_err(post_err)?;
+    write_polygons_geojson(
+        &dir.join(format!("{}.geojson", job.name)),
+        &tracer.finish().map_err(post_err)?,
+        st.downsample,
+        &classes,
+    )
+    .map_err(post_err)?;
     // Confidence maps: one float16 member per class, streamed plane by plane.
     let npz_path = dir.join(CONFIDENCE_NPZ);
     let mut npz = NpzWriter::create(&npz_path).map_err(post_err)?;
