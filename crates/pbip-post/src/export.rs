@@ -280,14 +280,6 @@ fn draw_legend(img: &mut [u8], w: usize, h: usize, palette: &[[u8; 3]]) {
 
 pub use crate::polygons::{Polygon, trace_class_polygons};
 
-fn ring_json(ring: &[(i64, i64)], ds: f64) -> serde_json::Value {
-    serde_json::Value::Array(
-        ring.iter()
-            .map(|&(x, y)| serde_json::json!([x as f64 * ds, y as f64 * ds]))
-            .collect(),
-    )
-}
-
 /// QuPath-compatible GeoJSON `FeatureCollection` of the class regions of a label map, in level-0
 /// pixels (output-grid corner coordinates times `downsample`). Labels `>= classes.len()` (and
 /// [`NO_LABEL`]) are not exported.
@@ -314,60 +306,46 @@ pub fn label_map_to_geojson(
 }
 
 /// GeoJSON `FeatureCollection` (see the module docs) of per-class polygons (`polygons[k]` of class
-/// `k`, output-grid corner coordinates), scaled by `downsample` to level-0 pixels.
+/// `k`, output-grid corner coordinates), scaled by `downsample` to level-0 pixels, as a JSON value
+/// (the text [`write_polygons_geojson`] writes, parsed).
 pub fn polygons_to_geojson(
     polygons: &[Vec<Polygon>],
     downsample: f64,
     classes: &[ClassInfo],
 ) -> Result<serde_json::Value> {
-    if !(downsample.is_finite() && downsample > 0.0) {
-        return invalid(format!("GeoJSON: downsample must be > 0, got {downsample}"));
-    }
-    if classes.len() > 255 {
-        return invalid(format!(
-            "GeoJSON: at most 255 classes, got {}",
-            classes.len()
-        ));
-    }
-    let mut features = Vec::new();
-    for (polys, ci) in polygons.iter().zip(classes) {
-        if polys.is_empty() {
-            continue;
-        }
-        let poly_coords: Vec<serde_json::Value> = polys
-            .iter()
-            .map(|p| {
-                let mut rings = vec![ring_json(&p.exterior, downsample)];
-                rings.extend(p.holes.iter().map(|r| ring_json(r, downsample)));
-                serde_json::Value::Array(rings)
-            })
-            .collect();
-        let geometry = if poly_coords.len() == 1 {
-            serde_json::json!({"type": "Polygon", "coordinates": poly_coords[0]})
-        } else {
-            serde_json::json!({"type": "MultiPolygon", "coordinates": poly_coords})
-        };
-        features.push(serde_json::json!({
-            "type": "Feature",
-            "geometry": geometry,
-            "properties": {
-                "objectType": "annotation",
-                "classification": {"name": ci.name, "color": [ci.color[0], ci.color[1], ci.color[2]]}
-            }
-        }));
-    }
-    Ok(serde_json::json!({"type": "FeatureCollection", "features": features}))
+    let mut text = Vec::new();
+    let internal = |e: &dyn std::fmt::Display| {
+        PostError::InvalidArgument(format!("GeoJSON serialisation (internal error): {e}"))
+    };
+    serialize_geojson(&mut text, polygons, downsample, classes)?.map_err(|e| internal(&e))?;
+    serde_json::from_slice(&text).map_err(|e| internal(&e))
 }
 
-/// Writes the same `FeatureCollection` as [`polygons_to_geojson`] to `path` without building it
-/// in memory: features and coordinates are serialised one at a time (a JSON value costs ~120
-/// bytes per vertex, the streamed text ~17), so memory is the polygons themselves.
+/// Writes the `FeatureCollection` of [`polygons_to_geojson`] to `path` without building it in
+/// memory: features and coordinates are serialised one at a time (a JSON value costs ~110 bytes
+/// per vertex, the text ~17), so memory is the polygons themselves.
 pub fn write_polygons_geojson(
     path: &Path,
     polygons: &[Vec<Polygon>],
     downsample: f64,
     classes: &[ClassInfo],
 ) -> Result<()> {
+    let mut f = create_file(path)?;
+    serialize_geojson(&mut f, polygons, downsample, classes)?
+        .and_then(|()| f.flush())
+        .map_err(|source| PostError::Io {
+            path: path.to_path_buf(),
+            source,
+        })
+}
+
+/// The one GeoJSON serialiser: argument errors in the outer `Result`, write errors in the inner.
+fn serialize_geojson<W: Write>(
+    w: &mut W,
+    polygons: &[Vec<Polygon>],
+    downsample: f64,
+    classes: &[ClassInfo],
+) -> Result<std::io::Result<()>> {
     if !(downsample.is_finite() && downsample > 0.0) {
         return invalid(format!("GeoJSON: downsample must be > 0, got {downsample}"));
     }
@@ -377,47 +355,46 @@ pub fn write_polygons_geojson(
             classes.len()
         ));
     }
-    let io_err = |source: std::io::Error| PostError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let json_err = |e: serde_json::Error| PostError::Io {
-        path: path.to_path_buf(),
-        source: std::io::Error::other(e),
-    };
-    let mut f = create_file(path)?;
-    let ring = |f: &mut BufWriter<std::fs::File>, ring: &[(i64, i64)]| -> Result<()> {
-        f.write_all(b"[").map_err(io_err)?;
+    Ok(write_features(w, polygons, downsample, classes))
+}
+
+fn write_features<W: Write>(
+    w: &mut W,
+    polygons: &[Vec<Polygon>],
+    downsample: f64,
+    classes: &[ClassInfo],
+) -> std::io::Result<()> {
+    fn ring<W: Write>(w: &mut W, ring: &[(i64, i64)], ds: f64) -> std::io::Result<()> {
+        w.write_all(b"[")?;
         for (i, &(x, y)) in ring.iter().enumerate() {
             if i > 0 {
-                f.write_all(b",").map_err(io_err)?;
+                w.write_all(b",")?;
             }
-            f.write_all(b"[").map_err(io_err)?;
-            serde_json::to_writer(&mut *f, &(x as f64 * downsample)).map_err(json_err)?;
-            f.write_all(b",").map_err(io_err)?;
-            serde_json::to_writer(&mut *f, &(y as f64 * downsample)).map_err(json_err)?;
-            f.write_all(b"]").map_err(io_err)?;
+            w.write_all(b"[")?;
+            serde_json::to_writer(&mut *w, &(x as f64 * ds))?;
+            w.write_all(b",")?;
+            serde_json::to_writer(&mut *w, &(y as f64 * ds))?;
+            w.write_all(b"]")?;
         }
-        f.write_all(b"]").map_err(io_err)
-    };
-    let polygon = |f: &mut BufWriter<std::fs::File>, p: &Polygon| -> Result<()> {
-        f.write_all(b"[").map_err(io_err)?;
-        ring(f, &p.exterior)?;
+        w.write_all(b"]")
+    }
+    fn polygon<W: Write>(w: &mut W, p: &Polygon, ds: f64) -> std::io::Result<()> {
+        w.write_all(b"[")?;
+        ring(w, &p.exterior, ds)?;
         for h in &p.holes {
-            f.write_all(b",").map_err(io_err)?;
-            ring(f, h)?;
+            w.write_all(b",")?;
+            ring(w, h, ds)?;
         }
-        f.write_all(b"]").map_err(io_err)
-    };
-    f.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[")
-        .map_err(io_err)?;
+        w.write_all(b"]")
+    }
+    w.write_all(b"{\"type\":\"FeatureCollection\",\"features\":[")?;
     let mut first = true;
     for (polys, ci) in polygons.iter().zip(classes) {
         if polys.is_empty() {
             continue;
         }
         if !first {
-            f.write_all(b",").map_err(io_err)?;
+            w.write_all(b",")?;
         }
         first = false;
         let kind = if polys.len() == 1 {
@@ -426,32 +403,30 @@ pub fn write_polygons_geojson(
             "MultiPolygon"
         };
         write!(
-            f,
+            w,
             "{{\"type\":\"Feature\",\"geometry\":{{\"type\":\"{kind}\",\"coordinates\":"
-        )
-        .map_err(io_err)?;
+        )?;
         if let [p] = polys.as_slice() {
-            polygon(&mut f, p)?;
+            polygon(w, p, downsample)?;
         } else {
-            f.write_all(b"[").map_err(io_err)?;
+            w.write_all(b"[")?;
             for (i, p) in polys.iter().enumerate() {
                 if i > 0 {
-                    f.write_all(b",").map_err(io_err)?;
+                    w.write_all(b",")?;
                 }
-                polygon(&mut f, p)?;
+                polygon(w, p, downsample)?;
             }
-            f.write_all(b"]").map_err(io_err)?;
+            w.write_all(b"]")?;
         }
         let properties = serde_json::json!({
             "objectType": "annotation",
             "classification": {"name": ci.name, "color": [ci.color[0], ci.color[1], ci.color[2]]}
         });
-        f.write_all(b"},\"properties\":").map_err(io_err)?;
-        serde_json::to_writer(&mut f, &properties).map_err(json_err)?;
-        f.write_all(b"}").map_err(io_err)?;
+        w.write_all(b"},\"properties\":")?;
+        serde_json::to_writer(&mut *w, &properties)?;
+        w.write_all(b"}")?;
     }
-    f.write_all(b"]}").map_err(io_err)?;
-    f.flush().map_err(io_err)
+    w.write_all(b"]}")
 }
 
 /// Writes a GeoJSON value to `path`.
@@ -495,19 +470,28 @@ mod tests {
     }
 
     #[test]
-    fn streamed_geojson_equals_the_json_value() {
-        // class 0: several blobs (MultiPolygon) with a hole, class 1: one square (Polygon),
-        // class 2: absent (no feature)
-        let (w, h) = (9usize, 7usize);
-        #[rustfmt::skip]
-        let labels: Vec<u8> = vec![
-            0, 0, 0, 0, 255, 255, 255, 255, 255,
-            0, 255, 0, 0, 255, 1, 1, 255, 255,
-            0, 0, 0, 0, 255, 1, 1, 255, 255,
-            255, 255, 255, 255, 255, 255, 255, 255, 255,
-            255, 0, 255, 255, 255, 255, 0, 0, 255,
-            255, 255, 255, 255, 255, 255, 0, 0, 255,
-            255, 255, 255, 255, 255, 255, 255, 255, 0,
+    fn geojson_text_and_value_match_the_hand_written_collection() {
+        let sq =
+            |x: i64, y: i64, s: i64| vec![(x, y), (x + s, y), (x + s, y + s), (x, y + s), (x, y)];
+        let polygons = vec![
+            // class 0: two polygons (MultiPolygon), the first with a hole
+            vec![
+                Polygon {
+                    exterior: sq(0, 0, 3),
+                    holes: vec![sq(1, 1, 1)],
+                },
+                Polygon {
+                    exterior: sq(5, 0, 1),
+                    holes: vec![],
+                },
+            ],
+            // class 1: one polygon (Polygon)
+            vec![Polygon {
+                exterior: sq(2, 4, 2),
+                holes: vec![],
+            }],
+            // class 2: none (no feature)
+            vec![],
         ];
         let classes = vec![
             ClassInfo {
@@ -523,22 +507,39 @@ mod tests {
                 color: [0, 0, 200],
             },
         ];
-        let polygons: Vec<Vec<Polygon>> = (0..3u8)
-            .map(|c| trace_class_polygons(&labels, w, h, c).unwrap())
-            .collect();
-        assert!(polygons[0].len() >= 3 && polygons[1].len() == 1 && polygons[2].is_empty());
-        assert!(polygons[0].iter().any(|p| !p.holes.is_empty()));
-        for ds in [1.0, 2.5, 16.0] {
-            let want = polygons_to_geojson(&polygons, ds, &classes).unwrap();
-            let dir = tempfile::tempdir().unwrap();
-            let path = dir.path().join("a.geojson");
-            write_polygons_geojson(&path, &polygons, ds, &classes).unwrap();
-            let got: serde_json::Value =
-                serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
-            assert_eq!(got, want, "downsample {ds}");
-        }
+        let props = |name: &str, c: [u8; 3]| serde_json::json!({"objectType": "annotation", "classification": {"name": name, "color": c}});
+        let want = serde_json::json!({
+            "type": "FeatureCollection",
+            "features": [
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "MultiPolygon", "coordinates": [
+                        [
+                            [[0.0, 0.0], [7.5, 0.0], [7.5, 7.5], [0.0, 7.5], [0.0, 0.0]],
+                            [[2.5, 2.5], [5.0, 2.5], [5.0, 5.0], [2.5, 5.0], [2.5, 2.5]]
+                        ],
+                        [[[12.5, 0.0], [15.0, 0.0], [15.0, 2.5], [12.5, 2.5], [12.5, 0.0]]]
+                    ]},
+                    "properties": props("benign", [0, 200, 0])
+                },
+                {
+                    "type": "Feature",
+                    "geometry": {"type": "Polygon", "coordinates": [
+                        [[5.0, 10.0], [10.0, 10.0], [10.0, 15.0], [5.0, 15.0], [5.0, 10.0]]
+                    ]},
+                    "properties": props("tumour \"x\"", [200, 0, 0])
+                }
+            ]
+        });
+        assert_eq!(polygons_to_geojson(&polygons, 2.5, &classes).unwrap(), want);
         let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.geojson");
+        write_polygons_geojson(&path, &polygons, 2.5, &classes).unwrap();
+        let got: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+        assert_eq!(got, want);
         assert!(write_polygons_geojson(&dir.path().join("b"), &polygons, 0.0, &classes).is_err());
+        assert!(polygons_to_geojson(&polygons, f64::NAN, &classes).is_err());
     }
 
     #[test]
