@@ -212,6 +212,17 @@ pub fn apply_overrides(tree: &mut Value, overrides: &[Override]) -> Result<(), C
     Ok(())
 }
 
+/// The absolute folder of a config file (relative paths in it resolve against this).
+fn base_dir_of(path: &Path) -> PathBuf {
+    let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let base = if base.as_os_str().is_empty() {
+        PathBuf::from(".")
+    } else {
+        base
+    };
+    std::path::absolute(&base).unwrap_or(base)
+}
+
 fn clean_path(p: &Path) -> PathBuf {
     let mut out = PathBuf::new();
     for c in p.components() {
@@ -239,7 +250,148 @@ fn resolve(base: &Path, p: &mut PathBuf) {
     }
 }
 
+/// Key paths whose values are file or folder paths (resolved against the defining file's folder).
+const PATH_KEYS: &[&[&str]] = &[
+    &["paths", "split_csv"],
+    &["paths", "labels_csv"],
+    &["paths", "wsi_dir"],
+    &["paths", "coordinates_dir"],
+    &["paths", "gt_dir"],
+    &["paths", "work_dir"],
+    &["prototypes", "encoder", "weights"],
+    &["prototypes", "encoder", "projection_weights"],
+    &["model", "pretrained"],
+    &["inference", "scratch_dir"],
+];
+
+/// The value at `key` in a YAML tree, if every section on the way exists.
+fn tree_value_mut<'a>(tree: &'a mut Value, key: &[&str]) -> Option<&'a mut Value> {
+    match key.split_first() {
+        None => Some(tree),
+        Some((first, rest)) => match tree {
+            Value::Mapping(m) => tree_value_mut(m.get_mut(*first)?, rest),
+            _ => None,
+        },
+    }
+}
+
+/// Makes the relative path values of a YAML tree absolute against `base`.
+fn resolve_tree_paths(tree: &mut Value, base: &Path) {
+    for key in PATH_KEYS {
+        if let Some(Value::String(s)) = tree_value_mut(tree, key) {
+            let mut p = PathBuf::from(s.as_str());
+            resolve(base, &mut p);
+            *s = p.to_string_lossy().into_owned();
+        }
+    }
+}
+
+/// Deep merge: mappings merge key by key (recursively), anything else in `over` replaces `base`.
+fn merge_tree(base: &mut Value, over: Value) {
+    match (base, over) {
+        (Value::Mapping(b), Value::Mapping(o)) => {
+            for (k, v) in o {
+                match b.get_mut(&k) {
+                    Some(existing) if existing.is_mapping() && v.is_mapping() => {
+                        merge_tree(existing, v)
+                    }
+                    _ => {
+                        b.insert(k, v);
+                    }
+                }
+            }
+        }
+        (b, o) => *b = o,
+    }
+}
+
+/// Checks every key of a file's tree against the schema, naming the file and the allowed keys.
+fn check_tree_keys(tree: &Value, schema: &Value, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+    let (Value::Mapping(t), Value::Mapping(sm)) = (tree, schema) else {
+        return Ok(());
+    };
+    for (k, v) in t {
+        let Some(name) = k.as_str() else { continue };
+        let path = if prefix.is_empty() {
+            name.to_string()
+        } else {
+            format!("{prefix}.{name}")
+        };
+        match sm.get(name) {
+            None => {
+                return Err(ConfigError::Field {
+                    origin: origin.to_string(),
+                    key: path,
+                    message: format!(
+                        "unknown key; allowed keys at {}: {}",
+                        if prefix.is_empty() {
+                            "top level".to_string()
+                        } else {
+                            format!("`{prefix}`")
+                        },
+                        keys_of(sm)
+                    ),
+                });
+            }
+            Some(child) if child.is_mapping() && v.is_mapping() => {
+                check_tree_keys(v, child, &path, origin)?
+            }
+            Some(_) => {}
+        }
+    }
+    Ok(())
+}
+
 impl Config {
+    /// Loads several config files, later ones overriding earlier ones key by key (sections
+    /// merge; a value or a list replaces the earlier one), then applies `--set` overrides.
+    /// Relative paths resolve against the folder of the file that sets them (`--set` paths
+    /// against the last file's folder). Errors name the file, or the `--set`, that caused them.
+    pub fn load_layered(paths: &[PathBuf], overrides: &[String]) -> Result<Config, ConfigError> {
+        let Some(last) = paths.last() else {
+            return Err(ConfigError::Override {
+                arg: String::new(),
+                message: "no config file given (use --config FILE.yaml)".into(),
+            });
+        };
+        if paths.len() == 1 {
+            return Config::load(last, overrides);
+        }
+        let schema = schema_tree();
+        let mut tree = Value::Mapping(Mapping::new());
+        for path in paths {
+            let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+                path: path.clone(),
+                source,
+            })?;
+            let origin = path.display().to_string();
+            let mut t: Value = serde_yaml::from_str(&text).map_err(|source| ConfigError::Yaml {
+                origin: origin.clone(),
+                source,
+            })?;
+            if t.is_null() {
+                continue;
+            }
+            if !t.is_mapping() {
+                return Err(ConfigError::Field {
+                    origin,
+                    key: String::new(),
+                    message: "a config file must be a mapping of sections and keys".into(),
+                });
+            }
+            check_tree_keys(&t, &schema, "", &origin)?;
+            resolve_tree_paths(&mut t, &base_dir_of(path));
+            merge_tree(&mut tree, t);
+        }
+        let origin = paths
+            .iter()
+            .map(|p| p.display().to_string())
+            .collect::<Vec<_>>()
+            .join(" + ");
+        let text = serde_yaml::to_string(&tree).map_err(ConfigError::Serialise)?;
+        Config::from_yaml_str(&text, &base_dir_of(last), &origin, overrides)
+    }
+
     /// Loads a config file, applies `--set` overrides (strings `a.b=v`), resolves relative paths
     /// against the file's folder and validates.
     pub fn load(path: &Path, overrides: &[String]) -> Result<Config, ConfigError> {
@@ -247,14 +399,7 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
-        let base = if base.as_os_str().is_empty() {
-            PathBuf::from(".")
-        } else {
-            base
-        };
-        let base = std::path::absolute(&base).unwrap_or(base);
-        Config::from_yaml_str(&text, &base, &path.display().to_string(), overrides)
+        Config::from_yaml_str(&text, &base_dir_of(path), &path.display().to_string(), overrides)
     }
 
     /// Parses YAML text (see [`Config::load`]); `base_dir` is where relative paths resolve and
@@ -279,8 +424,16 @@ impl Config {
         apply_overrides(&mut tree, &parsed)?;
         let mut cfg: Config = serde_path_to_error::deserialize(tree).map_err(|e| {
             let key = e.path().to_string();
+            // A key given by --set is blamed on the --set, not on the file.
+            let set_by = parsed.iter().rev().find(|o| {
+                let k = o.path.join(".");
+                key == k || key.starts_with(&format!("{k}.")) || key.starts_with(&format!("{k}["))
+            });
             ConfigError::Field {
-                origin: origin.to_string(),
+                origin: match set_by {
+                    Some(o) => format!("--set {}", o.raw),
+                    None => origin.to_string(),
+                },
                 key,
                 message: e.into_inner().to_string(),
             }
@@ -288,8 +441,22 @@ impl Config {
         cfg.resolve_paths(base_dir);
         let problems = cfg.validate();
         if !problems.is_empty() {
+            let set: Vec<&str> = problems
+                .iter()
+                .filter_map(|p| {
+                    parsed
+                        .iter()
+                        .rev()
+                        .find(|o| o.path.join(".") == p.key)
+                        .map(|o| o.raw.as_str())
+                })
+                .collect();
             return Err(ConfigError::Invalid {
-                origin: origin.to_string(),
+                origin: if set.len() == problems.len() {
+                    format!("--set {}", set.join(" --set "))
+                } else {
+                    origin.to_string()
+                },
                 problems,
             });
         }
@@ -324,6 +491,13 @@ impl Config {
     /// Number of classes.
     pub fn num_classes(&self) -> usize {
         self.class_order.len()
+    }
+
+    /// Index of `background_class` in `class_order`, if set.
+    pub fn background_index(&self) -> Option<usize> {
+        self.background_class
+            .as_ref()
+            .and_then(|b| self.class_order.iter().position(|c| c == b))
     }
 
     /// Checks every value; returns all problems (empty = valid).
@@ -364,6 +538,23 @@ impl Config {
         }
         if self.patch_size == 0 {
             bad("patch_size", "must be > 0 pixels (e.g. 224)".into());
+        }
+        if let Some(bgc) = &self.background_class
+            && !self.class_order.contains(bgc)
+        {
+            bad(
+                "background_class",
+                format!(
+                    "`{bgc}` is not in class_order ({}); name one of the classes or null",
+                    self.class_order.join(", ")
+                ),
+            );
+        }
+        if self.background_class.is_some() && self.class_order.len() < 2 {
+            bad(
+                "background_class",
+                "needs at least one other class in class_order".into(),
+            );
         }
 
         // paths
@@ -448,10 +639,31 @@ impl Config {
             );
         }
 
+        for (k, m) in self.model.head.pool.problems("model.head.pool") {
+            bad(&k, m);
+        }
+
         // training
         let t = &self.training;
         if t.epochs == 0 {
             bad("training.epochs", "must be >= 1".into());
+        }
+        if t.mil.bag_size == 0 {
+            bad(
+                "training.mil.bag_size",
+                "must be >= 1 patch (1 = no bags)".into(),
+            );
+        } else if t.batch_size % t.mil.bag_size != 0 {
+            bad(
+                "training.mil.bag_size",
+                format!(
+                    "training.batch_size {} is not a multiple of the bag size {}; a batch holds whole bags",
+                    t.batch_size, t.mil.bag_size
+                ),
+            );
+        }
+        for (k, m) in t.mil.pool.problems("training.mil.pool") {
+            bad(&k, m);
         }
         if t.batch_size == 0 {
             bad("training.batch_size", "must be >= 1".into());
@@ -557,11 +769,17 @@ impl Config {
         if !(0.0..=1.0).contains(&t.augment.color_jitter) {
             bad("training.augment.color_jitter", "must be in [0, 1]".into());
         }
+        if !(0.0..1.0).contains(&t.augment.stain_jitter) {
+            bad("training.augment.stain_jitter", "must be in [0, 1)".into());
+        }
         check_normalize(&mut bad, "training.normalize", &t.normalize);
 
         // validation / evaluation
-        if self.validation.patches_per_slide == 0 {
-            bad("validation.patches_per_slide", "must be >= 1".into());
+        if self.validation.patches_per_slide == PatchCount::Count(0) {
+            bad(
+                "validation.patches_per_slide",
+                "must be >= 1 or \"all\"".into(),
+            );
         }
         let ev = &self.evaluation;
         if ev.patches_per_slide == PatchCount::Count(0) {
@@ -705,6 +923,66 @@ mod tests {
     use super::*;
 
     const MINIMAL: &str = "paths: {split_csv: s.csv, labels_csv: l.csv, wsi_dir: w, coordinates_dir: c}\nclass_order: [a, b]\n";
+
+    #[test]
+    fn layered_configs_later_files_win_and_paths_follow_their_file() {
+        let dir = std::env::temp_dir().join(format!("pbip-cfg-layers-{}", std::process::id()));
+        let a = dir.join("presets");
+        let b = dir.join("data");
+        std::fs::create_dir_all(&a).unwrap();
+        std::fs::create_dir_all(&b).unwrap();
+        std::fs::write(
+            a.join("cpu.yaml"),
+            "patch_size: 112\ntraining: {epochs: 1, batch_size: 8, optimizer: {lr: 0.001}}\nmodel: {backbone: mit_b0, pretrained: weights/b0.pth}\n",
+        )
+        .unwrap();
+        std::fs::write(
+            b.join("config.yaml"),
+            "paths: {split_csv: s.csv, labels_csv: l.csv, wsi_dir: w, coordinates_dir: c}\nclass_order: [x, y]\ntraining: {batch_size: 4}\n",
+        )
+        .unwrap();
+        let c = Config::load_layered(&[a.join("cpu.yaml"), b.join("config.yaml")], &[]).unwrap();
+        // later file wins for batch_size; the earlier file's other keys in the same section stay
+        assert_eq!(c.training.batch_size, 4);
+        assert_eq!(c.training.epochs, 1);
+        assert_eq!(c.training.optimizer.lr, 0.001);
+        assert_eq!(c.patch_size, 112);
+        // each file's relative paths resolve against its own folder
+        assert_eq!(c.paths.split_csv, std::path::absolute(b.join("s.csv")).unwrap());
+        assert_eq!(
+            c.model.pretrained.as_deref(),
+            Some(std::path::absolute(a.join("weights/b0.pth")).unwrap().as_path())
+        );
+        // reversed order: the preset now overrides the data file's batch size
+        let r = Config::load_layered(&[b.join("config.yaml"), a.join("cpu.yaml")], &[]).unwrap();
+        assert_eq!(r.training.batch_size, 8);
+        // --set beats every file
+        let s = Config::load_layered(
+            &[a.join("cpu.yaml"), b.join("config.yaml")],
+            &["training.batch_size=2".into()],
+        )
+        .unwrap();
+        assert_eq!(s.training.batch_size, 2);
+        // an unknown key names its file
+        std::fs::write(a.join("bad.yaml"), "training: {epochz: 3}\n").unwrap();
+        let e = Config::load_layered(&[a.join("bad.yaml"), b.join("config.yaml")], &[])
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("bad.yaml") && e.contains("training.epochz"), "{e}");
+        // a bad --set value is blamed on the --set, not on a file
+        let e = Config::load_layered(
+            &[a.join("cpu.yaml"), b.join("config.yaml")],
+            &["training.epochs=many".into()],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(e.contains("--set training.epochs=many"), "{e}");
+        let e = Config::load_layered(&[b.join("config.yaml")], &["patch_size=0".into()])
+            .unwrap_err()
+            .to_string();
+        assert!(e.starts_with("--set patch_size=0"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
 
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();

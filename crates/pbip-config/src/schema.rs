@@ -27,6 +27,11 @@ pub struct Config {
     pub paths: Paths,
     /// Class names; index i in this list is class index i in labels and masks.
     pub class_order: Vec<String>,
+    /// A class present on every slide (e.g. benign tissue): added to every slide's label for
+    /// training and validation, and, with `evaluation.maps: probability`, given to every pixel where
+    /// no other class reaches the gate threshold. None = upstream (labels as in the CSV).
+    #[serde(default)]
+    pub background_class: Option<String>,
     /// Side of the square network input patch, in pixels.
     #[serde(default = "d_patch_size")]
     pub patch_size: u32,
@@ -197,6 +202,21 @@ pub struct Prototypes {
     pub kmeans: KMeans,
     /// Exemplar patches shown per prototype in the stage-2 PNG sheets.
     pub sheet_patches_per_cluster: usize,
+    /// Conditioning of the prototype bank against the exemplar features (stage 2).
+    pub conditioning: Conditioning,
+}
+
+/// Conditioning of the prototype bank (stage 2), recorded in the bank's metadata.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Conditioning {
+    /// The k-means centres as they are (upstream).
+    #[default]
+    None,
+    /// Subtract the mean exemplar feature from features and centres, then re-normalise.
+    Centre,
+    /// Centre, then whiten with the exemplar covariance (ZCA, shrunk), then re-normalise.
+    Whiten,
 }
 
 impl Default for Prototypes {
@@ -209,6 +229,7 @@ impl Default for Prototypes {
             encoder: Encoder::default(),
             kmeans: KMeans::default(),
             sheet_patches_per_cluster: 8,
+            conditioning: Conditioning::None,
         }
     }
 }
@@ -403,6 +424,8 @@ pub struct ModelSection {
     pub strides: Vec<u32>,
     /// Pretrained backbone weights (NVlabs mit_bX.pth or safetensors); none = random init.
     pub pretrained: Option<PathBuf>,
+    /// Prototype head options (defaults = upstream's head).
+    pub head: Head,
 }
 
 impl Default for ModelSection {
@@ -411,8 +434,77 @@ impl Default for ModelSection {
             backbone: Backbone::MitB1,
             strides: vec![4, 2, 2, 1],
             pretrained: None,
+            head: Head::default(),
         }
     }
+}
+
+/// How many scores are pooled into one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum PoolKind {
+    /// The mean (upstream's spatial pooling).
+    #[default]
+    Mean,
+    /// Mean of the top `topk_fraction` of the values.
+    Topk,
+    /// Log-sum-exp smooth maximum with sharpness `lse_r`.
+    Lse,
+}
+
+/// A pooling and its parameters.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Pool {
+    /// Kind of pooling.
+    pub kind: PoolKind,
+    /// Fraction of the values top-k keeps, in (0, 1].
+    pub topk_fraction: f64,
+    /// Sharpness of log-sum-exp, > 0.
+    pub lse_r: f64,
+}
+
+impl Pool {
+    /// Checks the parameter of the chosen kind; `key` names the section in the message.
+    pub fn problems(&self, key: &str) -> Vec<(String, String)> {
+        let mut v = Vec::new();
+        match self.kind {
+            PoolKind::Topk if !(self.topk_fraction > 0.0 && self.topk_fraction <= 1.0) => v.push((
+                format!("{key}.topk_fraction"),
+                format!("must be in (0, 1], got {}", self.topk_fraction),
+            )),
+            PoolKind::Lse if !(self.lse_r.is_finite() && self.lse_r > 0.0) => v.push((
+                format!("{key}.lse_r"),
+                format!("must be a finite number > 0, got {}", self.lse_r),
+            )),
+            _ => {}
+        }
+        v
+    }
+}
+
+impl Default for Pool {
+    fn default() -> Self {
+        Pool {
+            kind: PoolKind::Mean,
+            topk_fraction: 0.25,
+            lse_r: 5.0,
+        }
+    }
+}
+
+/// Prototype head options.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Head {
+    /// Learnable offsets added to the fixed prototype bank before the projections.
+    pub prototype_offsets: bool,
+    /// L2-normalise the projected prototypes (true cosine similarity maps).
+    pub normalize_prototypes: bool,
+    /// Learnable bias per subclass and scale on the maps.
+    pub logit_bias: bool,
+    /// Spatial pooling of the maps into image logits.
+    pub pool: Pool,
 }
 
 /// Optimiser name.
@@ -525,6 +617,8 @@ pub struct Augment {
     pub rot90: bool,
     /// Colour jitter strength (0 = off).
     pub color_jitter: f64,
+    /// H&E stain jitter strength σ in HED space (0 = off).
+    pub stain_jitter: f64,
 }
 
 impl Default for Augment {
@@ -534,6 +628,7 @@ impl Default for Augment {
             vflip: true,
             rot90: true,
             color_jitter: 0.0,
+            stain_jitter: 0.0,
         }
     }
 }
@@ -580,6 +675,36 @@ pub struct Training {
     pub augment: Augment,
     /// Network input normalisation.
     pub normalize: Normalize,
+    /// Multiple-instance learning: bags of patches from one slide carry the slide label.
+    pub mil: Mil,
+}
+
+/// Multiple-instance learning options.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct Mil {
+    /// Patches per bag, all from one slide; 1 = every patch carries its slide's label (upstream).
+    /// `training.batch_size` must be a multiple of it.
+    pub bag_size: usize,
+    /// Pooling of the patch logits of a bag into the bag logit (also the slide score of
+    /// validation, evaluation and inference when `bag_size` > 1).
+    pub pool: Pool,
+    /// Also a BCE on every patch of a bag for the classes its slide does not have (each patch of
+    /// a benign slide is a clean negative for tumour).
+    pub negative_instances: bool,
+}
+
+impl Default for Mil {
+    fn default() -> Self {
+        Mil {
+            bag_size: 1,
+            pool: Pool {
+                kind: PoolKind::Topk,
+                ..Pool::default()
+            },
+            negative_instances: true,
+        }
+    }
 }
 
 impl Default for Training {
@@ -604,6 +729,7 @@ impl Default for Training {
             prefetch: 2,
             augment: Augment::default(),
             normalize: Normalize::default(),
+            mil: Mil::default(),
         }
     }
 }
@@ -612,8 +738,8 @@ impl Default for Training {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Validation {
-    /// Patches per validation slide (the first N coordinates).
-    pub patches_per_slide: usize,
+    /// Patches per validation slide: the first N coordinates, or `all`.
+    pub patches_per_slide: PatchCount,
     /// Horizontal-flip × multiplier test-time augmentation.
     pub tta: bool,
 }
@@ -621,7 +747,7 @@ pub struct Validation {
 impl Default for Validation {
     fn default() -> Self {
         Validation {
-            patches_per_slide: 1,
+            patches_per_slide: PatchCount::All(AllKeyword::All),
             tta: false,
         }
     }
@@ -709,17 +835,32 @@ pub struct Evaluation {
     pub tta_multipliers: Vec<f64>,
     /// Number of prediction sample images written.
     pub num_samples: usize,
+    /// What the class maps are before fusion (validation, evaluation and inference).
+    pub maps: MapKind,
+}
+
+/// Per-class maps of the evaluation path.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapKind {
+    /// Upstream: relu, then per-patch min-max of each class map.
+    #[default]
+    Minmax,
+    /// Calibrated: sigmoid of the class logit map; with `background_class`, the background class
+    /// gets the gate threshold as its score.
+    Probability,
 }
 
 impl Default for Evaluation {
     fn default() -> Self {
         Evaluation {
-            patches_per_slide: PatchCount::Count(1),
+            patches_per_slide: PatchCount::All(AllKeyword::All),
             use_tta: false,
             protocol: EvalProtocol::Deployable,
             fuse_weights: vec![0.0, 0.3, 0.3, 0.4],
             tta_multipliers: vec![0.9, 1.0, 1.1],
             num_samples: 8,
+            maps: MapKind::Minmax,
         }
     }
 }
@@ -870,6 +1011,7 @@ impl Default for Config {
             device: Device::Cpu,
             paths: Paths::default(),
             class_order: vec!["benign".into(), "tumor".into()],
+            background_class: None,
             patch_size: d_patch_size(),
             slide: SlideSection::default(),
             prototypes: Prototypes::default(),

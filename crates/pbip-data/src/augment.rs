@@ -9,6 +9,13 @@
 //! Optional colour jitter (off by default): brightness, contrast and saturation factors drawn
 //! uniformly in `[1 − s, 1 + s]`, applied in that order on the u8 image with rounding and
 //! clamping.
+//!
+//! Optional stain jitter (off by default; Tellez et al. 2018, "H&E stain augmentation"): the
+//! image is converted to optical density `OD = −ln(max(I, 1) / 255)` and unmixed into
+//! haematoxylin, eosin and DAB concentrations with the Ruifrok–Johnston matrix (as
+//! `skimage.color.rgb2hed`); each concentration `c` becomes `α·c + β` with `α` uniform in
+//! `[1 − σ, 1 + σ]` and `β` uniform in `[−σ, σ]`, and the image is recomposed. It imitates the
+//! stain variation between slides and labs without destroying which structures take which stain.
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +37,9 @@ pub struct AugmentOptions {
     pub rot90_p: f64,
     /// Colour jitter strength `s` in [0, 1); 0 = off (default).
     pub color_jitter: f64,
+    /// H&E stain jitter strength `σ` in [0, 1); 0 = off (default).
+    #[serde(default)]
+    pub stain_jitter: f64,
 }
 
 impl Default for AugmentOptions {
@@ -42,6 +52,7 @@ impl Default for AugmentOptions {
             flip_p: 0.5,
             rot90_p: 0.5,
             color_jitter: 0.0,
+            stain_jitter: 0.0,
         }
     }
 }
@@ -56,6 +67,7 @@ impl AugmentOptions {
             flip_p: 0.5,
             rot90_p: 0.5,
             color_jitter: 0.0,
+            stain_jitter: 0.0,
         }
     }
 
@@ -74,6 +86,12 @@ impl AugmentOptions {
                 self.color_jitter
             )));
         }
+        if !(0.0..1.0).contains(&self.stain_jitter) {
+            return Err(DataError::InvalidOption(format!(
+                "augment.stain_jitter must be in [0, 1), got {}",
+                self.stain_jitter
+            )));
+        }
         Ok(())
     }
 
@@ -89,7 +107,9 @@ impl AugmentOptions {
         let u_r = unit_f64(&mut rng);
         let k = below(&mut rng, 4) as u8;
         let jit = [unit_f64(&mut rng), unit_f64(&mut rng), unit_f64(&mut rng)];
+        let st: [f64; 6] = std::array::from_fn(|_| unit_f64(&mut rng));
         let s = self.color_jitter;
+        let sj = self.stain_jitter;
         AugParams {
             hflip: self.hflip && u_h < self.flip_p,
             vflip: self.vflip && u_v < self.flip_p,
@@ -100,6 +120,18 @@ impl AugmentOptions {
             },
             jitter: if s > 0.0 {
                 Some(jit.map(|u| (1.0 - s + 2.0 * s * u) as f32))
+            } else {
+                None
+            },
+            stain: if sj > 0.0 {
+                // α for H, E, D, then β for H, E, D.
+                Some(std::array::from_fn(|i| {
+                    if i < 3 {
+                        (1.0 - sj + 2.0 * sj * st[i]) as f32
+                    } else {
+                        (sj * (2.0 * st[i] - 1.0)) as f32
+                    }
+                }))
             } else {
                 None
             },
@@ -118,12 +150,19 @@ pub struct AugParams {
     pub rot90_k: u8,
     /// Brightness, contrast, saturation factors (None = no jitter).
     pub jitter: Option<[f32; 3]>,
+    /// Stain jitter: scale α of H, E, D, then shift β of H, E, D (None = no stain jitter).
+    #[serde(default)]
+    pub stain: Option<[f32; 6]>,
 }
 
 impl AugParams {
     /// True when the parameters change nothing.
     pub fn is_identity(&self) -> bool {
-        !self.hflip && !self.vflip && self.rot90_k.is_multiple_of(4) && self.jitter.is_none()
+        !self.hflip
+            && !self.vflip
+            && self.rot90_k.is_multiple_of(4)
+            && self.jitter.is_none()
+            && self.stain.is_none()
     }
 
     /// Applies flips, rotation and jitter to a square RGB8 HWC image of side `side_px`.
@@ -131,6 +170,9 @@ impl AugParams {
         geometric::<3>(self, img, side_px, scratch)?;
         if let Some(f) = self.jitter {
             color_jitter(img, f);
+        }
+        if let Some(s) = self.stain {
+            stain_jitter(img, s);
         }
         Ok(())
     }
@@ -212,9 +254,68 @@ fn color_jitter(img: &mut [u8], f: [f32; 3]) {
     }
 }
 
+/// `skimage.color.rgb_from_hed` (Ruifrok & Johnston), rows H, E, D.
+const RGB_FROM_HED: [[f32; 3]; 3] = [
+    [0.65, 0.70, 0.29],
+    [0.07, 0.99, 0.11],
+    [0.27, 0.57, 0.78],
+];
+
+/// Inverse of a 3x3 matrix (the stain matrix is well conditioned).
+fn inverse3(m: &[[f32; 3]; 3]) -> [[f32; 3]; 3] {
+    let c = |r: usize, k: usize| {
+        let (r1, r2) = ((r + 1) % 3, (r + 2) % 3);
+        let (k1, k2) = ((k + 1) % 3, (k + 2) % 3);
+        m[r1][k1] * m[r2][k2] - m[r1][k2] * m[r2][k1]
+    };
+    let det = m[0][0] * c(0, 0) + m[0][1] * c(0, 1) + m[0][2] * c(0, 2);
+    // inverse[i][j] = cofactor(j, i) / det
+    std::array::from_fn(|i| std::array::from_fn(|j| c(j, i) / det))
+}
+
+/// Stain jitter in HED space: `hed' = α·hed + β` per stain, `s` = [αH, αE, αD, βH, βE, βD].
+fn stain_jitter(img: &mut [u8], s: [f32; 6]) {
+    let hed_from_rgb = inverse3(&RGB_FROM_HED);
+    for px in img.chunks_exact_mut(3) {
+        let od: [f32; 3] = std::array::from_fn(|c| -(f32::from(px[c].max(1)) / 255.0).ln());
+        let hed: [f32; 3] = std::array::from_fn(|k| {
+            let v = (0..3).map(|c| od[c] * hed_from_rgb[c][k]).sum::<f32>();
+            v * s[k] + s[3 + k]
+        });
+        for c in 0..3 {
+            let o = (0..3).map(|k| hed[k] * RGB_FROM_HED[k][c]).sum::<f32>();
+            px[c] = (255.0 * (-o).exp()).round().clamp(0.0, 255.0) as u8;
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn stain_jitter_identity_and_direction() {
+        // α = 1, β = 0 reproduces the image (up to rounding of exp/ln).
+        let mut img: Vec<u8> = vec![200, 120, 180, 255, 255, 255, 90, 40, 140, 1, 1, 1];
+        let orig = img.clone();
+        stain_jitter(&mut img, [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
+        for (a, b) in img.iter().zip(&orig) {
+            assert!((i32::from(*a) - i32::from(*b)).abs() <= 1, "{img:?} vs {orig:?}");
+        }
+        // More haematoxylin (α_H > 1) darkens a purple pixel, most in red (H absorbs red most).
+        let mut p = vec![150u8, 100, 170];
+        stain_jitter(&mut p, [1.5, 1.0, 1.0, 0.0, 0.0, 0.0]);
+        assert!(p[0] < 150 && p[1] < 100 && p[2] < 170, "{p:?}");
+        assert!(150 - i32::from(p[0]) > 170 - i32::from(p[2]), "{p:?}");
+        // The matrix inverse is right: hed_from_rgb · rgb_from_hed = I.
+        let inv = inverse3(&RGB_FROM_HED);
+        for i in 0..3 {
+            for j in 0..3 {
+                let v: f32 = (0..3).map(|k| RGB_FROM_HED[i][k] * inv[k][j]).sum();
+                assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-5);
+            }
+        }
+    }
 
     // 3x3 single-channel image:
     // 1 2 3

@@ -16,10 +16,15 @@
 //!   slides belong to every class they have.
 //! * The coordinate of an item is uniform over the slide's usable rows (with replacement),
 //!   like upstream's random coordinate per `__getitem__`.
+//! * **Bags** (`bag_size` > 1, multiple-instance learning): the slide choice above is made per
+//!   bag instead of per item (bag `j` of the run is what item `j` would be without bags), and the
+//!   `bag_size` items of a bag each draw their own coordinate from that slide. `bag_size` 1 draws
+//!   exactly what the sampler drew before bags existed.
 //!
 //! Default `iterations_per_epoch`: `ceil(S / batch_size)` (every slide once, the upstream
 //! epoch), or with class balance `ceil(G · max_g S_g / batch_size)` (`G` groups, `S_g` slides
-//! in group `g`) so the largest class also shows each of its slides.
+//! in group `g`) so the largest class also shows each of its slides; with bags, `batch_size` is
+//! replaced by the bags per batch.
 
 use std::collections::HashMap;
 
@@ -50,6 +55,19 @@ pub struct SamplerOptions {
     pub balance: Balance,
     /// Batches per epoch (`None` = the default described in the module docs).
     pub iterations_per_epoch: Option<u64>,
+    /// Patches per bag: each batch is `batch_size / bag_size` bags of `bag_size` consecutive
+    /// items drawn from one slide (multiple-instance learning); 1 = every item chooses its own
+    /// slide. `batch_size` must be a multiple of it.
+    #[serde(default = "one")]
+    pub bag_size: usize,
+    /// A class present on every slide (`background_class`): class balance ignores it, so the
+    /// groups are the slides of each other class plus the slides with none of them.
+    #[serde(default)]
+    pub background_class: Option<usize>,
+}
+
+fn one() -> usize {
+    1
 }
 
 /// What the sampler needs to know about one slide.
@@ -118,6 +136,12 @@ impl TrainSampler {
                 s.name
             )));
         }
+        if opts.bag_size == 0 || opts.batch_size % opts.bag_size != 0 {
+            return Err(DataError::InvalidOption(format!(
+                "batch_size {} must be a multiple of bag_size {} (> 0)",
+                opts.batch_size, opts.bag_size
+            )));
+        }
         if opts.iterations_per_epoch == Some(0) {
             return Err(DataError::InvalidOption(
                 "iterations_per_epoch must be > 0".into(),
@@ -125,6 +149,18 @@ impl TrainSampler {
         }
         let mut groups = Vec::new();
         if opts.balance == Balance::Classes {
+            let slides: Vec<SlideKey> = slides
+                .iter()
+                .map(|s| SlideKey {
+                    classes: s
+                        .classes
+                        .iter()
+                        .copied()
+                        .filter(|&c| Some(c) != opts.background_class)
+                        .collect(),
+                    ..s.clone()
+                })
+                .collect();
             let nc = slides
                 .iter()
                 .flat_map(|s| s.classes.iter().copied())
@@ -145,7 +181,7 @@ impl TrainSampler {
                 groups.push(unlabelled);
             }
         }
-        let b = opts.batch_size as u64;
+        let b = (opts.batch_size / opts.bag_size) as u64;
         let default_ipe = match opts.balance {
             Balance::Slides => (slides.len() as u64).div_ceil(b),
             Balance::Classes => {
@@ -159,6 +195,14 @@ impl TrainSampler {
         fnv1a(&mut h, &(opts.batch_size as u64).to_le_bytes());
         fnv1a(&mut h, &[opts.balance as u8]);
         fnv1a(&mut h, &iterations_per_epoch.to_le_bytes());
+        if opts.bag_size > 1 {
+            fnv1a(&mut h, b"bags");
+            fnv1a(&mut h, &(opts.bag_size as u64).to_le_bytes());
+        }
+        if let Some(b) = opts.background_class {
+            fnv1a(&mut h, b"background");
+            fnv1a(&mut h, &(b as u64).to_le_bytes());
+        }
         for s in &slides {
             fnv1a(&mut h, s.name.as_bytes());
             fnv1a(&mut h, &[0xFF]);
@@ -247,7 +291,9 @@ impl TrainSampler {
 
     /// The draws of the batch at state `s` (`batch_size` of them).
     pub fn draws(&self, s: &SamplerState) -> Vec<Draw> {
+        let bag = self.opts.bag_size.max(1) as u64;
         let b = self.opts.batch_size as u64;
+        let bags = b / bag;
         let seed = self.opts.seed;
         let mut perms: HashMap<(u64, u64, u64), Vec<usize>> = HashMap::new();
         let mut perm = |t: u64, a: u64, c: u64, n: usize| -> Vec<usize> {
@@ -258,7 +304,8 @@ impl TrainSampler {
         };
         (0..b)
             .map(|item| {
-                let p = s.step * b + item;
+                // Slide choice per bag (per item without bags): position of this bag in the epoch.
+                let p = s.step * bags + item / bag;
                 let slide = match self.opts.balance {
                     Balance::Slides => {
                         let n = self.slides.len() as u64;
@@ -304,6 +351,8 @@ mod tests {
             batch_size: b,
             balance,
             iterations_per_epoch: None,
+            bag_size: 1,
+            background_class: None,
         }
     }
 

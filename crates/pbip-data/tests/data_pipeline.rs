@@ -559,6 +559,8 @@ fn loader_matches_single_threaded_reference_and_resumes() {
         batch_size: 3,
         balance: Balance::Slides,
         iterations_per_epoch: None,
+        bag_size: 1,
+        background_class: None,
     };
     let plan = TrainPlan::new(
         Arc::clone(&set),
@@ -825,6 +827,8 @@ fn adhoc_placements_and_class_balanced_training_batches() {
         batch_size: 2,
         balance: Balance::Classes,
         iterations_per_epoch: None,
+        bag_size: 1,
+        background_class: None,
     };
     let plan = TrainPlan::new(Arc::clone(&set), sopts, AugmentOptions::none(), pre).unwrap();
     assert_eq!(plan.sampler.iterations_per_epoch(), 3); // ceil(2 groups * 3 slides / 2)

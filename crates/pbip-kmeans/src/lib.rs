@@ -37,10 +37,12 @@
 //! centres agree with upstream to float32 precision, and assignments agree except for points
 //! within float32 rounding of a tie.
 
+pub mod bank;
 mod error;
 mod kmeans;
 pub mod numpy_legacy;
 
+pub use bank::{Conditioner, ConditioningKind, Separability, separability};
 pub use error::KMeansError;
 pub use kmeans::{
     EmptyClusterPolicy, InitMethod, KMeansConfig, KMeansResult, fit, fit_f32, normalize_rows,

@@ -16,6 +16,7 @@ use crate::mit::{MitConfig, MixTransformer};
 use crate::params::{
     Init, Loader, ParamRef, Visit, collect, grad_to_host, param_to_host, walk_linear,
 };
+use crate::pool::{Pooling, pool_last_dim};
 use crate::util::l2_normalize;
 
 /// Upstream initial value of `logit_scale{i}` (1/0.07, used linearly).
@@ -30,6 +31,35 @@ pub struct ClassNetConfig {
     pub k_list: Vec<usize>,
     /// Prototype dimension (MedCLIP: 512).
     pub proto_dim: usize,
+    /// Head options beyond upstream (default: upstream's head). Absent in older checkpoints.
+    #[serde(default)]
+    pub head: HeadConfig,
+}
+
+/// Options of the prototype head. The default is upstream PBIP's head exactly; each option is a
+/// measured departure for training without pretrained weights (see `configs/cpu.yaml`).
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct HeadConfig {
+    /// A learnable offset `[ΣK, proto_dim]` (initialised to 0) added to the fixed prototype bank
+    /// before the projections `l_fc_i`, so that a bank whose prototypes are nearly collinear (a
+    /// random encoder) can still separate the classes. Parameter `prototype_offset`.
+    pub prototype_offsets: bool,
+    /// L2-normalise the projected prototypes: `S_i = s_i · cos(x, P_i)` (upstream multiplies the
+    /// normalised pixel feature by the unnormalised projection).
+    pub normalize_prototypes: bool,
+    /// A learnable bias per subclass and scale added to the maps (initialised to 0). Parameters
+    /// `logit_bias1..4`.
+    pub logit_bias: bool,
+    /// Spatial pooling of the maps into the image logits `cls_i` (upstream: mean).
+    pub pool: Pooling,
+}
+
+impl HeadConfig {
+    /// Whether this is upstream's head.
+    pub fn is_upstream(&self) -> bool {
+        *self == HeadConfig::default()
+    }
 }
 
 impl ClassNetConfig {
@@ -46,6 +76,7 @@ impl ClassNetConfig {
             backbone,
             k_list,
             proto_dim: 512,
+            head: HeadConfig::default(),
         })
     }
 
@@ -85,6 +116,13 @@ pub struct ClassNet {
     pub l_fc: Vec<AdaptiveLayer>,
     /// `logit_scale1..4`, each `[1]`.
     pub logit_scale: Vec<Param<Tensor<1>>>,
+    /// `prototype_offset` `[ΣK, proto_dim]` ([`HeadConfig::prototype_offsets`]).
+    pub prototype_offset: Option<Param<Tensor<2>>>,
+    /// `logit_bias1..4`, each `[ΣK]` ([`HeadConfig::logit_bias`]); empty when off.
+    pub logit_bias: Vec<Param<Tensor<1>>>,
+    /// Head options (normalisation, pooling).
+    #[module(skip)]
+    pub head: HeadConfig,
     /// Fixed prototype bank `[ΣK, proto_dim]`, row-major; a constant input, never optimised.
     #[module(skip)]
     pub prototypes: Vec<f32>,
@@ -110,7 +148,7 @@ pub struct ClassNetOutput {
 }
 
 /// Parameter name prefixes of a ClassNet checkpoint besides `encoder.`.
-const HEAD_PREFIXES: [&str; 2] = ["l_fc", "logit_scale"];
+const HEAD_PREFIXES: [&str; 4] = ["l_fc", "logit_scale", "prototype_offset", "logit_bias"];
 
 impl ClassNet {
     fn build(
@@ -150,10 +188,28 @@ impl ClassNet {
                 )
             })
             .collect();
+        cfg.head.pool.validate()?;
+        let prototype_offset = cfg.head.prototype_offsets.then(|| {
+            l.param(
+                "prototype_offset",
+                [k_total, cfg.proto_dim],
+                Init::Const(0.0),
+            )
+        });
+        let logit_bias = if cfg.head.logit_bias {
+            (0..4)
+                .map(|i| l.param(&format!("logit_bias{}", i + 1), [k_total], Init::Const(0.0)))
+                .collect()
+        } else {
+            Vec::new()
+        };
         Ok(Self {
             encoder,
             l_fc,
             logit_scale,
+            prototype_offset,
+            logit_bias,
+            head: cfg.head,
             prototypes: prototypes.data.clone(),
             k_list: cfg.k_list.clone(),
             proto_dim: cfg.proto_dim,
@@ -313,6 +369,10 @@ impl ClassNet {
             TensorData::new(self.prototypes.clone(), [k_total, self.proto_dim]),
             &device,
         );
+        let head_in = match &self.prototype_offset {
+            Some(o) => protos.clone() + o.val(),
+            None => protos.clone(),
+        };
         let mut cls = Vec::with_capacity(4);
         let mut cam = Vec::with_capacity(4);
         let features = feats.clone();
@@ -320,16 +380,20 @@ impl ClassNet {
             let [b, c, h, w] = f.dims();
             let x = f.permute([0, 2, 3, 1]).reshape([b * h * w, c]);
             let x = l2_normalize(x, 1, 1e-12);
-            let p = self.l_fc[i].forward(protos.clone());
+            let mut p = self.l_fc[i].forward(head_in.clone());
+            if self.head.normalize_prototypes {
+                p = l2_normalize(p, 1, 1e-12);
+            }
             let s = self.logit_scale[i].val().reshape([1, 1]);
-            let logits = x.matmul(p.transpose()) * s;
+            let mut logits = x.matmul(p.transpose()) * s;
+            if let Some(bias) = self.logit_bias.get(i) {
+                logits = logits + bias.val().reshape([1, k_total]);
+            }
             let out = logits.reshape([b, h, w, k_total]).permute([0, 3, 1, 2]);
-            cls.push(
-                out.clone()
-                    .reshape([b, k_total, h * w])
-                    .mean_dim(2)
-                    .reshape([b, k_total]),
-            );
+            cls.push(pool_last_dim(
+                out.clone().reshape([b, k_total, h * w]),
+                self.head.pool,
+            ));
             cam.push(if i < 3 { out.detach() } else { out });
         }
         ClassNetOutput {
@@ -348,6 +412,12 @@ impl ClassNet {
         }
         for (i, p) in self.logit_scale.iter().enumerate() {
             f(format!("logit_scale{}", i + 1), ParamRef::T1(p));
+        }
+        if let Some(o) = &self.prototype_offset {
+            f("prototype_offset".to_string(), ParamRef::T2(o));
+        }
+        for (i, p) in self.logit_bias.iter().enumerate() {
+            f(format!("logit_bias{}", i + 1), ParamRef::T1(p));
         }
     }
 

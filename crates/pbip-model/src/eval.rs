@@ -23,6 +23,25 @@ pub struct EvalConfig {
     pub tta: bool,
     /// TTA multipliers applied to the normalised image, default 0.9, 1.0, 1.1.
     pub tta_multipliers: Vec<f64>,
+    /// What a class map is before fusion (default: upstream's min-max).
+    pub maps: MapKind,
+    /// With [`MapKind::Probability`]: the class present everywhere (e.g. benign tissue), whose map
+    /// is replaced by the constant `background_score` after fusion, so a pixel is that class
+    /// unless another class's probability reaches the score. None: every class has its own map.
+    pub background: Option<usize>,
+    /// Score of the background class's map (the pixel threshold), default 0.5.
+    pub background_score: f64,
+}
+
+/// Per-class maps of the evaluation path, before fusion.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum MapKind {
+    /// Upstream `get_seg_label`: merge → relu → per-channel min-max over the patch.
+    #[default]
+    MinMax,
+    /// Calibrated: merge → sigmoid (the pixel's class probability, on the scale of the gate).
+    Probability,
 }
 
 impl Default for EvalConfig {
@@ -33,6 +52,9 @@ impl Default for EvalConfig {
             minmax_eps: 1e-6,
             tta: false,
             tta_multipliers: vec![0.9, 1.0, 1.1],
+            maps: MapKind::MinMax,
+            background: None,
+            background_score: 0.5,
         }
     }
 }
@@ -101,6 +123,94 @@ pub fn seg_label(
         x = x * g.reshape([b, n, 1, 1]);
     }
     Ok(resize_bilinear_align_corners(x, out_h, out_w))
+}
+
+/// One scale's class maps under `cfg.maps`: [`seg_label`] for [`MapKind::MinMax`]; for
+/// [`MapKind::Probability`] merge → sigmoid → × gate → bilinear upsample (align_corners).
+pub fn class_maps(
+    cam: Tensor<4>,
+    k_list: &[usize],
+    gate: Option<Tensor<2>>,
+    out_h: usize,
+    out_w: usize,
+    cfg: &EvalConfig,
+) -> Result<Tensor<4>, ModelError> {
+    match cfg.maps {
+        MapKind::MinMax => seg_label(cam, k_list, gate, out_h, out_w, cfg.merge, cfg.minmax_eps),
+        MapKind::Probability => {
+            let mut x = sigmoid(merge_subclasses(cam, k_list, cfg.merge)?);
+            let [b, n, _, _] = x.dims();
+            if let Some(g) = gate {
+                if g.dims() != [b, n] {
+                    return Err(ModelError::Shape(format!(
+                        "gate {:?} vs maps [{b},{n}]",
+                        g.dims()
+                    )));
+                }
+                x = x * g.reshape([b, n, 1, 1]);
+            }
+            Ok(resize_bilinear_align_corners(x, out_h, out_w))
+        }
+    }
+}
+
+/// The background class and its constant score when `cfg` has one ([`MapKind::Probability`] with
+/// `background` set), for [`gated_argmax`].
+pub fn background_rule(cfg: &EvalConfig) -> Option<(usize, f32)> {
+    match (cfg.maps, cfg.background) {
+        (MapKind::Probability, Some(b)) => Some((b, cfg.background_score as f32)),
+        _ => None,
+    }
+}
+
+/// Replaces channel `b` of fused maps `[B,N,H,W]` by the constant `score`.
+pub fn set_background(fused: Tensor<4>, b: usize, score: f64) -> Result<Tensor<4>, ModelError> {
+    let [bs, n, h, w] = fused.dims();
+    if b >= n {
+        return Err(ModelError::Shape(format!(
+            "background class {b} outside the {n} classes"
+        )));
+    }
+    let device = fused.device();
+    let mut parts = Vec::with_capacity(3);
+    if b > 0 {
+        parts.push(fused.clone().narrow(1, 0, b));
+    }
+    parts.push(Tensor::<4>::ones([bs, 1, h, w], &device) * score);
+    if b + 1 < n {
+        parts.push(fused.narrow(1, b + 1, n - b - 1));
+    }
+    Ok(Tensor::cat(parts, 1))
+}
+
+/// Per-pixel decision on host maps: `argmax_c gate_c · fused_c` (first maximum; every class
+/// gated off → class 0). With `background = Some((b, score))` class `b` competes with the
+/// constant `score` instead of its map, whatever its gate: a pixel is `b` unless another gated
+/// class scores higher. `fused` is `[N, plane]` class-major, `gate` `[N]`.
+pub fn gated_argmax(
+    fused: &[f32],
+    gate: &[f32],
+    n: usize,
+    plane: usize,
+    background: Option<(usize, f32)>,
+    out: &mut [u8],
+) {
+    for (px, o) in out.iter_mut().enumerate() {
+        let score = |c: usize| match background {
+            Some((b, s)) if b == c => s,
+            _ => gate[c] * fused[c * plane + px],
+        };
+        let mut best = 0usize;
+        let mut bv = score(0);
+        for c in 1..n {
+            let v = score(c);
+            if v > bv {
+                bv = v;
+                best = c;
+            }
+        }
+        *o = best as u8;
+    }
 }
 
 /// Fuses per-scale maps with weights (weight-0 scales skipped) and takes the argmax.
@@ -187,15 +297,7 @@ pub fn evaluate(
                 maps.push(None);
                 continue;
             }
-            let mut m = seg_label(
-                cam,
-                &model.k_list,
-                g.clone(),
-                h,
-                w,
-                cfg.merge,
-                cfg.minmax_eps,
-            )?;
+            let mut m = class_maps(cam, &model.k_list, g.clone(), h, w, cfg)?;
             if flip {
                 m = m.flip([3]);
             }
@@ -223,7 +325,16 @@ pub fn evaluate(
         .into_iter()
         .map(|t| if n > 1.0 { t / n } else { t })
         .collect();
-    let (fused, pred) = fuse_and_argmax(&scales, &cfg.fuse)?;
+    let (fused, pred) = match background_rule(cfg) {
+        None => fuse_and_argmax(&scales, &cfg.fuse)?,
+        Some((b, score)) => {
+            let (fused, _) = fuse_and_argmax(&scales, &cfg.fuse)?;
+            let fused = set_background(fused, b, f64::from(score))?;
+            let [bs, _, fh, fw] = fused.dims();
+            let pred = fused.clone().argmax(1).reshape([bs, fh, fw]);
+            (fused, pred)
+        }
+    };
     Ok(EvalOutput {
         scales,
         fused,

@@ -14,18 +14,26 @@ pub mod merge;
 pub mod mit;
 pub mod names;
 pub(crate) mod params;
+pub mod pool;
 pub mod util;
 
-pub use classnet::{AdaptiveLayer, ClassNet, ClassNetConfig, ClassNetOutput, LOGIT_SCALE_INIT};
-pub use eval::{EvalConfig, EvalOutput, Gate, evaluate, fuse_and_argmax, seg_label};
+pub use classnet::{
+    AdaptiveLayer, ClassNet, ClassNetConfig, ClassNetOutput, HeadConfig, LOGIT_SCALE_INIT,
+};
+pub use eval::{
+    EvalConfig, EvalOutput, Gate, MapKind, background_rule, class_maps, evaluate, fuse_and_argmax,
+    gated_argmax, seg_label, set_background,
+};
 pub use host::{HostTensor, TensorMap};
 pub use loss::{
     LossConfig, LossOutput, bce_with_logits, cam_l1, cam_mean, cam_total_variation,
-    classification_loss, fg_bg_images, info_nce_bg, info_nce_fg, pbip_loss, select_subclasses,
+    classification_loss, classification_loss_excluding, fg_bg_images, info_nce_bg, info_nce_fg, mil_classification_loss, pbip_loss,
+    select_subclasses,
     selected_pairs,
 };
 pub use merge::{MergeMethod, expand_to_subclasses, merge_subclasses};
 pub use mit::{MitConfig, MixTransformer};
+pub use pool::{Pooling, pool_last_dim, pool_values};
 
 /// Errors of the model crate.
 #[derive(Debug, thiserror::Error)]

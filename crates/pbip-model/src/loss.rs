@@ -114,15 +114,50 @@ pub fn classification_loss(
     weights: &[f64; 4],
     merge: MergeMethod,
 ) -> Result<Tensor<1>, ModelError> {
+    classification_loss_excluding(cls, labels, k_list, weights, merge, None)
+}
+
+/// Keeps every column of `[B,N]` but `skip` (none: unchanged).
+fn without_column(x: Tensor<2>, skip: Option<usize>) -> Result<Tensor<2>, ModelError> {
+    let [_, n] = x.dims();
+    match skip {
+        None => Ok(x),
+        Some(c) if c < n && n > 1 => {
+            let mut parts = Vec::with_capacity(2);
+            if c > 0 {
+                parts.push(x.clone().narrow(1, 0, c));
+            }
+            if c + 1 < n {
+                parts.push(x.narrow(1, c + 1, n - c - 1));
+            }
+            Ok(Tensor::cat(parts, 1))
+        }
+        Some(c) => Err(ModelError::Shape(format!(
+            "cannot leave out class {c} of {n} classes"
+        ))),
+    }
+}
+
+/// [`classification_loss`] without the class `skip` (a class present on every slide, whose
+/// constant label carries nothing to learn): the BCE averages over the other classes only.
+pub fn classification_loss_excluding(
+    cls: &[Tensor<2>],
+    labels: Tensor<2>,
+    k_list: &[usize],
+    weights: &[f64; 4],
+    merge: MergeMethod,
+    skip: Option<usize>,
+) -> Result<Tensor<1>, ModelError> {
     if cls.len() != 4 {
         return Err(ModelError::Shape(format!(
             "expected 4 scales of logits, got {}",
             cls.len()
         )));
     }
+    let labels = without_column(labels, skip)?;
     let mut total: Option<Tensor<1>> = None;
     for (c, &w) in cls.iter().zip(weights) {
-        let merged = merge_subclasses(c.clone(), k_list, merge)?;
+        let merged = without_column(merge_subclasses(c.clone(), k_list, merge)?, skip)?;
         let check = merged.dims();
         if check != labels.dims() {
             return Err(ModelError::Shape(format!(
@@ -137,6 +172,71 @@ pub fn classification_loss(
         });
     }
     total.ok_or_else(|| ModelError::Shape("no logits".into()))
+}
+
+/// Multiple-instance classification loss. The batch holds `B / bag_size` bags of `bag_size`
+/// consecutive patches, each bag from one slide and carrying that slide's label. Per scale `i`
+/// with weight `w_i ≠ 0`: the merged patch logits `z = merge(cls_i)` `[B,N]` are pooled over the
+/// patches of each bag (`pooling`, e.g. top-k: a class is present if a few patches show it) and
+/// `BCE(pool(z), y_bag)` is taken; with `negative_instances`, every patch of a bag is also a
+/// negative for each class its bag lacks, `mean over (patch, absent class) of BCE(z, 0)` (a
+/// benign slide's patches are all clean negatives; a tumour slide's patches are never forced
+/// either way). `bag_labels` is `[B / bag_size, N]`; the class `skip` (present on every slide)
+/// is left out. Returns `Σ_i w_i · (L_bag + L_neg)`.
+#[allow(clippy::too_many_arguments)]
+pub fn mil_classification_loss(
+    cls: &[Tensor<2>],
+    bag_labels: Tensor<2>,
+    k_list: &[usize],
+    weights: &[f64; 4],
+    merge: MergeMethod,
+    bag_size: usize,
+    pooling: crate::pool::Pooling,
+    negative_instances: bool,
+    skip: Option<usize>,
+) -> Result<Tensor<1>, ModelError> {
+    if cls.len() != 4 {
+        return Err(ModelError::Shape(format!(
+            "expected 4 scales of logits, got {}",
+            cls.len()
+        )));
+    }
+    pooling.validate()?;
+    let bag_labels = without_column(bag_labels, skip)?;
+    let [nb, n] = bag_labels.dims();
+    let device = bag_labels.device();
+    let mut total: Tensor<1> = Tensor::zeros([1], &device);
+    for (c, &w) in cls.iter().zip(weights) {
+        if w == 0.0 {
+            continue;
+        }
+        let z = without_column(merge_subclasses(c.clone(), k_list, merge)?, skip)?;
+        let [b, zn] = z.dims();
+        if bag_size == 0 || b != nb * bag_size || zn != n {
+            return Err(ModelError::Shape(format!(
+                "logits [{b}, {zn}] are not {nb} bags of {bag_size} patches with {n} classes"
+            )));
+        }
+        let per_bag = z.clone().reshape([nb, bag_size, n]).swap_dims(1, 2);
+        let pooled = crate::pool::pool_last_dim(per_bag, pooling);
+        let mut l = bce_with_logits(pooled, bag_labels.clone());
+        if negative_instances {
+            let neg = bag_labels
+                .clone()
+                .neg()
+                .add_scalar(1.0)
+                .reshape([nb, 1, n])
+                .repeat_dim(1, bag_size)
+                .reshape([b, n]);
+            let softplus = z.clone().clamp_min(0.0) + z.abs().neg().exp().add_scalar(1.0).log();
+            let negs = neg.clone().sum();
+            // mean over the (patch, absent class) pairs; 0 when the batch has none.
+            let inst = (softplus * neg).sum() / negs.clamp_min(1.0);
+            l = l + inst;
+        }
+        total = total + l * w;
+    }
+    Ok(total)
 }
 
 /// Active-subclass selection `sel = (cls4 > expand(mean-merge(cls4))) ∧ expand(y)`, as 0/1
@@ -467,6 +567,52 @@ mod tests {
         for (x, y) in a.iter().zip(b) {
             assert!((*x as f64 - y).abs() <= tol, "{a:?} vs {b:?}");
         }
+    }
+
+    fn bce(z: f64, y: f64) -> f64 {
+        z.max(0.0) - z * y + (1.0 + (-z.abs()).exp()).ln()
+    }
+
+    #[test]
+    fn mil_loss_hand_checked() {
+        // k_list [1, 1] (benign, tumour), one bag of 3 patches from a tumour slide and one of 3 from
+        // a benign slide; only scale 4 weighted (1.0).
+        // merged logits per patch (benign, tumour):
+        //   bag 0: (0, 2), (0, -1), (0, 0.5)    bag label (1, 1)
+        //   bag 1: (1, -2), (1, 1), (1, -3)     bag label (1, 0)
+        let z = t(
+            vec![0.0, 2.0, 0.0, -1.0, 0.0, 0.5, 1.0, -2.0, 1.0, 1.0, 1.0, -3.0],
+            [6, 2],
+        );
+        let zero = t(vec![0.0; 12], [6, 2]);
+        let cls = vec![zero.clone(), zero.clone(), zero, z];
+        let y = t(vec![1.0, 1.0, 1.0, 0.0], [2, 2]);
+        let w = [0.0, 0.0, 0.0, 1.0];
+        // top-k 1/3 = max per bag and class: bag 0 (0, 2), bag 1 (1, 1).
+        let pool = crate::pool::Pooling::TopK { fraction: 0.3 };
+        let l = mil_classification_loss(&cls, y.clone(), &[1, 1], &w, MergeMethod::Mean, 3, pool, false, None)
+            .unwrap();
+        let bag = (bce(0.0, 1.0) + bce(2.0, 1.0) + bce(1.0, 1.0) + bce(1.0, 0.0)) / 4.0;
+        close(&to_vec(l).unwrap(), &[bag], 1e-5);
+        // + negative instances: the tumour class of the 3 benign-bag patches (-2, 1, -3), target 0.
+        let l = mil_classification_loss(&cls, y.clone(), &[1, 1], &w, MergeMethod::Mean, 3, pool, true, None)
+            .unwrap();
+        let neg = (bce(-2.0, 0.0) + bce(1.0, 0.0) + bce(-3.0, 0.0)) / 3.0;
+        close(&to_vec(l).unwrap(), &[bag + neg], 1e-5);
+        // background class 0 left out: only the tumour column counts.
+        let l = mil_classification_loss(&cls, y, &[1, 1], &w, MergeMethod::Mean, 3, pool, true, Some(0))
+            .unwrap();
+        let bag_t = (bce(2.0, 1.0) + bce(1.0, 0.0)) / 2.0;
+        close(&to_vec(l).unwrap(), &[bag_t + neg], 1e-5);
+        // mean pooling with bag size 1 equals the per-patch classification loss.
+        let cls1 = vec![t(vec![0.0; 4], [2, 2]), t(vec![0.0; 4], [2, 2]), t(vec![0.3, -0.7, 1.1, 0.2], [2, 2]), t(vec![0.5, 2.0, -1.0, 0.0], [2, 2])];
+        let y1 = t(vec![1.0, 0.0, 0.0, 1.0], [2, 2]);
+        let a = mil_classification_loss(&cls1, y1.clone(), &[1, 1], &[0.0, 0.1, 1.0, 1.0], MergeMethod::Mean, 1, crate::pool::Pooling::Mean, false, None).unwrap();
+        let b = classification_loss(&cls1, y1.clone(), &[1, 1], &[0.0, 0.1, 1.0, 1.0], MergeMethod::Mean).unwrap();
+        close(&to_vec(a).unwrap(), &[f64::from(to_vec(b).unwrap()[0])], 1e-6);
+        // and leaving a class out of the per-patch loss averages over the other class only
+        let c = classification_loss_excluding(&cls1, y1, &[1, 1], &[0.0, 0.0, 0.0, 1.0], MergeMethod::Mean, Some(0)).unwrap();
+        close(&to_vec(c).unwrap(), &[(bce(2.0, 0.0) + bce(0.0, 1.0)) / 2.0], 1e-6);
     }
 
     #[test]

@@ -218,6 +218,8 @@ pub(crate) enum ParamRef<'a> {
     T1(&'a Param<Tensor<1>>),
     /// Linear weight stored `[in, out]` in burn, `[out, in]` in torch.
     Linear(&'a Param<Tensor<2>>),
+    /// Rank-2 parameter with the same layout in both (e.g. prototype offsets).
+    T2(&'a Param<Tensor<2>>),
     /// Conv weight, same layout in both.
     T4(&'a Param<Tensor<4>>),
 }
@@ -251,6 +253,7 @@ pub(crate) fn param_to_host(p: &ParamRef<'_>) -> Result<HostTensor, ModelError> 
     match p {
         ParamRef::T1(t) => crate::util::to_host(t.val()),
         ParamRef::Linear(t) => crate::util::to_host(t.val().transpose()),
+        ParamRef::T2(t) => crate::util::to_host(t.val()),
         ParamRef::T4(t) => crate::util::to_host(t.val()),
     }
 }
@@ -267,6 +270,10 @@ pub(crate) fn grad_to_host(
         },
         ParamRef::Linear(t) => match t.val().grad(grads) {
             Some(g) => Some(crate::util::to_host(g.transpose())?),
+            None => None,
+        },
+        ParamRef::T2(t) => match t.val().grad(grads) {
+            Some(g) => Some(crate::util::to_host(g)?),
             None => None,
         },
         ParamRef::T4(t) => match t.val().grad(grads) {

@@ -5,6 +5,7 @@
 //! outputs are complete and up to date ([`stage_freshness`]) so that `pbip run` can skip it.
 
 pub mod encoder;
+pub mod settings;
 pub mod stage0_sample_prototypes;
 pub mod stage1_embed_prototypes;
 pub mod stage2_cluster_prototypes;

@@ -1,5 +1,11 @@
 //! Stage 2: per-class cosine k-means of the stage-1 features → the prototype bank.
 //!
+//! With `prototypes.conditioning` (`centre` | `whiten`, see [`pbip_kmeans::bank`]) the exemplar
+//! features are first conditioned against the class-balanced mean exemplar (and whitened), so a
+//! bank from an encoder that does not separate the data (a random one) is not a set of nearly
+//! identical vectors; the transform is saved with the bank (`conditioning_mean`,
+//! `conditioning_matrix`) because every feature compared with the bank must undergo it too.
+//!
 //! Per class (class_order): the class's exemplar rows are L2-normalised and clustered with
 //! [`pbip_kmeans::fit_f32`] (k = `prototypes.k_list[c]`; init, restarts, empty-cluster policy,
 //! iterations and seed from `prototypes.kmeans`; `nearest_k` selects the paper variant where a
@@ -8,7 +14,10 @@
 //! Outputs in `<work_dir>/image_features/`:
 //! * `prototypes.safetensors`: `features` [ΣK, D] (unit rows, class_order then cluster);
 //!   metadata `pbip` (JSON [`PrototypesMeta`]: k_list, class_order, cumsum_k, per-cluster sizes and
-//!   mean cosine to the centre, k-means settings, the exemplar file and encoder identity).
+//!   mean cosine to the centre, k-means settings, the exemplar file and encoder identity, the
+//!   conditioning, and the bank's separability: inter-class cosines and nearest-prototype accuracy
+//!   of the exemplars per class). A degenerate bank (collinear classes, or one that does not
+//!   classify its own exemplars) is reported loudly with what to do.
 //! * `prototype_sheets/<class>.png`: one row per prototype, the `sheet_patches_per_cluster`
 //!   exemplar patches most similar to it (left = most similar), so a person can see what each
 //!   prototype stands for.
@@ -90,6 +99,43 @@ pub struct PrototypesMeta {
     pub encoder: EncoderIdentity,
     /// Settings this output depends on.
     pub fingerprint: serde_json::Value,
+    /// Conditioning applied to the exemplar features before clustering.
+    #[serde(default)]
+    pub conditioning: pbip_kmeans::ConditioningKind,
+    /// How well the bank separates the classes (in the conditioned space).
+    #[serde(default)]
+    pub separability: Option<pbip_kmeans::Separability>,
+}
+
+/// Tensor of the conditioning mean in `prototypes.safetensors` (`[D]`).
+pub const CONDITIONING_MEAN: &str = "conditioning_mean";
+/// Tensor of the conditioning matrix in `prototypes.safetensors` (`[D, D]`, whitening only).
+pub const CONDITIONING_MATRIX: &str = "conditioning_matrix";
+
+/// The warning for a degenerate bank, with what to do (None when the bank separates its classes).
+pub fn degenerate_warning(meta: &PrototypesMeta) -> Option<String> {
+    let s = meta.separability.as_ref()?;
+    if !s.degenerate() {
+        return None;
+    }
+    let acc = meta
+        .class_order
+        .iter()
+        .zip(&s.nearest_prototype_accuracy)
+        .map(|(c, a)| format!("{c} {a:.2}"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    Some(format!(
+        "the prototype bank does not separate the classes: prototypes of different classes have cosine up to {:.4} \
+         (>= {} counts as collinear) and the nearest prototype of an exemplar is of its own class for {acc} \
+         (balanced {:.2}); the encoder ({}) does not tell the classes apart. Fix: set prototypes.encoder.weights to a \
+         pretrained encoder, or prototypes.conditioning: whiten (or centre); without either, train with \
+         model.head.normalize_prototypes: true (configs/cpu.yaml), which learns from a degenerate bank",
+        s.max_inter_class_cosine,
+        pbip_kmeans::bank::COLLINEAR_COSINE,
+        s.balanced_accuracy,
+        meta.encoder.kind
+    ))
 }
 
 /// Path of `prototypes.safetensors`.
@@ -104,6 +150,7 @@ fn fingerprint(cfg: &Config) -> serde_json::Value {
         "kmeans": cfg.prototypes.kmeans,
         "seed": cfg.kmeans_seed(),
         "sheet_patches_per_cluster": cfg.prototypes.sheet_patches_per_cluster,
+        "conditioning": cfg.prototypes.conditioning,
     })
 }
 
@@ -191,6 +238,27 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
     let levels = column(&map, "tile_level", n, &ex_path)?;
     let sizes = column(&map, "tile_size_resized", n, &ex_path)?;
 
+    // Conditioning of the features (identity = upstream: only the normalisation k-means does).
+    let kind = match cfg.prototypes.conditioning {
+        pbip_config::Conditioning::None => pbip_kmeans::ConditioningKind::None,
+        pbip_config::Conditioning::Centre => pbip_kmeans::ConditioningKind::Centre,
+        pbip_config::Conditioning::Whiten => pbip_kmeans::ConditioningKind::Whiten,
+    };
+    let class_of: Vec<usize> = class_ix.iter().map(|&c| c as usize).collect();
+    let raw: Vec<f64> = feats.data.iter().map(|&v| f64::from(v)).collect();
+    let conditioner = pbip_kmeans::Conditioner::fit(kind, &raw, n, dim, &class_of)
+        .map_err(|e| data_err(format!("{}: conditioning: {e}", ex_path.display())))?;
+    let conditioned: Vec<f32> = if kind == pbip_kmeans::ConditioningKind::None {
+        feats.data.clone()
+    } else {
+        conditioner
+            .apply(&raw, n)
+            .map_err(|e| data_err(format!("{}: conditioning: {e}", ex_path.display())))?
+            .iter()
+            .map(|&v| v as f32)
+            .collect()
+    };
+
     let mut bank: Vec<f32> = Vec::new();
     let mut classes = Vec::new();
     let mut cumsum = vec![0usize];
@@ -213,7 +281,7 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         }
         let mut x = Vec::with_capacity(rows.len() * dim);
         for &r in &rows {
-            x.extend_from_slice(&feats.data[r * dim..(r + 1) * dim]);
+            x.extend_from_slice(&conditioned[r * dim..(r + 1) * dim]);
         }
         let res = pbip_kmeans::fit_f32(&x, rows.len(), dim, &kmeans_config(cfg, k))
             .map_err(|e| data_err(format!("class `{class}` ({} exemplars): {e}", rows.len())))?;
@@ -269,6 +337,17 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         })?;
     }
     let total_k = *cumsum.last().unwrap_or(&0);
+    let bank_f64: Vec<f64> = bank.iter().map(|&v| f64::from(v)).collect();
+    let cond_f64: Vec<f64> = conditioned.iter().map(|&v| f64::from(v)).collect();
+    let separability = pbip_kmeans::separability(
+        &bank_f64,
+        &cfg.prototypes.k_list,
+        &cond_f64,
+        n,
+        dim,
+        &class_of,
+    )
+    .map_err(|e| data_err(format!("separability: {e}")))?;
     let meta = PrototypesMeta {
         format: "pbip.prototypes.v1".into(),
         class_order: cfg.class_order.clone(),
@@ -280,6 +359,8 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         exemplars: ex_path.clone(),
         encoder: ex_meta.encoder.clone(),
         fingerprint: fingerprint(cfg),
+        conditioning: kind,
+        separability: Some(separability),
     };
     let json = serde_json::to_string_pretty(&meta).map_err(|e| PipelineError::Json {
         path: summary_path.clone(),
@@ -290,6 +371,19 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         "features".into(),
         HostTensor::new(vec![total_k, dim], bank).map_err(|e| data_err(e.to_string()))?,
     );
+    if kind != pbip_kmeans::ConditioningKind::None {
+        let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
+        tensors.insert(
+            CONDITIONING_MEAN.into(),
+            HostTensor::new(vec![dim], f(&conditioner.mean)).map_err(|e| data_err(e.to_string()))?,
+        );
+        if let Some(m) = &conditioner.matrix {
+            tensors.insert(
+                CONDITIONING_MATRIX.into(),
+                HostTensor::new(vec![dim, dim], f(m)).map_err(|e| data_err(e.to_string()))?,
+            );
+        }
+    }
     let mut st_meta = BTreeMap::new();
     st_meta.insert(META_KEY.to_string(), json.clone());
     let proto_path = out_dir.join(PROTOTYPES_FILE);
@@ -367,6 +461,28 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
                 .join(" ")
         ));
     }
+    if let Some(sep) = &meta.separability {
+        summary.push(format!(
+            "separability{}: inter-class prototype cosine {:.4} .. {:.4}; nearest-prototype accuracy of the exemplars {} (balanced {:.2})",
+            match kind {
+                pbip_kmeans::ConditioningKind::None => String::new(),
+                k => format!(" (conditioning {k:?})").to_lowercase(),
+            },
+            sep.min_inter_class_cosine,
+            sep.max_inter_class_cosine,
+            meta.class_order
+                .iter()
+                .zip(&sep.nearest_prototype_accuracy)
+                .map(|(c, a)| format!("{c} {a:.2}"))
+                .collect::<Vec<_>>()
+                .join(", "),
+            sep.balanced_accuracy
+        ));
+    }
+    if let Some(w) = degenerate_warning(&meta) {
+        tracing::warn!("{w}");
+        summary.push(format!("WARNING: {w}"));
+    }
     summary.push(format!("prototype sheets: {}", sheet_dir.display()));
     Ok(StageReport {
         stage: INFO,
@@ -383,6 +499,18 @@ fn blit(dst: &mut RgbImage, src: &RgbImage, x0: u32, y0: u32) {
         let d = ((y0 + y) as usize * dst.width as usize + x0 as usize) * 3;
         dst.data[d..d + w * 3].copy_from_slice(&src.data[s..s + w * 3]);
     }
+}
+
+/// The conditioning transform saved with a bank: `(mean [D], matrix [D, D] or None)`, or `None`
+/// for an unconditioned bank.
+pub fn read_conditioning(
+    path: &Path,
+) -> Result<Option<(Vec<f32>, Option<Vec<f32>>)>, PipelineError> {
+    let (map, _) = pbip_weights::read_tensors(path)
+        .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
+    Ok(map
+        .get(CONDITIONING_MEAN)
+        .map(|m| (m.data.clone(), map.get(CONDITIONING_MATRIX).map(|w| w.data.clone()))))
 }
 
 /// Reads a prototype bank: features `[ΣK, D]` (row-major) and metadata.

@@ -6,6 +6,19 @@
 //! * Loss: the model stack's PBIP loss with `training.loss_weights` + temperature, mask threshold
 //!   and cam-mean weight. With `loss_weights.contrastive: 0` the FG/BG encoder pass is skipped
 //!   entirely (classification + CAM regularisers only), which is what the CPU presets use.
+//! * Slide labels mean "these classes are present somewhere on the slide":
+//!   - `background_class` (e.g. benign) is added to every slide's label and left out of the
+//!     classification loss (a constant label carries nothing to learn);
+//!   - `training.mil.bag_size` > 1 (multiple-instance learning): a batch is bags of patches of one
+//!     slide each; the classification term is the BCE of the bag logit (the patch logits pooled
+//!     with `training.mil.pool`, e.g. the best patch) against the slide label, plus, with
+//!     `negative_instances`, a BCE pushing every patch of a bag down for the classes its slide
+//!     lacks ([`pbip_model::mil_classification_loss`]). Validation pools a slide's patch logits the
+//!     same way for its slide score.
+//! * Learning checks ([`chance`]): at every validation the training classification loss is
+//!   compared with the constant predictor's on the same batches and the val mIoU with the best
+//!   constant map; a run at chance for two validations in a row is reported loudly (log,
+//!   progress bar, `train_summary.json` `"learning": "at_chance"` with what to try).
 //! * Optimiser: AdamW ([`optim::AdamW`], host-side state keyed by parameter path), learning rate
 //!   from [`pbip_data::LrSchedule`] per iteration (`lr_at(step)`), optional global-norm clipping.
 //!   `poly` runs without warmup whatever `warmup_epochs` says (upstream: warmup_iter 0).
@@ -41,6 +54,7 @@
 //!   and DropPath masks are pure functions of (seed, step), the final weights equal those of an
 //!   uninterrupted run bit for bit on the CPU backend.
 
+pub mod chance;
 pub mod optim;
 pub mod validate;
 
@@ -56,7 +70,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use pbip_config::{Config, Dataset, SchedulerType, SlideEntry, Split};
 use pbip_data::{
     AugmentOptions, Balance, ChannelOrder, CoordinateOrigin, EvalPlan, LoaderOptions, LrSchedule,
-    MaskOptions, Normalization, PatchBatch, PatchesPerSlide, Preprocess, SamplerOptions,
+    MaskOptions, Normalization, PatchBatch, Preprocess, SamplerOptions,
     SamplerState, ScheduleKind, ScheduleOptions, SlideSet, SlideSetOptions, SlideSpec, TrainLoader,
     TrainPlan,
 };
@@ -89,6 +103,9 @@ pub const STATE_FILE: &str = "latest.state.safetensors";
 pub const NONFINITE_FILE: &str = "nonfinite.safetensors";
 /// Summary of the (last) run.
 pub const SUMMARY_FILE: &str = "train_summary.json";
+/// Checkpoint metadata key: the median network-input spacing of the training patches, µm per
+/// input pixel (slide mpp × patch footprint / patch size); `pbip infer` tiles new slides at it.
+pub const INPUT_MPP_KEY: &str = "input_mpp";
 /// Metadata key of the training state JSON in [`STATE_FILE`].
 pub const STATE_META_KEY: &str = "pbip_train_state";
 
@@ -195,6 +212,15 @@ pub struct TrainSummary {
     pub throughput: Throughput,
     /// Slides excluded (with the reason).
     pub excluded: Vec<String>,
+    /// Whether the run learns: `learning`, `at_chance` (see [`chance`]) or `unknown`.
+    #[serde(default)]
+    pub learning: chance::Learning,
+    /// What to try when the run is at chance (empty otherwise).
+    #[serde(default)]
+    pub learning_advice: String,
+    /// Every validation's loss-vs-constant and val-vs-constant-map check.
+    #[serde(default)]
+    pub chance_checks: Vec<chance::ChanceCheck>,
 }
 
 /// Result of [`train`].
@@ -222,6 +248,10 @@ struct TrainState {
     #[serde(default)]
     untrained_val: Option<ValMetrics>,
     fingerprint: serde_json::Value,
+    #[serde(default)]
+    constant_loss: chance::ConstantLoss,
+    #[serde(default)]
+    chance: chance::ChanceMonitor,
 }
 
 fn data_err(message: impl Into<String>) -> PipelineError {
@@ -259,6 +289,28 @@ fn fingerprint(cfg: &Config) -> serde_json::Value {
             "normalize": cfg.training.normalize,
         },
     })
+}
+
+/// Median network-input spacing of a slide set, µm per input pixel (first usable patch of every
+/// slide with a known mpp), or None.
+fn training_input_mpp(set: &SlideSet) -> Option<f64> {
+    let mut v: Vec<f64> = set
+        .slides()
+        .iter()
+        .enumerate()
+        .filter_map(|(si, s)| {
+            let (mpp, _) = s.slide.mpp()?;
+            let row = *s.valid_rows.first()?;
+            let info = set.locate(si, row).ok()?;
+            Some(mpp * info.tile_size_lv0() / f64::from(info.out_size_px.max(1)))
+        })
+        .filter(|x| x.is_finite() && *x > 0.0)
+        .collect();
+    if v.is_empty() {
+        return None;
+    }
+    v.sort_by(f64::total_cmp);
+    Some(v[v.len() / 2])
 }
 
 /// Runs stage 3 from scratch (the `pbip run` entry point).
@@ -337,18 +389,20 @@ fn slide_set_options(cfg: &Config) -> SlideSetOptions {
     o
 }
 
-fn spec(e: &SlideEntry) -> SlideSpec {
+/// The slide as the training and validation data see it: labels with `background_class`.
+fn spec(cfg: &Config, e: &SlideEntry) -> SlideSpec {
     SlideSpec {
         name: e.name.clone(),
         slide_path: e.slide_path.clone(),
         coordinates_path: e.coordinates_path.clone(),
-        labels: e.labels.clone(),
+        labels: crate::settings::training_labels(cfg, &e.labels),
         gt_path: e.gt_path.clone(),
     }
 }
 
 /// Opens the slides of a split, excluding (with a warning) those without a usable coordinate.
 fn open_split(
+    cfg: &Config,
     entries: &[&SlideEntry],
     opts: &SlideSetOptions,
     split: &str,
@@ -356,7 +410,7 @@ fn open_split(
 ) -> Result<Option<SlideSet>, PipelineError> {
     let mut keep = Vec::new();
     for e in entries {
-        let s = spec(e);
+        let s = spec(cfg, e);
         match SlideSet::open(std::slice::from_ref(&s), opts) {
             Ok(_) => keep.push(s),
             Err(pbip_data::DataError::NoUsableCoordinates {
@@ -422,25 +476,9 @@ fn loss_config(cfg: &Config) -> Result<LossConfig, PipelineError> {
     Ok(c)
 }
 
-/// The evaluation constants of the validation (`evaluation.fuse_weights`, `validation.tta`).
+/// The evaluation constants of the validation (`evaluation.*`, `validation.tta`).
 pub fn eval_config(cfg: &Config) -> Result<EvalConfig, PipelineError> {
-    let fuse: [f64; 4] = cfg
-        .evaluation
-        .fuse_weights
-        .as_slice()
-        .try_into()
-        .map_err(|_| {
-            data_err(format!(
-                "evaluation.fuse_weights needs 4 values, got {}",
-                cfg.evaluation.fuse_weights.len()
-            ))
-        })?;
-    Ok(EvalConfig {
-        fuse,
-        tta: cfg.validation.tta,
-        tta_multipliers: cfg.evaluation.tta_multipliers.clone(),
-        ..EvalConfig::default()
-    })
+    crate::settings::eval_config(cfg, cfg.validation.tta)
 }
 
 /// The ClassNet architecture of the config for a prototype bank of width `proto_dim`.
@@ -465,6 +503,7 @@ pub fn classnet_config(
     let mut c = ClassNetConfig::new(cfg.model.backbone.as_str(), strides, k_list.to_vec())
         .map_err(model_err)?;
     c.proto_dim = proto_dim;
+    c.head = crate::settings::head_config(cfg);
     Ok(c)
 }
 
@@ -552,26 +591,123 @@ fn scalar(t: Tensor<1>) -> Result<f64, PipelineError> {
 struct FeatureEncoder {
     model: MedClipVision,
     projected: bool,
+    /// The bank's conditioning (mean `[1, D]`, matrix `[D, D]`), applied to the FG/BG features
+    /// so they live where the prototypes do.
+    conditioning: Option<(Tensor<2>, Option<Tensor<2>>)>,
+}
+
+impl FeatureEncoder {
+    fn features(&self, x: Tensor<4>) -> Tensor<2> {
+        let f = if self.projected {
+            self.model.forward(x)
+        } else {
+            self.model.pooled(x)
+        };
+        match &self.conditioning {
+            None => f,
+            Some((mean, matrix)) => {
+                let c = pbip_model::util::l2_normalize(f, 1, 1e-12) - mean.clone();
+                match matrix {
+                    Some(w) => c.matmul(w.clone()),
+                    None => c,
+                }
+            }
+        }
+    }
+}
+
+/// Multiple-instance settings of a run (`training.mil` with `bag_size` > 1).
+#[derive(Debug, Clone, Copy)]
+struct MilSettings {
+    bag_size: usize,
+    pooling: pbip_model::Pooling,
+    negative_instances: bool,
+    background: Option<usize>,
+}
+
+impl MilSettings {
+    fn of(cfg: &Config) -> Option<Self> {
+        crate::settings::uses_bags(cfg).then(|| MilSettings {
+            bag_size: cfg.training.mil.bag_size,
+            pooling: crate::settings::pooling(&cfg.training.mil.pool),
+            negative_instances: cfg.training.mil.negative_instances,
+            background: cfg.background_index(),
+        })
+    }
+
+    /// The bag classification loss of a batch whose labels are `labels` `[B, N]` (bag `j` is
+    /// rows `j·bag_size ..`; every row of a bag has the bag's slide label).
+    fn loss(
+        &self,
+        out: &ClassNetOutput,
+        labels: &[f32],
+        n: usize,
+        k_list: &[usize],
+        lc: &LossConfig,
+        device: &Device,
+    ) -> Result<Tensor<1>, PipelineError> {
+        let b = labels.len() / n.max(1);
+        let nb = b / self.bag_size;
+        let bag_labels: Vec<f32> = (0..nb)
+            .flat_map(|j| labels[j * self.bag_size * n..j * self.bag_size * n + n].to_vec())
+            .collect();
+        let y: Tensor<2> = Tensor::from_data(TensorData::new(bag_labels, [nb, n]), device);
+        pbip_model::mil_classification_loss(
+            &out.cls,
+            y,
+            k_list,
+            &lc.scale_weights,
+            lc.merge,
+            self.bag_size,
+            self.pooling,
+            self.negative_instances,
+            self.background,
+        )
+        .map_err(model_err)
+    }
 }
 
 /// Total loss (differentiable) and its components.
+#[allow(clippy::too_many_arguments)]
 fn compute_loss(
     out: &ClassNetOutput,
     images: Tensor<4>,
     labels: Tensor<2>,
+    host_labels: &[f32],
     k_list: &[usize],
     lc: &LossConfig,
     enc: Option<&FeatureEncoder>,
+    mil: Option<&MilSettings>,
+    background: Option<usize>,
 ) -> Result<(Tensor<1>, LossValues), PipelineError> {
+    let n = labels.dims()[1];
+    let device = labels.device();
+    // The classification term when it is not upstream's per-patch BCE over every class: bags
+    // (multiple-instance learning), or a background class left out of the BCE.
+    let mil_cls = match (mil, background) {
+        (Some(m), _) => Some(m.loss(out, host_labels, n, k_list, lc, &device)?),
+        (None, Some(_)) => Some(
+            pbip_model::classification_loss_excluding(
+                &out.cls,
+                labels.clone(),
+                k_list,
+                &lc.scale_weights,
+                lc.merge,
+                background,
+            )
+            .map_err(model_err)?,
+        ),
+        (None, None) => None,
+    };
     if let Some(enc) = enc {
-        let f = |x: Tensor<4>| {
-            if enc.projected {
-                enc.model.forward(x)
-            } else {
-                enc.model.pooled(x)
-            }
-        };
-        let lo = pbip_model::pbip_loss(out, images, labels, k_list, lc, &f).map_err(model_err)?;
+        let f = |x: Tensor<4>| enc.features(x);
+        let mut lo =
+            pbip_model::pbip_loss(out, images, labels, k_list, lc, &f).map_err(model_err)?;
+        if let Some(c) = mil_cls {
+            // Replaces upstream's per-patch classification term.
+            lo.total = lo.total - lo.cls + c.clone();
+            lo.cls = c;
+        }
         let v = LossValues {
             total: scalar(lo.total.clone())?,
             cls: scalar(lo.cls.clone())?,
@@ -585,9 +721,13 @@ fn compute_loss(
         return Ok((lo.total, v));
     }
     // Contrastive weight 0: classification + CAM regularisers, no encoder pass.
-    let cls =
-        pbip_model::classification_loss(&out.cls, labels, k_list, &lc.scale_weights, lc.merge)
-            .map_err(model_err)?;
+    let cls = match mil_cls {
+        Some(c) => c,
+        None => {
+            pbip_model::classification_loss(&out.cls, labels, k_list, &lc.scale_weights, lc.merge)
+                .map_err(model_err)?
+        }
+    };
     let cam4 = out.cam[3].clone();
     let cm = pbip_model::cam_mean(cam4.clone());
     let mut total = cls.clone();
@@ -720,7 +860,7 @@ fn fmt_opt(v: Option<f64>) -> String {
 
 fn val_line(v: &ValMetrics, epoch: u64) -> String {
     format!(
-        "val step {} epoch {}: patches {} slides {} (with GT {}) auc {} acc {} miou {} (gate threshold {:.2}; at 0.5: {}) dice {} precision {} recall {} iou/class [{}] constant-map miou {}",
+        "val step {} epoch {}: patches {} slides {} (with GT {}) auc {} acc {} patch-auc {} miou {} (gate threshold {:.3}; at 0.5: {}) dice {} precision {} recall {} iou/class [{}] constant-map miou {}",
         v.step,
         epoch,
         v.patches,
@@ -728,6 +868,7 @@ fn val_line(v: &ValMetrics, epoch: u64) -> String {
         v.slides_with_gt,
         fmt_opt(v.auc),
         fmt_opt(v.accuracy),
+        fmt_opt(v.patch_auc),
         fmt_opt(v.miou),
         v.gate_threshold,
         fmt_opt(v.miou_at_default),
@@ -757,6 +898,7 @@ fn tb_val(
     };
     push("val/auc", v.auc);
     push("val/accuracy", v.accuracy);
+    push("val/patch_auc", v.patch_auc);
     push("val/miou", v.miou);
     push("val/miou_at_0.5", v.miou_at_default);
     push("val/dice", v.mean_dice);
@@ -889,12 +1031,12 @@ pub fn train(
 
     let sopts = slide_set_options(cfg);
     let mut excluded = Vec::new();
-    let train_set = open_split(&train_entries, &sopts, "train", &mut excluded)?
+    let train_set = open_split(cfg, &train_entries, &sopts, "train", &mut excluded)?
         .ok_or_else(|| data_err("no training slide has a usable coordinate"))?;
     let val_set = if val_entries.is_empty() {
         None
     } else {
-        open_split(&val_entries, &sopts, "val", &mut excluded)?
+        open_split(cfg, &val_entries, &sopts, "val", &mut excluded)?
     };
     let mut has_gt = Vec::new();
     if let Some(vs) = &val_set {
@@ -954,20 +1096,35 @@ pub fn train(
         )
     };
     let mut model = optim::materialize(model).map_err(data_err)?;
+    let mil = MilSettings::of(cfg);
     let encoder = if lc.contrastive_weight != 0.0 {
         let p = crate::encoder::saved_encoder_path(cfg);
         let (m, ident) = crate::encoder::load_saved_encoder(&p, &device)?;
+        let conditioning = match s2::read_conditioning(&s2::prototypes_path(cfg))? {
+            None => None,
+            Some((mean, matrix)) => {
+                let d = mean.len();
+                let mean: Tensor<2> = Tensor::from_data(TensorData::new(mean, [1, d]), &device);
+                let matrix = matrix.map(|w| -> Tensor<2> {
+                    Tensor::from_data(TensorData::new(w, [d, d]), &device)
+                });
+                Some((mean, matrix))
+            }
+        };
         Some(FeatureEncoder {
             model: m.frozen(),
             projected: ident.kind != "hf_swin",
+            conditioning,
         })
     } else {
         None
     };
 
     // Sampler, schedule, loader.
+    let train_set = Arc::new(train_set);
+    let input_mpp = training_input_mpp(&train_set);
     let plan = TrainPlan::new(
-        Arc::new(train_set),
+        Arc::clone(&train_set),
         SamplerOptions {
             seed: cfg.seed,
             batch_size: t.batch_size,
@@ -977,12 +1134,15 @@ pub fn train(
                 Balance::Slides
             },
             iterations_per_epoch: t.iterations_per_epoch.map(|v| v as u64),
+            bag_size: t.mil.bag_size,
+            background_class: cfg.background_index(),
         },
         AugmentOptions {
             hflip: t.augment.hflip,
             vflip: t.augment.vflip,
             rot90: t.augment.rot90,
             color_jitter: t.augment.color_jitter,
+            stain_jitter: t.augment.stain_jitter,
             ..AugmentOptions::default()
         },
         preprocess,
@@ -1025,6 +1185,8 @@ pub fn train(
             last_val: None,
             untrained_val: None,
             fingerprint: fp.clone(),
+            constant_loss: chance::ConstantLoss::default(),
+            chance: chance::ChanceMonitor::default(),
         },
     };
     plan.sampler
@@ -1064,7 +1226,7 @@ pub fn train(
                     )
                     .map_err(model_err)?,
                 ),
-                PatchesPerSlide::First(cfg.validation.patches_per_slide.max(1)),
+                crate::settings::patches_per_slide(cfg.validation.patches_per_slide),
                 t.batch_size,
                 normalization(cfg)?,
                 false,
@@ -1073,7 +1235,11 @@ pub fn train(
         ),
         None => None,
     };
-    let val_settings = ValSettings { eval: ecfg, has_gt };
+    let val_settings = ValSettings {
+        eval: ecfg,
+        has_gt,
+        slide_pool: crate::settings::slide_pooling(cfg),
+    };
 
     let mut tb = pbip_tensorboard::EventWriter::create(&runs).map_err(model_err)?;
     let mut base_meta = BTreeMap::new();
@@ -1090,6 +1256,9 @@ pub fn train(
         "encoder".into(),
         serde_json::to_string(&pmeta.encoder).map_err(model_err)?,
     );
+    if let Some(mpp) = input_mpp {
+        base_meta.insert(INPUT_MPP_KEY.into(), format!("{mpp}"));
+    }
     let ckpt = Checkpointer {
         dir: out_dir.clone(),
         ncfg: &ncfg,
@@ -1177,8 +1346,17 @@ pub fn train(
             device.seed(step_seed(cfg.seed, g));
             model.try_forward(images.clone(), true).map_err(model_err)?
         };
-        let (loss, values) =
-            compute_loss(&out, images, labels, &model.k_list, &lc, encoder.as_ref())?;
+        let (loss, values) = compute_loss(
+            &out,
+            images,
+            labels,
+            &batch.labels,
+            &model.k_list,
+            &lc,
+            encoder.as_ref(),
+            mil.as_ref(),
+            cfg.background_index(),
+        )?;
         let mut bad: Option<String> = None;
         if topts.fault_nonfinite_steps.contains(&g) {
             bad = Some(format!(
@@ -1236,6 +1414,15 @@ pub fn train(
             st.consecutive_nonfinite = 0;
             acc.add(&values);
             acc_n += 1;
+            st.constant_loss.add_batch(
+                &batch.labels,
+                batch.num_classes,
+                t.mil.bag_size,
+                &lc.scale_weights,
+                cfg.background_index(),
+                t.mil.negative_instances,
+                values.cls,
+            );
         }
 
         let done = g + 1;
@@ -1243,7 +1430,12 @@ pub fn train(
         pb.set_position(done);
         let elapsed = loop_start.elapsed().as_secs_f64() - val_secs;
         pb.set_message(format!(
-            "epoch {}/{} step {done} loss {:.4} lr {:.2e} {:.1} patches/s",
+            "{}epoch {}/{} step {done} loss {:.4} lr {:.2e} {:.1} patches/s",
+            if st.chance.learning == chance::Learning::AtChance {
+                "AT CHANCE "
+            } else {
+                ""
+            },
             epoch + 1,
             t.epochs,
             values.total,
@@ -1312,6 +1504,22 @@ pub fn train(
                     (Some(_), None) => true,
                     _ => st.best_val.is_none(),
                 };
+                let interval = st.constant_loss.take_interval();
+                if st.chance.record(done, interval, Some(&v)) {
+                    let advice = st.chance.advice();
+                    tracing::warn!("{advice}");
+                    log.line(&format!("WARNING: {advice}"))?;
+                    pb.println(format!("WARNING: {advice}"));
+                }
+                if let Some(c) = st.chance.checks.last() {
+                    log.line(&format!(
+                        "learning check step {done}: classification loss {:.4} vs constant predictor {:.4}, val {} -> {:?}",
+                        c.loss,
+                        c.constant_loss,
+                        if c.val_at_chance { "at the constant map" } else { "beats the constant map" },
+                        st.chance.learning
+                    ))?;
+                }
                 if better {
                     ckpt.save(&model, BEST_FILE, done, epoch + 1, Some(&v))?;
                     log.line(&format!(
@@ -1326,6 +1534,15 @@ pub fn train(
             save_state(&state_path, &model, &adamw, &st)?;
             saved_latest = true;
             val_secs += tv0.elapsed().as_secs_f64();
+        }
+        if do_val && val_plan.is_none() {
+            let interval = st.constant_loss.take_interval();
+            if st.chance.record(done, interval, None) {
+                let advice = st.chance.advice();
+                tracing::warn!("{advice}");
+                log.line(&format!("WARNING: {advice}"))?;
+                pb.println(format!("WARNING: {advice}"));
+            }
         }
         if let Some(name) = periodic_checkpoint_name(done, ipe, t.checkpoint_interval as u64) {
             let p = ckpt.save(&model, &name, done, epoch + 1, st.last_val.as_ref())?;
@@ -1381,6 +1598,13 @@ pub fn train(
         untrained_val: st.untrained_val.clone(),
         throughput: throughput.clone(),
         excluded: excluded.clone(),
+        learning: st.chance.learning,
+        learning_advice: if st.chance.learning == chance::Learning::AtChance {
+            st.chance.advice()
+        } else {
+            String::new()
+        },
+        chance_checks: st.chance.checks.clone(),
     };
     let summary_path = out_dir.join(SUMMARY_FILE);
     crate::write_atomic(
@@ -1421,6 +1645,9 @@ pub fn train(
     for e in &excluded {
         lines.push(format!("warning: {e}"));
     }
+    if st.chance.learning == chance::Learning::AtChance {
+        lines.push(format!("WARNING: {}", st.chance.advice()));
+    }
     let mut outputs = vec![out_dir.join(LATEST_FILE), state_path.clone(), summary_path];
     if out_dir.join(BEST_FILE).is_file() {
         outputs.push(out_dir.join(BEST_FILE));
@@ -1456,7 +1683,7 @@ pub fn validate_model(cfg: &Config, model: &ClassNet) -> Result<Option<ValMetric
     let dataset = Dataset::load(cfg)?;
     let sopts = slide_set_options(cfg);
     let mut excluded = Vec::new();
-    let Some(vs) = open_split(&dataset.split(Split::Val), &sopts, "val", &mut excluded)? else {
+    let Some(vs) = open_split(cfg, &dataset.split(Split::Val), &sopts, "val", &mut excluded)? else {
         return Ok(None);
     };
     let has_gt = vs
@@ -1466,7 +1693,7 @@ pub fn validate_model(cfg: &Config, model: &ClassNet) -> Result<Option<ValMetric
         .collect();
     let plan = EvalPlan::new(
         Arc::new(vs),
-        PatchesPerSlide::First(cfg.validation.patches_per_slide.max(1)),
+        crate::settings::patches_per_slide(cfg.validation.patches_per_slide),
         cfg.training.batch_size.max(1),
         normalization(cfg)?,
         false,
@@ -1478,6 +1705,7 @@ pub fn validate_model(cfg: &Config, model: &ClassNet) -> Result<Option<ValMetric
         &ValSettings {
             eval: eval_config(cfg)?,
             has_gt,
+            slide_pool: crate::settings::slide_pooling(cfg),
         },
         0,
     )

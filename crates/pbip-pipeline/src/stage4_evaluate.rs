@@ -14,6 +14,8 @@
 //! * `leak_reference`: what the label alone scores with no model: every pixel of a patch is the
 //!   present class with the largest index in class_order (benign/tumour: a tumour slide is tumour
 //!   everywhere). A model only adds something where it beats this.
+//! * `best_constant_map`: the best map that needs neither a model nor the label: every pixel of
+//!   every patch is one class (the class with the best mIoU is kept, e.g. "all tissue benign").
 //!
 //! Metric definitions (per class c, from the confusion matrix over all evaluated pixels, ignore
 //! value 255 excluded): IoU = TP/(TP+FP+FN), Dice = F1 = 2TP/(2TP+FP+FN), precision = TP/(TP+FP),
@@ -40,12 +42,12 @@ use std::sync::Arc;
 use burn::tensor::activation::sigmoid;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
-use pbip_config::{Config, Dataset, PatchCount, Split};
+use pbip_config::{Config, Dataset, Split};
 use pbip_data::{
-    EvalPlan, Normalization, PatchesPerSlide, Preprocess, SlideSet, SlideSetOptions, SlideSpec,
+    EvalPlan, Normalization, Preprocess, SlideSet, SlideSetOptions, SlideSpec,
 };
 use pbip_metrics::{ConfusionMatrix, MetricsReport, PatchAggregator, roc_auc_multilabel};
-use pbip_model::{ClassNet, EvalConfig, Gate, MergeMethod, evaluate, seg_label};
+use pbip_model::{ClassNet, Gate, MergeMethod, background_rule, class_maps, evaluate};
 use serde::Serialize;
 
 use crate::{PipelineError, RunOptions, StageInfo, StageReport};
@@ -165,22 +167,6 @@ fn denormalize(chw: &[f32], h: usize, w: usize, norm: &Normalization) -> Vec<u8>
         }
     }
     rgb
-}
-
-/// argmax_c gate_c · fused_c per pixel (first maximum; every class gated off → class 0).
-pub(crate) fn gated_argmax(fused: &[f32], gate: &[f32], n: usize, plane: usize, out: &mut [u8]) {
-    for (px, o) in out.iter_mut().enumerate() {
-        let mut best = 0usize;
-        let mut bv = gate[0] * fused[px];
-        for c in 1..n {
-            let v = gate[c] * fused[c * plane + px];
-            if v > bv {
-                bv = v;
-                best = c;
-            }
-        }
-        *o = best as u8;
-    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -304,18 +290,11 @@ pub fn run(
         DEFAULT_THRESHOLD
     });
     let e = &cfg.evaluation;
-    let fuse: [f64; 4] = [0, 1, 2, 3].map(|i| e.fuse_weights.get(i).copied().unwrap_or(0.0));
-    let eval_cfg = EvalConfig {
-        fuse,
-        tta: e.use_tta,
-        tta_multipliers: e.tta_multipliers.clone(),
-        ..EvalConfig::default()
-    };
+    let mut eval_cfg = crate::settings::eval_config(cfg, e.use_tta)?;
+    eval_cfg.background_score = threshold;
+    let slide_pool = crate::settings::slide_pooling(cfg);
     let norm = normalization(cfg)?;
-    let per_slide = match e.patches_per_slide {
-        PatchCount::Count(k) => PatchesPerSlide::First(k),
-        PatchCount::All(_) => PatchesPerSlide::All,
-    };
+    let per_slide = crate::settings::patches_per_slide(e.patches_per_slide);
 
     let dataset = Dataset::load(cfg)?;
     let slides = dataset.split(eo.split);
@@ -331,6 +310,8 @@ pub fn run(
     let mut dep = Protocol::new(n)?;
     let mut lab = Protocol::new(n)?;
     let mut leak = Protocol::new(n)?;
+    // One "every pixel = class c" map per class; the best is reported.
+    let mut constant: Vec<Protocol> = (0..n).map(|_| Protocol::new(n)).collect::<Result<_, _>>()?;
     let mut keeper = SampleKeeper {
         n: e.num_samples,
         best: Vec::new(),
@@ -379,6 +360,9 @@ pub fn run(
         let slide_dep = std::cell::RefCell::new(Protocol::new(n)?);
         let slide_lab = std::cell::RefCell::new(Protocol::new(n)?);
         let slide_leak = std::cell::RefCell::new(Protocol::new(n)?);
+        let slide_const = std::cell::RefCell::new(
+            (0..n).map(|_| Protocol::new(n)).collect::<Result<Vec<_>, _>>()?,
+        );
         let result = (|| -> Result<(usize, Vec<f64>), PipelineError> {
             let set = Arc::new(SlideSet::open(&[spec], &set_opts).map_err(model_err)?);
             let has_gt = entry.gt_path.is_some();
@@ -390,7 +374,7 @@ pub fn run(
                 has_gt,
             )
             .map_err(model_err)?;
-            let mut logit_sum = vec![0f64; n];
+            let mut patch_logits: Vec<Vec<f64>> = vec![Vec::new(); n];
             let mut count = 0usize;
             let label_gate: Vec<f32> = entry
                 .labels
@@ -417,7 +401,7 @@ pub fn run(
                 let probs = pbip_model::util::to_vec(sigmoid(merged)).map_err(model_err)?;
                 for i in 0..b {
                     for cl in 0..n {
-                        logit_sum[cl] += f64::from(logits[i * n + cl]);
+                        patch_logits[cl].push(f64::from(logits[i * n + cl]));
                     }
                 }
                 count += b;
@@ -434,16 +418,8 @@ pub fn run(
                         if eval_cfg.fuse[i] == 0.0 {
                             continue;
                         }
-                        let m = seg_label(
-                            cam,
-                            &model.k_list,
-                            None,
-                            h,
-                            w,
-                            eval_cfg.merge,
-                            eval_cfg.minmax_eps,
-                        )
-                        .map_err(model_err)?
+                        let m = class_maps(cam, &model.k_list, None, h, w, &eval_cfg)
+                            .map_err(model_err)?
                             * eval_cfg.fuse[i];
                         acc = Some(match acc {
                             None => m,
@@ -457,6 +433,7 @@ pub fn run(
                 let mut pred_dep = vec![0u8; plane];
                 let mut pred_lab = vec![0u8; plane];
                 let pred_leak = vec![leak_class; plane];
+                let pred_const: Vec<Vec<u8>> = (0..n).map(|c| vec![c as u8; plane]).collect();
                 for i in 0..b {
                     let gt = &masks[i * plane..(i + 1) * plane];
                     let f = &fused[i * n * plane..(i + 1) * n * plane];
@@ -464,11 +441,15 @@ pub fn run(
                         .iter()
                         .map(|&p| if f64::from(p) >= threshold { 1.0 } else { 0.0 })
                         .collect();
-                    gated_argmax(f, &g, n, plane, &mut pred_dep);
-                    gated_argmax(f, &label_gate, n, plane, &mut pred_lab);
+                    let bg = background_rule(&eval_cfg);
+                    pbip_model::gated_argmax(f, &g, n, plane, bg, &mut pred_dep);
+                    pbip_model::gated_argmax(f, &label_gate, n, plane, bg, &mut pred_lab);
                     slide_dep.borrow_mut().add(gt, &pred_dep)?;
                     slide_lab.borrow_mut().add(gt, &pred_lab)?;
                     slide_leak.borrow_mut().add(gt, &pred_leak)?;
+                    for (p, pc) in slide_const.borrow_mut().iter_mut().zip(&pred_const) {
+                        p.add(gt, pc)?;
+                    }
                     let mut pm = ConfusionMatrix::with_ignore(n, Some(255)).map_err(model_err)?;
                     pm.accumulate(gt, &pred_dep).map_err(model_err)?;
                     if let Some(miou) = pm.summary().miou {
@@ -488,19 +469,27 @@ pub fn run(
                     }
                 }
             }
-            Ok((count, logit_sum))
+            let slide_logits: Vec<f64> = patch_logits
+                .iter()
+                .map(|v| pbip_model::pool_values(v, slide_pool).unwrap_or(0.0))
+                .collect();
+            Ok((count, slide_logits))
         })();
         match result {
-            Ok((count, logit_sum)) => {
+            Ok((count, slide_logits)) => {
                 row.patches = count;
                 total_patches += count;
                 if count > 0 {
-                    let probs: Vec<f64> = logit_sum
+                    let probs: Vec<f64> = slide_logits
                         .iter()
-                        .map(|z| 1.0 / (1.0 + (-z / count as f64).exp()))
+                        .map(|z| 1.0 / (1.0 + (-z).exp()))
                         .collect();
                     let mut ok = true;
                     for cl in 0..n {
+                        if Some(cl) == cfg.background_index() {
+                            // Present on every slide: nothing to rank or gate.
+                            continue;
+                        }
                         let pos = entry.labels.get(cl).copied().unwrap_or(0) != 0;
                         auc_scores.push(probs[cl]);
                         auc_truth.push(pos);
@@ -509,7 +498,7 @@ pub fn run(
                     cls_counted += 1;
                     cls_correct += usize::from(ok);
                     row.predicted = (0..n)
-                        .filter(|&c| probs[c] >= threshold)
+                        .filter(|&c| probs[c] >= threshold || Some(c) == cfg.background_index())
                         .map(|c| names[c])
                         .collect::<Vec<_>>()
                         .join(" ");
@@ -525,7 +514,11 @@ pub fn run(
                 row.deployable_pixel_accuracy = ds.pixel_accuracy;
                 row.label_masked_miou = l.cm.summary().miou;
                 row.leak_reference_miou = k.cm.summary().miou;
-                for (total, part) in [(&mut dep, d), (&mut lab, l), (&mut leak, k)] {
+                let consts = slide_const.into_inner();
+                let pairs = [(&mut dep, d), (&mut lab, l), (&mut leak, k)]
+                    .into_iter()
+                    .chain(constant.iter_mut().zip(consts));
+                for (total, part) in pairs {
                     total.cm.merge(&part.cm).map_err(model_err)?;
                     total.patches.merge(&part.patches).map_err(model_err)?;
                 }
@@ -559,7 +552,11 @@ pub fn run(
     let auc = if auc_scores.is_empty() {
         None
     } else {
-        roc_auc_multilabel(&auc_scores, &auc_truth, n)
+        roc_auc_multilabel(
+            &auc_scores,
+            &auc_truth,
+            n - usize::from(cfg.background_index().is_some()),
+        )
             .ok()
             .map(|a| serde_json::to_value(a).unwrap_or_default())
     };
@@ -572,6 +569,24 @@ pub fn run(
     let dep_r = dep.report(&names)?;
     let lab_r = lab.report(&names)?;
     let leak_r = leak.report(&names)?;
+    // The best constant map by mIoU (first class on ties).
+    let mut best_const: Option<(usize, f64)> = None;
+    for (c, p) in constant.iter().enumerate() {
+        if let Some(m) = p.cm.summary().miou
+            && best_const.is_none_or(|(_, b)| m > b)
+        {
+            best_const = Some((c, m));
+        }
+    }
+    let const_class = best_const.map_or(0, |(c, _)| c);
+    let const_r = match constant.get(const_class) {
+        Some(p) => p.report(&names)?,
+        None => leak_r.clone(),
+    };
+    let const_note = format!(
+        "no model, no label: every pixel = {} (the class whose constant map scores best); a model that does not beat this has learned nothing",
+        names.get(const_class).copied().unwrap_or("?")
+    );
     let section = |r: &MetricsReport,
                    sc: serde_json::Value,
                    note: &str|
@@ -583,6 +598,13 @@ pub fn run(
         }
         Ok(v)
     };
+    let mut const_section = section(&const_r, serde_json::Value::Null, &const_note)?;
+    if let Some(o) = const_section.as_object_mut() {
+        o.insert(
+            "class".into(),
+            serde_json::Value::String(names.get(const_class).copied().unwrap_or("?").to_string()),
+        );
+    }
     let metrics = serde_json::json!({
         "split": eo.split.as_str(),
         "checkpoint": eo.weights,
@@ -594,6 +616,7 @@ pub fn run(
         "deployable": section(&dep_r, slide_classification.clone(), "headline: CAMs gated by the model's own image-level prediction")?,
         "label_masked": section(&lab_r, slide_classification, "upstream protocol: CAMs gated by the GT image label (leaks the label); for comparison with the paper only")?,
         "leak_reference": section(&leak_r, serde_json::Value::Null, "no model: every pixel = the present class with the largest index; a model adds something only where it beats this")?,
+        "best_constant_map": const_section,
     });
     let metrics_path = out_dir.join("metrics.json");
     let text = serde_json::to_string_pretty(&metrics).map_err(|e| err(e.to_string()))?;
@@ -683,6 +706,7 @@ pub fn run(
         ("deployable", &dep_r),
         ("label_masked (upstream, leaks the label)", &lab_r),
         ("leak_reference (no model)", &leak_r),
+        ("best_constant_map (no model, no label)", &const_r),
     ] {
         let _ = writeln!(txt, "\n[{name}]");
         let _ = writeln!(
@@ -747,6 +771,11 @@ pub fn run(
             note: Some("Every pixel = the present class of the slide label. A model only helps where it beats this.".into()),
             body: pbip_report::SectionBody::Metrics(leak_r.clone()),
         },
+        pbip_report::MetricsSection {
+            name: "Best constant map (no model, no label)".into(),
+            note: Some(const_note.clone()),
+            body: pbip_report::SectionBody::Metrics(const_r.clone()),
+        },
     ];
     report.confusion = Some((dep.cm.clone(), cfg.class_order.clone()));
     report.legend = cfg
@@ -762,8 +791,10 @@ pub fn run(
 
     let summary = vec![
         format!(
-            "deployable mIoU {} (label-masked {}, leak reference {}) over {total_patches} patches of {} slides",
+            "deployable mIoU {} (best constant map {}: {}; label-masked {}, leak reference {}) over {total_patches} patches of {} slides",
             pct(dep_r.miou),
+            names.get(const_class).copied().unwrap_or("?"),
+            pct(const_r.miou),
             pct(lab_r.miou),
             pct(leak_r.miou),
             rows.len()

@@ -807,7 +807,16 @@ pub fn run_with_predictor(
     })
 }
 
-/// Loads a checkpoint and runs [`run_with_predictor`] with a [`ClassNetPredictor`].
+/// The network-input spacing (µm per input pixel) a checkpoint was trained at (`input_mpp`).
+pub fn input_mpp_from_metadata(meta: &std::collections::BTreeMap<String, String>) -> Option<f64> {
+    meta.get(crate::stage3_train::INPUT_MPP_KEY)
+        .and_then(|v| v.trim().parse::<f64>().ok())
+        .filter(|v| v.is_finite() && *v > 0.0)
+}
+
+/// Loads a checkpoint and runs [`run_with_predictor`] with a [`ClassNetPredictor`]. Slides without
+/// coordinates are tiled at `inference.spacing_um`, or, when it is not set, at the spacing the
+/// checkpoint was trained at (its `input_mpp`), so that the model sees new slides at its scale.
 pub fn run(
     cfg: &Config,
     weights: &Path,
@@ -834,6 +843,20 @@ pub fn run(
             cfg.class_order
         )));
     }
+    // Tile new slides at the resolution the model was trained at, unless the config says otherwise.
+    let mut cfg_local;
+    let cfg = match (cfg.inference.spacing_um, input_mpp_from_metadata(&meta)) {
+        (None, Some(mpp)) => {
+            tracing::info!(
+                spacing_um = mpp,
+                "inference.spacing_um not set: tiling slides at the checkpoint's training input spacing"
+            );
+            cfg_local = cfg.clone();
+            cfg_local.inference.spacing_um = Some(mpp);
+            &cfg_local
+        }
+        _ => cfg,
+    };
     let gate_threshold = match predictor::gate_threshold_from_metadata(&meta) {
         Some(t) => t,
         None => {
@@ -851,23 +874,8 @@ pub fn run(
     };
     let normalization = pbip_data::Normalization::from_slices(&norm.mean, &norm.std, order)
         .map_err(|e| infer_err(format!("training.normalize: {e}")))?;
-    let fuse: [f64; 4] = cfg
-        .evaluation
-        .fuse_weights
-        .as_slice()
-        .try_into()
-        .map_err(|_| {
-            infer_err(format!(
-                "evaluation.fuse_weights needs 4 values, got {}",
-                cfg.evaluation.fuse_weights.len()
-            ))
-        })?;
-    let eval = pbip_model::EvalConfig {
-        fuse,
-        tta: cfg.inference.use_tta,
-        tta_multipliers: cfg.evaluation.tta_multipliers.clone(),
-        ..pbip_model::EvalConfig::default()
-    };
+    let mut eval = crate::settings::eval_config(cfg, cfg.inference.use_tta)?;
+    eval.background_score = gate_threshold;
     let identity = format!("sha256:{}; gate {gate_threshold}", sha256_file(weights)?);
     let version = predictor::model_version(weights, &meta);
     tracing::info!(weights = %weights.display(), version, gate_threshold, "model loaded");

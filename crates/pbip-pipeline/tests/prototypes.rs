@@ -238,3 +238,77 @@ fn safetensors_features(bytes: &[u8]) -> Vec<u8> {
     let n = u64::from_le_bytes(bytes[..8].try_into().unwrap()) as usize;
     bytes[8 + n..].to_vec()
 }
+
+#[test]
+fn degenerate_bank_is_reported_and_conditioning_separates_it() {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    synth(&data);
+    let work = d.path().join("work");
+    let cfg = config(
+        &data,
+        &work,
+        &["prototypes.samples_per_wsi=4", "prototypes.k_list=[2,2]"],
+    );
+    let opts = RunOptions::default();
+    run_stage(0, &cfg, &opts).unwrap();
+    run_stage(1, &cfg, &opts).unwrap();
+    // Replace the features by collinear ones, as a random encoder gives: every exemplar is
+    // e0 + 0.01·(±e1 + noise), the sign of e1 set by the class.
+    let path = s1::exemplars_path(&cfg);
+    let (mut map, _) = pbip_weights::read_safetensors(&path).unwrap();
+    let classes = col(&map, "class_index");
+    let dim = map["features"].shape[1];
+    let mut f = vec![0f32; classes.len() * dim];
+    for (r, c) in classes.iter().enumerate() {
+        let row = &mut f[r * dim..(r + 1) * dim];
+        row[0] = 1.0;
+        row[1] = if *c == 0.0 { 0.01 } else { -0.01 };
+        // deterministic small "noise" in the other dimensions
+        for (j, v) in row.iter_mut().enumerate().skip(2) {
+            *v = 0.002 * (((r * 31 + j * 17) % 13) as f32 / 13.0 - 0.5);
+        }
+    }
+    map.get_mut("features").unwrap().data = f;
+    let (_, meta) = pbip_weights::read_safetensors(&path).unwrap();
+    pbip_weights::write_safetensors_atomic(&path, &map, &meta).unwrap();
+
+    let report = run_stage(2, &cfg, &opts).unwrap();
+    let (_, pm) = s2::read_prototypes(&s2::prototypes_path(&cfg)).unwrap();
+    let sep = pm.separability.clone().unwrap();
+    assert!(sep.max_inter_class_cosine > 0.99, "{sep:?}");
+    assert!(sep.degenerate());
+    let text = report.summary.join("\n");
+    assert!(
+        text.contains("WARNING") && text.contains("does not separate the classes"),
+        "{text}"
+    );
+    assert!(
+        text.contains("prototypes.encoder.weights") && text.contains("conditioning"),
+        "the warning says what to do: {text}"
+    );
+    assert!(s2::degenerate_warning(&pm).is_some());
+
+    // Centring against the mean exemplar separates the same features: no warning, and the
+    // transform is saved with the bank.
+    let cfg_c = config(
+        &data,
+        &work,
+        &[
+            "prototypes.samples_per_wsi=4",
+            "prototypes.k_list=[2,2]",
+            "prototypes.conditioning=centre",
+        ],
+    );
+    let report = run_stage(2, &cfg_c, &opts).unwrap();
+    let (_, pm) = s2::read_prototypes(&s2::prototypes_path(&cfg_c)).unwrap();
+    let sep = pm.separability.clone().unwrap();
+    assert!(sep.max_inter_class_cosine < 0.5, "{sep:?}");
+    assert_eq!(sep.nearest_prototype_accuracy, vec![1.0, 1.0]);
+    assert!(!report.summary.join("\n").contains("WARNING"));
+    let (mean, matrix) = s2::read_conditioning(&s2::prototypes_path(&cfg_c))
+        .unwrap()
+        .unwrap();
+    assert_eq!(mean.len(), dim);
+    assert!(matrix.is_none());
+}

@@ -805,3 +805,46 @@ fn skipped_steps_advance_the_schedule_and_resume_identically() {
     let counts_p = state_json(&part_work)["adam_counts"].clone();
     assert_eq!(&counts_p, &state_json(&full_work)["adam_counts"]);
 }
+
+#[test]
+fn unlearnable_data_ends_at_chance() {
+    // Every patch of every slide is the same piece of blank glass (the top-left corner), so the
+    // slide labels are independent of the images: the run must say it is at chance.
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    copy_data(&data);
+    let coords = data.join("blank_coordinates");
+    std::fs::create_dir_all(&coords).unwrap();
+    for split in ["train", "val", "test"] {
+        for name in split_names(&data, split) {
+            std::fs::write(coords.join(format!("{name}.txt")), "0 0\n2 2\n4 4\n").unwrap();
+        }
+    }
+    let work = d.path().join("work");
+    let cfg = setup(
+        &work,
+        Some(&data),
+        &[
+            format!("paths.coordinates_dir={}", coords.display()),
+            "paths.coordinates_suffix=.txt".into(),
+            "training.epochs=1".into(),
+            "training.iterations_per_epoch=8".into(),
+            "training.validation_interval=2".into(),
+        ],
+    );
+    let out = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default()).unwrap();
+    assert_eq!(out.summary.learning, s3::chance::Learning::AtChance, "{:?}", out.summary.chance_checks);
+    assert!(out.summary.learning_advice.contains("at chance"));
+    let json: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(work.join("checkpoints/train_summary.json")).unwrap(),
+    )
+    .unwrap();
+    assert_eq!(json["learning"], "at_chance");
+    // every check compares the loss with the constant predictor's
+    for c in &out.summary.chance_checks {
+        assert!(c.constant_loss > 0.0 && c.loss >= 0.97 * c.constant_loss, "{c:?}");
+    }
+    let log = std::fs::read_to_string(work.join("logs.txt")).unwrap();
+    assert!(log.contains("WARNING: training is at chance"), "{log}");
+    assert!(out.report.summary.iter().any(|l| l.contains("at chance")));
+}

@@ -8,53 +8,13 @@ use pbip_config::Config;
 use pbip_pipeline::STAGES;
 use pbip_pipeline::stage0_sample_prototypes;
 
-/// Overrides that size the pipeline for a CPU demo (used by `pbip demo`).
-pub const DEMO_OVERRIDES: &[&str] = &[
-    "paths.work_dir=../work",
-    "device=cpu",
-    "model.backbone=mit_b0",
-    "prototypes.batch_size=8",
-    // CPU training preset (stage 3), 2-4 minutes on 2 cores. Without pretrained weights the random
-    // encoder's prototypes are nearly collinear (cosine > 0.99), so the FG/BG InfoNCE terms sit at
-    // their chance values the whole run (L_FG = ln 6 = 1.79, L_BG = ln 2 = 0.69 with k_list
-    // [3, 3]) while the frozen Swin-T passes they need make a step 10x slower: they are off and
-    // the classification path is trained alone. Measured on this demo's data (40 slides of
-    // 2048 px: 24 train, 8 val; release build, 2 cores, 250 steps; step times from
-    // crates/pbip-pipeline/bench/train.sh, see RESULTS-train.md there):
-    //   contrastive 0 (this preset): step 0.48 s; val slide AUC 1.000 and deployable val mIoU
-    //     0.814 at step 125, AUC 1.000 and mIoU 0.874 at step 250;
-    //   contrastive 0.1 (seed weight, temperature 1.0, mask threshold 0.15, through the frozen
-    //     encoder): step 4.8 s; AUC 0.500 and mIoU 0.723 at step 125, AUC 1.000 and mIoU 0.808 at
-    //     step 250 (38 min instead of 3.7);
-    //   untrained model: AUC 0.500, mIoU 0.419; best constant map (all tissue benign) mIoU 0.419,
-    //     the all-tumour map less.
-    // MiT-b0 on 112 px patches (224 px tiles resized) at batch 8 keeps a step near 0.5 s; lr 3e-4
-    // with gradient clipping and class-balanced batches is the most stable setting found; colour
-    // jitter stops the model from learning each slide's colour instead of the tumour texture
-    // (without it, train AUC 1.0 but val AUC 0.5).
-    "patch_size=112",
-    "training.epochs=1",
-    "training.iterations_per_epoch=250",
-    "training.batch_size=8",
-    "training.optimizer.lr=0.0003",
-    "training.scheduler.warmup_epochs=0.03",
-    "training.balance_classes=true",
-    "training.grad_clip=1.0",
-    "training.augment.color_jitter=0.2",
-    "training.loss_weights.contrastive=0",
-    "training.loss_weights.cam_smooth=0",
-    "training.loss_weights.cam_sparsity=0",
-    "training.validation_interval=125",
-    "training.checkpoint_interval=125",
-    "training.log_interval=10",
-    "training.num_workers=2",
-    "validation.patches_per_slide=32",
-    "inference.batch_size=8",
-    "inference.use_crf=false",
-    // Stage 5 tiles the test slides like the training tiles: 112 px network input at 1.0 um/px
-    // (224 level-0 px of the 0.5 um/px synthetic slides), 50 % overlap (seed).
-    "inference.spacing_um=1.0",
-];
+/// The CPU preset (`configs/cpu.yaml`), built into the binary so `pbip demo` runs anywhere; the
+/// demo writes it next to its data and layers the data's config over it, exactly as a user runs
+/// `pbip run --config configs/cpu.yaml --config data/config.yaml`.
+pub const CPU_PRESET: &str = include_str!("../../../configs/cpu.yaml");
+
+/// What the demo sets beyond the preset and the synthetic data's config: its own work folder.
+pub const DEMO_OVERRIDES: &[&str] = &["paths.work_dir=../work"];
 
 /// Generates a synthetic dataset and returns a printable summary.
 pub fn synth(out: &Path, slides: usize, size: u32, seed: u64) -> Result<String> {
@@ -106,20 +66,25 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
             .with_context(|| format!("writing {}", marker.display()))?;
     }
     let config_path = data.join("config.yaml");
+    let preset_path = out.join("cpu.yaml");
+    std::fs::write(&preset_path, CPU_PRESET)
+        .with_context(|| format!("writing {}", preset_path.display()))?;
     let mut overrides: Vec<String> = DEMO_OVERRIDES.iter().map(|s| s.to_string()).collect();
     if let Some(n) = train_steps {
         overrides.push(format!("training.iterations_per_epoch={n}"));
         overrides.push("training.epochs=1".into());
     }
-    let cfg = Config::load(&config_path, &overrides)?;
+    let cfg = Config::load_layered(&[preset_path.clone(), config_path.clone()], &overrides)?;
     println!();
     println!(
-        "running {} implemented stage(s) with {}",
+        "running {} implemented stage(s) with the CPU preset {} and {}",
         STAGES.len(),
+        preset_path.display(),
         config_path.display()
     );
     println!(
-        "  equivalent: pbip run --config {} {}",
+        "  equivalent: pbip run --config {} --config {} {}",
+        preset_path.display(),
         config_path.display(),
         overrides
             .iter()
@@ -192,14 +157,19 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
     let f = |v: Option<f64>| v.map_or_else(|| "n/a".to_string(), |x| format!("{x:.3}"));
     if let Some(v) = &s3.last_val {
         println!(
-            "  stage 3 final val metrics:   slide AUC {}, accuracy {}, deployable mIoU {} (gate threshold {:.2}), Dice {}, constant-map mIoU {}",
+            "  stage 3 final val metrics:   slide AUC {}, accuracy {}, patch AUC {}, deployable mIoU {} (gate threshold {:.3}), Dice {}, constant-map mIoU {}",
             f(v.auc),
             f(v.accuracy),
+            f(v.patch_auc),
             f(v.miou),
             v.gate_threshold,
             f(v.mean_dice),
             f(v.constant_map_miou)
         );
+    }
+    println!("  stage 3 learning:            {:?}", s3.learning);
+    if !s3.learning_advice.is_empty() {
+        println!("  WARNING: {}", s3.learning_advice);
     }
     if let Some(v) = &s3.best_val {
         println!(
@@ -216,8 +186,10 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
     )?;
     let g = |k: &str| metrics[k]["miou"].as_f64();
     println!(
-        "  stage 4 test metrics:        deployable mIoU {} (label-masked {}, leak reference {}), slide accuracy {}",
+        "  stage 4 test metrics:        deployable mIoU {} (best constant map {} {}; label-masked {}, leak reference {}), slide accuracy {}",
         f(g("deployable")),
+        metrics["best_constant_map"]["class"].as_str().unwrap_or("?"),
+        f(g("best_constant_map")),
         f(g("label_masked")),
         f(g("leak_reference")),
         f(metrics["deployable"]["slide_classification"]["exact_match_accuracy"].as_f64())

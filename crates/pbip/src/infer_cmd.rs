@@ -39,6 +39,14 @@ pub(crate) struct InferArgs {
     /// Number of shards (default: SLURM_ARRAY_TASK_COUNT).
     #[arg(long)]
     pub num_shards: Option<usize>,
+    /// Score the whole-slide masks against GT masks `<DIR>/<slide>.png` (u8 class index, 255 =
+    /// no tissue) after inference: tumour IoU on slides with tumour, tissue called tumour on slides
+    /// without, each next to the "all tissue is tumour" map; written to `predictions/scores.csv`.
+    #[arg(long, value_name = "DIR")]
+    pub gt_dir: Option<PathBuf>,
+    /// The class scored by --gt-dir (default: the last of class_order).
+    #[arg(long, value_name = "CLASS", requires = "gt_dir")]
+    pub positive_class: Option<String>,
     /// Slide files.
     #[arg(value_name = "SLIDE")]
     pub slides: Vec<PathBuf>,
@@ -70,6 +78,29 @@ pub(crate) fn infer(args: &InferArgs) -> Result<()> {
         s.predictions_dir.display(),
         s.batch_results.display()
     );
+    if let Some(gt_dir) = &args.gt_dir {
+        let positive = match &args.positive_class {
+            Some(name) => cfg.class_order.iter().position(|c| c == name).ok_or_else(|| {
+                anyhow::anyhow!(
+                    "--positive-class {name:?} is not in class_order {:?}",
+                    cfg.class_order
+                )
+            })?,
+            None => cfg.class_order.len().saturating_sub(1),
+        };
+        let scores = stage5_infer::score::score_predictions(&s.predictions_dir, gt_dir, positive as u8)?;
+        if scores.is_empty() {
+            bail!(
+                "--gt-dir {}: no GT mask <slide>.png for any predicted slide",
+                gt_dir.display()
+            );
+        }
+        let table = stage5_infer::score::scores_table(&scores, &cfg.class_order[positive]);
+        print!("{table}");
+        let csv = s.predictions_dir.join("scores.csv");
+        stage5_infer::score::write_scores_csv(&csv, &scores)?;
+        println!("scores: {}", csv.display());
+    }
     if s.failed > 0 {
         let failed: Vec<String> = s
             .rows

@@ -37,9 +37,11 @@ enum LogFormat {
 /// `--config` and `--set`, shared by every stage.
 #[derive(Debug, Clone, Args)]
 struct ConfigArgs {
-    /// Pipeline config (YAML). Relative paths in it resolve against its folder.
-    #[arg(short, long, value_name = "FILE.yaml")]
-    config: PathBuf,
+    /// Pipeline config (YAML); repeatable: later files override earlier ones key by key, e.g.
+    /// --config configs/cpu.yaml --config my_data.yaml. Relative paths resolve against the folder
+    /// of the file that sets them.
+    #[arg(short, long, value_name = "FILE.yaml", required = true)]
+    config: Vec<PathBuf>,
     /// Override a config key, e.g. --set training.epochs=2 --set prototypes.k_list=[3,3] (repeatable).
     #[arg(long = "set", value_name = "KEY=VALUE")]
     set: Vec<String>,
@@ -47,7 +49,7 @@ struct ConfigArgs {
 
 impl ConfigArgs {
     fn load(&self) -> Result<Config> {
-        Ok(Config::load(&self.config, &self.set)?)
+        Ok(Config::load_layered(&self.config, &self.set)?)
     }
 }
 

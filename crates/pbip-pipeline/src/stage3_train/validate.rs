@@ -12,14 +12,21 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Tensor, TensorData};
 use pbip_data::{EvalPlan, PatchBatch};
 use pbip_metrics::{ConfusionMatrix, roc_auc_multilabel};
-use pbip_model::{ClassNet, EvalConfig, Gate, MergeMethod, evaluate, merge_subclasses, seg_label};
+use pbip_model::{
+    ClassNet, EvalConfig, Gate, MapKind, MergeMethod, Pooling, class_maps, evaluate,
+    merge_subclasses, pool_values,
+};
 use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
 
-/// Candidate gate thresholds: 0.05, 0.10, …, 0.95.
+/// Candidate gate thresholds: 0.01, 0.02, …, 0.99, then 0.995 and 0.999 (a model whose
+/// probabilities are not yet spread out still gets a usable threshold).
 pub fn threshold_grid() -> Vec<f64> {
-    (1..20).map(|i| f64::from(i) * 0.05).collect()
+    (1..100)
+        .map(|i| f64::from(i) * 0.01)
+        .chain([0.995, 0.999])
+        .collect()
 }
 
 /// Default gate threshold (before any validation).
@@ -36,10 +43,16 @@ pub struct ValMetrics {
     pub slides: usize,
     /// Slides whose patches had a GT mask.
     pub slides_with_gt: usize,
-    /// Slide-level macro ROC AUC of the mean merged (mean) scale-4 logits; None if undefined.
+    /// Slide-level macro ROC AUC of the merged (mean) scale-4 patch logits pooled per slide
+    /// (mean, or the bag pooling of multiple-instance training); None if undefined.
     pub auc: Option<f64>,
     /// Slide-level exact-match accuracy at probability 0.5.
     pub accuracy: Option<f64>,
+    /// Patch-level ROC AUC against the GT masks: per class, the patch's merged scale-4 logit
+    /// against "the class covers at least half of the patch's labelled pixels", averaged over the
+    /// classes where both outcomes occur (the background class excluded). None without GT.
+    #[serde(default)]
+    pub patch_auc: Option<f64>,
     /// Gate threshold that maximises val mIoU (0.5 without GT).
     pub gate_threshold: f64,
     /// Deployable val mIoU at `gate_threshold`.
@@ -84,6 +97,8 @@ pub struct ValSettings {
     pub eval: EvalConfig,
     /// Which val slides have a GT mask (by slide index of the plan's set).
     pub has_gt: Vec<bool>,
+    /// Pooling of a slide's patch logits into its slide score.
+    pub slide_pool: Pooling,
 }
 
 fn model_err(e: impl std::fmt::Display) -> PipelineError {
@@ -116,10 +131,13 @@ pub fn validate(
     let mut cm_default = new_cm()?;
     let mut constant: Vec<ConfusionMatrix> = (0..n).map(|_| new_cm()).collect::<Result<_, _>>()?;
     let num_slides = plan.set.len();
-    let mut slide_logit_sum = vec![0f64; num_slides * n];
+    // Patch logits per (slide, class), pooled into slide scores at the end.
+    let mut slide_logits: Vec<Vec<f64>> = vec![Vec::new(); num_slides * n];
     let mut slide_count = vec![0usize; num_slides];
     let mut patches = 0usize;
     let mut gt_slides = vec![false; num_slides];
+    // (logit, positive) per class of every patch with a GT mask.
+    let mut patch_scores: Vec<Vec<(f64, bool)>> = vec![Vec::new(); n];
     for k in 0..plan.num_batches() {
         let batch: PatchBatch = match plan.batch(k) {
             Some(b) => b.map_err(model_err)?,
@@ -146,16 +164,7 @@ pub fn validate(
                 if wgt == 0.0 {
                     continue;
                 }
-                let m = seg_label(
-                    cam,
-                    &model.k_list,
-                    None,
-                    h,
-                    w,
-                    s.eval.merge,
-                    s.eval.minmax_eps,
-                )
-                .map_err(model_err)?
+                let m = class_maps(cam, &model.k_list, None, h, w, &s.eval).map_err(model_err)?
                     * wgt;
                 acc = Some(match acc {
                     None => m,
@@ -171,13 +180,20 @@ pub fn validate(
             let si = info.slide_index;
             slide_count[si] += 1;
             for cl in 0..n {
-                slide_logit_sum[si * n + cl] += f64::from(logits[i * n + cl]);
+                slide_logits[si * n + cl].push(f64::from(logits[i * n + cl]));
             }
             if !s.has_gt.get(si).copied().unwrap_or(false) {
                 continue;
             }
             gt_slides[si] = true;
             let gt = plan.set.crop_mask(info).map_err(model_err)?;
+            let labelled = gt.iter().filter(|&&v| usize::from(v) < n).count();
+            if labelled > 0 {
+                for (cl, scores) in patch_scores.iter_mut().enumerate() {
+                    let k = gt.iter().filter(|&&v| usize::from(v) == cl).count();
+                    scores.push((f64::from(logits[i * n + cl]), 2 * k >= labelled));
+                }
+            }
             let f = &fused[i * n * plane..(i + 1) * n * plane];
             let p = &probs[i * n..(i + 1) * n];
             let mut pred = vec![0u8; plane];
@@ -186,7 +202,12 @@ pub fn validate(
                     .iter()
                     .map(|&v| if f64::from(v) >= t { 1.0 } else { 0.0 })
                     .collect();
-                crate::stage4_evaluate::gated_argmax(f, &g, n, plane, pred);
+                // With probability maps the background class scores the threshold itself.
+                let bg = match (s.eval.maps, s.eval.background) {
+                    (MapKind::Probability, Some(b)) => Some((b, t as f32)),
+                    _ => None,
+                };
+                pbip_model::gated_argmax(f, &g, n, plane, bg, pred);
             };
             for (ti, &t) in grid.iter().enumerate() {
                 predict(t, &mut pred);
@@ -218,7 +239,7 @@ pub fn validate(
         let y = labels_of(si);
         let mut all_ok = true;
         for cl in 0..n {
-            let z = slide_logit_sum[si * n + cl] / slide_count[si] as f64;
+            let z = pool_values(&slide_logits[si * n + cl], s.slide_pool).unwrap_or(0.0);
             let pr = 1.0 / (1.0 + (-z).exp());
             scores.push(pr);
             let pos = y.get(cl).copied().unwrap_or(0.0) > 0.5;
@@ -237,6 +258,18 @@ pub fn validate(
             .macro_auc
     };
     let accuracy = (counted > 0).then(|| correct as f64 / counted as f64);
+    let mut per_class_auc = Vec::new();
+    for (cl, v) in patch_scores.iter().enumerate() {
+        if Some(cl) == s.eval.background {
+            continue;
+        }
+        let (sc, tr): (Vec<f64>, Vec<bool>) = v.iter().copied().unzip();
+        if sc.iter().all(|x| x.is_finite()) && tr.iter().any(|t| *t) && tr.iter().any(|t| !*t) {
+            per_class_auc.push(pbip_metrics::roc_auc(&sc, &tr).map_err(model_err)?);
+        }
+    }
+    let patch_auc =
+        (!per_class_auc.is_empty()).then(|| per_class_auc.iter().sum::<f64>() / per_class_auc.len() as f64);
     let slides_with_gt = gt_slides.iter().filter(|v| **v).count();
     let mut m = ValMetrics {
         step,
@@ -245,6 +278,7 @@ pub fn validate(
         slides_with_gt,
         auc,
         accuracy,
+        patch_auc,
         gate_threshold: DEFAULT_THRESHOLD,
         miou: None,
         miou_at_default: None,

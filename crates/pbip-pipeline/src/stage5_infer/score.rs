@@ -175,3 +175,85 @@ pub fn score_predictions(
     }
     Ok(out)
 }
+
+/// A text table of whole-slide scores with the trivial map beside each, and the means over slides
+/// with and without the positive class.
+pub fn scores_table(scores: &[SlideScore], positive_name: &str) -> String {
+    use std::fmt::Write as _;
+    let mut t = String::new();
+    let _ = writeln!(
+        t,
+        "{:<24} {:>10} {:>14} {:>16} {:>18}",
+        "slide", format!("{positive_name} IoU"), "trivial IoU", "tissue called", "trivial called"
+    );
+    let (mut ious, mut fps) = (Vec::new(), Vec::new());
+    for s in scores {
+        let f = |v: Option<f64>| v.map_or("-".to_string(), |x| format!("{x:.3}"));
+        let _ = writeln!(
+            t,
+            "{:<24} {:>10} {:>14} {:>15.2}% {:>17.2}%",
+            s.name,
+            f(s.tumour_iou),
+            f(s.trivial_iou),
+            100.0 * s.false_positive_tissue_fraction,
+            100.0 * s.trivial_false_positive_fraction
+        );
+        match s.tumour_iou {
+            Some(i) => ious.push(i),
+            None => fps.push(s.false_positive_tissue_fraction),
+        }
+    }
+    let mean = |v: &[f64]| (!v.is_empty()).then(|| v.iter().sum::<f64>() / v.len() as f64);
+    if let Some(m) = mean(&ious) {
+        let _ = writeln!(
+            t,
+            "mean {positive_name} IoU over {} slide(s) with {positive_name}: {m:.3}",
+            ious.len()
+        );
+    }
+    if let Some(m) = mean(&fps) {
+        let _ = writeln!(
+            t,
+            "mean fraction of tissue called {positive_name} over {} slide(s) without: {:.2}% (max {:.2}%)",
+            fps.len(),
+            100.0 * m,
+            100.0 * fps.iter().copied().fold(0.0, f64::max)
+        );
+    }
+    t
+}
+
+/// Writes the scores as CSV (one row per slide).
+pub fn write_scores_csv(path: &Path, scores: &[SlideScore]) -> Result<(), PipelineError> {
+    let mut w = csv::Writer::from_writer(Vec::new());
+    let io = |e: csv::Error| infer_err(format!("{}: {e}", path.display()));
+    w.write_record([
+        "slide",
+        "tissue_px",
+        "positive_px",
+        "predicted_positive_px",
+        "positive_iou",
+        "trivial_iou",
+        "false_positive_tissue_fraction",
+        "trivial_false_positive_fraction",
+    ])
+    .map_err(io)?;
+    for s in scores {
+        let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
+        w.write_record([
+            s.name.clone(),
+            s.tissue_px.to_string(),
+            s.tumour_px.to_string(),
+            s.predicted_tumour_px.to_string(),
+            f(s.tumour_iou),
+            f(s.trivial_iou),
+            format!("{:.6}", s.false_positive_tissue_fraction),
+            format!("{:.6}", s.trivial_false_positive_fraction),
+        ])
+        .map_err(io)?;
+    }
+    let bytes = w
+        .into_inner()
+        .map_err(|e| infer_err(format!("{}: {e}", path.display())))?;
+    crate::write_atomic(path, &bytes)
+}

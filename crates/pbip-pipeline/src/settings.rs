@@ -1,0 +1,144 @@
+//! Config → library settings: the one place where a [`Config`] section becomes the options
+//! struct of a library crate (model head, poolings, evaluation path, training labels), so that
+//! every stage that needs one builds it the same way.
+
+use pbip_config::{Config, MapKind, Pool, PoolKind};
+use pbip_model::{EvalConfig, HeadConfig, Pooling};
+
+use crate::PipelineError;
+
+fn config_err(message: String) -> PipelineError {
+    PipelineError::Data {
+        stage: "config",
+        message,
+    }
+}
+
+/// The model crate's pooling for a config pooling.
+pub fn pooling(p: &Pool) -> Pooling {
+    match p.kind {
+        PoolKind::Mean => Pooling::Mean,
+        PoolKind::Topk => Pooling::TopK {
+            fraction: p.topk_fraction,
+        },
+        PoolKind::Lse => Pooling::Lse { r: p.lse_r },
+    }
+}
+
+/// The prototype head of `model.head`.
+pub fn head_config(cfg: &Config) -> HeadConfig {
+    let h = &cfg.model.head;
+    HeadConfig {
+        prototype_offsets: h.prototype_offsets,
+        normalize_prototypes: h.normalize_prototypes,
+        logit_bias: h.logit_bias,
+        pool: pooling(&h.pool),
+    }
+}
+
+/// Whether training uses bags of patches (multiple-instance learning).
+pub fn uses_bags(cfg: &Config) -> bool {
+    cfg.training.mil.bag_size > 1
+}
+
+/// How the patch logits of a slide are pooled into its slide score (validation AUC, evaluation,
+/// inference): the bag pooling of multiple-instance training, else the mean (upstream-style).
+pub fn slide_pooling(cfg: &Config) -> Pooling {
+    if uses_bags(cfg) {
+        pooling(&cfg.training.mil.pool)
+    } else {
+        Pooling::Mean
+    }
+}
+
+/// The evaluation path of the config: `evaluation.fuse_weights`, `evaluation.maps`,
+/// `background_class`, and TTA as given (validation, evaluation and inference have their own
+/// switch). The background score is the default 0.5; callers set the gate threshold they use.
+pub fn eval_config(cfg: &Config, tta: bool) -> Result<EvalConfig, PipelineError> {
+    let e = &cfg.evaluation;
+    let fuse: [f64; 4] = e.fuse_weights.as_slice().try_into().map_err(|_| {
+        config_err(format!(
+            "evaluation.fuse_weights needs 4 values, got {}",
+            e.fuse_weights.len()
+        ))
+    })?;
+    if fuse.iter().all(|w| *w == 0.0) {
+        return Err(config_err(
+            "every evaluation.fuse_weights entry is 0: no scale would make the maps".into(),
+        ));
+    }
+    Ok(EvalConfig {
+        fuse,
+        tta,
+        tta_multipliers: e.tta_multipliers.clone(),
+        maps: match e.maps {
+            MapKind::Minmax => pbip_model::MapKind::MinMax,
+            MapKind::Probability => pbip_model::MapKind::Probability,
+        },
+        background: cfg.background_index(),
+        ..EvalConfig::default()
+    })
+}
+
+/// The data crate's patch count for a config count (`all` or the first N, at least 1).
+pub fn patches_per_slide(c: pbip_config::PatchCount) -> pbip_data::PatchesPerSlide {
+    match c {
+        pbip_config::PatchCount::Count(k) => pbip_data::PatchesPerSlide::First(k.max(1)),
+        pbip_config::PatchCount::All(_) => pbip_data::PatchesPerSlide::All,
+    }
+}
+
+/// A slide's training label: the CSV label plus `background_class` (present on every slide).
+pub fn training_labels(cfg: &Config, labels: &[u8]) -> Vec<u8> {
+    let mut l = labels.to_vec();
+    if let Some(b) = cfg.background_index()
+        && let Some(v) = l.get_mut(b)
+    {
+        *v = 1;
+    }
+    l
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cfg(extra: &str) -> Config {
+        let text = format!(
+            "paths: {{split_csv: s.csv, labels_csv: l.csv, wsi_dir: w, coordinates_dir: c}}\nclass_order: [benign, tumor]\n{extra}"
+        );
+        Config::from_yaml_str(&text, std::path::Path::new("/tmp"), "test", &[]).unwrap()
+    }
+
+    #[test]
+    fn background_class_is_added_to_every_label() {
+        let c = cfg("background_class: benign\n");
+        // tumour slide "1" -> {benign, tumour}; benign slide unchanged; an all-zero row gets benign
+        assert_eq!(training_labels(&c, &[0, 1]), vec![1, 1]);
+        assert_eq!(training_labels(&c, &[1, 0]), vec![1, 0]);
+        assert_eq!(training_labels(&c, &[0, 0]), vec![1, 0]);
+        let c = cfg("");
+        assert_eq!(training_labels(&c, &[0, 1]), vec![0, 1]);
+        let c = cfg("background_class: tumor\n");
+        assert_eq!(training_labels(&c, &[1, 0]), vec![1, 1]);
+    }
+
+    #[test]
+    fn slide_pooling_follows_the_bags() {
+        assert_eq!(slide_pooling(&cfg("")), Pooling::Mean);
+        let c = cfg("training: {batch_size: 8, mil: {bag_size: 4, pool: {kind: topk, topk_fraction: 0.5}}}\n");
+        assert_eq!(slide_pooling(&c), Pooling::TopK { fraction: 0.5 });
+        let c = cfg("model: {head: {pool: {kind: lse, lse_r: 3.0}}}\n");
+        assert_eq!(head_config(&c).pool, Pooling::Lse { r: 3.0 });
+    }
+
+    #[test]
+    fn eval_config_of_the_config() {
+        let c = cfg("background_class: benign\nevaluation: {maps: probability}\n");
+        let e = eval_config(&c, false).unwrap();
+        assert_eq!(e.background, Some(0));
+        assert_eq!(e.maps, pbip_model::MapKind::Probability);
+        let c = cfg("evaluation: {fuse_weights: [0, 0, 0, 0]}\n");
+        assert!(eval_config(&c, false).is_err());
+    }
+}
