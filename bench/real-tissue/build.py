@@ -240,7 +240,7 @@ def main():
     ap.add_argument("--split", default="12,12,3,3,4,4", help="train benign,tumour, val benign,tumour, test benign,tumour")
     ap.add_argument("--tumour-tile-fraction", default="0.10,0.30")
     ap.add_argument("--tissue-coverage", default="0.35,0.60")
-    ap.add_argument("--stain-jitter", type=float, default=0.08)
+    ap.add_argument("--stain-jitter", type=float, default=0.03, help="per-slide optical-density scaling per channel, +-fraction")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args()
 

@@ -435,6 +435,64 @@ mod tests {
     }
 
     #[test]
+    fn bags_share_a_slide_and_follow_the_unbagged_slide_sequence() {
+        let k = keys(&[&[0], &[1], &[0], &[1], &[0], &[1], &[1]]);
+        for balance in [Balance::Slides, Balance::Classes] {
+            let bagged = TrainSampler::new(
+                k.clone(),
+                SamplerOptions {
+                    bag_size: 4,
+                    ..opts(8, balance)
+                },
+            )
+            .unwrap();
+            // The slide of bag j is what item j of a sampler with one item per bag draws.
+            let plain = TrainSampler::new(k.clone(), opts(2, balance)).unwrap();
+            assert_eq!(bagged.iterations_per_epoch(), plain.iterations_per_epoch());
+            let (mut sb, mut sp) = (bagged.initial_state(), plain.initial_state());
+            for _ in 0..12 {
+                let d = bagged.draws(&sb);
+                let p = plain.draws(&sp);
+                assert_eq!(d.len(), 8);
+                for (j, bag) in d.chunks(4).enumerate() {
+                    assert!(bag.iter().all(|x| x.slide == bag[0].slide), "{d:?}");
+                    assert_eq!(bag[0].slide, p[j].slide);
+                    assert!(bag.iter().all(|x| x.coord < k[x.slide].num_coords));
+                }
+                sb = bagged.advance(&sb, 1);
+                sp = plain.advance(&sp, 1);
+            }
+            // bags and the background class change the fingerprint (resume must not mix them)
+            assert_ne!(bagged.fingerprint(), TrainSampler::new(k.clone(), opts(8, balance)).unwrap().fingerprint());
+        }
+        assert!(
+            TrainSampler::new(k.clone(), SamplerOptions { bag_size: 3, ..opts(8, Balance::Slides) }).is_err(),
+            "batch not a multiple of the bag"
+        );
+        // A background class is ignored by the class balance: slides of class 1 and slides without
+        // it alternate even though every slide carries class 0.
+        let bg = keys(&[&[0, 1], &[0], &[0], &[0], &[0, 1], &[0]]);
+        let s = TrainSampler::new(
+            bg,
+            SamplerOptions {
+                background_class: Some(0),
+                ..opts(2, Balance::Classes)
+            },
+        )
+        .unwrap();
+        let mut st = s.initial_state();
+        let (mut with1, mut total) = (0, 0);
+        for _ in 0..20 {
+            for d in s.draws(&st) {
+                total += 1;
+                with1 += usize::from(d.slide == 0 || d.slide == 4);
+            }
+            st = s.advance(&st, 1);
+        }
+        assert_eq!(2 * with1, total, "half the draws from the tumour group");
+    }
+
+    #[test]
     fn invalid() {
         assert!(TrainSampler::new(vec![], opts(2, Balance::Slides)).is_err());
         assert!(TrainSampler::new(keys(&[&[0]]), opts(0, Balance::Slides)).is_err());

@@ -163,22 +163,44 @@ pub fn background_rule(cfg: &EvalConfig) -> Option<(usize, f32)> {
     }
 }
 
-/// Replaces channel `b` of fused maps `[B,N,H,W]` by the constant `score`.
-pub fn set_background(fused: Tensor<4>, b: usize, score: f64) -> Result<Tensor<4>, ModelError> {
+/// Probability maps with a background class, re-expressed so that the threshold `t` sits at 0.5:
+/// every other class `c` gets `q_c = σ(logit(p_c) − logit(t))` (0 where its gated map is 0) and
+/// the background `1 − max_c q_c`. The arg-max is that of the background rule of
+/// [`gated_argmax`] (a class wins where its probability reaches `t`), and for one foreground
+/// class the two maps are a probability distribution, which is what stitching, the dense CRF
+/// and the confidence maps of whole-slide inference expect.
+pub fn calibrate_to_threshold(
+    fused: Tensor<4>,
+    b: usize,
+    threshold: f64,
+) -> Result<Tensor<4>, ModelError> {
     let [bs, n, h, w] = fused.dims();
     if b >= n {
         return Err(ModelError::Shape(format!(
             "background class {b} outside the {n} classes"
         )));
     }
-    let device = fused.device();
-    let mut parts = Vec::with_capacity(3);
-    if b > 0 {
-        parts.push(fused.clone().narrow(1, 0, b));
-    }
-    parts.push(Tensor::<4>::ones([bs, 1, h, w], &device) * score);
-    if b + 1 < n {
-        parts.push(fused.narrow(1, b + 1, n - b - 1));
+    let t = threshold.clamp(1e-6, 1.0 - 1e-6);
+    let shift = (t / (1.0 - t)).ln();
+    let eps = 1e-6;
+    let p = fused.clamp(eps, 1.0 - eps);
+    let logit = (p.clone() / (p.clone().neg().add_scalar(1.0))).log();
+    let q = sigmoid(logit.sub_scalar(shift));
+    // where the gated map is 0 (class gated off) the class gets 0
+    let q = q.mask_fill(p.lower_equal_elem(eps), 0.0);
+    let mut parts = Vec::with_capacity(n);
+    let others: Vec<usize> = (0..n).filter(|&c| c != b).collect();
+    let max_other = others
+        .iter()
+        .map(|&c| q.clone().narrow(1, c, 1))
+        .reduce(|a, x| a.max_pair(x))
+        .unwrap_or_else(|| Tensor::zeros([bs, 1, h, w], &q.device()));
+    for c in 0..n {
+        if c == b {
+            parts.push(max_other.clone().neg().add_scalar(1.0));
+        } else {
+            parts.push(q.clone().narrow(1, c, 1));
+        }
     }
     Ok(Tensor::cat(parts, 1))
 }
@@ -329,7 +351,7 @@ pub fn evaluate(
         None => fuse_and_argmax(&scales, &cfg.fuse)?,
         Some((b, score)) => {
             let (fused, _) = fuse_and_argmax(&scales, &cfg.fuse)?;
-            let fused = set_background(fused, b, f64::from(score))?;
+            let fused = calibrate_to_threshold(fused, b, f64::from(score))?;
             let [bs, _, fh, fw] = fused.dims();
             let pred = fused.clone().argmax(1).reshape([bs, fh, fw]);
             (fused, pred)
@@ -340,4 +362,45 @@ pub fn evaluate(
         fused,
         pred,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::tensor::{Device, TensorData};
+
+    fn maps(v: Vec<f32>, shape: [usize; 4]) -> Tensor<4> {
+        Tensor::from_data(TensorData::new(v, shape), &Device::flex())
+    }
+
+    #[test]
+    fn background_rule_decides_by_threshold() {
+        // 2 classes (0 = background), 3 pixels; tumour probabilities 0.9, 0.7, 0 (gated off).
+        let fused = [0.2f32, 0.2, 0.2, 0.9, 0.7, 0.0];
+        let mut out = [9u8; 3];
+        gated_argmax(&fused, &[1.0, 1.0], 2, 3, Some((0, 0.8)), &mut out);
+        assert_eq!(out, [1, 0, 0]);
+        // without the rule the background's own map competes
+        gated_argmax(&fused, &[1.0, 1.0], 2, 3, None, &mut out);
+        assert_eq!(out, [1, 1, 0]);
+        // a gated-off class never wins
+        gated_argmax(&fused, &[1.0, 0.0], 2, 3, Some((0, 0.8)), &mut out);
+        assert_eq!(out, [0, 0, 0]);
+    }
+
+    #[test]
+    fn calibrated_maps_put_the_threshold_at_one_half() {
+        let fused = maps(vec![0.2, 0.2, 0.2, 0.9, 0.7, 0.0], [1, 2, 1, 3]);
+        let c = crate::util::to_vec(calibrate_to_threshold(fused, 0, 0.8).unwrap()).unwrap();
+        // q = σ(logit p − logit 0.8): p 0.9 → σ(2.19722 − 1.38629) = σ(0.81093) = 0.69231
+        //                             p 0.7 → σ(0.84730 − 1.38629) = σ(−0.53900) = 0.36842
+        let want = [1.0 - 0.69231, 1.0 - 0.36842, 1.0, 0.69231, 0.36842, 0.0];
+        for (g, w) in c.iter().zip(want) {
+            assert!((f64::from(*g) - w).abs() < 1e-4, "{c:?}");
+        }
+        // same decisions as the rule above: argmax of the calibrated maps
+        let mut out = [9u8; 3];
+        gated_argmax(&c, &[1.0, 1.0], 2, 3, None, &mut out);
+        assert_eq!(out, [1, 0, 0]);
+    }
 }

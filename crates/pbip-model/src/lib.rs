@@ -22,7 +22,7 @@ pub use classnet::{
 };
 pub use eval::{
     EvalConfig, EvalOutput, Gate, MapKind, background_rule, class_maps, evaluate, fuse_and_argmax,
-    gated_argmax, seg_label, set_background,
+    calibrate_to_threshold, gated_argmax, seg_label,
 };
 pub use host::{HostTensor, TensorMap};
 pub use loss::{

@@ -212,12 +212,13 @@ impl ChanceMonitor {
     pub fn advice(&self) -> String {
         let last = self.checks.last();
         format!(
-            "training is at chance: for {} validations in a row the classification loss ({}) is that of a constant \\
-             predictor ({}) and the val metrics are those of the best constant map. The model is not learning. Try: \\
-             model.head.normalize_prototypes: true (a collinear prototype bank, e.g. from a random encoder, cannot \\
-             separate the classes with upstream's head); background_class for a class present on every slide (e.g. \\
-             benign); training.mil.bag_size > 1 when a class covers only part of its slides; less colour \\
-             augmentation (training.augment.color_jitter); a higher training.optimizer.lr or more steps. \\
+            "training is at chance: for {} validations in a row the classification loss ({}) is no better than a \
+             constant predictor's ({}) and the val metrics are those of the best constant map. The model is not learning. Try: \
+             model.head.normalize_prototypes: true (a collinear prototype bank, e.g. from a random encoder, cannot \
+             separate the classes with upstream's head); background_class for a class present on every slide (e.g. \
+             benign); training.mil.bag_size > 1 when a class covers only part of its slides; less colour \
+             augmentation (training.augment.color_jitter); another training.optimizer.lr (lower when the loss \
+             swings far above the constant predictor's, higher when it sits on it) or more steps; \
              configs/cpu.yaml has settings that learn without pretrained weights",
             self.checks.iter().rev().take_while(|c| c.at_chance).count(),
             last.map_or("?".into(), |c| format!("{:.4}", c.loss)),
