@@ -146,10 +146,13 @@ impl WeightsError {
 pub fn read_tensors(path: &Path) -> Result<(TensorMap, BTreeMap<String, String>), WeightsError> {
     use std::io::Read;
     let mut f = std::fs::File::open(path).map_err(|e| WeightsError::io(path, e))?;
-    let mut magic = [0u8; 4];
+    let mut magic = [0u8; 9];
     let n = f.read(&mut magic).map_err(|e| WeightsError::io(path, e))?;
     drop(f);
-    if n >= 2 && (magic[..2] == *b"PK" || magic[0] == 0x80) {
+    // safetensors: u64 header length, then the JSON header. Checked first: a header length of
+    // 0x280..0x2ff starts with the bytes of a pickle protocol-2 opcode (0x80 0x02).
+    let safetensors = n == 9 && magic[8] == b'{';
+    if !safetensors && n >= 2 && (magic[..2] == *b"PK" || magic[0] == 0x80) {
         Ok((read_pth(path)?, BTreeMap::new()))
     } else {
         read_safetensors(path)
@@ -299,5 +302,24 @@ mod tests {
         assert!(decode(&b, DType::I64, true, "x").is_err());
         let b = 5i64.to_be_bytes();
         assert_eq!(decode(&b, DType::I64, false, "x").unwrap(), vec![5.0]);
+    }
+}
+
+#[cfg(test)]
+mod sniff_tests {
+    #[test]
+    fn safetensors_whose_header_length_looks_like_a_pickle_opcode() {
+        // header length 640 = 0x280: first bytes 0x80 0x02, like a protocol-2 pickle
+        let mut header = br#"{"__metadata__":{"k":"v"}}"#.to_vec();
+        header.resize(640, b' ');
+        let mut bytes = (header.len() as u64).to_le_bytes().to_vec();
+        assert_eq!(&bytes[..2], &[0x80, 0x02]);
+        bytes.extend_from_slice(&header);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("p.safetensors");
+        std::fs::write(&path, &bytes).unwrap();
+        let (tensors, meta) = super::read_tensors(&path).unwrap();
+        assert!(tensors.is_empty());
+        assert_eq!(meta.get("k").map(String::as_str), Some("v"));
     }
 }
