@@ -306,7 +306,12 @@ fn merge_tree(base: &mut Value, over: Value) {
 }
 
 /// Checks every key of a file's tree against the schema, naming the file and the allowed keys.
-fn check_tree_keys(tree: &Value, schema: &Value, prefix: &str, origin: &str) -> Result<(), ConfigError> {
+fn check_tree_keys(
+    tree: &Value,
+    schema: &Value,
+    prefix: &str,
+    origin: &str,
+) -> Result<(), ConfigError> {
     let (Value::Mapping(t), Value::Mapping(sm)) = (tree, schema) else {
         return Ok(());
     };
@@ -399,7 +404,12 @@ impl Config {
             path: path.to_path_buf(),
             source,
         })?;
-        Config::from_yaml_str(&text, &base_dir_of(path), &path.display().to_string(), overrides)
+        Config::from_yaml_str(
+            &text,
+            &base_dir_of(path),
+            &path.display().to_string(),
+            overrides,
+        )
     }
 
     /// Parses YAML text (see [`Config::load`]); `base_dir` is where relative paths resolve and
@@ -948,10 +958,17 @@ mod tests {
         assert_eq!(c.training.optimizer.lr, 0.001);
         assert_eq!(c.patch_size, 112);
         // each file's relative paths resolve against its own folder
-        assert_eq!(c.paths.split_csv, std::path::absolute(b.join("s.csv")).unwrap());
+        assert_eq!(
+            c.paths.split_csv,
+            std::path::absolute(b.join("s.csv")).unwrap()
+        );
         assert_eq!(
             c.model.pretrained.as_deref(),
-            Some(std::path::absolute(a.join("weights/b0.pth")).unwrap().as_path())
+            Some(
+                std::path::absolute(a.join("weights/b0.pth"))
+                    .unwrap()
+                    .as_path()
+            )
         );
         // reversed order: the preset now overrides the data file's batch size
         let r = Config::load_layered(&[b.join("config.yaml"), a.join("cpu.yaml")], &[]).unwrap();
@@ -968,7 +985,10 @@ mod tests {
         let e = Config::load_layered(&[a.join("bad.yaml"), b.join("config.yaml")], &[])
             .unwrap_err()
             .to_string();
-        assert!(e.contains("bad.yaml") && e.contains("training.epochz"), "{e}");
+        assert!(
+            e.contains("bad.yaml") && e.contains("training.epochz"),
+            "{e}"
+        );
         // a bad --set value is blamed on the --set, not on a file
         let e = Config::load_layered(
             &[a.join("cpu.yaml"), b.join("config.yaml")],

@@ -255,11 +255,7 @@ fn color_jitter(img: &mut [u8], f: [f32; 3]) {
 }
 
 /// `skimage.color.rgb_from_hed` (Ruifrok & Johnston), rows H, E, D.
-const RGB_FROM_HED: [[f32; 3]; 3] = [
-    [0.65, 0.70, 0.29],
-    [0.07, 0.99, 0.11],
-    [0.27, 0.57, 0.78],
-];
+const RGB_FROM_HED: [[f32; 3]; 3] = [[0.65, 0.70, 0.29], [0.07, 0.99, 0.11], [0.27, 0.57, 0.78]];
 
 /// Inverse of a 3x3 matrix (the stain matrix is well conditioned).
 fn inverse3(m: &[[f32; 3]; 3]) -> [[f32; 3]; 3] {
@@ -300,7 +296,10 @@ mod tests {
         let orig = img.clone();
         stain_jitter(&mut img, [1.0, 1.0, 1.0, 0.0, 0.0, 0.0]);
         for (a, b) in img.iter().zip(&orig) {
-            assert!((i32::from(*a) - i32::from(*b)).abs() <= 1, "{img:?} vs {orig:?}");
+            assert!(
+                (i32::from(*a) - i32::from(*b)).abs() <= 1,
+                "{img:?} vs {orig:?}"
+            );
         }
         // More haematoxylin (α_H > 1) darkens a purple pixel, most in red (H absorbs red most).
         let mut p = vec![150u8, 100, 170];

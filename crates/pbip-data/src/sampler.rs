@@ -463,10 +463,22 @@ mod tests {
                 sp = plain.advance(&sp, 1);
             }
             // bags and the background class change the fingerprint (resume must not mix them)
-            assert_ne!(bagged.fingerprint(), TrainSampler::new(k.clone(), opts(8, balance)).unwrap().fingerprint());
+            assert_ne!(
+                bagged.fingerprint(),
+                TrainSampler::new(k.clone(), opts(8, balance))
+                    .unwrap()
+                    .fingerprint()
+            );
         }
         assert!(
-            TrainSampler::new(k.clone(), SamplerOptions { bag_size: 3, ..opts(8, Balance::Slides) }).is_err(),
+            TrainSampler::new(
+                k.clone(),
+                SamplerOptions {
+                    bag_size: 3,
+                    ..opts(8, Balance::Slides)
+                }
+            )
+            .is_err(),
             "batch not a multiple of the bag"
         );
         // A background class is ignored by the class balance: slides of class 1 and slides without

@@ -119,7 +119,8 @@ impl Conditioner {
                 shrunk[(j, j)] += lambda * trace_per_dim.max(f64::MIN_POSITIVE);
             }
             let eig = SymmetricEigen::new(shrunk);
-            let inv_sqrt = DMatrix::from_diagonal(&eig.eigenvalues.map(|v| 1.0 / v.max(1e-12).sqrt()));
+            let inv_sqrt =
+                DMatrix::from_diagonal(&eig.eigenvalues.map(|v| 1.0 / v.max(1e-12).sqrt()));
             let w = &eig.eigenvectors * inv_sqrt * eig.eigenvectors.transpose();
             Some((0..dim * dim).map(|i| w[(i / dim, i % dim)]).collect())
         } else {
@@ -256,7 +257,9 @@ mod tests {
     fn collinear_bank_is_degenerate_and_a_separated_one_is_not() {
         // Two classes of exemplars around the same direction e0, differing by ±0.01 in e1.
         let dim = 3;
-        let feats = [1.0, 0.01, 0.0, 1.0, 0.012, 0.0, 1.0, -0.01, 0.0, 1.0, -0.012, 0.0];
+        let feats = [
+            1.0, 0.01, 0.0, 1.0, 0.012, 0.0, 1.0, -0.01, 0.0, 1.0, -0.012, 0.0,
+        ];
         let class_of = [0, 0, 1, 1];
         let protos = [1.0, 0.011, 0.0, 1.0, -0.011, 0.0];
         let s = separability(&protos, &[1, 1], &feats, 4, dim, &class_of).unwrap();

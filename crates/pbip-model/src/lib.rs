@@ -21,15 +21,14 @@ pub use classnet::{
     AdaptiveLayer, ClassNet, ClassNetConfig, ClassNetOutput, HeadConfig, LOGIT_SCALE_INIT,
 };
 pub use eval::{
-    EvalConfig, EvalOutput, Gate, MapKind, background_rule, class_maps, evaluate, fuse_and_argmax,
-    calibrate_to_threshold, gated_argmax, seg_label,
+    EvalConfig, EvalOutput, Gate, MapKind, background_rule, calibrate_to_threshold, class_maps,
+    evaluate, fuse_and_argmax, gated_argmax, seg_label,
 };
 pub use host::{HostTensor, TensorMap};
 pub use loss::{
     LossConfig, LossOutput, bce_with_logits, cam_l1, cam_mean, cam_total_variation,
-    classification_loss, classification_loss_excluding, fg_bg_images, info_nce_bg, info_nce_fg, mil_classification_loss, pbip_loss,
-    select_subclasses,
-    selected_pairs,
+    classification_loss, classification_loss_excluding, fg_bg_images, info_nce_bg, info_nce_fg,
+    mil_classification_loss, pbip_loss, select_subclasses, selected_pairs,
 };
 pub use merge::{MergeMethod, expand_to_subclasses, merge_subclasses};
 pub use mit::{MitConfig, MixTransformer};

@@ -581,7 +581,9 @@ mod tests {
         //   bag 0: (0, 2), (0, -1), (0, 0.5)    bag label (1, 1)
         //   bag 1: (1, -2), (1, 1), (1, -3)     bag label (1, 0)
         let z = t(
-            vec![0.0, 2.0, 0.0, -1.0, 0.0, 0.5, 1.0, -2.0, 1.0, 1.0, 1.0, -3.0],
+            vec![
+                0.0, 2.0, 0.0, -1.0, 0.0, 0.5, 1.0, -2.0, 1.0, 1.0, 1.0, -3.0,
+            ],
             [6, 2],
         );
         let zero = t(vec![0.0; 12], [6, 2]);
@@ -590,29 +592,98 @@ mod tests {
         let w = [0.0, 0.0, 0.0, 1.0];
         // top-k 1/3 = max per bag and class: bag 0 (0, 2), bag 1 (1, 1).
         let pool = crate::pool::Pooling::TopK { fraction: 0.3 };
-        let l = mil_classification_loss(&cls, y.clone(), &[1, 1], &w, MergeMethod::Mean, 3, pool, false, None)
-            .unwrap();
+        let l = mil_classification_loss(
+            &cls,
+            y.clone(),
+            &[1, 1],
+            &w,
+            MergeMethod::Mean,
+            3,
+            pool,
+            false,
+            None,
+        )
+        .unwrap();
         let bag = (bce(0.0, 1.0) + bce(2.0, 1.0) + bce(1.0, 1.0) + bce(1.0, 0.0)) / 4.0;
         close(&to_vec(l).unwrap(), &[bag], 1e-5);
         // + negative instances: the tumour class of the 3 benign-bag patches (-2, 1, -3), target 0.
-        let l = mil_classification_loss(&cls, y.clone(), &[1, 1], &w, MergeMethod::Mean, 3, pool, true, None)
-            .unwrap();
+        let l = mil_classification_loss(
+            &cls,
+            y.clone(),
+            &[1, 1],
+            &w,
+            MergeMethod::Mean,
+            3,
+            pool,
+            true,
+            None,
+        )
+        .unwrap();
         let neg = (bce(-2.0, 0.0) + bce(1.0, 0.0) + bce(-3.0, 0.0)) / 3.0;
         close(&to_vec(l).unwrap(), &[bag + neg], 1e-5);
         // background class 0 left out: only the tumour column counts.
-        let l = mil_classification_loss(&cls, y, &[1, 1], &w, MergeMethod::Mean, 3, pool, true, Some(0))
-            .unwrap();
+        let l = mil_classification_loss(
+            &cls,
+            y,
+            &[1, 1],
+            &w,
+            MergeMethod::Mean,
+            3,
+            pool,
+            true,
+            Some(0),
+        )
+        .unwrap();
         let bag_t = (bce(2.0, 1.0) + bce(1.0, 0.0)) / 2.0;
         close(&to_vec(l).unwrap(), &[bag_t + neg], 1e-5);
         // mean pooling with bag size 1 equals the per-patch classification loss.
-        let cls1 = vec![t(vec![0.0; 4], [2, 2]), t(vec![0.0; 4], [2, 2]), t(vec![0.3, -0.7, 1.1, 0.2], [2, 2]), t(vec![0.5, 2.0, -1.0, 0.0], [2, 2])];
+        let cls1 = vec![
+            t(vec![0.0; 4], [2, 2]),
+            t(vec![0.0; 4], [2, 2]),
+            t(vec![0.3, -0.7, 1.1, 0.2], [2, 2]),
+            t(vec![0.5, 2.0, -1.0, 0.0], [2, 2]),
+        ];
         let y1 = t(vec![1.0, 0.0, 0.0, 1.0], [2, 2]);
-        let a = mil_classification_loss(&cls1, y1.clone(), &[1, 1], &[0.0, 0.1, 1.0, 1.0], MergeMethod::Mean, 1, crate::pool::Pooling::Mean, false, None).unwrap();
-        let b = classification_loss(&cls1, y1.clone(), &[1, 1], &[0.0, 0.1, 1.0, 1.0], MergeMethod::Mean).unwrap();
-        close(&to_vec(a).unwrap(), &[f64::from(to_vec(b).unwrap()[0])], 1e-6);
+        let a = mil_classification_loss(
+            &cls1,
+            y1.clone(),
+            &[1, 1],
+            &[0.0, 0.1, 1.0, 1.0],
+            MergeMethod::Mean,
+            1,
+            crate::pool::Pooling::Mean,
+            false,
+            None,
+        )
+        .unwrap();
+        let b = classification_loss(
+            &cls1,
+            y1.clone(),
+            &[1, 1],
+            &[0.0, 0.1, 1.0, 1.0],
+            MergeMethod::Mean,
+        )
+        .unwrap();
+        close(
+            &to_vec(a).unwrap(),
+            &[f64::from(to_vec(b).unwrap()[0])],
+            1e-6,
+        );
         // and leaving a class out of the per-patch loss averages over the other class only
-        let c = classification_loss_excluding(&cls1, y1, &[1, 1], &[0.0, 0.0, 0.0, 1.0], MergeMethod::Mean, Some(0)).unwrap();
-        close(&to_vec(c).unwrap(), &[(bce(2.0, 0.0) + bce(0.0, 1.0)) / 2.0], 1e-6);
+        let c = classification_loss_excluding(
+            &cls1,
+            y1,
+            &[1, 1],
+            &[0.0, 0.0, 0.0, 1.0],
+            MergeMethod::Mean,
+            Some(0),
+        )
+        .unwrap();
+        close(
+            &to_vec(c).unwrap(),
+            &[(bce(2.0, 0.0) + bce(0.0, 1.0)) / 2.0],
+            1e-6,
+        );
     }
 
     #[test]

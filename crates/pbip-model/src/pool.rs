@@ -56,7 +56,9 @@ impl Pooling {
     /// Number of values top-k keeps out of `n` (`n` for the other poolings).
     pub fn kept(&self, n: usize) -> usize {
         match *self {
-            Pooling::TopK { fraction } => ((fraction * n as f64).ceil() as usize).clamp(1, n.max(1)),
+            Pooling::TopK { fraction } => {
+                ((fraction * n as f64).ceil() as usize).clamp(1, n.max(1))
+            }
             _ => n,
         }
     }
@@ -156,14 +158,21 @@ mod tests {
         ] {
             let got = crate::util::to_vec(pool_last_dim(t3(&v, [2, 1, 4]), p)).unwrap();
             for (row, g) in got.iter().enumerate() {
-                let want: Vec<f64> = v[row * 4..row * 4 + 4].iter().map(|&x| f64::from(x)).collect();
+                let want: Vec<f64> = v[row * 4..row * 4 + 4]
+                    .iter()
+                    .map(|&x| f64::from(x))
+                    .collect();
                 let w = pool_values(&want, p).unwrap();
-                assert!((f64::from(*g) - w).abs() < 1e-5, "{p:?} row {row}: {g} vs {w}");
+                assert!(
+                    (f64::from(*g) - w).abs() < 1e-5,
+                    "{p:?} row {row}: {g} vs {w}"
+                );
             }
         }
         // d/dx of top-2 mean: 1/2 on the two largest of each row, 0 elsewhere.
         let device = Device::flex().autodiff();
-        let x: Tensor<3> = Tensor::from_data(TensorData::new(v.clone(), [2, 1, 4]), &device).require_grad();
+        let x: Tensor<3> =
+            Tensor::from_data(TensorData::new(v.clone(), [2, 1, 4]), &device).require_grad();
         let y = pool_last_dim(x.clone(), Pooling::TopK { fraction: 0.5 }).sum();
         let g = crate::util::to_vec(x.grad(&y.backward()).unwrap()).unwrap();
         assert_eq!(g, vec![0.5, 0.0, 0.5, 0.0, 0.5, 0.5, 0.0, 0.0]);

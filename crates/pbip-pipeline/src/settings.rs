@@ -126,7 +126,9 @@ mod tests {
     #[test]
     fn slide_pooling_follows_the_bags() {
         assert_eq!(slide_pooling(&cfg("")), Pooling::Mean);
-        let c = cfg("training: {batch_size: 8, mil: {bag_size: 4, pool: {kind: topk, topk_fraction: 0.5}}}\n");
+        let c = cfg(
+            "training: {batch_size: 8, mil: {bag_size: 4, pool: {kind: topk, topk_fraction: 0.5}}}\n",
+        );
         assert_eq!(slide_pooling(&c), Pooling::TopK { fraction: 0.5 });
         let c = cfg("model: {head: {pool: {kind: lse, lse_r: 3.0}}}\n");
         assert_eq!(head_config(&c).pool, Pooling::Lse { r: 3.0 });

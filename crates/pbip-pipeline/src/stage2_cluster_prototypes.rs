@@ -375,7 +375,8 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         let f = |v: &[f64]| v.iter().map(|&x| x as f32).collect::<Vec<f32>>();
         tensors.insert(
             CONDITIONING_MEAN.into(),
-            HostTensor::new(vec![dim], f(&conditioner.mean)).map_err(|e| data_err(e.to_string()))?,
+            HostTensor::new(vec![dim], f(&conditioner.mean))
+                .map_err(|e| data_err(e.to_string()))?,
         );
         if let Some(m) = &conditioner.matrix {
             tensors.insert(
@@ -508,9 +509,12 @@ pub fn read_conditioning(
 ) -> Result<Option<(Vec<f32>, Option<Vec<f32>>)>, PipelineError> {
     let (map, _) = pbip_weights::read_tensors(path)
         .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
-    Ok(map
-        .get(CONDITIONING_MEAN)
-        .map(|m| (m.data.clone(), map.get(CONDITIONING_MATRIX).map(|w| w.data.clone()))))
+    Ok(map.get(CONDITIONING_MEAN).map(|m| {
+        (
+            m.data.clone(),
+            map.get(CONDITIONING_MATRIX).map(|w| w.data.clone()),
+        )
+    }))
 }
 
 /// Reads a prototype bank: features `[ΣK, D]` (row-major) and metadata.

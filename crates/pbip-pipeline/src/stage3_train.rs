@@ -70,9 +70,8 @@ use burn::tensor::{Device, Tensor, TensorData};
 use pbip_config::{Config, Dataset, SchedulerType, SlideEntry, Split};
 use pbip_data::{
     AugmentOptions, Balance, ChannelOrder, CoordinateOrigin, EvalPlan, LoaderOptions, LrSchedule,
-    MaskOptions, Normalization, PatchBatch, Preprocess, SamplerOptions,
-    SamplerState, ScheduleKind, ScheduleOptions, SlideSet, SlideSetOptions, SlideSpec, TrainLoader,
-    TrainPlan,
+    MaskOptions, Normalization, PatchBatch, Preprocess, SamplerOptions, SamplerState, ScheduleKind,
+    ScheduleOptions, SlideSet, SlideSetOptions, SlideSpec, TrainLoader, TrainPlan,
 };
 use pbip_encoder::MedClipVision;
 use pbip_model::{ClassNet, ClassNetConfig, ClassNetOutput, EvalConfig, LossConfig};
@@ -1683,7 +1682,14 @@ pub fn validate_model(cfg: &Config, model: &ClassNet) -> Result<Option<ValMetric
     let dataset = Dataset::load(cfg)?;
     let sopts = slide_set_options(cfg);
     let mut excluded = Vec::new();
-    let Some(vs) = open_split(cfg, &dataset.split(Split::Val), &sopts, "val", &mut excluded)? else {
+    let Some(vs) = open_split(
+        cfg,
+        &dataset.split(Split::Val),
+        &sopts,
+        "val",
+        &mut excluded,
+    )?
+    else {
         return Ok(None);
     };
     let has_gt = vs

@@ -43,9 +43,7 @@ use burn::tensor::activation::sigmoid;
 use burn::tensor::{Tensor, TensorData};
 use indicatif::{ProgressBar, ProgressStyle};
 use pbip_config::{Config, Dataset, Split};
-use pbip_data::{
-    EvalPlan, Normalization, Preprocess, SlideSet, SlideSetOptions, SlideSpec,
-};
+use pbip_data::{EvalPlan, Normalization, Preprocess, SlideSet, SlideSetOptions, SlideSpec};
 use pbip_metrics::{ConfusionMatrix, MetricsReport, PatchAggregator, roc_auc_multilabel};
 use pbip_model::{ClassNet, Gate, MergeMethod, background_rule, class_maps, evaluate};
 use serde::Serialize;
@@ -361,7 +359,9 @@ pub fn run(
         let slide_lab = std::cell::RefCell::new(Protocol::new(n)?);
         let slide_leak = std::cell::RefCell::new(Protocol::new(n)?);
         let slide_const = std::cell::RefCell::new(
-            (0..n).map(|_| Protocol::new(n)).collect::<Result<Vec<_>, _>>()?,
+            (0..n)
+                .map(|_| Protocol::new(n))
+                .collect::<Result<Vec<_>, _>>()?,
         );
         let result = (|| -> Result<(usize, Vec<f64>), PipelineError> {
             let set = Arc::new(SlideSet::open(&[spec], &set_opts).map_err(model_err)?);
@@ -557,8 +557,8 @@ pub fn run(
             &auc_truth,
             n - usize::from(cfg.background_index().is_some()),
         )
-            .ok()
-            .map(|a| serde_json::to_value(a).unwrap_or_default())
+        .ok()
+        .map(|a| serde_json::to_value(a).unwrap_or_default())
     };
     let slide_classification = serde_json::json!({
         "slides": cls_counted,

@@ -833,7 +833,12 @@ fn unlearnable_data_ends_at_chance() {
         ],
     );
     let out = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default()).unwrap();
-    assert_eq!(out.summary.learning, s3::chance::Learning::AtChance, "{:?}", out.summary.chance_checks);
+    assert_eq!(
+        out.summary.learning,
+        s3::chance::Learning::AtChance,
+        "{:?}",
+        out.summary.chance_checks
+    );
     assert!(out.summary.learning_advice.contains("at chance"));
     let json: serde_json::Value = serde_json::from_str(
         &std::fs::read_to_string(work.join("checkpoints/train_summary.json")).unwrap(),
@@ -842,7 +847,10 @@ fn unlearnable_data_ends_at_chance() {
     assert_eq!(json["learning"], "at_chance");
     // every check compares the loss with the constant predictor's
     for c in &out.summary.chance_checks {
-        assert!(c.constant_loss > 0.0 && c.loss >= 0.97 * c.constant_loss, "{c:?}");
+        assert!(
+            c.constant_loss > 0.0 && c.loss >= 0.97 * c.constant_loss,
+            "{c:?}"
+        );
     }
     let log = std::fs::read_to_string(work.join("logs.txt")).unwrap();
     assert!(log.contains("WARNING: training is at chance"), "{log}");

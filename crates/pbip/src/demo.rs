@@ -188,7 +188,9 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
     println!(
         "  stage 4 test metrics:        deployable mIoU {} (best constant map {} {}; label-masked {}, leak reference {}), slide accuracy {}",
         f(g("deployable")),
-        metrics["best_constant_map"]["class"].as_str().unwrap_or("?"),
+        metrics["best_constant_map"]["class"]
+            .as_str()
+            .unwrap_or("?"),
         f(g("best_constant_map")),
         f(g("label_masked")),
         f(g("leak_reference")),

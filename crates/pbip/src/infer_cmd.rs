@@ -80,15 +80,20 @@ pub(crate) fn infer(args: &InferArgs) -> Result<()> {
     );
     if let Some(gt_dir) = &args.gt_dir {
         let positive = match &args.positive_class {
-            Some(name) => cfg.class_order.iter().position(|c| c == name).ok_or_else(|| {
-                anyhow::anyhow!(
-                    "--positive-class {name:?} is not in class_order {:?}",
-                    cfg.class_order
-                )
-            })?,
+            Some(name) => cfg
+                .class_order
+                .iter()
+                .position(|c| c == name)
+                .ok_or_else(|| {
+                    anyhow::anyhow!(
+                        "--positive-class {name:?} is not in class_order {:?}",
+                        cfg.class_order
+                    )
+                })?,
             None => cfg.class_order.len().saturating_sub(1),
         };
-        let scores = stage5_infer::score::score_predictions(&s.predictions_dir, gt_dir, positive as u8)?;
+        let scores =
+            stage5_infer::score::score_predictions(&s.predictions_dir, gt_dir, positive as u8)?;
         if scores.is_empty() {
             bail!(
                 "--gt-dir {}: no GT mask <slide>.png for any predicted slide",

@@ -82,7 +82,9 @@ impl ConstantLoss {
         }
         let b = labels.len() / n;
         let bag = bag_size.max(1);
-        let units: Vec<&[f32]> = (0..b / bag).map(|j| &labels[j * bag * n..j * bag * n + n]).collect();
+        let units: Vec<&[f32]> = (0..b / bag)
+            .map(|j| &labels[j * bag * n..j * bag * n + n])
+            .collect();
         if self.positives.len() != n {
             self.positives = vec![0.0; n];
         }
@@ -178,7 +180,12 @@ pub struct ChanceMonitor {
 impl ChanceMonitor {
     /// Records a validation (or, without a val split, only the loss) and returns whether the run
     /// has just been found at chance (for a one-time warning).
-    pub fn record(&mut self, step: u64, interval: Option<(f64, f64)>, val: Option<&ValMetrics>) -> bool {
+    pub fn record(
+        &mut self,
+        step: u64,
+        interval: Option<(f64, f64)>,
+        val: Option<&ValMetrics>,
+    ) -> bool {
         let Some((loss, constant_loss)) = interval else {
             return false;
         };

@@ -164,8 +164,8 @@ pub fn validate(
                 if wgt == 0.0 {
                     continue;
                 }
-                let m = class_maps(cam, &model.k_list, None, h, w, &s.eval).map_err(model_err)?
-                    * wgt;
+                let m =
+                    class_maps(cam, &model.k_list, None, h, w, &s.eval).map_err(model_err)? * wgt;
                 acc = Some(match acc {
                     None => m,
                     Some(a) => a + m,
@@ -268,8 +268,8 @@ pub fn validate(
             per_class_auc.push(pbip_metrics::roc_auc(&sc, &tr).map_err(model_err)?);
         }
     }
-    let patch_auc =
-        (!per_class_auc.is_empty()).then(|| per_class_auc.iter().sum::<f64>() / per_class_auc.len() as f64);
+    let patch_auc = (!per_class_auc.is_empty())
+        .then(|| per_class_auc.iter().sum::<f64>() / per_class_auc.len() as f64);
     let slides_with_gt = gt_slides.iter().filter(|v| **v).count();
     let mut m = ValMetrics {
         step,

@@ -184,7 +184,11 @@ pub fn scores_table(scores: &[SlideScore], positive_name: &str) -> String {
     let _ = writeln!(
         t,
         "{:<24} {:>10} {:>14} {:>16} {:>18}",
-        "slide", format!("{positive_name} IoU"), "trivial IoU", "tissue called", "trivial called"
+        "slide",
+        format!("{positive_name} IoU"),
+        "trivial IoU",
+        "tissue called",
+        "trivial called"
     );
     let (mut ious, mut fps) = (Vec::new(), Vec::new());
     for s in scores {
