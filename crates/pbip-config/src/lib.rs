@@ -649,6 +649,13 @@ impl Config {
             );
         }
 
+        if let Some(strides) = mit_strides(&self.model.strides)
+            && self.patch_size > 0
+            && let Some(m) = mit_input_problem(self.patch_size, strides)
+        {
+            bad("patch_size", m);
+        }
+
         for (k, m) in self.model.head.pool.problems("model.head.pool") {
             bad(&k, m);
         }
@@ -841,6 +848,12 @@ impl Config {
         if inf.patch_size == Some(0) {
             bad("inference.patch_size", "must be > 0 or null".into());
         }
+        if let (Some(side), Some(strides)) = (inf.patch_size, mit_strides(&self.model.strides))
+            && side > 0
+            && let Some(m) = mit_input_problem(side, strides)
+        {
+            bad("inference.patch_size", m);
+        }
         if inf.output_downsample == OutputDownsample::Factor(0) {
             bad("inference.output_downsample", "must be >= 1 or auto".into());
         }
@@ -911,6 +924,56 @@ impl Config {
     pub fn kmeans_seed(&self) -> u64 {
         self.prototypes.kmeans.seed.unwrap_or(self.seed)
     }
+}
+
+/// Spatial-reduction ratios of the four MiT stages (the same in mit_b0 .. mit_b5).
+const MIT_SR_RATIOS: [u32; 4] = [8, 4, 2, 1];
+
+/// The 4 strides of `model.strides` when they are valid (else `None`; reported elsewhere).
+fn mit_strides(strides: &[u32]) -> Option<[u32; 4]> {
+    let s: [u32; 4] = strides.try_into().ok()?;
+    (!s.contains(&0)).then_some(s)
+}
+
+/// The grid side of each MiT stage for an input side of `side_px`: every overlapping patch
+/// embedding (kernel k, padding k/2, stride s, k odd) gives `ceil(n / s)`.
+fn mit_stage_grids(side_px: u32, strides: [u32; 4]) -> [u32; 4] {
+    let mut n = side_px;
+    strides.map(|s| {
+        n = n.div_ceil(s);
+        n
+    })
+}
+
+/// The smallest input side the MiT backbone accepts with these strides: every stage's grid must
+/// be at least its spatial-reduction ratio (the attention's reduction conv has kernel = stride =
+/// ratio and no padding).
+pub fn mit_min_input_px(strides: [u32; 4]) -> u32 {
+    let ok = |n: u32| {
+        mit_stage_grids(n, strides)
+            .iter()
+            .zip(MIT_SR_RATIOS)
+            .all(|(&g, r)| g >= r)
+    };
+    // The grid of every stage grows with the input, so the first side that works is the minimum.
+    let mut n = 1;
+    while !ok(n) && n < 1 << 20 {
+        n += 1;
+    }
+    n
+}
+
+/// Why an input side of `side_px` cannot go through the MiT backbone, if it cannot.
+fn mit_input_problem(side_px: u32, strides: [u32; 4]) -> Option<String> {
+    let min = mit_min_input_px(strides);
+    (side_px < min).then(|| {
+        format!(
+            "{side_px} px is smaller than the MiT backbone accepts with model.strides {strides:?}: \
+             its stage grids would be {:?} px, below the attention's spatial-reduction ratios \
+             {MIT_SR_RATIOS:?}; use at least {min} px (e.g. 112 or 224)",
+            mit_stage_grids(side_px, strides)
+        )
+    })
 }
 
 fn check_normalize(bad: &mut impl FnMut(&str, String), key: &str, n: &Normalize) {
@@ -1007,6 +1070,40 @@ mod tests {
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         Config::from_yaml_str(text, Path::new("/base"), "test.yaml", &sets)
+    }
+
+    #[test]
+    fn mit_minimum_input_side_follows_strides_and_reduction_ratios() {
+        // stage 1: ceil(n / 4) >= 8 (sr 8) needs n >= 29; later stages then have 4 >= 4, 2 >= 2,
+        // 2 >= 1 (strides 4,2,2,1) or 1 >= 1 (4,2,2,2)
+        assert_eq!(mit_min_input_px([4, 2, 2, 1]), 29);
+        assert_eq!(mit_min_input_px([4, 2, 2, 2]), 29);
+        // stride 8 first: ceil(n / 8) >= 8 needs n >= 57
+        assert_eq!(mit_min_input_px([8, 2, 2, 1]), 57);
+        // stage 2 binds: ceil(ceil(n / 2) / 4) >= 4 needs n >= 25, stage 1 ceil(n / 2) >= 8 needs 15
+        assert_eq!(mit_min_input_px([2, 4, 1, 1]), 25);
+        assert_eq!(mit_stage_grids(16, [4, 2, 2, 1]), [4, 2, 1, 1]);
+    }
+
+    #[test]
+    fn patch_sizes_the_backbone_cannot_take_are_config_errors() {
+        for side in ["7", "8", "16", "28"] {
+            let e = load(MINIMAL, &[&format!("patch_size={side}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("patch_size") && e.contains("at least 29 px"),
+                "{e}"
+            );
+            let e = load(MINIMAL, &[&format!("inference.patch_size={side}")])
+                .unwrap_err()
+                .to_string();
+            assert!(
+                e.contains("inference.patch_size") && e.contains("29"),
+                "{e}"
+            );
+        }
+        assert!(load(MINIMAL, &["patch_size=29", "inference.patch_size=64"]).is_ok());
     }
 
     #[test]

@@ -171,6 +171,9 @@ pub struct InferSummary {
     pub skipped: usize,
     /// Slides that failed.
     pub failed: usize,
+    /// Slides left to another pbip process that was working on them (no row written for them by
+    /// this run).
+    pub in_progress_elsewhere: usize,
 }
 
 /// Per-slide `metadata.json`.
@@ -214,6 +217,10 @@ pub struct SlideMetadata {
     pub pbip_version: String,
     /// Identity of weights + settings; reruns skip slides with the same value.
     pub run_fingerprint: String,
+    /// Size in bytes of every output file; a rerun redoes the slide when one differs (e.g. a
+    /// file truncated or replaced after the run).
+    #[serde(default)]
+    pub output_bytes: BTreeMap<String, u64>,
 }
 
 /// Shard `(index, count)` from the environment: `SLURM_ARRAY_TASK_ID` −
@@ -343,71 +350,53 @@ pub fn list_jobs(cfg: &Config, opts: &InferOptions) -> Result<Vec<SlideJob>, Pip
     Ok(jobs)
 }
 
-fn split_csv_line(line: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    let mut cur = String::new();
-    let mut quoted = false;
-    let mut chars = line.chars().peekable();
-    while let Some(c) = chars.next() {
-        match c {
-            '"' if quoted && chars.peek() == Some(&'"') => {
-                cur.push('"');
-                chars.next();
-            }
-            '"' => quoted = !quoted,
-            ',' if !quoted => out.push(std::mem::take(&mut cur)),
-            _ => cur.push(c),
-        }
-    }
-    out.push(cur);
-    out.into_iter().map(|s| s.trim().to_string()).collect()
-}
-
-fn csv_field(s: &str) -> String {
-    if s.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", s.replace('"', "\"\"").replace(['\n', '\r'], " "))
-    } else {
-        s.to_string()
-    }
-}
-
 /// Reads a manifest CSV `sample_id,image_path[,coordinates_path][,mpp]` (header required).
 pub fn read_manifest(path: &Path) -> Result<Vec<SlideJob>, PipelineError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
+    let bytes = std::fs::read(path).map_err(|source| PipelineError::Io {
         path: path.to_path_buf(),
         source,
     })?;
-    let base = path.parent().unwrap_or(Path::new("."));
-    let mut lines = text.lines().filter(|l| !l.trim().is_empty());
-    let header = lines
-        .next()
-        .ok_or_else(|| infer_err(format!("{}: empty manifest", path.display())))?;
-    let cols = split_csv_line(header.trim_start_matches('\u{feff}'));
+    let bytes = bytes.strip_prefix("\u{feff}".as_bytes()).unwrap_or(&bytes);
+    let csv_err = |e: csv::Error| infer_err(format!("{}: {e}", path.display()));
+    let mut rd = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .flexible(true)
+        .from_reader(bytes);
+    let cols: Vec<String> = rd
+        .headers()
+        .map_err(csv_err)?
+        .iter()
+        .map(str::to_string)
+        .collect();
+    if cols.iter().all(String::is_empty) {
+        return Err(infer_err(format!("{}: empty manifest", path.display())));
+    }
     let col = |n: &str| cols.iter().position(|c| c == n);
     let (Some(ci), Some(cp)) = (col("sample_id"), col("image_path")) else {
         return Err(infer_err(format!(
-            "{}: header must have sample_id and image_path (optional coordinates_path, mpp), got {header:?}",
-            path.display()
+            "{}: header must have sample_id and image_path (optional coordinates_path, mpp), got {:?}",
+            path.display(),
+            cols.join(",")
         )));
     };
     let (cc, cm) = (col("coordinates_path"), col("mpp"));
+    let base = path.parent().unwrap_or(Path::new("."));
     let resolve = |p: &str| -> PathBuf {
         let p = PathBuf::from(p);
         if p.is_absolute() { p } else { base.join(p) }
     };
     let mut jobs = Vec::new();
-    for (ln, line) in lines.enumerate() {
-        let f = split_csv_line(line);
-        let get = |i: Option<usize>| {
-            i.and_then(|i| f.get(i))
-                .map(String::as_str)
-                .filter(|s| !s.is_empty())
-        };
+    for rec in rd.records() {
+        let rec = rec.map_err(csv_err)?;
+        if rec.iter().all(str::is_empty) {
+            continue;
+        }
+        let line = rec.position().map_or(0, |p| p.line());
+        let get = |i: Option<usize>| i.and_then(|i| rec.get(i)).filter(|s| !s.is_empty());
         let (Some(name), Some(img)) = (get(Some(ci)), get(Some(cp))) else {
             return Err(infer_err(format!(
-                "{} line {}: sample_id and image_path are required",
+                "{} line {line}: sample_id and image_path are required",
                 path.display(),
-                ln + 2
             )));
         };
         let mpp = match get(cm) {
@@ -417,9 +406,8 @@ pub fn read_manifest(path: &Path) -> Result<Vec<SlideJob>, PipelineError> {
                     .filter(|m| m.is_finite() && *m > 0.0)
                     .ok_or_else(|| {
                         infer_err(format!(
-                            "{} line {}: mpp {v:?} is not a positive number",
+                            "{} line {line}: mpp {v:?} is not a positive number",
                             path.display(),
-                            ln + 2
                         ))
                     })?,
             ),
@@ -457,59 +445,103 @@ pub fn batch_results_name(shard: Option<(usize, usize)>) -> String {
 }
 
 fn write_batch_results(path: &Path, rows: &[BatchRow]) -> Result<(), PipelineError> {
-    let mut text = String::from(BATCH_RESULTS_HEADER);
-    text.push('\n');
+    let csv_err = |e: String| infer_err(format!("{}: {e}", path.display()));
+    let mut w = csv::Writer::from_writer(Vec::new());
     for r in rows {
-        let f = [
-            csv_field(&r.wsi_name),
-            r.num_patches.to_string(),
-            csv_field(&r.processing_time),
-            csv_field(&r.model_version),
-            csv_field(&r.status),
-            csv_field(&r.error),
-        ];
-        text.push_str(&f.join(","));
-        text.push('\n');
+        w.serialize(r).map_err(|e| csv_err(e.to_string()))?;
     }
-    crate::write_atomic(path, text.as_bytes())
+    if rows.is_empty() {
+        w.write_record(BATCH_RESULTS_HEADER.split(','))
+            .map_err(|e| csv_err(e.to_string()))?;
+    }
+    let bytes = w.into_inner().map_err(|e| csv_err(e.to_string()))?;
+    crate::write_atomic(path, &bytes)
 }
 
 /// Reads a batch results file.
 pub fn read_batch_results(path: &Path) -> Result<Vec<BatchRow>, PipelineError> {
-    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut rows = Vec::new();
-    for (ln, line) in text.lines().enumerate().skip(1) {
-        if line.trim().is_empty() {
-            continue;
+    let mut rd = csv::ReaderBuilder::new()
+        .trim(csv::Trim::All)
+        .from_path(path)
+        .map_err(|e| infer_err(format!("{}: {e}", path.display())))?;
+    rd.deserialize()
+        .map(|r| r.map_err(|e| infer_err(format!("{}: {e}", path.display()))))
+        .collect()
+}
+
+/// Merges `rows` into the batch results file at `path` under a lock shared by every pbip
+/// process writing into the folder: rows of other slides (earlier runs, concurrent runs) are
+/// kept, rows of the same slide are replaced, new slides are appended.
+fn merge_batch_results(path: &Path, rows: &[BatchRow]) -> Result<Vec<BatchRow>, PipelineError> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let lock_name = format!(
+        "{}.lock",
+        path.file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned())
+    );
+    let _lock = FolderLock::acquire(dir, &lock_name)?;
+    let mut merged = if path.is_file() {
+        read_batch_results(path).unwrap_or_else(|e| {
+            tracing::warn!("{e}: unreadable, rewritten with this run's rows only");
+            Vec::new()
+        })
+    } else {
+        Vec::new()
+    };
+    for r in rows {
+        match merged.iter_mut().find(|m| m.wsi_name == r.wsi_name) {
+            Some(m) => *m = r.clone(),
+            None => merged.push(r.clone()),
         }
-        let f = split_csv_line(line);
-        if f.len() != 6 {
-            return Err(infer_err(format!(
-                "{} line {}: expected 6 columns, got {}",
-                path.display(),
-                ln + 1,
-                f.len()
-            )));
-        }
-        rows.push(BatchRow {
-            wsi_name: f[0].clone(),
-            num_patches: f[1].parse().map_err(|_| {
-                infer_err(format!(
-                    "{} line {}: bad num_patches",
-                    path.display(),
-                    ln + 1
-                ))
-            })?,
-            processing_time: f[2].clone(),
-            model_version: f[3].clone(),
-            status: f[4].clone(),
-            error: f[5].clone(),
-        });
     }
-    Ok(rows)
+    write_batch_results(path, &merged)?;
+    Ok(merged)
+}
+
+/// An exclusive advisory lock on `<dir>/.locks/<name>` (released on drop, also when the process
+/// dies). Lock files are left in place: removing one would race with a process opening it.
+pub struct FolderLock {
+    _file: std::fs::File,
+}
+
+impl FolderLock {
+    fn open(dir: &Path, name: &str) -> Result<std::fs::File, PipelineError> {
+        let locks = dir.join(".locks");
+        std::fs::create_dir_all(&locks).map_err(|source| PipelineError::Io {
+            path: locks.clone(),
+            source,
+        })?;
+        let path = locks.join(name);
+        std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&path)
+            .map_err(|source| PipelineError::Io { path, source })
+    }
+
+    /// Waits for the lock.
+    pub fn acquire(dir: &Path, name: &str) -> Result<FolderLock, PipelineError> {
+        let file = Self::open(dir, name)?;
+        file.lock().map_err(|source| PipelineError::Io {
+            path: dir.join(".locks").join(name),
+            source,
+        })?;
+        Ok(FolderLock { _file: file })
+    }
+
+    /// Takes the lock if no other process holds it.
+    pub fn try_acquire(dir: &Path, name: &str) -> Result<Option<FolderLock>, PipelineError> {
+        let file = Self::open(dir, name)?;
+        match file.try_lock() {
+            Ok(()) => Ok(Some(FolderLock { _file: file })),
+            Err(std::fs::TryLockError::WouldBlock) => Ok(None),
+            Err(std::fs::TryLockError::Error(source)) => Err(PipelineError::Io {
+                path: dir.join(".locks").join(name),
+                source,
+            }),
+        }
+    }
 }
 
 /// Merges every `batch_results.shard-*.csv` in `predictions_dir` into `batch_results.csv` (rows
@@ -588,7 +620,8 @@ pub fn run_fingerprint(cfg: &Config, model_identity: &str, job: &SlideJob) -> St
     format!("{:x}", h.finalize())
 }
 
-/// True when `dir` holds a complete output made with `fingerprint`.
+/// True when `dir` holds a complete output made with `fingerprint`: metadata.json with that
+/// fingerprint, and every output file with the size recorded there.
 pub fn is_complete(dir: &Path, name: &str, fingerprint: &str) -> Option<SlideMetadata> {
     let text = std::fs::read_to_string(dir.join(slide::METADATA_JSON)).ok()?;
     let meta: SlideMetadata = serde_json::from_str(&text).ok()?;
@@ -597,7 +630,11 @@ pub fn is_complete(dir: &Path, name: &str, fingerprint: &str) -> Option<SlideMet
     }
     slide::expected_files(name)
         .iter()
-        .all(|f| dir.join(f).is_file())
+        .all(|f| {
+            let recorded = meta.output_bytes.get(f.to_string_lossy().as_ref());
+            let actual = std::fs::metadata(dir.join(f)).ok().filter(|m| m.is_file());
+            matches!((recorded, actual), (Some(&n), Some(m)) if m.len() == n)
+        })
         .then_some(meta)
 }
 
@@ -667,10 +704,23 @@ pub fn run_with_predictor(
     let mut rows = Vec::new();
     let (mut processed, mut skipped, mut failed) = (0, 0, 0);
     let names: BTreeSet<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
+    let mut elsewhere = 0;
     for job in &jobs {
         overall.set_message(job.name.clone());
         let final_dir = pred_dir.join(&job.name);
         let fingerprint = run_fingerprint(cfg, model_identity, job);
+        // One process per slide: another pbip run writing into this folder may hold it.
+        let Some(_slide_lock) = FolderLock::try_acquire(&pred_dir, &format!("{}.lock", job.name))?
+        else {
+            tracing::warn!(
+                slide = %job.name,
+                "in progress in another pbip process writing into {}: left to it",
+                pred_dir.display()
+            );
+            elsewhere += 1;
+            overall.inc(1);
+            continue;
+        };
         if !opts.overwrite
             && let Some(meta) = is_complete(&final_dir, &job.name, &fingerprint)
         {
@@ -701,6 +751,14 @@ pub fn run_with_predictor(
                 source,
             })?;
             let out = slide::infer_slide(cfg, job, predictor, &settings, &tmp, multi.as_ref())?;
+            let mut output_bytes = BTreeMap::new();
+            for f in slide::expected_files(&job.name) {
+                let p = tmp.join(&f);
+                let len = std::fs::metadata(&p)
+                    .map_err(|source| PipelineError::Io { path: p, source })?
+                    .len();
+                output_bytes.insert(f.to_string_lossy().into_owned(), len);
+            }
             let meta = SlideMetadata {
                 wsi_name: job
                     .slide_path
@@ -725,6 +783,7 @@ pub fn run_with_predictor(
                 no_label_value: pbip_post::NO_LABEL,
                 pbip_version: env!("CARGO_PKG_VERSION").to_string(),
                 run_fingerprint: fingerprint.clone(),
+                output_bytes,
             };
             let text = serde_json::to_string_pretty(&meta).map_err(|e| PipelineError::Json {
                 path: tmp.join(slide::METADATA_JSON),
@@ -790,13 +849,21 @@ pub fn run_with_predictor(
             let n = e.file_name().to_string_lossy().into_owned();
             if let Some(stem) = n.strip_prefix('.').and_then(|s| s.strip_suffix(".partial"))
                 && names.contains(stem)
+                && let Ok(Some(_lock)) = FolderLock::try_acquire(&pred_dir, &format!("{stem}.lock"))
             {
                 let _ = std::fs::remove_dir_all(e.path());
             }
         }
     }
+    if elsewhere > 0 {
+        tracing::warn!(
+            "{elsewhere} slide(s) were in progress in another pbip process; their rows are added \
+             to {} by that process",
+            batch_results_name(opts.shard)
+        );
+    }
     let batch_results = pred_dir.join(batch_results_name(opts.shard));
-    write_batch_results(&batch_results, &rows)?;
+    merge_batch_results(&batch_results, &rows)?;
     Ok(InferSummary {
         predictions_dir: pred_dir,
         batch_results,
@@ -804,6 +871,7 @@ pub fn run_with_predictor(
         processed,
         skipped,
         failed,
+        in_progress_elsewhere: elsewhere,
     })
 }
 

@@ -372,7 +372,9 @@ fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
                     v["processing_time_sec"] = serde_json::Value::Null;
                     bytes = v.to_string().into_bytes();
                 }
-                if rel.starts_with("batch_results") {
+                // Batch results and the lock files (named after the batch results file) depend
+                // on how the run was split.
+                if rel.starts_with("batch_results") || rel.starts_with(".locks") {
                     continue;
                 }
                 m.insert(rel, bytes);

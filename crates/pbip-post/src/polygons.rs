@@ -8,8 +8,11 @@
 //! of direction `d` continues with the first outgoing crack among `(d+1) % 4` (turn toward the
 //! class), `d`, `(d+3) % 4`: at a diagonal "saddle" the two class pixels stay separate, consistent
 //! with 4-connectivity. Rings keep only their corners (collinear vertices are dropped), start at
-//! their top-left-most corner and are closed (first point repeated). Rings with positive shoelace
-//! area are exteriors; the others are holes. Every ring is the boundary of exactly one 4-connected
+//! their top-left-most corner and are closed (first point repeated). A ring that passes a corner
+//! twice (a hole touching the outside, or two holes touching, at a saddle) is split there into
+//! simple rings, as OGC simple features require (rings may touch each other at a point, never
+//! themselves). Rings with positive shoelace area are exteriors; the others are holes. Every ring
+//! is the boundary of exactly one 4-connected
 //! component of the class (its pixels on the right of the ring), found with the streaming
 //! [`crate::components`] labeller; each component gives one [`Polygon`] (its exterior and its
 //! holes), in raster order of the component's first pixel; holes are sorted by their start corner.
@@ -364,19 +367,17 @@ impl PolygonTracer {
         let mut holes: HashMap<u32, Vec<Vec<(i64, i64)>>> = HashMap::new();
         for ring in std::mem::take(&mut self.rings) {
             let root = self.labeler.uf.find(ring.comp);
-            let pts = normalise_ring(ring.pts);
-            let area2: i64 = pts
-                .windows(2)
-                .map(|p| p[0].0 * p[1].1 - p[1].0 * p[0].1)
-                .sum();
-            if area2 > 0 {
-                if outers.insert(root, pts).is_some() {
-                    return invalid(
-                        "polygon tracer: two exteriors for one component (internal error)",
-                    );
+            for pts in split_pinches(ring.pts) {
+                let pts = normalise_ring(pts);
+                if ring_area2(&pts) > 0 {
+                    if outers.insert(root, pts).is_some() {
+                        return invalid(
+                            "polygon tracer: two exteriors for one component (internal error)",
+                        );
+                    }
+                } else {
+                    holes.entry(root).or_default().push(pts);
                 }
-            } else {
-                holes.entry(root).or_default().push(pts);
             }
         }
         let mut roots: Vec<u32> = outers.keys().copied().collect();
@@ -398,6 +399,43 @@ impl PolygonTracer {
         }
         Ok(polys)
     }
+}
+
+/// Twice the signed (shoelace) area of a closed ring; positive = clockwise on screen (y down),
+/// i.e. an exterior in the crack orientation of the module docs.
+fn ring_area2(pts: &[(i64, i64)]) -> i64 {
+    pts.windows(2)
+        .map(|p| p[0].0 * p[1].1 - p[1].0 * p[0].1)
+        .sum()
+}
+
+/// Splits a ring of corners (not closed) at every corner it passes twice into simple rings.
+///
+/// With 4-connected classes a ring passes a corner twice only at a saddle where the
+/// 8-connected background touches itself: an exterior pinched there is a shell plus a hole
+/// touching it at that point ("inverted hole"), a pinched hole is two holes touching at a point.
+/// OGC simple features (shapely, JTS, QuPath) require the split form: a ring may not touch
+/// itself, while rings may touch each other at single points. Both passes turn at a saddle, so
+/// the split point stays a corner of each part.
+fn split_pinches(pts: Vec<(i64, i64)>) -> Vec<Vec<(i64, i64)>> {
+    let mut stack: Vec<(i64, i64)> = Vec::with_capacity(pts.len());
+    let mut at: HashMap<(i64, i64), usize> = HashMap::with_capacity(pts.len());
+    let mut parts = Vec::new();
+    for p in pts {
+        if let Some(&i) = at.get(&p) {
+            let part: Vec<(i64, i64)> = stack.drain(i..).collect();
+            for q in &part {
+                at.remove(q);
+            }
+            parts.push(part);
+        }
+        at.insert(p, stack.len());
+        stack.push(p);
+    }
+    if !stack.is_empty() {
+        parts.push(stack);
+    }
+    parts
 }
 
 /// Rotates a ring of corners to start at its top-left-most corner (the occurrence leaving in the
@@ -551,12 +589,6 @@ mod tests {
             if ring.len() > 1 && Some(edges[start].1) == prev_dir {
                 ring.remove(0);
             }
-            let first = ring[0];
-            ring.push(first);
-            let area2: i64 = ring
-                .windows(2)
-                .map(|p| p[0].0 * p[1].1 - p[1].0 * p[0].1)
-                .sum();
             let (v, d) = edges[start];
             let (vx, vy) = ((v % vw) as usize, (v / vw) as usize);
             let (px, py) = match d {
@@ -566,11 +598,18 @@ mod tests {
                 _ => (vx, vy - 1),
             };
             let c = comp[py * w + px] as usize;
-            if area2 > 0 {
-                outers[c] = Some(ring);
-            } else {
-                holes[c].push(ring);
+            for part in split_pinches(ring) {
+                let part = normalise_ring(part);
+                if ring_area2(&part) > 0 {
+                    assert!(outers[c].is_none(), "two exteriors");
+                    outers[c] = Some(part);
+                } else {
+                    holes[c].push(part);
+                }
             }
+        }
+        for h in &mut holes {
+            h.sort_by_key(|h| (h[0].1, h[0].0, dir_of(h[0], h[1])));
         }
         (1..=n)
             .filter_map(|c| {
@@ -616,6 +655,57 @@ mod tests {
                 assert_eq!(got, want, "{w}x{h} class {class}");
             }
         }
+    }
+
+    #[test]
+    fn a_hole_touching_the_outside_at_a_corner_is_a_separate_ring() {
+        // The hole pixel (1, 1) meets the background (2, 2) diagonally at corner (2, 2): traced as
+        // one ring, the exterior would pass (2, 2) twice (invalid OGC, "Ring Self-intersection").
+        #[rustfmt::skip]
+        let lab: Vec<u8> = vec![
+            1, 1, 1, 0,
+            1, 0, 1, 0,
+            1, 1, 0, 0,
+        ];
+        let p = trace_class_polygons(&lab, 4, 3, 1).unwrap();
+        assert_eq!(p.len(), 1);
+        assert_eq!(
+            p[0].exterior,
+            vec![(0, 0), (3, 0), (3, 2), (2, 2), (2, 3), (0, 3), (0, 0)]
+        );
+        assert_eq!(
+            p[0].holes,
+            vec![vec![(1, 1), (1, 2), (2, 2), (2, 1), (1, 1)]]
+        );
+        // The background's view of the same map: pixel (1, 1) is a 4-component of its own and
+        // the outer background another, touching at corner (2, 2).
+        let bg = trace_class_polygons(&lab, 4, 3, 0).unwrap();
+        assert_eq!(bg.len(), 2);
+        assert!(bg.iter().all(|p| p.holes.is_empty()));
+    }
+
+    #[test]
+    fn split_pinches_cuts_a_figure_eight_into_two_rings() {
+        let eight = vec![
+            (0, 0),
+            (1, 0),
+            (1, 1),
+            (2, 1),
+            (2, 2),
+            (1, 2),
+            (1, 1),
+            (0, 1),
+        ];
+        let parts = split_pinches(eight);
+        assert_eq!(
+            parts,
+            vec![
+                vec![(1, 1), (2, 1), (2, 2), (1, 2)],
+                vec![(0, 0), (1, 0), (1, 1), (0, 1)]
+            ]
+        );
+        let square = vec![(0, 0), (1, 0), (1, 1), (0, 1)];
+        assert_eq!(split_pinches(square.clone()), vec![square]);
     }
 
     #[test]

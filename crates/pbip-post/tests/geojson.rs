@@ -154,3 +154,66 @@ fn geojson_round_trips_random_blobby_masks() {
         }
     }
 }
+
+/// Runs `testdata/check_geojson_valid.py` (shapely) on `files`; fails with its report.
+fn assert_valid_per_shapely(files: &[std::path::PathBuf]) {
+    let python = std::env::var("PBIP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
+    let script = std::path::Path::new(&manifest).join("../../testdata/check_geojson_valid.py");
+    let o = std::process::Command::new(&python)
+        .arg(&script)
+        .args(files)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python} (set PBIP_PYTHON): {e}"));
+    assert!(
+        o.status.success(),
+        "shapely says invalid (or is missing):\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
+}
+
+#[test]
+fn geojson_is_valid_ogc_geometry_per_shapely() {
+    let classes = ClassInfo::from_names(&["a", "b", "c"]);
+    let dir = tempfile::tempdir().unwrap();
+    let mut maps: Vec<(String, usize, usize, Vec<u8>)> = Vec::new();
+    // Checkerboards: every inner corner is a saddle.
+    for (w, h) in [(8usize, 8usize), (7, 5)] {
+        let m = (0..w * h).map(|i| ((i % w + i / w) % 2) as u8).collect();
+        maps.push((format!("checker_{w}x{h}"), w, h, m));
+    }
+    // Holes that touch the outside, each other, and an island inside a hole, at corners.
+    #[rustfmt::skip]
+    let touching: Vec<u8> = vec![
+        0, 0, 0, 0, 0, 0, 0, 1,
+        0, 1, 0, 0, 1, 0, 1, 0,
+        0, 0, 1, 0, 0, 0, 0, 0,
+        0, 0, 0, 1, 0, 0, 0, 0,
+        0, 0, 0, 0, 0, 1, 1, 0,
+        0, 1, 1, 0, 0, 1, 1, 0,
+        0, 1, 1, 0, 0, 0, 0, 1,
+        0, 0, 0, 0, 0, 0, 1, 1,
+    ];
+    maps.push(("touching".into(), 8, 8, touching));
+    // Random maps: pure noise (saddles everywhere) and smoothed blobs with speckle.
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    for (i, &(w, h, k)) in [(30usize, 30usize, 2u8), (41, 23, 3), (64, 64, 2)]
+        .iter()
+        .enumerate()
+    {
+        let m = (0..w * h).map(|_| rng.random_range(0..k)).collect();
+        maps.push((format!("noise_{i}"), w, h, m));
+    }
+    for seed in 20..26u64 {
+        maps.push((format!("blobby_{seed}"), 70, 50, blobby(70, 50, 3, seed)));
+    }
+    let mut files = Vec::new();
+    for (name, w, h, m) in &maps {
+        let gj = label_map_to_geojson(m, *w, *h, 4.0, &classes).unwrap();
+        let path = dir.path().join(format!("{name}.geojson"));
+        write_geojson(&path, &gj).unwrap();
+        files.push(path);
+    }
+    assert_valid_per_shapely(&files);
+}

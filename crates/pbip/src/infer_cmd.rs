@@ -71,10 +71,11 @@ pub(crate) fn infer(args: &InferArgs) -> Result<()> {
     };
     let s = stage5_infer::run(&cfg, &args.weights, &opts)?;
     println!(
-        "infer: {} processed, {} skipped (complete), {} failed; outputs in {}; results {}",
+        "infer: {} processed, {} skipped (complete), {} failed, {} in progress in another process; outputs in {}; results {}",
         s.processed,
         s.skipped,
         s.failed,
+        s.in_progress_elsewhere,
         s.predictions_dir.display(),
         s.batch_results.display()
     );

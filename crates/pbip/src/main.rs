@@ -2,6 +2,7 @@
 
 mod demo;
 mod infer_cmd;
+mod view_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -192,6 +193,8 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
         backend: BackendArg,
     },
+    /// Web viewer on 127.0.0.1: pan and zoom slides with the predicted mask, confidence heat maps and contours on top.
+    View(view_cmd::ViewArgs),
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
@@ -316,6 +319,7 @@ fn run(cli: Cli) -> Result<()> {
             out,
             backend,
         } => read_region(&slide, x, y, level, width, height, &out, backend),
+        Command::View(args) => view_cmd::run(&args),
     }
 }
 

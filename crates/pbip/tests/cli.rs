@@ -525,6 +525,7 @@ fn demo_runs_end_to_end() {
     let csv = std::fs::read_to_string(pred.join("batch_results.csv")).unwrap();
     let ok_rows: Vec<&str> = csv.lines().filter(|l| l.contains(",ok,")).collect();
     assert!(!ok_rows.is_empty(), "{csv}");
+    let mut geojsons = Vec::new();
     for row in ok_rows {
         let name = row.split(',').next().unwrap();
         assert!(
@@ -532,7 +533,23 @@ fn demo_runs_end_to_end() {
             "{name}"
         );
         assert!(pred.join(name).join("metadata.json").is_file(), "{name}");
+        geojsons.push(pred.join(name).join(format!("{name}.geojson")));
     }
+    // Every GeoJSON the demo writes is valid OGC geometry per shapely (an independent judge).
+    let python = std::env::var("PBIP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = Path::new(&std::env::var("CARGO_MANIFEST_DIR").unwrap())
+        .join("../../testdata/check_geojson_valid.py");
+    let o = std::process::Command::new(&python)
+        .arg(&script)
+        .args(&geojsons)
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {python} (set PBIP_PYTHON): {e}"));
+    assert!(
+        o.status.success(),
+        "GeoJSON not valid per shapely (or shapely missing):\n{}{}",
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr)
+    );
     assert!(
         out.contains("stage 5 predictions") && out.contains("all-tissue-is-tumour map"),
         "{out}"

@@ -243,6 +243,47 @@ pub fn place_patches(
                 origin: Origin::TopLeft,
             });
         }
+        // Patches that do not touch the slide would be read as padding and stitched nowhere.
+        let (w0, h0) = slide.dimensions();
+        let touches = |f: &PatchFootprint| {
+            let size = f.size_lv0_px.ceil() as i64;
+            f.x_lv0 < w0 as i64
+                && f.y_lv0 < h0 as i64
+                && f.x_lv0.saturating_add(size) > 0
+                && f.y_lv0.saturating_add(size) > 0
+        };
+        let outside: Vec<usize> = (0..footprints.len())
+            .filter(|&i| !touches(&footprints[i]))
+            .collect();
+        if !outside.is_empty() {
+            let first = &footprints[outside[0]];
+            if outside.len() == footprints.len() {
+                return Err(infer_err(format!(
+                    "{}: all {} coordinates lie outside the slide ({w0} x {h0} px at level 0; e.g. \
+                     ({}, {})): wrong slide for this coordinate file, or coordinates at another \
+                     level / in microns?",
+                    cp.display(),
+                    footprints.len(),
+                    first.x_lv0,
+                    first.y_lv0
+                )));
+            }
+            tracing::warn!(
+                slide = %job.name,
+                "{} of {} coordinates in {} lie outside the slide ({w0} x {h0} px at level 0; \
+                 e.g. ({}, {})); they are skipped",
+                outside.len(),
+                footprints.len(),
+                cp.display(),
+                first.x_lv0,
+                first.y_lv0
+            );
+            (footprints, geometry) = footprints
+                .into_iter()
+                .zip(geometry)
+                .filter(|(f, _)| touches(f))
+                .unzip();
+        }
         return Ok(Placement {
             footprints,
             geometry,
