@@ -9,9 +9,7 @@ use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use pbip_config::{
-    ChannelOrder, Config, Device as DeviceChoice, Encoder as EncoderCfg, EncoderKind,
-};
+use pbip_config::{ChannelOrder, Config, Encoder as EncoderCfg, EncoderKind};
 use pbip_encoder::{MedClipVision, SwinConfig};
 use pbip_weights::{HostTensor, TensorMap};
 use rand::Rng;
@@ -23,30 +21,6 @@ use crate::PipelineError;
 
 /// Metadata key under which pbip stores its JSON description in safetensors files.
 pub const META_KEY: &str = "pbip";
-
-/// The compute device for `cfg.device`: `cpu` is burn's pure-Rust `flex` backend; `gpu` needs a
-/// build with the `wgpu` feature.
-pub fn compute_device(cfg: &Config) -> Result<Device, PipelineError> {
-    match cfg.device {
-        DeviceChoice::Cpu => Ok(Device::flex()),
-        DeviceChoice::Gpu => gpu_device(),
-    }
-}
-
-#[cfg(feature = "wgpu")]
-fn gpu_device() -> Result<Device, PipelineError> {
-    Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn gpu_device() -> Result<Device, PipelineError> {
-    Err(PipelineError::Data {
-        stage: "device",
-        message: "`device: gpu` needs a pbip built with the `wgpu` feature \
-                  (cargo build --release -p pbip --features wgpu); use `device: cpu` otherwise"
-            .into(),
-    })
-}
 
 /// Where the encoder weights came from (stored in every output that depends on them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -393,8 +367,8 @@ pub fn encode_batch(
 pub fn saved_encoder_path(cfg: &Config) -> PathBuf {
     cfg.paths
         .work_dir
-        .join(crate::stage1_embed_prototypes::OUTPUT_DIR)
-        .join(crate::stage1_embed_prototypes::ENCODER_FILE)
+        .join(crate::artifacts::exemplars::OUTPUT_DIR)
+        .join(crate::artifacts::exemplars::ENCODER_FILE)
 }
 
 #[cfg(test)]

@@ -4,6 +4,7 @@
 //! `<paths.work_dir>/<stage folder>/` together with the resolved config, and can tell whether its
 //! outputs are complete and up to date ([`stage_freshness`]) so that `pbip run` can skip it.
 
+pub mod artifacts;
 pub mod encoder;
 pub mod settings;
 pub mod stage0_sample_prototypes;

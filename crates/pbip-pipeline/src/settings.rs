@@ -1,9 +1,11 @@
 //! Config → library settings: the one place where a [`Config`] section becomes the options
-//! struct of a library crate (model head, poolings, evaluation path, training labels), so that
-//! every stage that needs one builds it the same way.
+//! struct of a library crate (slide reader, compute device, model head, poolings, evaluation
+//! path, training labels), so that every stage that needs one builds it the same way.
 
-use pbip_config::{Config, MapKind, Pool, PoolKind};
+use burn::tensor::Device;
+use pbip_config::{Config, Device as DeviceChoice, MapKind, Pool, PoolKind, SlideBackend};
 use pbip_model::{EvalConfig, HeadConfig, Pooling};
+use pbip_slide::{Backend, OpenOptions};
 
 use crate::PipelineError;
 
@@ -12,6 +14,47 @@ fn config_err(message: String) -> PipelineError {
         stage: "config",
         message,
     }
+}
+
+/// Slide open options from the config.
+pub fn open_options(cfg: &Config, cache: bool) -> OpenOptions {
+    OpenOptions {
+        backend: match cfg.slide.backend {
+            SlideBackend::Auto => Backend::Auto,
+            SlideBackend::Rust => Backend::Rust,
+            SlideBackend::Openslide => Backend::OpenSlide,
+        },
+        cache_bytes: if cache {
+            (cfg.slide.cache_mb as usize).saturating_mul(1 << 20)
+        } else {
+            0
+        },
+        background_rgb: cfg.slide.background,
+    }
+}
+
+/// The compute device for `cfg.device`: `cpu` is burn's pure-Rust `flex` backend; `gpu` needs a
+/// build with the `wgpu` feature.
+pub fn compute_device(cfg: &Config) -> Result<Device, PipelineError> {
+    match cfg.device {
+        DeviceChoice::Cpu => Ok(Device::flex()),
+        DeviceChoice::Gpu => gpu_device(),
+    }
+}
+
+#[cfg(feature = "wgpu")]
+fn gpu_device() -> Result<Device, PipelineError> {
+    Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
+}
+
+#[cfg(not(feature = "wgpu"))]
+fn gpu_device() -> Result<Device, PipelineError> {
+    Err(PipelineError::Data {
+        stage: "device",
+        message: "`device: gpu` needs a pbip built with the `wgpu` feature \
+                  (cargo build --release -p pbip --features wgpu); use `device: cpu` otherwise"
+            .into(),
+    })
 }
 
 /// The model crate's pooling for a config pooling.

@@ -24,17 +24,16 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
 use indicatif::{ProgressBar, ProgressStyle};
-use pbip_config::{Config, CoordinateOrigin, Dataset, SlideBackend, SlideEntry, Split};
+use pbip_config::{Config, CoordinateOrigin, Dataset, SlideEntry, Split};
 use pbip_coords::{Coordinates, PrototypeRecord, ReadOptions};
-use pbip_slide::{Backend, OpenOptions, Slide};
+use pbip_slide::Slide;
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
+pub use crate::artifacts::coordinates::{OUTPUT_DIR, class_file, class_files, output_dir};
 use crate::{Freshness, PipelineError, RunOptions, STAGES, StageReport, mtime, write_atomic};
 
-/// Output folder name under `paths.work_dir`.
-pub const OUTPUT_DIR: &str = "prototype_coordinates";
 /// Summary file name.
 pub const SUMMARY_FILE: &str = "summary.json";
 
@@ -81,16 +80,6 @@ pub struct Stage0Result {
     pub summary: Stage0Summary,
 }
 
-/// Output folder of stage 0 for `cfg`.
-pub fn output_dir(cfg: &Config) -> PathBuf {
-    cfg.paths.work_dir.join(OUTPUT_DIR)
-}
-
-/// Path of the `.npy` file of class `class`.
-pub fn class_file(cfg: &Config, class: &str) -> PathBuf {
-    output_dir(cfg).join(format!("{class}.npy"))
-}
-
 fn fingerprint(cfg: &Config) -> serde_json::Value {
     serde_json::json!({
         "seed": cfg.seed,
@@ -105,23 +94,6 @@ fn fingerprint(cfg: &Config) -> serde_json::Value {
         "coordinates_dir": cfg.paths.coordinates_dir,
         "coordinates_suffix": cfg.paths.coordinates_suffix,
     })
-}
-
-/// Slide open options from the config.
-pub fn open_options(cfg: &Config, cache: bool) -> OpenOptions {
-    OpenOptions {
-        backend: match cfg.slide.backend {
-            SlideBackend::Auto => Backend::Auto,
-            SlideBackend::Rust => Backend::Rust,
-            SlideBackend::Openslide => Backend::OpenSlide,
-        },
-        cache_bytes: if cache {
-            (cfg.slide.cache_mb as usize).saturating_mul(1 << 20)
-        } else {
-            0
-        },
-        background_rgb: cfg.slide.background,
-    }
 }
 
 struct SlideGeom {
@@ -256,7 +228,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
     }
     bar.set_prefix("stage 0: sampling");
 
-    let open_opts = open_options(cfg, false);
+    let open_opts = crate::settings::open_options(cfg, false);
     let mut geoms: HashMap<String, SlideGeom> = HashMap::new();
     let mut records_cache: HashMap<String, (Vec<PrototypeRecord>, RowFilter)> = HashMap::new();
     let mut per_class_records: Vec<Vec<PrototypeRecord>> = Vec::with_capacity(n_classes);
@@ -464,14 +436,6 @@ pub fn freshness(cfg: &Config) -> Freshness {
         (Ok(_), _) => Freshness::Stale("an input is newer than the outputs".into()),
         (Err(e), _) => Freshness::Stale(e),
     }
-}
-
-/// Path helper for tests and callers: the `.npy` files of all classes.
-pub fn class_files(cfg: &Config) -> Vec<(String, PathBuf)> {
-    cfg.class_order
-        .iter()
-        .map(|c| (c.clone(), class_file(cfg, c)))
-        .collect()
 }
 
 #[cfg(test)]

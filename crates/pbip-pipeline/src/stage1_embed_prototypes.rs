@@ -29,20 +29,15 @@ use pbip_coords::Coordinates;
 use pbip_slide::{Origin, PatchGeometry, Slide};
 use pbip_weights::{HostTensor, TensorMap};
 use rayon::prelude::*;
-use serde::{Deserialize, Serialize};
 
-use crate::encoder::{self, EncoderIdentity, META_KEY, Preprocess};
-use crate::{
-    Freshness, PipelineError, RunOptions, StageInfo, StageReport,
-    stage0_sample_prototypes as stage0,
+use crate::artifacts::coordinates;
+pub use crate::artifacts::exemplars::{
+    ENCODER_FILE, EXEMPLARS_FILE, ExemplarsMeta, OUTPUT_DIR, exemplars_path, output_dir,
+    read_exemplars,
 };
+use crate::encoder::{self, META_KEY, Preprocess};
+use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport};
 
-/// Output folder name under `paths.work_dir` (shared with stage 2).
-pub const OUTPUT_DIR: &str = "image_features";
-/// Features file.
-pub const EXEMPLARS_FILE: &str = "exemplars.safetensors";
-/// Encoder weights file.
-pub const ENCODER_FILE: &str = "encoder.safetensors";
 /// Summary / completion marker.
 pub const SUMMARY_FILE: &str = "exemplars.json";
 
@@ -56,39 +51,6 @@ pub const INFO: StageInfo = StageInfo {
     output_dir: OUTPUT_DIR,
 };
 
-/// Metadata of `exemplars.safetensors` (also `exemplars.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ExemplarsMeta {
-    /// Format tag.
-    pub format: String,
-    /// Class names; `class_index` indexes this.
-    pub class_order: Vec<String>,
-    /// Slide file names (`wsi_name`); `slide_index` indexes this.
-    pub slides: Vec<String>,
-    /// Resolved slide paths, same order as `slides`.
-    pub slide_paths: Vec<PathBuf>,
-    /// Rows per class.
-    pub rows_per_class: Vec<usize>,
-    /// Feature width.
-    pub dim: usize,
-    /// Network input side, pixels.
-    pub patch_size: u32,
-    /// Encoder weights identity.
-    pub encoder: EncoderIdentity,
-    /// Preprocessing.
-    pub preprocess: Preprocess,
-    /// Settings this output depends on (for `pbip run`).
-    pub fingerprint: serde_json::Value,
-    /// Seconds spent reading patches (reader thread, wall).
-    pub read_secs: f64,
-    /// Seconds spent in the encoder.
-    pub encode_secs: f64,
-    /// Seconds the encoder waited for patches.
-    pub wait_secs: f64,
-    /// Total wall seconds.
-    pub total_secs: f64,
-}
-
 /// One prototype row to embed.
 #[derive(Debug, Clone)]
 struct Item {
@@ -97,16 +59,6 @@ struct Item {
     x: i64,
     y: i64,
     geom: PatchGeometry,
-}
-
-/// Output folder.
-pub fn output_dir(cfg: &Config) -> PathBuf {
-    cfg.paths.work_dir.join(OUTPUT_DIR)
-}
-
-/// Path of `exemplars.safetensors`.
-pub fn exemplars_path(cfg: &Config) -> PathBuf {
-    output_dir(cfg).join(EXEMPLARS_FILE)
 }
 
 fn fingerprint(cfg: &Config) -> serde_json::Value {
@@ -155,7 +107,7 @@ fn collect_items(
     let mut slide_ix: HashMap<String, usize> = HashMap::new();
     let mut rows_per_class = Vec::new();
     let mut missing = Vec::new();
-    for (c, (class, path)) in stage0::class_files(cfg).into_iter().enumerate() {
+    for (c, (class, path)) in coordinates::class_files(cfg).into_iter().enumerate() {
         if !path.is_file() {
             return Err(data_err(format!(
                 "{} is missing: run `pbip sample-prototypes` first (class `{class}`)",
@@ -227,13 +179,13 @@ fn collect_items(
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError> {
     let t0 = Instant::now();
     let (items, slide_names, slide_paths, rows_per_class) = collect_items(cfg)?;
-    let open_opts = stage0::open_options(cfg, true);
+    let open_opts = crate::settings::open_options(cfg, true);
     let slides: Vec<Arc<Slide>> = slide_paths
         .iter()
         .map(|p| Slide::open(p, &open_opts).map(Arc::new))
         .collect::<Result<_, _>>()?;
 
-    let device = encoder::compute_device(cfg)?;
+    let device = crate::settings::compute_device(cfg)?;
     let (model, identity) = encoder::build_encoder(cfg, &device)?;
     let pre = Preprocess::from_config(cfg);
     let kind = cfg.prototypes.encoder.kind;
@@ -405,23 +357,6 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
     })
 }
 
-/// Reads `exemplars.safetensors`: tensors and metadata.
-pub fn read_exemplars(path: &Path) -> Result<(TensorMap, ExemplarsMeta), PipelineError> {
-    let (map, meta) = pbip_weights::read_tensors(path)
-        .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
-    let json = meta.get(META_KEY).ok_or_else(|| {
-        data_err(format!(
-            "{}: no pbip metadata (not written by `pbip embed-prototypes`)",
-            path.display()
-        ))
-    })?;
-    let meta: ExemplarsMeta = serde_json::from_str(json).map_err(|e| PipelineError::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    Ok((map, meta))
-}
-
 /// Whether stage 1's outputs are complete, newer than stage 0's, and made with the same settings.
 pub fn freshness(cfg: &Config) -> Freshness {
     let dir = output_dir(cfg);
@@ -439,7 +374,7 @@ pub fn freshness(cfg: &Config) -> Freshness {
         dir.join(ENCODER_FILE),
         dir.join(SUMMARY_FILE),
     ];
-    let inputs: Vec<PathBuf> = stage0::class_files(cfg)
+    let inputs: Vec<PathBuf> = coordinates::class_files(cfg)
         .into_iter()
         .map(|(_, p)| p)
         .collect();

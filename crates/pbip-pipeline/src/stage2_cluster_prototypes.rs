@@ -24,20 +24,21 @@
 //! * `prototypes.json`: the metadata, human-readable, written last (completion marker).
 
 use std::collections::BTreeMap;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use pbip_config::{Config, EmptyCluster, KMeansInit};
 use pbip_kmeans::{EmptyClusterPolicy, InitMethod, KMeansConfig};
 use pbip_slide::{Origin, PatchGeometry, RgbImage, Slide};
 use pbip_weights::{HostTensor, TensorMap};
-use serde::{Deserialize, Serialize};
 
-use crate::encoder::{EncoderIdentity, META_KEY};
-use crate::stage1_embed_prototypes as stage1;
+use crate::artifacts::exemplars as stage1;
+pub use crate::artifacts::prototypes::{
+    CONDITIONING_MATRIX, CONDITIONING_MEAN, ClassClusters, PROTOTYPES_FILE, PrototypesMeta,
+    prototypes_path, read_conditioning, read_prototypes,
+};
+use crate::encoder::META_KEY;
 use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport};
 
-/// Prototype bank file.
-pub const PROTOTYPES_FILE: &str = "prototypes.safetensors";
 /// Summary / completion marker.
 pub const SUMMARY_FILE: &str = "prototypes.json";
 /// Folder of the per-class PNG sheets.
@@ -54,63 +55,6 @@ pub const INFO: StageInfo = StageInfo {
     description: "per-class cosine k-means of the exemplar features (the prototype bank)",
     output_dir: stage1::OUTPUT_DIR,
 };
-
-/// Per-class clustering result.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct ClassClusters {
-    /// Class name.
-    pub class: String,
-    /// Exemplars of the class.
-    pub exemplars: usize,
-    /// k.
-    pub k: usize,
-    /// Members per cluster.
-    pub cluster_sizes: Vec<usize>,
-    /// Mean cosine of the members to their centre (null for an empty cluster).
-    pub mean_cosine: Vec<Option<f64>>,
-    /// Σ cos(x, own centre).
-    pub objective: f64,
-    /// Lloyd iterations of the kept run.
-    pub iterations: usize,
-    /// Whether the kept run converged.
-    pub converged: bool,
-}
-
-/// Metadata of `prototypes.safetensors` (also `prototypes.json`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PrototypesMeta {
-    /// Format tag.
-    pub format: String,
-    /// Class names.
-    pub class_order: Vec<String>,
-    /// Prototypes per class.
-    pub k_list: Vec<usize>,
-    /// `cumsum([0] + k_list)`.
-    pub cumsum_k: Vec<usize>,
-    /// Feature width.
-    pub dim: usize,
-    /// Per-class details.
-    pub classes: Vec<ClassClusters>,
-    /// k-means settings used.
-    pub kmeans: serde_json::Value,
-    /// The exemplar file the prototypes come from.
-    pub exemplars: PathBuf,
-    /// Encoder of the exemplars (training must use the same).
-    pub encoder: EncoderIdentity,
-    /// Settings this output depends on.
-    pub fingerprint: serde_json::Value,
-    /// Conditioning applied to the exemplar features before clustering.
-    #[serde(default)]
-    pub conditioning: pbip_kmeans::ConditioningKind,
-    /// How well the bank separates the classes (in the conditioned space).
-    #[serde(default)]
-    pub separability: Option<pbip_kmeans::Separability>,
-}
-
-/// Tensor of the conditioning mean in `prototypes.safetensors` (`[D]`).
-pub const CONDITIONING_MEAN: &str = "conditioning_mean";
-/// Tensor of the conditioning matrix in `prototypes.safetensors` (`[D, D]`, whitening only).
-pub const CONDITIONING_MATRIX: &str = "conditioning_matrix";
 
 /// The warning for a degenerate bank, with what to do (None when the bank separates its classes).
 pub fn degenerate_warning(meta: &PrototypesMeta) -> Option<String> {
@@ -136,11 +80,6 @@ pub fn degenerate_warning(meta: &PrototypesMeta) -> Option<String> {
         s.balanced_accuracy,
         meta.encoder.kind
     ))
-}
-
-/// Path of `prototypes.safetensors`.
-pub fn prototypes_path(cfg: &Config) -> PathBuf {
-    stage1::output_dir(cfg).join(PROTOTYPES_FILE)
 }
 
 fn fingerprint(cfg: &Config) -> serde_json::Value {
@@ -397,7 +336,7 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         path: sheet_dir.clone(),
         source,
     })?;
-    let open_opts = crate::stage0_sample_prototypes::open_options(cfg, true);
+    let open_opts = crate::settings::open_options(cfg, true);
     let mut open: BTreeMap<usize, Slide> = BTreeMap::new();
     let mut outputs = vec![proto_path.clone()];
     for (class, rows) in &sheets {
@@ -500,42 +439,6 @@ fn blit(dst: &mut RgbImage, src: &RgbImage, x0: u32, y0: u32) {
         let d = ((y0 + y) as usize * dst.width as usize + x0 as usize) * 3;
         dst.data[d..d + w * 3].copy_from_slice(&src.data[s..s + w * 3]);
     }
-}
-
-/// The conditioning transform saved with a bank: `(mean [D], matrix [D, D] or None)`, or `None`
-/// for an unconditioned bank.
-pub fn read_conditioning(
-    path: &Path,
-) -> Result<Option<(Vec<f32>, Option<Vec<f32>>)>, PipelineError> {
-    let (map, _) = pbip_weights::read_tensors(path)
-        .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
-    Ok(map.get(CONDITIONING_MEAN).map(|m| {
-        (
-            m.data.clone(),
-            map.get(CONDITIONING_MATRIX).map(|w| w.data.clone()),
-        )
-    }))
-}
-
-/// Reads a prototype bank: features `[ΣK, D]` (row-major) and metadata.
-pub fn read_prototypes(path: &Path) -> Result<(HostTensor, PrototypesMeta), PipelineError> {
-    let (map, meta) = pbip_weights::read_tensors(path)
-        .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
-    let json = meta.get(META_KEY).ok_or_else(|| {
-        data_err(format!(
-            "{}: no pbip metadata (not written by `pbip cluster-prototypes`)",
-            path.display()
-        ))
-    })?;
-    let meta: PrototypesMeta = serde_json::from_str(json).map_err(|e| PipelineError::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    let f = map
-        .get("features")
-        .cloned()
-        .ok_or_else(|| data_err(format!("{}: tensor `features` is missing", path.display())))?;
-    Ok((f, meta))
 }
 
 /// Whether stage 2's outputs are complete, newer than stage 1's, and made with the same settings.

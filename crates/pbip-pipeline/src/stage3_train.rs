@@ -78,7 +78,8 @@ use pbip_model::{ClassNet, ClassNetConfig, ClassNetOutput, EvalConfig, LossConfi
 use pbip_weights::{HostTensor, TensorMap};
 use serde::{Deserialize, Serialize};
 
-use crate::stage2_cluster_prototypes as s2;
+pub use crate::artifacts::checkpoints::{BEST_FILE, INPUT_MPP_KEY, OUTPUT_DIR, output_dir};
+use crate::artifacts::prototypes as s2;
 use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport};
 use optim::{AdamW, AdamWOptions};
 pub use validate::ValMetrics;
@@ -86,25 +87,18 @@ use validate::{ValSettings, validate};
 
 /// Stage name in errors.
 pub const STAGE: &str = "train";
-/// Output folder under `work_dir`.
-pub const OUTPUT_DIR: &str = "checkpoints";
 /// TensorBoard folder under `work_dir`.
 pub const RUNS_DIR: &str = "runs";
 /// Log file under `work_dir`.
 pub const LOG_FILE: &str = "logs.txt";
 /// Latest weights.
 pub const LATEST_FILE: &str = "latest.safetensors";
-/// Best weights.
-pub const BEST_FILE: &str = "best.safetensors";
 /// Training state for `--resume`.
 pub const STATE_FILE: &str = "latest.state.safetensors";
 /// Batch of the last non-finite step when the run stops for it.
 pub const NONFINITE_FILE: &str = "nonfinite.safetensors";
 /// Summary of the (last) run.
 pub const SUMMARY_FILE: &str = "train_summary.json";
-/// Checkpoint metadata key: the median network-input spacing of the training patches, µm per
-/// input pixel (slide mpp × patch footprint / patch size); `pbip infer` tiles new slides at it.
-pub const INPUT_MPP_KEY: &str = "input_mpp";
 /// Metadata key of the training state JSON in [`STATE_FILE`].
 pub const STATE_META_KEY: &str = "pbip_train_state";
 
@@ -156,11 +150,6 @@ pub fn periodic_checkpoint_name(
             steps_done / iterations_per_epoch + 1
         )
     })
-}
-
-/// Paths of the outputs.
-pub fn output_dir(cfg: &Config) -> PathBuf {
-    cfg.paths.work_dir.join(OUTPUT_DIR)
 }
 
 /// `work_dir/runs`.
@@ -1057,7 +1046,7 @@ pub fn train(
     }
 
     // Model and optimiser.
-    let base_device = crate::encoder::compute_device(cfg)?;
+    let base_device = crate::settings::compute_device(cfg)?;
     let device: Device = base_device.clone().autodiff();
     let state_path = out_dir.join(STATE_FILE);
     let fp = fingerprint(cfg);

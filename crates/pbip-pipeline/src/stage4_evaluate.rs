@@ -34,7 +34,6 @@
 //! recorded in per_slide.csv with the reason; the others are still evaluated and the command exits
 //! non-zero.
 
-use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -45,9 +44,10 @@ use indicatif::{ProgressBar, ProgressStyle};
 use pbip_config::{Config, Dataset, Split};
 use pbip_data::{EvalPlan, Normalization, Preprocess, SlideSet, SlideSetOptions, SlideSpec};
 use pbip_metrics::{ConfusionMatrix, MetricsReport, PatchAggregator, roc_auc_multilabel};
-use pbip_model::{ClassNet, Gate, MergeMethod, background_rule, class_maps, evaluate};
+use pbip_model::{Gate, MergeMethod, background_rule, class_maps, evaluate};
 use serde::Serialize;
 
+use crate::artifacts::checkpoints;
 use crate::{PipelineError, RunOptions, StageInfo, StageReport};
 
 const STAGE: &str = "evaluate";
@@ -60,8 +60,8 @@ pub const INFO: StageInfo = StageInfo {
     output_dir: "results",
 };
 
-/// Default gate threshold when the checkpoint carries none.
-pub const DEFAULT_THRESHOLD: f64 = 0.5;
+/// Gate threshold of a checkpoint without one.
+pub const DEFAULT_THRESHOLD: f64 = checkpoints::DEFAULT_GATE_THRESHOLD;
 
 /// Options of [`run`].
 #[derive(Debug, Clone)]
@@ -96,43 +96,10 @@ fn model_err(e: impl std::fmt::Display) -> PipelineError {
     err(e.to_string())
 }
 
-/// The deployable gate threshold stored in a checkpoint's metadata: `gate_threshold` (a number),
-/// or `gate_threshold` inside a JSON `metrics`/`val_metrics`/`training` entry.
-pub fn checkpoint_threshold(meta: &BTreeMap<String, String>) -> Option<f64> {
-    if let Some(v) = meta
-        .get("gate_threshold")
-        .and_then(|s| s.trim().parse::<f64>().ok())
-    {
-        return Some(v);
-    }
-    for key in ["metrics", "val_metrics", "training", "pbip"] {
-        if let Some(v) = meta
-            .get(key)
-            .and_then(|s| serde_json::from_str::<serde_json::Value>(s).ok())
-            .and_then(|j| find_key(&j, "gate_threshold"))
-        {
-            return Some(v);
-        }
-    }
-    None
-}
-
-fn find_key(v: &serde_json::Value, key: &str) -> Option<f64> {
-    match v {
-        serde_json::Value::Object(m) => {
-            if let Some(x) = m.get(key).and_then(serde_json::Value::as_f64) {
-                return Some(x);
-            }
-            m.values().find_map(|c| find_key(c, key))
-        }
-        _ => None,
-    }
-}
-
 /// Slide-set options of the config (patch size, reader, coordinate origin, GT masks).
 pub fn slide_set_options(cfg: &Config) -> SlideSetOptions {
     let mut o = SlideSetOptions::new(cfg.patch_size, cfg.num_classes());
-    o.open = crate::stage0_sample_prototypes::open_options(cfg, true);
+    o.open = crate::settings::open_options(cfg, true);
     o.origin = match cfg.slide.coordinate_origin {
         pbip_config::CoordinateOrigin::TopLeft => pbip_data::CoordinateOrigin::TopLeft,
         pbip_config::CoordinateOrigin::Centre => pbip_data::CoordinateOrigin::Centre,
@@ -249,44 +216,12 @@ pub fn run(
     let t0 = std::time::Instant::now();
     let n = cfg.num_classes();
     let names: Vec<&str> = cfg.class_order.iter().map(String::as_str).collect();
-    let device = crate::encoder::compute_device(cfg)?;
-    if !eo.weights.is_file() {
-        return Err(err(format!(
-            "checkpoint {} does not exist (train with `pbip train` first)",
-            eo.weights.display()
-        )));
-    }
-    let (model, ccfg, meta) = ClassNet::load_safetensors(&eo.weights, &device)
-        .map_err(|e| err(format!("{}: {e}", eo.weights.display())))?;
-    if let Some(co) = meta
-        .get("class_order")
-        .and_then(|s| serde_json::from_str::<Vec<String>>(s).ok())
-    {
-        if co != cfg.class_order {
-            return Err(err(format!(
-                "{} was trained with class_order {co:?}, the config has {:?}",
-                eo.weights.display(),
-                cfg.class_order
-            )));
-        }
-    }
-    if ccfg.k_list != cfg.prototypes.k_list || model.num_classes() != n {
-        return Err(err(format!(
-            "{} has k_list {:?} ({} classes), the config has k_list {:?} ({n} classes: {:?})",
-            eo.weights.display(),
-            ccfg.k_list,
-            model.num_classes(),
-            cfg.prototypes.k_list,
-            cfg.class_order
-        )));
-    }
-    let threshold = checkpoint_threshold(&meta).unwrap_or_else(|| {
-        tracing::warn!(
-            "{} carries no gate_threshold; the deployable gate uses {DEFAULT_THRESHOLD}",
-            eo.weights.display()
-        );
-        DEFAULT_THRESHOLD
-    });
+    let device = crate::settings::compute_device(cfg)?;
+    let checkpoints::Checkpoint {
+        model,
+        gate_threshold: threshold,
+        ..
+    } = checkpoints::load(cfg, &eo.weights, &device, "evaluate")?;
     let e = &cfg.evaluation;
     let mut eval_cfg = crate::settings::eval_config(cfg, e.use_tta)?;
     eval_cfg.background_score = threshold;
@@ -823,7 +758,7 @@ pub fn run(
 
 /// The checkpoint `pbip run` evaluates: `<work_dir>/checkpoints/best.safetensors`.
 pub fn default_weights(cfg: &Config) -> PathBuf {
-    crate::stage3_train::output_dir(cfg).join(crate::stage3_train::BEST_FILE)
+    checkpoints::best_path(cfg)
 }
 
 /// Stage 4 as `pbip run` runs it: the best checkpoint on the test split, into `<work_dir>/results`.

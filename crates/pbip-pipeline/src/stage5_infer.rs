@@ -78,6 +78,7 @@ use pbip_config::{Config, SUPPORTED_SLIDE_EXTENSIONS};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
+use crate::artifacts::checkpoints;
 use crate::{PipelineError, RunOptions};
 
 pub use predictor::{ClassNetPredictor, PatchMaps, PatchPredictor, PatchRef};
@@ -875,13 +876,6 @@ pub fn run_with_predictor(
     })
 }
 
-/// The network-input spacing (µm per input pixel) a checkpoint was trained at (`input_mpp`).
-pub fn input_mpp_from_metadata(meta: &std::collections::BTreeMap<String, String>) -> Option<f64> {
-    meta.get(crate::stage3_train::INPUT_MPP_KEY)
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .filter(|v| v.is_finite() && *v > 0.0)
-}
-
 /// Loads a checkpoint and runs [`run_with_predictor`] with a [`ClassNetPredictor`]. Slides without
 /// coordinates are tiled at `inference.spacing_um`, or, when it is not set, at the spacing the
 /// checkpoint was trained at (its `input_mpp`), so that the model sees new slides at its scale.
@@ -890,30 +884,16 @@ pub fn run(
     weights: &Path,
     opts: &InferOptions,
 ) -> Result<InferSummary, PipelineError> {
-    let device = crate::encoder::compute_device(cfg)?;
-    let (model, _ncfg, meta) = pbip_model::ClassNet::load_safetensors(weights, &device)
-        .map_err(|e| infer_err(format!("{}: {e}", weights.display())))?;
-    if model.num_classes() != cfg.class_order.len() {
-        return Err(infer_err(format!(
-            "{}: the checkpoint has {} classes, class_order has {}",
-            weights.display(),
-            model.num_classes(),
-            cfg.class_order.len()
-        )));
-    }
-    if let Some(co) = meta.get("class_order")
-        && let Ok(v) = serde_json::from_str::<Vec<String>>(co)
-        && v != cfg.class_order
-    {
-        return Err(infer_err(format!(
-            "{}: checkpoint class_order {v:?} differs from the config's {:?}",
-            weights.display(),
-            cfg.class_order
-        )));
-    }
+    let device = crate::settings::compute_device(cfg)?;
+    let checkpoints::Checkpoint {
+        model,
+        meta,
+        gate_threshold,
+        ..
+    } = checkpoints::load(cfg, weights, &device, "infer")?;
     // Tile new slides at the resolution the model was trained at, unless the config says otherwise.
     let mut cfg_local;
-    let cfg = match (cfg.inference.spacing_um, input_mpp_from_metadata(&meta)) {
+    let cfg = match (cfg.inference.spacing_um, checkpoints::input_mpp(&meta)) {
         (None, Some(mpp)) => {
             tracing::info!(
                 spacing_um = mpp,
@@ -924,16 +904,6 @@ pub fn run(
             &cfg_local
         }
         _ => cfg,
-    };
-    let gate_threshold = match predictor::gate_threshold_from_metadata(&meta) {
-        Some(t) => t,
-        None => {
-            tracing::warn!(
-                "{}: no gate_threshold in the checkpoint metadata; using 0.5",
-                weights.display()
-            );
-            0.5
-        }
     };
     let norm = &cfg.training.normalize;
     let order = match norm.channel_order {

@@ -210,9 +210,11 @@ fn bad_inputs_are_clear_errors_or_recorded_per_slide() {
     let cfg = setup(d.path());
     let ckpt = d.path().join("ckpt.safetensors");
     checkpoint(&cfg, &ckpt, 0.5);
-    // A checkpoint for other k_list: a clear error.
+    // A checkpoint with another number of classes: a clear error. (Another k_list with the same
+    // classes is not one: the checkpoint carries its prototypes, as in stage 5.)
     let mut other = cfg.clone();
-    other.prototypes.k_list = vec![2, 3];
+    other.class_order.push("stroma".into());
+    other.prototypes.k_list.push(1);
     let eo = EvaluateOptions {
         weights: ckpt.clone(),
         split: Split::Test,
@@ -221,7 +223,7 @@ fn bad_inputs_are_clear_errors_or_recorded_per_slide() {
     let e = s4::run(&other, &eo, &RunOptions::default())
         .unwrap_err()
         .to_string();
-    assert!(e.contains("k_list"), "{e}");
+    assert!(e.contains("class"), "{e}");
     // A checkpoint with another class_order: a clear error.
     let mut renamed = cfg.clone();
     renamed.class_order = vec!["normal".into(), "tumor".into()];

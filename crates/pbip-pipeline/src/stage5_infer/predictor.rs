@@ -106,16 +106,6 @@ impl ClassNetPredictor {
     }
 }
 
-/// The deployable gate threshold stored in a checkpoint's metadata (`gate_threshold`, else
-/// `threshold`), or `None`.
-pub fn gate_threshold_from_metadata(meta: &BTreeMap<String, String>) -> Option<f64> {
-    ["gate_threshold", "threshold"]
-        .iter()
-        .filter_map(|k| meta.get(*k))
-        .filter_map(|v| v.trim().parse::<f64>().ok())
-        .find(|t| t.is_finite() && (0.0..=1.0).contains(t))
-}
-
 /// A `model_version` string for a checkpoint: `<file stem>_epoch_<epoch>` when the metadata has an
 /// epoch, else the file stem (seed example: `best_epoch_6`).
 pub fn model_version(path: &Path, meta: &BTreeMap<String, String>) -> String {

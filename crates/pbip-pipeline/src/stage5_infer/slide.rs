@@ -28,7 +28,7 @@ use pbip_slide::{Origin, PatchGeometry, Slide};
 use rayon::prelude::*;
 
 use crate::PipelineError;
-use crate::stage0_sample_prototypes::open_options;
+use crate::settings::open_options;
 
 use super::predictor::{PatchPredictor, PatchRef};
 use super::{SlideJob, infer_err};
