@@ -670,7 +670,7 @@ impl Config {
                 "training.mil.bag_size",
                 "must be >= 1 patch (1 = no bags)".into(),
             );
-        } else if t.batch_size % t.mil.bag_size != 0 {
+        } else if !t.batch_size.is_multiple_of(t.mil.bag_size) {
             bad(
                 "training.mil.bag_size",
                 format!(
@@ -703,13 +703,14 @@ impl Config {
                 format!("each beta must be in [0, 1), got {:?}", t.optimizer.betas),
             );
         }
-        if !(t.optimizer.eps > 0.0) {
+        // NaN fails these checks too.
+        if t.optimizer.eps.is_nan() || t.optimizer.eps <= 0.0 {
             bad("training.optimizer.eps", "must be > 0".into());
         }
-        if !(t.scheduler.warmup_epochs >= 0.0) {
+        if t.scheduler.warmup_epochs.is_nan() || t.scheduler.warmup_epochs < 0.0 {
             bad("training.scheduler.warmup_epochs", "must be >= 0".into());
         }
-        if !(t.scheduler.power > 0.0) {
+        if t.scheduler.power.is_nan() || t.scheduler.power <= 0.0 {
             bad("training.scheduler.power", "must be > 0".into());
         }
         let lw = &t.loss_weights;

@@ -308,9 +308,9 @@ mod tests {
         assert!(150 - i32::from(p[0]) > 170 - i32::from(p[2]), "{p:?}");
         // The matrix inverse is right: hed_from_rgb · rgb_from_hed = I.
         let inv = inverse3(&RGB_FROM_HED);
-        for i in 0..3 {
+        for (i, row) in RGB_FROM_HED.iter().enumerate() {
             for j in 0..3 {
-                let v: f32 = (0..3).map(|k| RGB_FROM_HED[i][k] * inv[k][j]).sum();
+                let v: f32 = row.iter().zip(&inv).map(|(a, r)| a * r[j]).sum();
                 assert!((v - if i == j { 1.0 } else { 0.0 }).abs() < 1e-5);
             }
         }

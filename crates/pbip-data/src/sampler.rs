@@ -136,7 +136,7 @@ impl TrainSampler {
                 s.name
             )));
         }
-        if opts.bag_size == 0 || opts.batch_size % opts.bag_size != 0 {
+        if opts.bag_size == 0 || !opts.batch_size.is_multiple_of(opts.bag_size) {
             return Err(DataError::InvalidOption(format!(
                 "batch_size {} must be a multiple of bag_size {} (> 0)",
                 opts.batch_size, opts.bag_size

@@ -4,6 +4,10 @@
 
 use burn::tensor::{Device, Distribution, Tensor};
 use std::time::Instant;
+
+/// A named operation to time.
+type Case<'a> = (&'static str, Box<dyn Fn() -> Tensor<3> + 'a>);
+
 fn t<const D: usize>(s: [usize; D], d: &Device) -> Tensor<D> {
     Tensor::random(s, Distribution::Normal(0.0, 1.0), d)
 }
@@ -91,7 +95,7 @@ fn main() {
     let g: Tensor<3> = t([10, 256, 3136], &d);
     let w2: Tensor<2> = t([256, 64], &d);
     let flops = 2.0 * (31360 * 64 * 256) as f64;
-    let cases: Vec<(&str, Box<dyn Fn() -> Tensor<3>>)> = vec![
+    let cases: Vec<Case<'_>> = vec![
         (
             "cf fc1 W1t.xt [1,256,64]x[10,64,3136]",
             Box::new(|| {
@@ -131,7 +135,7 @@ fn main() {
     let x4f: Tensor<2> = t([1960, 512], &d);
     let g4f: Tensor<2> = t([1960, 2048], &d);
     let flops4 = 2.0 * (1960 * 512 * 2048) as f64;
-    let cases4: Vec<(&str, Box<dyn Fn() -> Tensor<3>>)> = vec![
+    let cases4: Vec<Case<'_>> = vec![
         (
             "s4 cf fc1 [1,2048,512]x[10,512,196]",
             Box::new(|| {

@@ -34,7 +34,7 @@ fn pixel(x: u64, y: u64) -> [u8; 3] {
     }
     let tumour = noise(x, y, 2048, 3) > 0.62;
     let nucleus_density = if tumour { 8 } else { 40 };
-    if hash(x / 6, y / 6, 4) % nucleus_density == 0 {
+    if hash(x / 6, y / 6, 4).is_multiple_of(nucleus_density) {
         return [70, 40, 120];
     }
     if tumour {

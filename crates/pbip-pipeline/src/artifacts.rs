@@ -189,11 +189,12 @@ pub mod prototypes {
         super::exemplars::output_dir(cfg).join(PROTOTYPES_FILE)
     }
 
+    /// A bank's conditioning transform: mean `[D]` and, for whitening, matrix `[D, D]` (row-major).
+    pub type Conditioning = (Vec<f32>, Option<Vec<f32>>);
+
     /// The conditioning transform saved with a bank: `(mean [D], matrix [D, D] or None)`, or `None`
     /// for an unconditioned bank.
-    pub fn read_conditioning(
-        path: &Path,
-    ) -> Result<Option<(Vec<f32>, Option<Vec<f32>>)>, PipelineError> {
+    pub fn read_conditioning(path: &Path) -> Result<Option<Conditioning>, PipelineError> {
         let (map, _) = pbip_weights::read_tensors(path)
             .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
         Ok(map.get(CONDITIONING_MEAN).map(|m| {

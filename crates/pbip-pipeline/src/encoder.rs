@@ -89,10 +89,10 @@ fn read_projection(path: &Path) -> Result<HostTensor, PipelineError> {
     {
         return Ok(t.clone());
     }
-    if map.len() == 1 {
-        if let Some(t) = map.values().next() {
-            return Ok(t.clone());
-        }
+    if map.len() == 1
+        && let Some(t) = map.values().next()
+    {
+        return Ok(t.clone());
     }
     Err(weights_err(
         path,

@@ -455,8 +455,10 @@ mod tests {
 
     #[test]
     fn rows_are_filtered_and_converted() {
-        let mut cfg = Config::default();
-        cfg.patch_size = 100;
+        let mut cfg = Config {
+            patch_size: 100,
+            ..Config::default()
+        };
         let geom = SlideGeom {
             width: 1000,
             height: 500,

@@ -97,10 +97,17 @@ fn data_err(message: String) -> PipelineError {
     }
 }
 
+/// What [`collect_items`] found: the rows to embed, the slides they come from (names and
+/// resolved paths, indexed by `Item::slide_index`) and the rows per class.
+struct Collected {
+    items: Vec<Item>,
+    slide_names: Vec<String>,
+    slide_paths: Vec<PathBuf>,
+    rows_per_class: Vec<usize>,
+}
+
 /// Reads the stage-0 files and resolves their slides.
-fn collect_items(
-    cfg: &Config,
-) -> Result<(Vec<Item>, Vec<String>, Vec<PathBuf>, Vec<usize>), PipelineError> {
+fn collect_items(cfg: &Config) -> Result<Collected, PipelineError> {
     let mut items = Vec::new();
     let mut slide_names: Vec<String> = Vec::new();
     let mut slide_paths: Vec<PathBuf> = Vec::new();
@@ -172,13 +179,23 @@ fn collect_items(
             missing.join(", ")
         )));
     }
-    Ok((items, slide_names, slide_paths, rows_per_class))
+    Ok(Collected {
+        items,
+        slide_names,
+        slide_paths,
+        rows_per_class,
+    })
 }
 
 /// Runs stage 1.
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError> {
     let t0 = Instant::now();
-    let (items, slide_names, slide_paths, rows_per_class) = collect_items(cfg)?;
+    let Collected {
+        items,
+        slide_names,
+        slide_paths,
+        rows_per_class,
+    } = collect_items(cfg)?;
     let open_opts = crate::settings::open_options(cfg, true);
     let slides: Vec<Arc<Slide>> = slide_paths
         .iter()

@@ -351,12 +351,12 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         for (j, members) in rows.iter().enumerate() {
             for (m, &r) in members.iter().enumerate() {
                 let si = slide_ix[r] as usize;
-                if !open.contains_key(&si) {
+                if let std::collections::btree_map::Entry::Vacant(e) = open.entry(si) {
                     let path = ex_meta
                         .slide_paths
                         .get(si)
                         .ok_or_else(|| data_err(format!("slide index {si} out of range")))?;
-                    open.insert(si, Slide::open(path, &open_opts)?);
+                    e.insert(Slide::open(path, &open_opts)?);
                 }
                 let Some(slide) = open.get(&si) else { continue };
                 let geom = PatchGeometry {
@@ -420,8 +420,17 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         ));
     }
     if let Some(w) = degenerate_warning(&meta) {
-        tracing::warn!("{w}");
-        summary.push(format!("WARNING: {w}"));
+        if cfg.model.head.normalize_prototypes {
+            // The configured head is the one that learns from such a bank: say so, quietly.
+            let n = "the prototype bank does not separate the classes (random or unsuited encoder); \
+                     model.head.normalize_prototypes: true is set, which learns from it. A pretrained \
+                     encoder (prototypes.encoder.weights) would still give better prototypes";
+            tracing::info!("{n}");
+            summary.push(format!("note: {n}"));
+        } else {
+            tracing::warn!("{w}");
+            summary.push(format!("WARNING: {w}"));
+        }
     }
     summary.push(format!("prototype sheets: {}", sheet_dir.display()));
     Ok(StageReport {

@@ -138,13 +138,13 @@ pub fn periodic_checkpoint_name(
     if steps_done == 0 || iterations_per_epoch == 0 || checkpoint_interval == 0 {
         return None;
     }
-    if steps_done % iterations_per_epoch == 0 {
+    if steps_done.is_multiple_of(iterations_per_epoch) {
         return Some(format!(
             "epoch_{}.safetensors",
             steps_done / iterations_per_epoch
         ));
     }
-    (steps_done % checkpoint_interval == 0).then(|| {
+    steps_done.is_multiple_of(checkpoint_interval).then(|| {
         format!(
             "epoch_{}_step_{steps_done}.safetensors",
             steps_done / iterations_per_epoch + 1
@@ -1304,14 +1304,15 @@ pub fn train(
     };
 
     // Baseline: the untrained model under the same validation (fresh runs only).
-    if start_step == 0 && end_step > 0 {
-        if let Some(v) = run_val(&model, 0)? {
-            tb_val(&mut tb, &v, &cfg.class_order)?;
-            let line = format!("untrained {}", val_line(&v, 0));
-            tracing::info!("{line}");
-            log.line(&line)?;
-            st.untrained_val = Some(v);
-        }
+    if start_step == 0
+        && end_step > 0
+        && let Some(v) = run_val(&model, 0)?
+    {
+        tb_val(&mut tb, &v, &cfg.class_order)?;
+        let line = format!("untrained {}", val_line(&v, 0));
+        tracing::info!("{line}");
+        log.line(&line)?;
+        st.untrained_val = Some(v);
     }
 
     while let Some(batch) = loader.next_batch() {

@@ -420,15 +420,15 @@ pub fn run(
                         .map(|z| 1.0 / (1.0 + (-z).exp()))
                         .collect();
                     let mut ok = true;
-                    for cl in 0..n {
+                    for (cl, &p) in probs.iter().enumerate().take(n) {
                         if Some(cl) == cfg.background_index() {
                             // Present on every slide: nothing to rank or gate.
                             continue;
                         }
                         let pos = entry.labels.get(cl).copied().unwrap_or(0) != 0;
-                        auc_scores.push(probs[cl]);
+                        auc_scores.push(p);
                         auc_truth.push(pos);
-                        ok &= (probs[cl] >= threshold) == pos;
+                        ok &= (p >= threshold) == pos;
                     }
                     cls_counted += 1;
                     cls_correct += usize::from(ok);
@@ -694,22 +694,22 @@ pub fn run(
         pbip_report::MetricsSection {
             name: "Deployable (headline)".into(),
             note: Some("Class gate = the model's own image-level prediction.".into()),
-            body: pbip_report::SectionBody::Metrics(dep_r.clone()),
+            body: pbip_report::SectionBody::Metrics(Box::new(dep_r.clone())),
         },
         pbip_report::MetricsSection {
             name: "Label-masked (upstream protocol)".into(),
             note: Some("CAMs gated by the GT image label: leaks the label; for comparison with the paper only.".into()),
-            body: pbip_report::SectionBody::Metrics(lab_r.clone()),
+            body: pbip_report::SectionBody::Metrics(Box::new(lab_r.clone())),
         },
         pbip_report::MetricsSection {
             name: "Leak reference (no model)".into(),
             note: Some("Every pixel = the present class of the slide label. A model only helps where it beats this.".into()),
-            body: pbip_report::SectionBody::Metrics(leak_r.clone()),
+            body: pbip_report::SectionBody::Metrics(Box::new(leak_r.clone())),
         },
         pbip_report::MetricsSection {
             name: "Best constant map (no model, no label)".into(),
             note: Some(const_note.clone()),
-            body: pbip_report::SectionBody::Metrics(const_r.clone()),
+            body: pbip_report::SectionBody::Metrics(Box::new(const_r.clone())),
         },
     ];
     report.confusion = Some((dep.cm.clone(), cfg.class_order.clone()));

@@ -69,8 +69,11 @@ fn read_png_u8(path: &Path) -> (usize, usize, Vec<u8>) {
 }
 
 /// GT masks of the synthetic slides (level-0 u8, 255 = background).
-fn gt_masks() -> &'static BTreeMap<String, (usize, usize, Vec<u8>)> {
-    static M: OnceLock<BTreeMap<String, (usize, usize, Vec<u8>)>> = OnceLock::new();
+/// Width, height and pixels of a mask.
+type Mask = (usize, usize, Vec<u8>);
+
+fn gt_masks() -> &'static BTreeMap<String, Mask> {
+    static M: OnceLock<BTreeMap<String, Mask>> = OnceLock::new();
     M.get_or_init(|| {
         synth()
             .summary
@@ -451,8 +454,8 @@ fn end_to_end_outputs_readback_and_accuracy() {
         let img = t
             .read_region(0, 0, 0, mw as u32, mh as u32)
             .expect("read tiff");
-        for i in 0..mw * mh {
-            assert_eq!(img.data[3 * i], mask[i], "mask.tiff differs at {i}");
+        for (i, &m) in mask.iter().enumerate().take(mw * mh) {
+            assert_eq!(img.data[3 * i], m, "mask.tiff differs at {i}");
         }
         let mpp = t.mpp().expect("mask.tiff mpp").0;
         assert!((mpp - 0.5 * ds).abs() < 1e-3, "mask.tiff mpp {mpp}");

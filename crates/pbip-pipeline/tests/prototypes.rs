@@ -289,6 +289,22 @@ fn degenerate_bank_is_reported_and_conditioning_separates_it() {
     );
     assert!(s2::degenerate_warning(&pm).is_some());
 
+    // With the cosine head configured (the head that learns from such a bank) it is a note.
+    let cfg_n = config(
+        &data,
+        &work,
+        &[
+            "prototypes.samples_per_wsi=4",
+            "prototypes.k_list=[2,2]",
+            "model.head.normalize_prototypes=true",
+        ],
+    );
+    let text = run_stage(2, &cfg_n, &opts).unwrap().summary.join("\n");
+    assert!(
+        !text.contains("WARNING") && text.contains("note: the prototype bank does not separate"),
+        "{text}"
+    );
+
     // Centring against the mean exemplar separates the same features: no warning, and the
     // transform is saved with the bank.
     let cfg_c = config(

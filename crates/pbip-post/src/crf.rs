@@ -210,12 +210,13 @@ fn build<const D: usize>(features: &[f32]) -> Built {
         *sc = inv_std_dev / (((i + 2) * (i + 1)) as f32).sqrt();
     }
     let mut canonical = [[0i32; S]; S];
-    for i in 0..=d {
-        for j in 0..=d - i {
-            canonical[i][j] = i as i32;
-        }
-        for j in d - i + 1..=d {
-            canonical[i][j] = i as i32 - d1 as i32;
+    for (i, row) in canonical.iter_mut().enumerate().take(d + 1) {
+        for (j, c) in row.iter_mut().enumerate().take(d + 1) {
+            *c = if j <= d - i {
+                i as i32
+            } else {
+                i as i32 - d1 as i32
+            };
         }
     }
     let mut elevated = [0f32; S];

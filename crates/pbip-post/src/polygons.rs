@@ -328,10 +328,10 @@ impl PolygonTracer {
                     }
                     (Crack::New { slot: s1, comp }, Crack::New { slot: s2, .. }) => {
                         let c = self.new_chain(d_in, d_out, comp);
-                        if d_in != d_out {
-                            if let Some(ch) = self.chains[c as usize].as_mut() {
-                                ch.pts.push_back(v);
-                            }
+                        if d_in != d_out
+                            && let Some(ch) = self.chains[c as usize].as_mut()
+                        {
+                            ch.pts.push_back(v);
                         }
                         assign(s1, c);
                         assign(s2, c);

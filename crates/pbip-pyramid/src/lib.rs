@@ -430,7 +430,7 @@ fn plan_chain(
         ));
     }
     let t = opts.tile_size_px;
-    if t < 16 || t > 4096 || t % 16 != 0 {
+    if !(16..=4096).contains(&t) || !t.is_multiple_of(16) {
         return Err(invalid(
             path,
             format!("tile_size_px {t} must be a multiple of 16 in 16..=4096"),
@@ -454,15 +454,15 @@ fn plan_chain(
             }
         }
     }
-    if let Some(mpp) = opts.mpp {
-        if !(mpp.is_finite() && mpp > 0.0) {
-            return Err(invalid(path, format!("mpp {mpp} must be finite and > 0")));
-        }
+    if let Some(mpp) = opts.mpp
+        && !(mpp.is_finite() && mpp > 0.0)
+    {
+        return Err(invalid(path, format!("mpp {mpp} must be finite and > 0")));
     }
-    if let Some(d) = &opts.description {
-        if d.contains('\0') {
-            return Err(invalid(path, "description contains a NUL character"));
-        }
+    if let Some(d) = &opts.description
+        && d.contains('\0')
+    {
+        return Err(invalid(path, "description contains a NUL character"));
     }
     let mut chain = vec![ChainLevel {
         width,
@@ -895,10 +895,8 @@ fn write_tags<W: Write + Seek, K: TiffKind>(
     };
     d.write_tag(Tag::Compression, compression)?;
     d.write_tag(Tag::PhotometricInterpretation, photometric)?;
-    if first {
-        if let Some(desc) = &opts.description {
-            d.write_tag(Tag::ImageDescription, desc.as_str())?;
-        }
+    if first && let Some(desc) = &opts.description {
+        d.write_tag(Tag::ImageDescription, desc.as_str())?;
     }
     d.write_tag(Tag::SamplesPerPixel, opts.pixel_format.channels() as u16)?;
     if let Some(mpp) = opts.mpp {

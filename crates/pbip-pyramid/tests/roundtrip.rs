@@ -278,7 +278,7 @@ fn jpeg_tiles_decode_to_rgb_with_zune_jpeg() {
     // Every tile is a complete JPEG stream: decode the raw tile bytes directly.
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("flat.tif");
-    let img = vec![200u8, 120, 160].repeat(300 * 300);
+    let img = [200u8, 120, 160].repeat(300 * 300);
     let opts = PyramidOptions::rgb_jpeg(Some(0.5));
     write_pyramid_from_image(&path, 300, 300, &img, &opts).unwrap();
     let bytes = std::fs::read(&path).unwrap();

@@ -82,7 +82,7 @@ pub struct SimpleTable {
 #[derive(Debug, Clone, PartialEq)]
 pub enum SectionBody {
     /// A `metrics.json` report: per-class rows, macro and weighted rows, summary figures.
-    Metrics(MetricsReport),
+    Metrics(Box<MetricsReport>),
     /// Any table.
     Table(SimpleTable),
 }
@@ -282,7 +282,7 @@ impl Report {
                 let _ = writeln!(h, "<p class=\"note\">{}</p>", escape_html(n));
             }
             match &s.body {
-                SectionBody::Metrics(m) => render_metrics(&mut h, m),
+                SectionBody::Metrics(m) => render_metrics(&mut h, m.as_ref()),
                 SectionBody::Table(t) => render_table(&mut h, t),
             }
             h.push_str("</section>\n");

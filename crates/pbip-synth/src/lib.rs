@@ -286,7 +286,7 @@ fn validate(opts: &SynthOptions) -> Result<(), SynthError> {
     if !(1..=100).contains(&opts.jpeg_quality) {
         return bad(format!("jpeg_quality {} not in 1..=100", opts.jpeg_quality));
     }
-    if opts.tile_size_px < 16 || opts.tile_size_px % 16 != 0 || opts.tile_size_px > 4096 {
+    if opts.tile_size_px < 16 || !opts.tile_size_px.is_multiple_of(16) || opts.tile_size_px > 4096 {
         return bad(format!(
             "tile_size_px {} must be a multiple of 16 in 16..=4096",
             opts.tile_size_px

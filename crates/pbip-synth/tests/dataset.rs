@@ -358,7 +358,7 @@ fn coordinates_are_exactly_the_tissue_tiles() {
     for s in &summary.slides {
         let coords = pbip_coords::Coordinates::read(&s.coordinates_path).unwrap();
         assert_eq!(coords.len(), s.num_coordinates);
-        assert!(coords.len() > 0, "{}", s.name);
+        assert!(!coords.is_empty(), "{}", s.name);
         let (w, _h, mask) = read_mask(&s.mask_path);
         let tissue_frac = |x: i64, y: i64| {
             let mut n = 0usize;

@@ -49,7 +49,7 @@ mod tests {
     #[test]
     fn mask_formula() {
         let c = crc32c(b"abc");
-        let expected = ((c >> 15) | (c << 17)).wrapping_add(0xa282_ead8);
+        let expected = c.rotate_right(15).wrapping_add(0xa282_ead8);
         assert_eq!(masked_crc32c(b"abc"), expected);
     }
 }

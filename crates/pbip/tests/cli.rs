@@ -144,9 +144,9 @@ fn synth_then_sample_prototypes_is_valid_and_reproducible() {
         assert!(!coords.is_empty(), "class {class} has no coordinates");
         let names = coords.wsi_name.clone().expect("wsi_name field");
         let mut per_slide: BTreeMap<String, Vec<(i64, i64)>> = BTreeMap::new();
-        for i in 0..coords.len() {
+        for (i, name) in names.iter().enumerate().take(coords.len()) {
             per_slide
-                .entry(names[i].clone())
+                .entry(name.clone())
                 .or_default()
                 .push((coords.x[i], coords.y[i]));
         }

@@ -16,8 +16,12 @@ use burn::optim::GradientsParams;
 use burn::tensor::{Tensor, TensorData};
 use pbip_weights::{HostTensor, TensorMap};
 
+/// A parameter's gradient on the host: (path, shape, values).
+pub type HostGrad = (String, Vec<usize>, Vec<f32>);
+
 /// AdamW hyper-parameters.
 #[derive(Debug, Clone, Copy, PartialEq)]
+
 pub struct AdamWOptions {
     /// β1.
     pub beta1: f64,
@@ -225,7 +229,7 @@ impl AdamW {
     pub fn collect_grads<M: Module>(
         module: &M,
         grads: &GradientsParams,
-    ) -> Result<Vec<(String, Vec<usize>, Vec<f32>)>, String> {
+    ) -> Result<Vec<HostGrad>, String> {
         let mut c = GradCollector {
             grads,
             path: Vec::new(),

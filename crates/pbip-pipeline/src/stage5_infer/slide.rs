@@ -128,7 +128,7 @@ impl InferSettings {
             },
         };
         let c = &inf.crf;
-        let crf = inf.use_crf.then(|| CrfParams {
+        let crf = inf.use_crf.then_some(CrfParams {
             sxy_gaussian: c.sxy_gaussian as f32,
             compat_gaussian: c.compat_gaussian as f32,
             sxy_bilateral: c.sxy_bilateral as f32,
