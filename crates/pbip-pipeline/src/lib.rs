@@ -73,14 +73,10 @@ pub struct StageInfo {
     pub output_dir: &'static str,
 }
 
-/// The implemented stages, in execution order.
+/// The stages `pbip run` runs, in execution order (stage 5, [`stage5_infer::INFO`], takes new
+/// slides on its own command line).
 pub const STAGES: &[StageInfo] = &[
-    StageInfo {
-        index: 0,
-        command: "sample-prototypes",
-        description: "sample prototype coordinates per class from the training slides",
-        output_dir: stage0_sample_prototypes::OUTPUT_DIR,
-    },
+    stage0_sample_prototypes::INFO,
     stage1_embed_prototypes::INFO,
     stage2_cluster_prototypes::INFO,
     stage3_train::INFO,

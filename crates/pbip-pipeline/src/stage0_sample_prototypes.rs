@@ -32,12 +32,20 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use crate::artifacts::coordinates::{OUTPUT_DIR, class_file, class_files, output_dir};
-use crate::{Freshness, PipelineError, RunOptions, STAGES, StageReport, mtime, write_atomic};
+use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport, mtime, write_atomic};
 
 /// Summary file name.
 pub const SUMMARY_FILE: &str = "summary.json";
 
 const STAGE: &str = "sample-prototypes";
+
+/// Stage description.
+pub const INFO: StageInfo = StageInfo {
+    index: 0,
+    command: STAGE,
+    description: "sample prototype coordinates per class from the training slides",
+    output_dir: OUTPUT_DIR,
+};
 
 /// Per-class result.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -371,7 +379,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
     }
     Ok(Stage0Result {
         report: StageReport {
-            stage: STAGES[0],
+            stage: INFO,
             output_dir: out_dir,
             outputs,
             summary: lines,

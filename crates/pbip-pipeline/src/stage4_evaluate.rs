@@ -57,8 +57,15 @@ pub const INFO: StageInfo = StageInfo {
     index: 4,
     command: STAGE,
     description: "metrics against GT masks, samples, HTML report",
-    output_dir: "results",
+    output_dir: OUTPUT_DIR,
 };
+
+/// Output folder under `work_dir` (unless `--output-dir`).
+pub const OUTPUT_DIR: &str = "results";
+/// The metrics file.
+pub const METRICS_FILE: &str = "metrics.json";
+/// The HTML report.
+pub const REPORT_FILE: &str = "report.html";
 
 /// Gate threshold of a checkpoint without one.
 pub const DEFAULT_THRESHOLD: f64 = checkpoints::DEFAULT_GATE_THRESHOLD;
@@ -473,7 +480,7 @@ pub fn run(
     let out_dir = eo
         .output_dir
         .clone()
-        .unwrap_or_else(|| cfg.paths.work_dir.join("results"));
+        .unwrap_or_else(|| cfg.paths.work_dir.join(OUTPUT_DIR));
     std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io {
         path: out_dir.clone(),
         source,
@@ -553,7 +560,7 @@ pub fn run(
         "leak_reference": section(&leak_r, serde_json::Value::Null, "no model: every pixel = the present class with the largest index; a model adds something only where it beats this")?,
         "best_constant_map": const_section,
     });
-    let metrics_path = out_dir.join("metrics.json");
+    let metrics_path = out_dir.join(METRICS_FILE);
     let text = serde_json::to_string_pretty(&metrics).map_err(|e| err(e.to_string()))?;
     crate::write_atomic(&metrics_path, text.as_bytes())?;
     let cm_path = out_dir.join("confusion_matrix.csv");
@@ -720,7 +727,7 @@ pub fn run(
         .zip(colors.iter().copied())
         .collect();
     report.samples = triplets;
-    let html_path = out_dir.join("report.html");
+    let html_path = out_dir.join(REPORT_FILE);
     report.write(&html_path).map_err(model_err)?;
     let cfg_path = cfg.write_resolved(&out_dir)?;
 
@@ -789,8 +796,8 @@ pub fn run_default(cfg: &Config, opts: &RunOptions) -> Result<StageReport, Pipel
 /// Up to date when `results/metrics.json` exists, is newer than the best checkpoint and the
 /// evaluation settings, and was made from that checkpoint.
 pub fn freshness(cfg: &Config) -> crate::Freshness {
-    let out = cfg.paths.work_dir.join("results");
-    let metrics = out.join("metrics.json");
+    let out = cfg.paths.work_dir.join(OUTPUT_DIR);
+    let metrics = out.join(METRICS_FILE);
     let Ok(text) = std::fs::read_to_string(&metrics) else {
         return crate::Freshness::Stale("no previous metrics.json".into());
     };
@@ -801,7 +808,7 @@ pub fn freshness(cfg: &Config) -> crate::Freshness {
         return crate::Freshness::Stale("evaluation settings changed".into());
     }
     crate::compare_mtimes(
-        &[metrics, out.join("report.html")],
+        &[metrics, out.join(REPORT_FILE)],
         &[default_weights(cfg), cfg.paths.split_csv.clone()],
     )
 }

@@ -86,6 +86,14 @@ pub use slide::{InferSettings, SlideOutput};
 
 /// Output folder name (under `--output-dir`, or `paths.work_dir` when not given).
 pub const OUTPUT_DIR: &str = "predictions";
+
+/// Stage description.
+pub const INFO: crate::StageInfo = crate::StageInfo {
+    index: 5,
+    command: "infer",
+    description: "whole-slide inference: masks, confidences, GeoJSON, overlays per slide",
+    output_dir: OUTPUT_DIR,
+};
 /// Batch results file (unsharded run, or merged).
 pub const BATCH_RESULTS: &str = "batch_results.csv";
 /// Header of the batch results files.

@@ -179,9 +179,12 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
             f(v.auc)
         );
     }
-    let results = cfg.paths.work_dir.join("results");
+    let results = cfg
+        .paths
+        .work_dir
+        .join(pbip_pipeline::stage4_evaluate::OUTPUT_DIR);
     let metrics: serde_json::Value = serde_json::from_str(
-        &std::fs::read_to_string(results.join("metrics.json"))
+        &std::fs::read_to_string(results.join(pbip_pipeline::stage4_evaluate::METRICS_FILE))
             .with_context(|| format!("reading {}", results.display()))?,
     )?;
     let g = |k: &str| metrics[k]["miou"].as_f64();
@@ -198,7 +201,9 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
     );
     println!(
         "  stage 4 report:              {}",
-        results.join("report.html").display()
+        results
+            .join(pbip_pipeline::stage4_evaluate::REPORT_FILE)
+            .display()
     );
     demo_infer(&cfg)
 }
@@ -217,7 +222,8 @@ fn demo_infer(cfg: &Config) -> Result<()> {
         println!("  stage 5: no test slides");
         return Ok(());
     }
-    let weights = pbip_pipeline::stage3_train::output_dir(cfg).join("best.safetensors");
+    let weights =
+        pbip_pipeline::stage3_train::output_dir(cfg).join(pbip_pipeline::stage3_train::BEST_FILE);
     let n_slides = slides.len();
     let opts = InferOptions {
         source: SlideSource::Paths(slides),
