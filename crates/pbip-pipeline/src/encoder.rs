@@ -5,7 +5,6 @@
 //! right when torch's RNG happens to be in the same state).
 
 use std::collections::BTreeMap;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
@@ -15,7 +14,6 @@ use pbip_weights::{HostTensor, TensorMap};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest, Sha256};
 
 use crate::PipelineError;
 
@@ -46,24 +44,6 @@ pub fn swin_config(enc: &EncoderCfg) -> SwinConfig {
         window_size: enc.window,
         ..SwinConfig::swin_tiny()
     }
-}
-
-fn sha256_file(path: &Path) -> Result<String, PipelineError> {
-    let io = |source| PipelineError::Io {
-        path: path.to_path_buf(),
-        source,
-    };
-    let mut f = std::fs::File::open(path).map_err(io)?;
-    let mut h = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = f.read(&mut buf).map_err(io)?;
-        if n == 0 {
-            break;
-        }
-        h.update(&buf[..n]);
-    }
-    Ok(h.finalize().iter().map(|b| format!("{b:02x}")).collect())
 }
 
 fn weights_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
@@ -145,7 +125,7 @@ pub fn build_encoder(
         }
         Some(path) => {
             let map = read_weights(path)?;
-            let mut sha = sha256_file(path)?;
+            let mut sha = crate::sha256_file(path)?;
             let mut random = false;
             let mut source = format!("file {}", path.display());
             let model = match MedClipVision::detect_prefix(&map) {
@@ -172,7 +152,7 @@ pub fn build_encoder(
                     };
                     let projection = match &enc.projection_weights {
                         Some(pp) => {
-                            sha = format!("{sha}+{}", sha256_file(pp)?);
+                            sha = format!("{sha}+{}", crate::sha256_file(pp)?);
                             source = format!("{source} + projection {}", pp.display());
                             Some(read_projection(pp)?)
                         }

@@ -170,6 +170,21 @@ pub(crate) fn compare_mtimes(outputs: &[PathBuf], inputs: &[PathBuf]) -> Freshne
     }
 }
 
+/// SHA-256 of a file, hex.
+pub fn sha256_file(path: &Path) -> Result<String, PipelineError> {
+    let mut f = std::fs::File::open(path).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    use sha2::Digest as _;
+    let mut h = sha2::Sha256::new();
+    std::io::copy(&mut f, &mut h).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    Ok(format!("{:x}", h.finalize()))
+}
+
 /// Writes bytes to `path` atomically (temp file in the same folder, then rename).
 pub(crate) fn write_atomic(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
     let io = |source| PipelineError::Io {

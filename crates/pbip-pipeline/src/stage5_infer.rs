@@ -596,20 +596,6 @@ pub fn merge_results(predictions_dir: &Path) -> Result<Vec<BatchRow>, PipelineEr
     Ok(rows)
 }
 
-/// SHA-256 of a file, hex.
-pub fn sha256_file(path: &Path) -> Result<String, PipelineError> {
-    let mut f = std::fs::File::open(path).map_err(|source| PipelineError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    let mut h = Sha256::new();
-    std::io::copy(&mut f, &mut h).map_err(|source| PipelineError::Io {
-        path: path.to_path_buf(),
-        source,
-    })?;
-    Ok(format!("{:x}", h.finalize()))
-}
-
 /// Identity of a run for one slide: model identity + inference-relevant config + the job.
 pub fn run_fingerprint(cfg: &Config, model_identity: &str, job: &SlideJob) -> String {
     let relevant = serde_json::json!({
@@ -922,7 +908,10 @@ pub fn run(
         .map_err(|e| infer_err(format!("training.normalize: {e}")))?;
     let mut eval = crate::settings::eval_config(cfg, cfg.inference.use_tta)?;
     eval.background_score = gate_threshold;
-    let identity = format!("sha256:{}; gate {gate_threshold}", sha256_file(weights)?);
+    let identity = format!(
+        "sha256:{}; gate {gate_threshold}",
+        crate::sha256_file(weights)?
+    );
     let version = predictor::model_version(weights, &meta);
     tracing::info!(weights = %weights.display(), version, gate_threshold, "model loaded");
     let mut p = ClassNetPredictor::new(
