@@ -167,7 +167,7 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
             f(v.constant_map_miou)
         );
     }
-    println!("  stage 3 learning:            {:?}", s3.learning);
+    println!("  stage 3 learning:            {}", s3.learning);
     if !s3.learning_advice.is_empty() {
         println!("  WARNING: {}", s3.learning_advice);
     }

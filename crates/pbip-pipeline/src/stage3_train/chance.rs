@@ -43,6 +43,17 @@ pub enum Learning {
     AtChance,
 }
 
+impl std::fmt::Display for Learning {
+    /// The name `train_summary.json` uses (`unknown`, `learning`, `at_chance`).
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Learning::Unknown => "unknown",
+            Learning::Learning => "learning",
+            Learning::AtChance => "at_chance",
+        })
+    }
+}
+
 /// The classification loss of the constant predictor, accumulated over the training batches.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ConstantLoss {
