@@ -25,8 +25,8 @@ if [ -z "${PBIP_BIN:-}" ]; then
 fi
 SLIDE="$WORK/bench_${SIDE}.tif"
 if [ ! -f "$SLIDE" ]; then
-  cargo build --release -p pbip-view --example bench_slide
-  "$TARGET/release/examples/bench_slide" "$SLIDE" "$SIDE"
+  cargo build --release -p pbip-view --example view_bench_slide
+  "$TARGET/release/examples/view_bench_slide" "$SLIDE" "$SIDE"
 fi
 
 if [ ! -x "$VENV/bin/python" ]; then

@@ -3,7 +3,7 @@
 //! per-pixel grain (so JPEG tiles cost what real tissue costs), 0.5 µm/px, 256-px JPEG tiles
 //! (quality 85), BigTIFF.
 //!
-//! `cargo run --release -p pbip-view --example bench_slide -- OUT.tif SIDE_PX`
+//! `cargo run --release -p pbip-view --example view_bench_slide -- OUT.tif SIDE_PX`
 
 use std::path::PathBuf;
 
@@ -45,7 +45,7 @@ fn pixel(x: u64, y: u64) -> [u8; 3] {
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().collect();
     if args.len() != 3 {
-        return Err("usage: bench_slide OUT.tif SIDE_PX".into());
+        return Err("usage: view_bench_slide OUT.tif SIDE_PX".into());
     }
     let out = PathBuf::from(&args[1]);
     let side: u32 = args[2].parse()?;
