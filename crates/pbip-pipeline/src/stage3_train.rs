@@ -972,34 +972,7 @@ pub fn train(
     if train_entries.is_empty() {
         return Err(data_err("the training split is empty"));
     }
-    let n_classes = cfg.num_classes();
-    let missing: Vec<&str> = (0..n_classes)
-        .filter(|&c| {
-            !train_entries
-                .iter()
-                .any(|e| e.labels.get(c).copied().unwrap_or(0) != 0)
-        })
-        .map(|c| cfg.class_order[c].as_str())
-        .collect();
-    if !missing.is_empty() {
-        return Err(data_err(format!(
-            "the training split has no slide of class(es) {missing:?} (class_order {:?}): a weakly-supervised classifier needs every class present in training",
-            cfg.class_order
-        )));
-    }
-    let all_pos: Vec<&str> = (0..n_classes)
-        .filter(|&c| {
-            train_entries
-                .iter()
-                .all(|e| e.labels.get(c).copied().unwrap_or(0) != 0)
-        })
-        .map(|c| cfg.class_order[c].as_str())
-        .collect();
-    if !all_pos.is_empty() && n_classes > 1 {
-        return Err(data_err(format!(
-            "every training slide is labelled with class(es) {all_pos:?}: the labels carry no information to learn from"
-        )));
-    }
+    check_training_labels(cfg, &train_entries)?;
     let (bank, pmeta) = load_prototypes(cfg)?;
     let proto_dim = bank.shape[1];
     let ncfg = classnet_config(cfg, &pmeta.k_list, proto_dim)?;
@@ -1574,6 +1547,85 @@ pub fn train(
         },
         data_wait_fraction: (stats.wait_secs / loop_secs).clamp(0.0, 1.0),
     };
+    finish(
+        cfg,
+        &st,
+        RunEnd {
+            fingerprint: fp,
+            total_steps,
+            iterations_per_epoch: ipe,
+            throughput,
+            excluded,
+            state_path,
+        },
+        &mut log,
+        &mut tb,
+    )
+}
+
+/// The training split must hold every class, and no class on every slide (its labels would carry
+/// nothing to learn from).
+fn check_training_labels(cfg: &Config, train_entries: &[&SlideEntry]) -> Result<(), PipelineError> {
+    let n_classes = cfg.num_classes();
+    let missing: Vec<&str> = (0..n_classes)
+        .filter(|&c| {
+            !train_entries
+                .iter()
+                .any(|e| e.labels.get(c).copied().unwrap_or(0) != 0)
+        })
+        .map(|c| cfg.class_order[c].as_str())
+        .collect();
+    if !missing.is_empty() {
+        return Err(data_err(format!(
+            "the training split has no slide of class(es) {missing:?} (class_order {:?}): a weakly-supervised classifier needs every class present in training",
+            cfg.class_order
+        )));
+    }
+    let all_pos: Vec<&str> = (0..n_classes)
+        .filter(|&c| {
+            train_entries
+                .iter()
+                .all(|e| e.labels.get(c).copied().unwrap_or(0) != 0)
+        })
+        .map(|c| cfg.class_order[c].as_str())
+        .collect();
+    if !all_pos.is_empty() && n_classes > 1 {
+        return Err(data_err(format!(
+            "every training slide is labelled with class(es) {all_pos:?}: the labels carry no information to learn from"
+        )));
+    }
+    Ok(())
+}
+
+/// What the end of a run reports, from the training loop.
+struct RunEnd {
+    fingerprint: serde_json::Value,
+    total_steps: u64,
+    iterations_per_epoch: u64,
+    throughput: Throughput,
+    excluded: Vec<String>,
+    state_path: PathBuf,
+}
+
+/// Writes `train_summary.json`, the last log line and the stage report of a finished (or stopped)
+/// run.
+fn finish(
+    cfg: &Config,
+    st: &TrainState,
+    end: RunEnd,
+    log: &mut RunLog,
+    tb: &mut pbip_tensorboard::EventWriter,
+) -> Result<TrainOutcome, PipelineError> {
+    let RunEnd {
+        fingerprint: fp,
+        total_steps,
+        iterations_per_epoch: ipe,
+        throughput,
+        excluded,
+        state_path,
+    } = end;
+    let out_dir = output_dir(cfg);
+    let runs = runs_dir(cfg);
     let completed = st.next_step >= total_steps;
     let summary = TrainSummary {
         fingerprint: fp,
