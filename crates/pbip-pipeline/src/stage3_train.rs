@@ -1419,27 +1419,21 @@ pub fn train(
                 0.0
             };
             let pps = (steps_run * t.batch_size as u64) as f64 / elapsed.max(1e-9);
-            let scalars = [
-                ("train/loss", mean.total as f32),
-                ("train/loss_cls", mean.cls as f32),
-                ("train/loss_fg", mean.fg as f32),
-                ("train/loss_bg", mean.bg as f32),
-                ("train/cam_mean", mean.cam_mean as f32),
-                ("train/cam_tv", mean.tv as f32),
-                ("train/cam_l1", mean.l1 as f32),
-                ("train/selected_pairs", mean.pairs as f32),
-                ("train/lr", lr as f32),
-                ("train/grad_norm", grad_norm as f32),
-                ("train/data_wait_fraction", wait_frac as f32),
-                ("train/patches_per_sec", pps as f32),
-                ("train/nonfinite_steps", st.total_nonfinite as f32),
-            ];
-            tb.add_scalars(&scalars, done as i64).map_err(model_err)?;
-            tb.flush().map_err(model_err)?;
-            log.line(&format!(
-                "step {done}/{total_steps} epoch {}: loss {:.5} cls {:.5} fg {:.5} bg {:.5} cam_mean {:.5} tv {:.5} l1 {:.5} pairs {:.1} lr {:.3e} grad_norm {:.4} data-wait {:.1}% {:.1} patches/s",
-                epoch + 1, mean.total, mean.cls, mean.fg, mean.bg, mean.cam_mean, mean.tv, mean.l1, mean.pairs, lr, grad_norm, 100.0 * wait_frac, pps
-            ))?;
+            write_interval(
+                &IntervalStats {
+                    done,
+                    total_steps,
+                    epoch: epoch + 1,
+                    mean,
+                    lr,
+                    grad_norm,
+                    wait_frac,
+                    patches_per_sec: pps,
+                    nonfinite_steps: st.total_nonfinite,
+                },
+                &mut tb,
+                &mut log,
+            )?;
             acc = LossValues::default();
             acc_n = 0;
             interval_start = Instant::now();
@@ -1466,13 +1460,7 @@ pub fn train(
                     (Some(_), None) => true,
                     _ => st.best_val.is_none(),
                 };
-                let interval = st.constant_loss.take_interval();
-                if st.chance.record(done, interval, Some(&v)) {
-                    let advice = st.chance.advice();
-                    tracing::warn!("{advice}");
-                    log.line(&format!("WARNING: {advice}"))?;
-                    pb.println(format!("WARNING: {advice}"));
-                }
+                check_learning(&mut st, done, Some(&v), &mut log, &pb)?;
                 if let Some(c) = st.chance.checks.last() {
                     log.line(&format!(
                         "learning check step {done}: classification loss {:.4} vs constant predictor {:.4}, val {} -> {:?}",
@@ -1498,13 +1486,7 @@ pub fn train(
             val_secs += tv0.elapsed().as_secs_f64();
         }
         if do_val && val_plan.is_none() {
-            let interval = st.constant_loss.take_interval();
-            if st.chance.record(done, interval, None) {
-                let advice = st.chance.advice();
-                tracing::warn!("{advice}");
-                log.line(&format!("WARNING: {advice}"))?;
-                pb.println(format!("WARNING: {advice}"));
-            }
+            check_learning(&mut st, done, None, &mut log, &pb)?;
         }
         if let Some(name) = periodic_checkpoint_name(done, ipe, t.checkpoint_interval as u64) {
             let p = ckpt.save(&model, &name, done, epoch + 1, st.last_val.as_ref())?;
@@ -1595,6 +1577,86 @@ fn check_training_labels(cfg: &Config, train_entries: &[&SlideEntry]) -> Result<
         )));
     }
     Ok(())
+}
+
+/// The learning check at a validation (`val`, or the training loss alone without a val split):
+/// compares with the constant predictor over the interval and warns, loudly, when the run is at
+/// chance.
+fn check_learning(
+    st: &mut TrainState,
+    done: u64,
+    val: Option<&ValMetrics>,
+    log: &mut RunLog,
+    pb: &indicatif::ProgressBar,
+) -> Result<(), PipelineError> {
+    let interval = st.constant_loss.take_interval();
+    if st.chance.record(done, interval, val) {
+        let advice = st.chance.advice();
+        tracing::warn!("{advice}");
+        log.line(&format!("WARNING: {advice}"))?;
+        pb.println(format!("WARNING: {advice}"));
+    }
+    Ok(())
+}
+
+/// The training figures of one logging interval.
+struct IntervalStats {
+    /// Iterations done.
+    done: u64,
+    total_steps: u64,
+    /// 1-based epoch.
+    epoch: u64,
+    /// Mean loss terms over the interval's finite steps.
+    mean: LossValues,
+    lr: f64,
+    grad_norm: f64,
+    wait_frac: f64,
+    patches_per_sec: f64,
+    nonfinite_steps: u64,
+}
+
+/// Writes a logging interval to TensorBoard (`train/*` scalars) and `logs.txt`.
+fn write_interval(
+    i: &IntervalStats,
+    tb: &mut pbip_tensorboard::EventWriter,
+    log: &mut RunLog,
+) -> Result<(), PipelineError> {
+    let m = &i.mean;
+    let scalars = [
+        ("train/loss", m.total as f32),
+        ("train/loss_cls", m.cls as f32),
+        ("train/loss_fg", m.fg as f32),
+        ("train/loss_bg", m.bg as f32),
+        ("train/cam_mean", m.cam_mean as f32),
+        ("train/cam_tv", m.tv as f32),
+        ("train/cam_l1", m.l1 as f32),
+        ("train/selected_pairs", m.pairs as f32),
+        ("train/lr", i.lr as f32),
+        ("train/grad_norm", i.grad_norm as f32),
+        ("train/data_wait_fraction", i.wait_frac as f32),
+        ("train/patches_per_sec", i.patches_per_sec as f32),
+        ("train/nonfinite_steps", i.nonfinite_steps as f32),
+    ];
+    tb.add_scalars(&scalars, i.done as i64).map_err(model_err)?;
+    tb.flush().map_err(model_err)?;
+    log.line(&format!(
+        "step {}/{} epoch {}: loss {:.5} cls {:.5} fg {:.5} bg {:.5} cam_mean {:.5} tv {:.5} l1 {:.5} pairs {:.1} lr {:.3e} grad_norm {:.4} data-wait {:.1}% {:.1} patches/s",
+        i.done,
+        i.total_steps,
+        i.epoch,
+        m.total,
+        m.cls,
+        m.fg,
+        m.bg,
+        m.cam_mean,
+        m.tv,
+        m.l1,
+        m.pairs,
+        i.lr,
+        i.grad_norm,
+        100.0 * i.wait_frac,
+        i.patches_per_sec
+    ))
 }
 
 /// What the end of a run reports, from the training loop.
