@@ -13,10 +13,10 @@ use pbip_weights::{HostTensor, TensorMap, read_pth, read_safetensors};
 /// `upstream-mit_b0-seed1`): `<stem>.safetensors`, `<stem>.classnet.pth`, `<stem>.vision.pth`.
 fn fixture_stem() -> String {
     let p = std::env::var("PBIP_PARITY_FIXTURE").unwrap_or_else(|_| {
-        format!(
-            "{}/../../../shared/fixtures/upstream-mit_b0-seed1",
-            env!("CARGO_MANIFEST_DIR")
-        )
+        pbip_testdata::fixtures_dir()
+            .join("upstream-mit_b0-seed1")
+            .to_string_lossy()
+            .into_owned()
     });
     p.strip_suffix(".safetensors")
         .map(str::to_string)

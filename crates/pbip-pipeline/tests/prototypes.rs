@@ -12,11 +12,10 @@ use pbip_slide::{OpenOptions, Origin, PatchGeometry, Slide};
 
 fn fixture() -> PathBuf {
     let base = std::env::var("PBIP_PARITY_FIXTURE").unwrap_or_else(|_| {
-        concat!(
-            env!("CARGO_MANIFEST_DIR"),
-            "/../../../shared/fixtures/upstream-mit_b0-seed1"
-        )
-        .to_string()
+        pbip_testdata::fixtures_dir()
+            .join("upstream-mit_b0-seed1")
+            .to_string_lossy()
+            .into_owned()
     });
     PathBuf::from(format!("{base}.safetensors"))
 }

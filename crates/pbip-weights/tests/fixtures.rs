@@ -5,9 +5,7 @@ use std::path::PathBuf;
 use pbip_weights::{TensorMap, read_pth, read_safetensors, read_tensors, strip_prefix};
 
 fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../../../shared/fixtures")
-        .join(name)
+    pbip_testdata::fixtures_dir().join(name)
 }
 
 fn assert_same(got: &TensorMap, reference: &TensorMap, what: &str) {

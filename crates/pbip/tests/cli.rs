@@ -352,13 +352,7 @@ fn csv_errors_are_reported_together() {
 }
 
 fn shared_svs() -> PathBuf {
-    let rel =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../../../shared/data/CMU-1-Small-Region.svs");
-    if rel.is_file() {
-        rel
-    } else {
-        PathBuf::from("/work/shared/data/CMU-1-Small-Region.svs")
-    }
+    pbip_testdata::data_dir().join("CMU-1-Small-Region.svs")
 }
 
 #[test]

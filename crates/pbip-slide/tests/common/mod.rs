@@ -640,11 +640,11 @@ pub fn structure_ranges(b: &[u8]) -> Vec<std::ops::Range<usize>> {
 pub fn fixtures_dir() -> std::path::PathBuf {
     match std::env::var("PBIP_SLIDE_FIXTURE_DIR") {
         Ok(d) if !d.is_empty() => std::path::PathBuf::from(d),
-        _ => std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../../../shared/fixtures"),
+        _ => pbip_testdata::fixtures_dir(),
     }
 }
 
 /// The real Aperio slide `CMU-1-Small-Region.svs` (in `../shared/data`).
 pub fn cmu1_path() -> std::path::PathBuf {
-    fixtures_dir().join("../data/CMU-1-Small-Region.svs")
+    pbip_testdata::data_dir().join("CMU-1-Small-Region.svs")
 }

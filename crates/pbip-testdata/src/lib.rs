@@ -1,0 +1,73 @@
+//! Where pbip's tests find the shared fixtures and data (the `shared/` folder next to the
+//! checkout: `shared/fixtures`, reference outputs of independent software; `shared/data`, real
+//! slides), found at run time so that a test binary does not carry a path baked in at compile time:
+//!
+//! 1. `PBIP_SHARED_DIR`, when set;
+//! 2. else the first folder that has a `shared/fixtures` subfolder, walking up from the current
+//!    directory (cargo runs a test in its crate's folder), then from the test executable.
+
+use std::path::{Path, PathBuf};
+
+/// Environment variable naming the shared folder.
+pub const SHARED_DIR_ENV: &str = "PBIP_SHARED_DIR";
+
+fn has_shared(dir: &Path) -> Option<PathBuf> {
+    let s = dir.join("shared");
+    s.join("fixtures").is_dir().then_some(s)
+}
+
+/// The shared folder. Panics, naming what was searched and how to point at it, when there is none.
+pub fn shared_dir() -> PathBuf {
+    if let Ok(d) = std::env::var(SHARED_DIR_ENV)
+        && !d.is_empty()
+    {
+        return PathBuf::from(d);
+    }
+    let starts: Vec<PathBuf> = [
+        std::env::current_dir().ok(),
+        std::env::current_exe()
+            .ok()
+            .and_then(|p| p.parent().map(Path::to_path_buf)),
+    ]
+    .into_iter()
+    .flatten()
+    .collect();
+    for start in &starts {
+        if let Some(found) = start.ancestors().find_map(has_shared) {
+            return found;
+        }
+    }
+    panic!(
+        "no shared/fixtures folder above {starts:?}: set {SHARED_DIR_ENV} to the folder that holds \
+         fixtures/ and data/"
+    )
+}
+
+/// `shared/fixtures`.
+pub fn fixtures_dir() -> PathBuf {
+    shared_dir().join("fixtures")
+}
+
+/// `shared/data`.
+pub fn data_dir() -> PathBuf {
+    shared_dir().join("data")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_a_shared_folder_above_a_start_directory() {
+        let root = std::env::temp_dir().join(format!("pbip-testdata-{}", std::process::id()));
+        let deep = root.join("repo/crates/x");
+        std::fs::create_dir_all(&deep).unwrap();
+        assert_eq!(deep.ancestors().find_map(has_shared), None);
+        std::fs::create_dir_all(root.join("shared/fixtures")).unwrap();
+        assert_eq!(
+            deep.ancestors().find_map(has_shared),
+            Some(root.join("shared"))
+        );
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+}
