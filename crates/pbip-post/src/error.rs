@@ -38,6 +38,14 @@ pub enum PostError {
         /// Number of blocks that would be live.
         live_blocks: usize,
     },
+    /// A file is malformed or of an unsupported layout (message says which and why).
+    #[error("{path}: {message}")]
+    Format {
+        /// File concerned.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
     /// An error returned by a user callback (block sink).
     #[error("block sink failed: {0}")]
     Sink(String),

@@ -32,6 +32,7 @@ pub mod npz;
 pub mod plane;
 pub mod polygons;
 pub mod postprocess;
+pub mod score;
 pub mod stitch;
 
 pub use error::PostError;

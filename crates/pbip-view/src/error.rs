@@ -16,6 +16,9 @@ pub enum ViewError {
     /// A slide could not be opened or read.
     #[error(transparent)]
     Slide(#[from] pbip_slide::SlideError),
+    /// A prediction or GT mask could not be read (the message names the file).
+    #[error(transparent)]
+    Post(#[from] pbip_post::error::PostError),
     /// A prediction file is malformed or of an unsupported layout.
     #[error("{path}: {msg}")]
     Format {

@@ -34,69 +34,6 @@ pub struct SlideScore {
     pub trivial_false_positive_fraction: f64,
 }
 
-struct RowReader {
-    path: std::path::PathBuf,
-    reader: png::Reader<std::io::BufReader<std::fs::File>>,
-    width: usize,
-    height: usize,
-    next: usize,
-    row: Vec<u8>,
-}
-
-impl RowReader {
-    fn open(path: &Path) -> Result<Self, PipelineError> {
-        let err = |m: String| infer_err(format!("{}: {m}", path.display()));
-        let f = std::fs::File::open(path).map_err(|source| PipelineError::Io {
-            path: path.to_path_buf(),
-            source,
-        })?;
-        let mut dec = png::Decoder::new(std::io::BufReader::new(f));
-        dec.set_transformations(png::Transformations::IDENTITY);
-        let reader = dec.read_info().map_err(|e| err(e.to_string()))?;
-        let info = reader.info();
-        if info.bit_depth != png::BitDepth::Eight
-            || !matches!(
-                info.color_type,
-                png::ColorType::Grayscale | png::ColorType::Indexed
-            )
-        {
-            return Err(err(format!(
-                "expected an 8-bit gray or indexed PNG of labels, got {:?} {:?}",
-                info.color_type, info.bit_depth
-            )));
-        }
-        if info.interlaced {
-            return Err(err(
-                "interlaced PNGs are not supported; re-save without interlacing".into(),
-            ));
-        }
-        let (width, height) = (info.width as usize, info.height as usize);
-        Ok(Self {
-            path: path.to_path_buf(),
-            reader,
-            width,
-            height,
-            next: 0,
-            row: Vec::new(),
-        })
-    }
-
-    /// Row `y` (rows must be asked in non-decreasing order).
-    fn row(&mut self, y: usize) -> Result<&[u8], PipelineError> {
-        while self.next <= y {
-            let r = self
-                .reader
-                .next_row()
-                .map_err(|e| infer_err(format!("{}: {e}", self.path.display())))?
-                .ok_or_else(|| infer_err(format!("{}: truncated", self.path.display())))?;
-            self.row.clear();
-            self.row.extend_from_slice(r.data());
-            self.next += 1;
-        }
-        Ok(&self.row)
-    }
-}
-
 /// Scores one prediction mask against its GT mask (see the module docs).
 pub fn score_slide(
     name: &str,
@@ -104,45 +41,17 @@ pub fn score_slide(
     gt_png: &Path,
     positive_class: u8,
 ) -> Result<SlideScore, PipelineError> {
-    let mut pred = RowReader::open(prediction_png)?;
-    let mut gt = RowReader::open(gt_png)?;
-    let (mw, mh, gw, gh) = (pred.width, pred.height, gt.width, gt.height);
-    if mw == 0 || mh == 0 || gw == 0 || gh == 0 {
-        return Err(infer_err(format!("{name}: empty mask")));
-    }
-    let (sx, sy) = (gw as f64 / mw as f64, gh as f64 / mh as f64);
-    let cols: Vec<usize> = (0..mw)
-        .map(|i| (((i as f64 + 0.5) * sx) as usize).min(gw - 1))
-        .collect();
-    let (mut inter, mut union, mut tissue, mut tumour, mut fp, mut ptum) =
-        (0u64, 0u64, 0u64, 0u64, 0u64, 0u64);
-    for j in 0..mh {
-        let gy = (((j as f64 + 0.5) * sy) as usize).min(gh - 1);
-        let prow = pred.row(j)?.to_vec();
-        let grow = gt.row(gy)?;
-        for (i, &p) in prow.iter().enumerate() {
-            let g = grow[cols[i]];
-            let is_tissue = g != 255;
-            let t = g == positive_class;
-            let pt = p == positive_class;
-            tissue += u64::from(is_tissue);
-            tumour += u64::from(t);
-            ptum += u64::from(pt);
-            inter += u64::from(t && pt);
-            union += u64::from(t || pt);
-            fp += u64::from(is_tissue && !t && pt);
-        }
-    }
-    let frac = |a: u64, b: u64| if b == 0 { 0.0 } else { a as f64 / b as f64 };
+    let c = pbip_post::score::score_label_pngs(prediction_png, gt_png, positive_class)
+        .map_err(|e| infer_err(format!("{name}: {e}")))?;
     Ok(SlideScore {
         name: name.to_string(),
-        tissue_px: tissue,
-        tumour_px: tumour,
-        predicted_tumour_px: ptum,
-        tumour_iou: (tumour > 0).then(|| frac(inter, union)),
-        trivial_iou: (tumour > 0).then(|| frac(tumour, tissue)),
-        false_positive_tissue_fraction: frac(fp, tissue),
-        trivial_false_positive_fraction: frac(tissue - tumour, tissue),
+        tissue_px: c.tissue_px,
+        tumour_px: c.tumour_px,
+        predicted_tumour_px: c.predicted_tumour_px,
+        tumour_iou: c.tumour_iou(),
+        trivial_iou: c.trivial_iou(),
+        false_positive_tissue_fraction: c.false_positive_tissue_fraction(),
+        trivial_false_positive_fraction: c.trivial_false_positive_fraction(),
     })
 }
 
