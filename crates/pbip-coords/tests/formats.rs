@@ -13,7 +13,7 @@ use pbip_coords::{
 use serde_json::Value;
 
 fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+    pbip_testdata::crate_dir().join("testdata")
 }
 
 fn expected() -> Value {

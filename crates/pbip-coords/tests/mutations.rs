@@ -1,13 +1,13 @@
 //! Mutated bytes of valid files must give `Ok` or `Err`, never a panic.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::OnceLock;
 
 use pbip_coords::{Coordinates, ReadOptions};
 use proptest::prelude::*;
 
 fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+    pbip_testdata::crate_dir().join("testdata")
 }
 
 const NPY_FILES: &[&str] = &[

@@ -6,7 +6,7 @@ use pbip_kmeans::{InitMethod, KMeansConfig, fit};
 use serde_json::Value;
 
 fn load() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/expected_kmeans.json");
+    let path = pbip_testdata::crate_dir().join("testdata/expected_kmeans.json");
     let text = std::fs::read_to_string(path).expect("read expected_kmeans.json");
     serde_json::from_str(&text).expect("parse expected_kmeans.json")
 }

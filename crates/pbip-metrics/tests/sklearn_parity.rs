@@ -8,10 +8,7 @@ use serde_json::Value;
 const TOL: f64 = 1e-9;
 
 fn load() -> Value {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/testdata/expected_metrics.json"
-    );
+    let path = pbip_testdata::crate_dir().join("testdata/expected_metrics.json");
     let text = std::fs::read_to_string(path).expect("read expected_metrics.json");
     serde_json::from_str(&text).expect("parse expected_metrics.json")
 }

@@ -5,9 +5,10 @@ use pbip_post::crf::{CrfParams, dense_crf, dense_crf_bruteforce};
 use serde_json::Value;
 
 fn fixture() -> Value {
-    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/testdata/crf_expected.json");
-    let text = std::fs::read_to_string(path).unwrap_or_else(|e| panic!("read {path}: {e}"));
-    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {path}: {e}"))
+    let path = pbip_testdata::crate_dir().join("testdata/crf_expected.json");
+    let text =
+        std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("read {}: {e}", path.display()));
+    serde_json::from_str(&text).unwrap_or_else(|e| panic!("parse {}: {e}", path.display()))
 }
 
 fn f32s(v: &Value) -> Vec<f32> {

@@ -4,8 +4,8 @@ use pbip_post::npz::{self, ConfidenceEncoding};
 use std::io::Read;
 
 fn testdata(name: &str) -> Vec<u8> {
-    let p = format!("{}/testdata/{name}", env!("CARGO_MANIFEST_DIR"));
-    std::fs::read(&p).unwrap_or_else(|e| panic!("read {p}: {e}"))
+    let p = pbip_testdata::crate_dir().join("testdata").join(name);
+    std::fs::read(&p).unwrap_or_else(|e| panic!("read {}: {e}", p.display()))
 }
 
 #[test]

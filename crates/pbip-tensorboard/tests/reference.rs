@@ -9,9 +9,7 @@ use pbip_tensorboard::{
 };
 
 fn testdata(name: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name)
+    pbip_testdata::crate_dir().join("testdata").join(name)
 }
 
 fn expected() -> Vec<serde_json::Value> {

@@ -43,6 +43,17 @@ pub fn shared_dir() -> PathBuf {
     )
 }
 
+/// The folder of the crate whose test is running, read at run time from `CARGO_MANIFEST_DIR`
+/// (cargo sets it for every test process), else the current directory (cargo runs tests in the
+/// crate's folder). Unlike `env!("CARGO_MANIFEST_DIR")` it is never a stale path baked into a test
+/// binary that cargo reuses from a build of the same sources in another checkout.
+pub fn crate_dir() -> PathBuf {
+    match std::env::var_os("CARGO_MANIFEST_DIR") {
+        Some(d) if !d.is_empty() => PathBuf::from(d),
+        _ => std::env::current_dir().unwrap_or_else(|_| PathBuf::from(".")),
+    }
+}
+
 /// `shared/fixtures`.
 pub fn fixtures_dir() -> PathBuf {
     shared_dir().join("fixtures")

@@ -192,7 +192,7 @@ fn small_components_dropped_small_holes_filled() {
 /// Level-3 image of a slide: a pink/purple blob image from testdata (200 x 150).
 fn blob_image() -> (u32, u32, Vec<u8>) {
     use std::io::Read;
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata/blobs_a.rgb.bin.gz");
+    let path = pbip_testdata::crate_dir().join("testdata/blobs_a.rgb.bin.gz");
     let f = std::fs::File::open(&path).expect("blobs_a");
     let mut rgb = Vec::new();
     flate2::read::GzDecoder::new(f)

@@ -2,12 +2,12 @@
 //! `testdata/make_expected.py`) and with OpenCV's contour areas.
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use pbip_tiling::{SlideLevels, TilingParams, contour_areas, label_components, tile_from_mask};
 
 fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+    pbip_testdata::crate_dir().join("testdata")
 }
 
 fn load_gz(name: &str) -> Vec<u8> {

@@ -1,13 +1,13 @@
 //! Exact parity with OpenCV (outputs of `testdata/make_expected.py`).
 
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use pbip_tiling::cv;
 use pbip_tiling::{HsvParams, TissueMethod, tissue_mask, tissue_mask_hsv};
 
 fn testdata() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("testdata")
+    pbip_testdata::crate_dir().join("testdata")
 }
 
 fn load_gz(name: &str) -> Vec<u8> {
