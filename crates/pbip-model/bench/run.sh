@@ -7,7 +7,10 @@
 # reference being compared against, never a dependency of pbip. Env:
 #   PBIP_BENCH_PROFILE  cargo profile for the burn side (default `bench` = release settings; `dev`
 #                       reuses the test build, whose dependencies are also built at opt-level 3)
-#   PBIP_BENCH_FEATURES extra cargo features, e.g. `wgpu` (GPU machines only)
+#   PBIP_BENCH_FEATURES extra cargo features, e.g. `tch` or `wgpu`
+#   PBIP_BENCH_DEVICES  devices to time, comma-separated `device:` spellings (default `cpu`; with
+#                       `tch`: e.g. cpu,tch-cpu). With `tch` the venv is PyTorch 2.9.0 (what burn-tch
+#                       links) under ~/.cache/pbip-torch, and the same PyTorch is the reference.
 #   PBIP_BENCH_OPS      non-empty: also time single ops (benches/op_probe.rs vs bench/torch_op_probe.py)
 #   CARGO_TARGET_DIR    as usual
 set -euo pipefail
@@ -15,13 +18,20 @@ VARIANT=${1:-mit_b1}
 HERE=$(cd "$(dirname "$0")" && pwd)
 ROOT=$(cd "$HERE/../../.." && pwd)
 VENV=${PBIP_BENCH_VENV:-/tmp/pbip-bench-venv}
+TORCH_PIN=torch
+case ",${PBIP_BENCH_FEATURES:-}," in
+  *,tch,*)
+    VENV=${PBIP_BENCH_VENV:-$HOME/.cache/pbip-torch}
+    TORCH_PIN=torch==2.9.0
+    export VIRTUAL_ENV="$VENV" PATH="$VENV/bin:$PATH" LIBTORCH_USE_PYTORCH=1 ;;
+esac
 PROFILE=${PBIP_BENCH_PROFILE:-bench}
 OUT=$(mktemp -d /tmp/pbip-bench.XXXXXX)
 
 if ! "$VENV/bin/python" -c "import torch" >/dev/null 2>&1; then
   echo "installing torch (PyPI) into $VENV ..." >&2
   python3 -m venv "$VENV"
-  "$VENV/bin/pip" install -q torch >&2
+  "$VENV/bin/pip" install -q "$TORCH_PIN" >&2
 fi
 
 FEAT=()

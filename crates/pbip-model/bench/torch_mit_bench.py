@@ -6,7 +6,8 @@ scales), timed the same way as `cargo bench -p pbip-model --bench mit_bench`:
   * training step: batch 10 at 224 px, forward + BCE(mean-merged cls) + 0.1*0.0005*mean(cam4)
     + backward + AdamW step;
   * inference: batch 32 at 224 px forward under torch.no_grad().
-Usage: python3 torch_mit_bench.py [mit_b1] [threads]   (pip install torch)
+Usage: python3 torch_mit_bench.py [mit_b1] [threads] [device]   (pip install torch)
+  threads 0 = PyTorch's default; device cpu (default) or cuda (eager, synchronised before timing).
 """
 import math, sys, time
 import torch
@@ -115,14 +116,16 @@ class ClassNet(nn.Module):
 
 def main():
     variant = sys.argv[1] if len(sys.argv) > 1 else "mit_b1"
-    if len(sys.argv) > 2:
+    if len(sys.argv) > 2 and int(sys.argv[2]) > 0:
         torch.set_num_threads(int(sys.argv[2]))
+    dev = torch.device(sys.argv[3] if len(sys.argv) > 3 else "cpu")
+    sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     k_list = [3, 3, 3, 3]
-    model = ClassNet(variant, sum(k_list))
+    model = ClassNet(variant, sum(k_list)).to(dev)
     opt = torch.optim.AdamW(model.parameters(), lr=5e-5, weight_decay=1e-3, eps=1e-8)
-    x = torch.randn(10, 3, 224, 224)
-    y = torch.randint(0, 2, (10, 4)).float()
+    x = torch.randn(10, 3, 224, 224, device=dev)
+    y = torch.randint(0, 2, (10, 4), device=dev).float()
 
     def step():
         outs = model(x)
@@ -136,20 +139,25 @@ def main():
         opt.step()
 
     step()
-    n, t0 = 3, time.perf_counter()
+    n = 3 if dev.type == "cpu" else 20
+    sync()
+    t0 = time.perf_counter()
     for _ in range(n):
         step()
+    sync()
     train = (time.perf_counter() - t0) / n
-    xi = torch.randn(32, 3, 224, 224)
+    xi = torch.randn(32, 3, 224, 224, device=dev)
     model.eval()
     with torch.no_grad():
         model(xi)
+        sync()
         t0 = time.perf_counter()
         for _ in range(n):
             model(xi)
+        sync()
         inf = (time.perf_counter() - t0) / n
-    print(f"# pytorch {torch.__version__} threads={torch.get_num_threads()}")
-    print(f"RESULT pytorch-cpu {variant} {train*1000:.0f} {inf*1000:.0f} {32/inf:.2f}")
+    print(f"# pytorch {torch.__version__} threads={torch.get_num_threads()} device={dev}")
+    print(f"RESULT pytorch-{dev.type} {variant} {train*1000:.0f} {inf*1000:.0f} {32/inf:.2f}")
 
 
 if __name__ == "__main__":

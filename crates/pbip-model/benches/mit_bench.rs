@@ -1,5 +1,6 @@
-//! MiT ClassNet timing on every compiled burn backend (default build: `flex`, the pure-Rust CPU
-//! backend; `--features wgpu` adds the wgpu GPU backend).
+//! MiT ClassNet timing on the devices named by `PBIP_BENCH_DEVICES` (comma-separated `device:`
+//! spellings, default `cpu` = burn-flex; `tch-cpu` / `cuda` with `--features tch`, `wgpu` with
+//! `--features wgpu`).
 //!
 //! * training step: batch 10 at 224 px, forward (stochastic depth on) + BCE over the
 //!   mean-merged cls of the four scales (weights 0, 0.1, 1, 1) + 0.1·0.0005·mean(cam4),
@@ -34,9 +35,17 @@ fn cpu_seconds() -> Option<f64> {
     let st: f64 = f.get(12)?.parse().ok()?;
     Some((ut + st) / 100.0)
 }
-const ITERS: usize = 3;
+/// Timed iterations (`PBIP_BENCH_ITERS`, default 3; GPU runs use more).
+fn iters() -> usize {
+    std::env::var("PBIP_BENCH_ITERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .filter(|&n| n > 0)
+        .unwrap_or(3)
+}
 
 fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
+    let iters = iters();
     let k_list = vec![3, 3, 3, 3];
     let cfg =
         ClassNetConfig::new(variant, [4, 2, 2, 1], k_list.clone()).map_err(|e| e.to_string())?;
@@ -82,22 +91,22 @@ fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
     }
     let c0 = cpu_seconds();
     let t0 = Instant::now();
-    for _ in 0..ITERS {
+    for _ in 0..iters {
         model = step(model, &mut parts)?;
     }
-    let train = t0.elapsed().as_secs_f64() / ITERS as f64;
+    let train = t0.elapsed().as_secs_f64() / iters as f64;
     let cpu = match (c0, cpu_seconds()) {
         (Some(a), Some(b)) => format!(
             ", CPU time {:.0} ms per step",
-            (b - a) * 1000.0 / ITERS as f64
+            (b - a) * 1000.0 / iters as f64
         ),
         _ => String::new(),
     };
     println!(
         "# burn-{backend} {variant} train step split: forward {:.0} ms, backward {:.0} ms, AdamW {:.0} ms{cpu}",
-        parts[0] * 1000.0 / ITERS as f64,
-        parts[1] * 1000.0 / ITERS as f64,
-        parts[2] * 1000.0 / ITERS as f64
+        parts[0] * 1000.0 / iters as f64,
+        parts[1] * 1000.0 / iters as f64,
+        parts[2] * 1000.0 / iters as f64
     );
 
     let eval = model.valid();
@@ -106,10 +115,10 @@ fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
         let _ = eval.forward(xi.clone()).cam[3].clone().into_data();
     }
     let t0 = Instant::now();
-    for _ in 0..ITERS {
+    for _ in 0..iters {
         let _ = eval.forward(xi.clone()).cam[3].clone().into_data();
     }
-    let inf = t0.elapsed().as_secs_f64() / ITERS as f64;
+    let inf = t0.elapsed().as_secs_f64() / iters as f64;
     println!(
         "RESULT burn-{backend} {variant} {:.0} {:.0} {:.2}",
         train * 1000.0,
@@ -124,15 +133,16 @@ fn main() {
         .skip(1)
         .find(|a| a.starts_with("mit_b"))
         .unwrap_or_else(|| "mit_b1".into());
-    #[allow(unused_mut)]
-    let mut backends: Vec<(&str, Device)> = vec![("flex", Device::flex())];
-    #[cfg(feature = "wgpu")]
-    backends.push((
-        "wgpu",
-        Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),
-    ));
+    let names = std::env::var("PBIP_BENCH_DEVICES").unwrap_or_else(|_| "cpu".into());
+    let mut backends: Vec<(String, Device)> = Vec::new();
+    for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+        match pbip_model::backend::device_named(name) {
+            Ok(d) => backends.push((name.to_string(), d)),
+            Err(e) => eprintln!("skipping {name}: {e}"),
+        }
+    }
     for (name, device) in backends {
-        if let Err(e) = run(name, device, &variant) {
+        if let Err(e) = run(&name, device, &variant) {
             eprintln!("burn-{name} {variant}: {e}");
         }
     }

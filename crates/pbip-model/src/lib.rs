@@ -2,9 +2,12 @@
 //! prototype head ([`classnet`]), subclass merging ([`merge`]), the stage-1 losses ([`loss`]),
 //! the evaluation / pseudo-mask path ([`eval`]) and checkpoint name maps ([`names`]).
 //!
+//! [`backend`] maps device names to the backends compiled into this build.
+//!
 //! All tensors use burn's run-time [`burn::tensor::Device`]; use `Device::flex().autodiff()` for
 //! training and gradients, `model.valid()` (or a plain `Device::flex()`) for inference.
 
+pub mod backend;
 pub mod classnet;
 pub mod eval;
 pub(crate) mod fused;

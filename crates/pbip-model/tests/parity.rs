@@ -1,7 +1,9 @@
 //! Parity with the upstream PyTorch PBIP fixture (`shared/fixtures/upstream-mit_b0-seed1.safetensors`).
 //!
 //! The fixture path comes from `PBIP_PARITY_FIXTURE` (default: the shared fixture). All
-//! configuration is read from the fixture's `__metadata__`.
+//! configuration is read from the fixture's `__metadata__`. The device comes from
+//! `PBIP_TEST_DEVICE` (`cpu` by default; `tch-cpu`, `cuda[:N]`, `wgpu[:N]` in builds with that
+//! backend), with the same tolerances on every device.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -24,6 +26,13 @@ fn fixture_stem() -> String {
     p.strip_suffix(".safetensors")
         .map(str::to_string)
         .unwrap_or(p)
+}
+
+/// The device named by `PBIP_TEST_DEVICE` (default `cpu`).
+fn test_device() -> Device {
+    let name = std::env::var("PBIP_TEST_DEVICE").unwrap_or_else(|_| "cpu".into());
+    eprintln!("parity device: {name}");
+    pbip_model::backend::device_named(&name).unwrap_or_else(|e| panic!("PBIP_TEST_DEVICE: {e}"))
 }
 
 fn fixture_file(suffix: &str) -> PathBuf {
@@ -112,7 +121,7 @@ fn parity_forward_eval_and_losses_with_upstream_fixture() {
     let cfg = config(&fx);
     let loss_cfg = LossConfig::from_json(&fx.meta["loss"]).expect("loss JSON");
     let eval_cfg = EvalConfig::from_json(&fx.meta["eval"]).expect("eval JSON");
-    let device = Device::flex();
+    let device = test_device();
     let model = ClassNet::load_upstream(&model_weights(&fx), &cfg, &fx.map["prototypes"], &device)
         .expect("load");
     let images: Tensor<4> = tensor(&fx.map["input.image"], &device);
@@ -273,7 +282,7 @@ fn parity_loss_and_gradients_from_pth_files() {
         assert_eq!(&from_pth[k], v, "{k}: .pth and .safetensors differ");
     }
 
-    let device = Device::flex().autodiff();
+    let device = test_device().autodiff();
     let model = ClassNet::load_upstream_file(&cls_pth, &cfg, &fx.map["prototypes"], &device)
         .expect("load .pth");
     let prefix = pbip_encoder::MedClipVision::detect_prefix(&vis_map).expect("vision tower names");

@@ -3,7 +3,7 @@
 //! path, training labels), so that every stage that needs one builds it the same way.
 
 use burn::tensor::Device;
-use pbip_config::{Config, Device as DeviceChoice, MapKind, Pool, PoolKind, SlideBackend};
+use pbip_config::{Config, MapKind, Pool, PoolKind, SlideBackend};
 use pbip_model::{EvalConfig, HeadConfig, Pooling};
 use pbip_slide::{Backend, OpenOptions};
 
@@ -33,28 +33,16 @@ pub fn open_options(cfg: &Config, cache: bool) -> OpenOptions {
     }
 }
 
-/// The compute device for `cfg.device`: `cpu` is burn's pure-Rust `flex` backend; `gpu` needs a
-/// build with the `wgpu` feature.
+/// The compute device for `cfg.device` (see [`pbip_model::backend`]): `cpu` is burn's pure-Rust
+/// `flex` backend; the others need their cargo feature, and a device the build lacks is an error
+/// naming the feature, never a silent CPU run.
 pub fn compute_device(cfg: &Config) -> Result<Device, PipelineError> {
-    match cfg.device {
-        DeviceChoice::Cpu => Ok(Device::flex()),
-        DeviceChoice::Gpu => gpu_device(),
-    }
-}
-
-#[cfg(feature = "wgpu")]
-fn gpu_device() -> Result<Device, PipelineError> {
-    Ok(Device::wgpu(burn::tensor::DeviceKind::DefaultDevice))
-}
-
-#[cfg(not(feature = "wgpu"))]
-fn gpu_device() -> Result<Device, PipelineError> {
-    Err(PipelineError::Data {
+    let device = pbip_model::backend::device_for(cfg.device).map_err(|e| PipelineError::Data {
         stage: "device",
-        message: "`device: gpu` needs a pbip built with the `wgpu` feature \
-                  (cargo build --release -p pbip --features wgpu); use `device: cpu` otherwise"
-            .into(),
-    })
+        message: e.to_string(),
+    })?;
+    tracing::debug!(device = %cfg.device, "compute device");
+    Ok(device)
 }
 
 /// The model crate's pooling for a config pooling.

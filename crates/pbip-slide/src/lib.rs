@@ -40,7 +40,7 @@ use rayon::prelude::*;
 use serde::Serialize;
 
 pub use error::{Result, SlideError};
-pub use openslide::{openslide_available, openslide_version};
+pub use openslide::{openslide_available, openslide_load_error, openslide_version};
 pub use resize::resize_rgb;
 
 use error::{arg_err, fmt_err, io_err};

@@ -121,6 +121,11 @@ pub fn openslide_version() -> Option<(String, String)> {
     Some((v, a.file.clone()))
 }
 
+/// Why libopenslide cannot be loaded (every candidate tried), None when it can.
+pub fn openslide_load_error() -> Option<String> {
+    api().err()
+}
+
 /// OpenSlide's vendor for `path` (`openslide_detect_vendor`), None when OpenSlide cannot be
 /// loaded or does not recognise the file.
 pub(crate) fn detect_vendor(path: &Path) -> Option<String> {

@@ -52,7 +52,13 @@ pub fn synth(out: &Path, slides: usize, size: u32, seed: u64) -> Result<String> 
 }
 
 /// Synthetic data + every implemented stage, printing where every output is.
-pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) -> Result<()> {
+pub fn demo(
+    out: &Path,
+    size: u32,
+    slides: usize,
+    train_steps: Option<usize>,
+    set: &[String],
+) -> Result<()> {
     let data = out.join("data");
     let marker = data.join(".pbip-demo-params");
     let params = format!("slides={slides} size={size} seed=0\n");
@@ -74,6 +80,7 @@ pub fn demo(out: &Path, size: u32, slides: usize, train_steps: Option<usize>) ->
         overrides.push(format!("training.iterations_per_epoch={n}"));
         overrides.push("training.epochs=1".into());
     }
+    overrides.extend(set.iter().cloned());
     let cfg = Config::load_layered(&[preset_path.clone(), config_path.clone()], &overrides)?;
     println!();
     println!(

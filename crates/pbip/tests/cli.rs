@@ -563,3 +563,74 @@ fn demo_runs_end_to_end() {
     assert!(out.contains("up to date"), "{out}");
     assert!(out.contains("0 processed"), "stage 5 reran:\n{out}");
 }
+
+#[test]
+fn doctor_lists_backends_and_openslide() {
+    let out = ok(&["doctor"]);
+    assert!(
+        out.contains("device cpu") && out.contains("burn-flex"),
+        "{out}"
+    );
+    assert!(out.contains("OpenSlide"), "{out}");
+    let json: serde_json::Value = serde_json::from_str(&ok(&["doctor", "--json"])).unwrap();
+    let checks = json["checks"].as_array().unwrap();
+    let find = |name: &str| {
+        checks
+            .iter()
+            .find(|c| c["name"] == name)
+            .unwrap_or_else(|| panic!("no `{name}` in {json}"))
+    };
+    assert_eq!(find("device cpu")["ok"], true);
+    assert_eq!(
+        find("device tch-cpu, cuda[:N]")["ok"],
+        cfg!(feature = "tch"),
+        "tch row does not match the build"
+    );
+    assert_eq!(find("device wgpu[:N]")["ok"], cfg!(feature = "wgpu"));
+}
+
+#[test]
+fn unknown_devices_are_config_errors() {
+    let d = tempfile::tempdir().unwrap();
+    let p = write_minimal(d.path(), "device: tpu\n");
+    fails_with(
+        &["sample-prototypes", "--config", s(&p)],
+        &["c.yaml", "device", "tpu", "tch-cpu", "cuda:N"],
+    );
+}
+
+/// A device whose backend this binary lacks stops the first stage that computes, naming the
+/// cargo feature and the build command: never a silent run on the CPU.
+#[cfg(not(any(feature = "tch", feature = "cuda")))]
+#[test]
+fn devices_the_build_lacks_name_the_feature() {
+    let data = synth_dir();
+    let cfg_path = data.join("config.yaml");
+    let work = tempfile::tempdir().unwrap();
+    let set = format!("paths.work_dir={}", s(work.path()));
+    ok(&[
+        "sample-prototypes",
+        "--config",
+        s(&cfg_path),
+        "--set",
+        &set,
+        "--set",
+        "prototypes.samples_per_wsi=3",
+    ]);
+    for device in ["tch-cpu", "cuda:1", "gpu"] {
+        let dev = format!("device={device}");
+        let err = fails_with(
+            &[
+                "embed-prototypes",
+                "--config",
+                s(&cfg_path),
+                "--set",
+                &set,
+                "--set",
+                &dev,
+            ],
+            &["`tch` cargo feature", "--features tch", "pbip doctor"],
+        );
+        assert!(err.contains(device), "{device}: {err}");
+    }
+}
