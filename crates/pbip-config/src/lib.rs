@@ -20,6 +20,9 @@ use std::path::{Component, Path, PathBuf};
 
 use serde_yaml::{Mapping, Value};
 
+/// Feature file types `prototypes.precomputed_features.suffix` may end in.
+pub const PRECOMPUTED_FEATURE_SUFFIXES: [&str; 3] = [".pt", ".npz", ".npy"];
+
 /// File name of the resolved config written into each stage's output folder.
 pub const RESOLVED_CONFIG_FILE: &str = "config.resolved.yaml";
 
@@ -242,7 +245,8 @@ fn clean_path(p: &Path) -> PathBuf {
 }
 
 fn resolve(base: &Path, p: &mut PathBuf) {
-    if p.as_os_str().is_empty() {
+    // `hf:org/name...` (weights keys) names a Hugging Face Hub file, not a path.
+    if p.as_os_str().is_empty() || p.to_str().is_some_and(|s| s.starts_with("hf:")) {
         return;
     }
     if p.is_relative() {
@@ -260,6 +264,8 @@ const PATH_KEYS: &[&[&str]] = &[
     &["paths", "work_dir"],
     &["prototypes", "encoder", "weights"],
     &["prototypes", "encoder", "projection_weights"],
+    &["prototypes", "precomputed_features", "dir"],
+    &["prototypes", "precomputed_features", "coordinates_dir"],
     &["model", "pretrained"],
     &["inference", "scratch_dir"],
 ];
@@ -489,6 +495,8 @@ impl Config {
             &mut p.gt_dir,
             &mut self.prototypes.encoder.weights,
             &mut self.prototypes.encoder.projection_weights,
+            &mut self.prototypes.precomputed_features.dir,
+            &mut self.prototypes.precomputed_features.coordinates_dir,
             &mut self.model.pretrained,
             &mut self.inference.scratch_dir,
         ] {
@@ -627,6 +635,40 @@ impl Config {
             bad("prototypes.encoder.window", "must be >= 1".into());
         }
         check_normalize(&mut bad, "prototypes.encoder.normalize", &enc.normalize);
+        if enc.name.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            bad(
+                "prototypes.encoder.name",
+                "must not be empty; give the model's name (e.g. uni) or null".into(),
+            );
+        }
+        let pf = &pr.precomputed_features;
+        let suffix = pf.suffix.to_ascii_lowercase();
+        if !PRECOMPUTED_FEATURE_SUFFIXES
+            .iter()
+            .any(|ext| suffix.ends_with(ext))
+        {
+            let hint = if suffix.ends_with(".h5") || suffix.ends_with(".hdf5") {
+                " (slide2vec writes tile embeddings as .pt, or .npz with output_format=\"npz\"; \
+                 HDF5 is not read: convert it to one of those)"
+            } else {
+                ""
+            };
+            bad(
+                "prototypes.precomputed_features.suffix",
+                format!(
+                    "`{}` must end in {}{hint}",
+                    pf.suffix,
+                    PRECOMPUTED_FEATURE_SUFFIXES.join(", ")
+                ),
+            );
+        }
+        if pf.encoder.as_ref().is_some_and(|n| n.trim().is_empty()) {
+            bad(
+                "prototypes.precomputed_features.encoder",
+                "must not be empty; give the model that made the features (e.g. uni) or null"
+                    .into(),
+            );
+        }
         let km = &pr.kmeans;
         if km.n_init == 0 {
             bad("prototypes.kmeans.n_init", "must be >= 1".into());
@@ -1115,6 +1157,70 @@ mod tests {
         assert_eq!(c.inference.overlap_ratio, 0.5);
         assert_eq!(c.paths.wsi_dir, PathBuf::from("/base/w"));
         assert_eq!(c.paths.work_dir, PathBuf::from("/base/work_dir"));
+    }
+
+    #[test]
+    fn precomputed_feature_paths_resolve_and_their_keys_are_checked() {
+        let c = load(
+            MINIMAL,
+            &[
+                "prototypes.precomputed_features.dir=s2v/run1",
+                "prototypes.precomputed_features.coordinates_dir=/abs/tiles",
+                "prototypes.precomputed_features.encoder=uni",
+                "prototypes.precomputed_features.suffix=.NPZ",
+            ],
+        )
+        .unwrap();
+        let pf = &c.prototypes.precomputed_features;
+        assert_eq!(pf.dir.as_deref(), Some(Path::new("/base/s2v/run1")));
+        assert_eq!(pf.coordinates_dir.as_deref(), Some(Path::new("/abs/tiles")));
+        assert_eq!(pf.encoder.as_deref(), Some("uni"));
+        // off by default
+        let d = load(MINIMAL, &[]).unwrap();
+        assert!(d.prototypes.precomputed_features.dir.is_none());
+        assert_eq!(d.prototypes.precomputed_features.suffix, ".pt");
+
+        let e = load(
+            MINIMAL,
+            &[
+                "prototypes.precomputed_features.suffix=.h5",
+                "prototypes.precomputed_features.encoder=' '",
+                "prototypes.encoder.name=''",
+            ],
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("prototypes.precomputed_features.suffix") && e.contains("HDF5"),
+            "{e}"
+        );
+        assert!(e.contains("prototypes.precomputed_features.encoder"), "{e}");
+        assert!(e.contains("prototypes.encoder.name"), "{e}");
+    }
+
+    #[test]
+    fn hub_references_are_not_resolved_as_paths() {
+        let c = load(
+            MINIMAL,
+            &[
+                "model.pretrained=hf:nvidia/mit-b1",
+                "prototypes.encoder.weights=hf:org/name@v1/model.safetensors",
+                "prototypes.encoder.projection_weights=proj.safetensors",
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            c.model.pretrained.as_deref(),
+            Some(Path::new("hf:nvidia/mit-b1"))
+        );
+        assert_eq!(
+            c.prototypes.encoder.weights.as_deref(),
+            Some(Path::new("hf:org/name@v1/model.safetensors"))
+        );
+        assert_eq!(
+            c.prototypes.encoder.projection_weights.as_deref(),
+            Some(Path::new("/base/proj.safetensors"))
+        );
     }
 
     #[test]

@@ -62,15 +62,86 @@ fn d_patch_size() -> u32 {
     224
 }
 
-/// Compute device.
+/// Compute device, written `cpu`, `tch-cpu`, `cuda`, `cuda:N`, `wgpu`, `wgpu:N` (or `gpu`: the
+/// first GPU of whichever GPU backend the build has).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
+#[serde(try_from = "String", into = "String")]
 pub enum Device {
-    /// CPU backend.
+    /// burn-flex on the CPU (every build).
     #[default]
     Cpu,
-    /// GPU backend.
+    /// libtorch's CPU kernels (a build with the `tch` feature).
+    TchCpu,
+    /// An NVIDIA GPU (`tch` or `cuda` feature); `None` = the first.
+    Cuda(Option<usize>),
+    /// A GPU through wgpu (`wgpu` feature); `None` = wgpu's default adapter.
+    Wgpu(Option<usize>),
+    /// The first GPU of the GPU backend compiled in (CUDA preferred, then wgpu).
     Gpu,
+}
+
+impl Device {
+    /// The accepted spellings, for messages.
+    pub const SPELLINGS: &'static str = "cpu, tch-cpu, cuda, cuda:N, wgpu, wgpu:N, gpu";
+}
+
+impl std::str::FromStr for Device {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, String> {
+        let t = s.trim().to_ascii_lowercase();
+        let (name, index) = match t.split_once(':') {
+            Some((n, i)) => {
+                let i: usize = i.trim().parse().map_err(|_| {
+                    format!("device `{s}`: the index after `:` must be a number (e.g. cuda:0)")
+                })?;
+                (n.trim().to_string(), Some(i))
+            }
+            None => (t.clone(), None),
+        };
+        match (name.as_str(), index) {
+            ("cpu", None) => Ok(Self::Cpu),
+            ("tch-cpu" | "tch_cpu", None) => Ok(Self::TchCpu),
+            ("cuda", i) => Ok(Self::Cuda(i)),
+            ("wgpu", i) => Ok(Self::Wgpu(i)),
+            ("gpu", None) => Ok(Self::Gpu),
+            ("cpu" | "tch-cpu" | "tch_cpu" | "gpu", Some(_)) => Err(format!(
+                "device `{s}`: only cuda and wgpu take an index (cuda:N, wgpu:N)"
+            )),
+            _ => Err(format!(
+                "unknown device `{s}`: expected one of {}",
+                Self::SPELLINGS
+            )),
+        }
+    }
+}
+
+impl std::fmt::Display for Device {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::Cpu => f.write_str("cpu"),
+            Self::TchCpu => f.write_str("tch-cpu"),
+            Self::Cuda(None) => f.write_str("cuda"),
+            Self::Cuda(Some(i)) => write!(f, "cuda:{i}"),
+            Self::Wgpu(None) => f.write_str("wgpu"),
+            Self::Wgpu(Some(i)) => write!(f, "wgpu:{i}"),
+            Self::Gpu => f.write_str("gpu"),
+        }
+    }
+}
+
+impl TryFrom<String> for Device {
+    type Error = String;
+
+    fn try_from(s: String) -> Result<Self, String> {
+        s.parse()
+    }
+}
+
+impl From<Device> for String {
+    fn from(d: Device) -> String {
+        d.to_string()
+    }
 }
 
 /// Input and output locations. Relative paths resolve against the config file's folder.
@@ -204,6 +275,44 @@ pub struct Prototypes {
     pub sheet_patches_per_cluster: usize,
     /// Conditioning of the prototype bank against the exemplar features (stage 2).
     pub conditioning: Conditioning,
+    /// Tile embeddings slide2vec already wrote, used by stage 1 instead of running the encoder.
+    pub precomputed_features: PrecomputedFeatures,
+}
+
+/// `prototypes.precomputed_features`: stage 1 takes the features of the prototype coordinates
+/// from slide2vec's per-slide tile embeddings (matched by slide and level-0 coordinate) instead
+/// of running `prototypes.encoder` on the patches. Off while `dir` is null.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PrecomputedFeatures {
+    /// slide2vec output folder (holding `tile_embeddings/` or `features/`), or the folder of the
+    /// per-slide feature files itself; none = stage 1 runs the encoder.
+    pub dir: Option<PathBuf>,
+    /// Feature file name = `<slide stem><suffix>`: `.pt` (torch.save of an `[N, D]` tensor,
+    /// slide2vec's default), `.npz` (array `features`) or `.npy` (`[N, D]`).
+    pub suffix: String,
+    /// Folder of the tile coordinates the features belong to (hs2p / slide2vec
+    /// `<slide>.coordinates.npz` or `<slide>.npy`); none = slide2vec's own (`tiles/` or
+    /// `coordinates/` under `dir`, or the path its `.meta.json` records).
+    pub coordinates_dir: Option<PathBuf>,
+    /// Name of the model that made the features (slide2vec's `model.name` / `encoder_name`, e.g.
+    /// `uni`); none = what slide2vec recorded. Must name the configured encoder.
+    pub encoder: Option<String>,
+    /// A prototype coordinate takes the nearest tile within this many level-0 px in x and in y;
+    /// 0 = the exact coordinate only.
+    pub tolerance_px: u32,
+}
+
+impl Default for PrecomputedFeatures {
+    fn default() -> Self {
+        PrecomputedFeatures {
+            dir: None,
+            suffix: ".pt".into(),
+            coordinates_dir: None,
+            encoder: None,
+            tolerance_px: 0,
+        }
+    }
 }
 
 /// Conditioning of the prototype bank (stage 2), recorded in the bank's metadata.
@@ -230,6 +339,7 @@ impl Default for Prototypes {
             kmeans: KMeans::default(),
             sheet_patches_per_cluster: 8,
             conditioning: Conditioning::None,
+            precomputed_features: PrecomputedFeatures::default(),
         }
     }
 }
@@ -243,6 +353,36 @@ pub enum EncoderKind {
     Medclip,
     /// Plain Hugging Face Swin pooled features (768-D).
     HfSwin,
+    /// A timm-style ViT (`prototypes.encoder.vit`: UNI, Phikon, H-optimus-0, CONCH's trunk,
+    /// Virchow or an explicit architecture); the feature width is the ViT's.
+    Vit,
+}
+
+/// Input normalisation of a ViT encoder.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VitNormalization {
+    /// The preset model's own mean/std, RGB, no global min-max (`normalize` and `global_minmax`
+    /// are not used).
+    Preset,
+    /// `normalize` and `global_minmax` as configured.
+    Config,
+}
+
+/// `prototypes.encoder.vit`: the ViT of `kind: vit`.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct VitEncoder {
+    /// Named architecture: `uni`, `phikon`, `h-optimus-0`, `conch`, `virchow`; none = `arch` only.
+    pub preset: Option<String>,
+    /// Architecture fields overriding the preset's, or the whole architecture without a preset
+    /// (pbip-encoder `VitConfig` names: `embed_dim`, `depth`, `num_heads`, `patch_size`,
+    /// `img_size`, `mlp_ratio`, `mlp`, `class_token`, `num_reg_tokens`, `no_embed_class`,
+    /// `init_values`, `qkv_bias`, `layer_norm_eps`, `global_pool`, `final_norm`, `fc_norm`,
+    /// `pos_embed_interp`).
+    pub arch: Option<std::collections::BTreeMap<String, serde_yaml::Value>>,
+    /// Input normalisation; none = `preset` with a preset, else `config`.
+    pub normalization: Option<VitNormalization>,
 }
 
 /// Channel order fed to a network.
@@ -304,6 +444,11 @@ pub struct Encoder {
     pub global_minmax: bool,
     /// Random flips/rot90 on prototype patches (upstream quirk).
     pub augment: bool,
+    /// The ViT of `kind: vit`.
+    pub vit: VitEncoder,
+    /// The encoder's name as other tools call it (slide2vec's `model.name`, e.g. `uni2`), compared
+    /// with the name of precomputed features; none = `vit.preset`, else the kind.
+    pub name: Option<String>,
 }
 
 impl Default for Encoder {
@@ -320,6 +465,8 @@ impl Default for Encoder {
             normalize: Normalize::default(),
             global_minmax: true,
             augment: false,
+            vit: VitEncoder::default(),
+            name: None,
         }
     }
 }
@@ -1021,5 +1168,40 @@ impl Default for Config {
             evaluation: Evaluation::default(),
             inference: Inference::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod device_tests {
+    use super::Device;
+
+    #[test]
+    fn device_spellings_parse_and_print_back() {
+        for (s, d) in [
+            ("cpu", Device::Cpu),
+            ("tch-cpu", Device::TchCpu),
+            ("cuda", Device::Cuda(None)),
+            ("cuda:1", Device::Cuda(Some(1))),
+            ("wgpu", Device::Wgpu(None)),
+            ("wgpu:0", Device::Wgpu(Some(0))),
+            ("gpu", Device::Gpu),
+        ] {
+            assert_eq!(s.parse::<Device>(), Ok(d), "{s}");
+            assert_eq!(d.to_string(), s);
+        }
+        assert_eq!(" CUDA:2 ".parse::<Device>(), Ok(Device::Cuda(Some(2))));
+    }
+
+    #[test]
+    fn bad_devices_say_what_is_accepted() {
+        let e = "tpu".parse::<Device>().unwrap_err();
+        assert!(
+            e.contains("tpu") && e.contains("tch-cpu") && e.contains("cuda:N"),
+            "{e}"
+        );
+        let e = "cuda:x".parse::<Device>().unwrap_err();
+        assert!(e.contains("number"), "{e}");
+        let e = "cpu:1".parse::<Device>().unwrap_err();
+        assert!(e.contains("only cuda and wgpu"), "{e}");
     }
 }

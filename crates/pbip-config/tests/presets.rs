@@ -1,11 +1,11 @@
 //! Loads the shipped presets in `configs/` and checks them against the schema.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use pbip_config::*;
 
 fn configs_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../configs")
+    pbip_testdata::crate_dir().join("../../configs")
 }
 
 fn key_paths(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
@@ -117,4 +117,51 @@ fn seed_defaults_in_default_yaml() {
     );
     assert_eq!(cfg.inference.post_processing.min_component_size, 100);
     assert!(cfg.paths.wsi_dir.is_absolute());
+}
+
+#[test]
+fn vit_encoder_keys_from_overrides_and_files() {
+    let cfg = Config::load(
+        &configs_dir().join("default.yaml"),
+        &[
+            "prototypes.encoder.kind=vit".to_string(),
+            "prototypes.encoder.vit.preset=h-optimus-0".to_string(),
+            "prototypes.encoder.vit.arch={depth: 2, global_pool: avg}".to_string(),
+            "prototypes.encoder.vit.normalization=config".to_string(),
+        ],
+    )
+    .unwrap();
+    let enc = &cfg.prototypes.encoder;
+    assert_eq!(enc.kind, EncoderKind::Vit);
+    assert_eq!(enc.vit.preset.as_deref(), Some("h-optimus-0"));
+    assert_eq!(enc.vit.normalization, Some(VitNormalization::Config));
+    let arch = enc.vit.arch.as_ref().unwrap();
+    assert_eq!(arch["depth"].as_u64(), Some(2));
+    assert_eq!(arch["global_pool"].as_str(), Some("avg"));
+
+    // the free-form `arch` section is accepted in a file; the keys around it are still checked
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("vit.yaml");
+    std::fs::write(
+        &file,
+        "prototypes:\n  encoder:\n    kind: vit\n    vit:\n      preset: uni\n      arch:\n        depth: 4\n",
+    )
+    .unwrap();
+    let layered = Config::load_layered(&[configs_dir().join("default.yaml"), file], &[]).unwrap();
+    let arch = layered.prototypes.encoder.vit.arch.unwrap();
+    assert_eq!(arch["depth"].as_u64(), Some(4));
+    assert_eq!(
+        layered.prototypes.encoder.vit.preset.as_deref(),
+        Some("uni")
+    );
+    let bad = dir.path().join("bad.yaml");
+    std::fs::write(
+        &bad,
+        "prototypes:\n  encoder:\n    kind: vit\n    vit:\n      presett: uni\n",
+    )
+    .unwrap();
+    let e = Config::load_layered(&[configs_dir().join("default.yaml"), bad], &[])
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("presett"), "{e}");
 }

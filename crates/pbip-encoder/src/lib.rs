@@ -14,11 +14,19 @@
 //!   Call [`MedClipVision::frozen`] so that its own parameters do not collect gradients.
 //! * [`MedClipVision::to_tensor_map`] returns the exact weights in use (to save them with
 //!   `pbip_weights::write_safetensors_atomic`).
+//!
+//! The [`vit`] module holds the timm-style ViT family (UNI, Phikon, H-optimus-0, CONCH's trunk,
+//! Virchow: [`vit_preset`]) with the same loading / export / frozen-forward interface ([`Vit`]).
 
 mod load;
 mod swin;
+pub mod vit;
 
 pub use swin::{MedClipVision, PatchMerging, SwinBlock, SwinStage};
+pub use vit::{
+    PosEmbedInterp, VIT_PRESETS, Vit, VitBlock, VitConfig, VitMlp, VitNames, VitPool, VitPreset,
+    vit_preset,
+};
 
 use serde::{Deserialize, Serialize};
 
@@ -28,6 +36,9 @@ pub enum EncoderError {
     /// Invalid architecture settings.
     #[error("invalid Swin configuration: {0}")]
     Config(String),
+    /// Invalid ViT architecture settings or preset name.
+    #[error("invalid ViT configuration: {0}")]
+    VitConfig(String),
     /// Input tensor of the wrong shape.
     #[error("bad encoder input: {0}")]
     Input(String),

@@ -48,7 +48,7 @@ pub(crate) struct Builder<'a> {
     proj_problem: Option<(Vec<usize>, Vec<usize>)>,
 }
 
-fn std_normal(rng: &mut ChaCha8Rng) -> f64 {
+pub(crate) fn std_normal(rng: &mut ChaCha8Rng) -> f64 {
     let u1: f64 = rng.random::<f64>().max(f64::MIN_POSITIVE);
     let u2: f64 = rng.random::<f64>();
     (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
@@ -401,7 +401,7 @@ impl MedClipVision {
     }
 }
 
-fn host<const D: usize>(t: Tensor<D>) -> Result<HostTensor, EncoderError> {
+pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Result<HostTensor, EncoderError> {
     let shape = t.dims().to_vec();
     let data = t
         .try_into_vec_as::<f32>()

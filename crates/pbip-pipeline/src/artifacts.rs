@@ -84,6 +84,49 @@ pub mod exemplars {
         pub wait_secs: f64,
         /// Total wall seconds.
         pub total_secs: f64,
+        /// Where the features came from when stage 1 took precomputed (slide2vec) features
+        /// instead of running the encoder; `encoder` then describes that source. Absent otherwise.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        pub precomputed: Option<PrecomputedSource>,
+    }
+
+    /// The precomputed features stage 1 took (`prototypes.precomputed_features`).
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct PrecomputedSource {
+        /// The configured folder.
+        pub dir: PathBuf,
+        /// What was found there: `slide2vec tile_embeddings/`, `slide2vec features/` or `folder`.
+        pub layout: String,
+        /// Name of the model that made the features.
+        pub encoder: String,
+        /// Where that name came from: the config key or the slide2vec file recording it.
+        pub encoder_from: String,
+        /// SHA-256 over the feature files' SHA-256s (in `files` order).
+        pub sha256: String,
+        /// One entry per slide, in `slides` order.
+        pub files: Vec<PrecomputedFile>,
+        /// `tolerance_px` used for matching.
+        pub tolerance_px: u32,
+        /// Rows matched to a tile within the tolerance rather than exactly.
+        pub nearest_matches: usize,
+        /// Whether `encoder.safetensors` was written (the configured encoder, for the contrastive
+        /// terms of training).
+        pub encoder_saved: bool,
+    }
+
+    /// One slide's precomputed features.
+    #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+    pub struct PrecomputedFile {
+        /// Slide file name (`wsi_name`).
+        pub slide: String,
+        /// The feature file.
+        pub features: PathBuf,
+        /// Its SHA-256.
+        pub sha256: String,
+        /// The coordinate file of its rows.
+        pub coordinates: PathBuf,
+        /// Tiles (rows) in the file.
+        pub tiles: usize,
     }
 
     /// Output folder.

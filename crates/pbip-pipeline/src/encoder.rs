@@ -8,8 +8,10 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::tensor::{Device, Tensor, TensorData};
-use pbip_config::{ChannelOrder, Config, Encoder as EncoderCfg, EncoderKind};
-use pbip_encoder::{MedClipVision, SwinConfig};
+use pbip_config::{ChannelOrder, Config, Encoder as EncoderCfg, EncoderKind, VitNormalization};
+use pbip_encoder::{
+    EncoderError, MedClipVision, SwinConfig, Vit, VitConfig, VitPreset, vit_preset,
+};
 use pbip_weights::{HostTensor, TensorMap};
 use rand::Rng;
 use rand_chacha::ChaCha8Rng;
@@ -23,7 +25,7 @@ pub const META_KEY: &str = "pbip";
 /// Where the encoder weights came from (stored in every output that depends on them).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct EncoderIdentity {
-    /// `medclip` or `hf_swin`.
+    /// `medclip`, `hf_swin` or `vit`.
     pub kind: String,
     /// Human-readable source: `random, seed S` or `file <path>`.
     pub source: String,
@@ -33,6 +35,63 @@ pub struct EncoderIdentity {
     pub random: bool,
     /// Swin architecture.
     pub swin: SwinConfig,
+    /// ViT architecture (`kind: vit`; `swin` is then unused). Absent in files of older versions.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub vit: Option<VitConfig>,
+}
+
+/// The YAML spelling of an encoder kind (`medclip`, `hf_swin`, `vit`), as recorded in
+/// [`EncoderIdentity::kind`].
+pub fn kind_name(kind: EncoderKind) -> &'static str {
+    match kind {
+        EncoderKind::Medclip => "medclip",
+        EncoderKind::HfSwin => "hf_swin",
+        EncoderKind::Vit => "vit",
+    }
+}
+
+/// The configured encoder's name as other tools (slide2vec) call the model: `prototypes.encoder.name`,
+/// else the ViT preset (its canonical spelling), else the kind.
+pub fn model_name(enc: &EncoderCfg) -> String {
+    if let Some(n) = &enc.name {
+        return n.trim().to_string();
+    }
+    if enc.kind == EncoderKind::Vit
+        && let Some(p) = &enc.vit.preset
+    {
+        return vit_preset(p).map_or_else(|_| p.trim().to_string(), |v| v.name.to_string());
+    }
+    kind_name(enc.kind).to_string()
+}
+
+/// How the configured encoder is described in messages: its name plus how it is configured
+/// (`uni (kind vit, vit.preset uni)`).
+pub fn describe(enc: &EncoderCfg) -> String {
+    let name = model_name(enc);
+    let mut how = vec![format!("kind {}", kind_name(enc.kind))];
+    if enc.kind == EncoderKind::Vit {
+        match &enc.vit.preset {
+            Some(p) => how.push(format!("vit.preset {p}")),
+            None => how.push("vit.arch".into()),
+        }
+    }
+    if let Some(n) = &enc.name {
+        how.push(format!("name {n}"));
+    }
+    format!("`{name}` ({})", how.join(", "))
+}
+
+/// Whether two model names mean the same model: compared ignoring case and any character other
+/// than letters and digits (`H-optimus-0` = `h_optimus_0`, but `uni` ≠ `uni2`).
+pub fn same_model_name(a: &str, b: &str) -> bool {
+    let key = |s: &str| -> String {
+        s.chars()
+            .filter(char::is_ascii_alphanumeric)
+            .map(|c| c.to_ascii_lowercase())
+            .collect()
+    };
+    let (ka, kb) = (key(a), key(b));
+    !ka.is_empty() && ka == kb
 }
 
 /// The Swin architecture of the config.
@@ -46,10 +105,183 @@ pub fn swin_config(enc: &EncoderCfg) -> SwinConfig {
     }
 }
 
+/// The prototype / FG-BG encoder: the MedCLIP Swin tower (`medclip`, `hf_swin`) or a ViT (`vit`).
+/// Stages 1 and 3 use it through these methods whatever it is.
+#[derive(Debug)]
+pub enum EncoderModel {
+    /// The MedCLIP vision tower (Swin + projection).
+    Swin(MedClipVision),
+    /// A timm-style ViT.
+    Vit(Vit),
+}
+
+impl EncoderModel {
+    /// Normalised images `[B, 3, H, W]` → features: the projected MedCLIP features, or the ViT's
+    /// pooled features. Differentiable w.r.t. the images.
+    pub fn forward(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            Self::Swin(m) => m.forward(images),
+            Self::Vit(m) => m.forward(images),
+        }
+    }
+
+    /// The Swin pooled features before the projection (`hf_swin`); a ViT's pooled features.
+    pub fn pooled(&self, images: Tensor<4>) -> Tensor<2> {
+        match self {
+            Self::Swin(m) => m.pooled(images),
+            Self::Vit(m) => m.forward(images),
+        }
+    }
+
+    /// [`EncoderModel::forward`] with the input shape checked first.
+    pub fn try_forward(&self, images: Tensor<4>) -> Result<Tensor<2>, EncoderError> {
+        match self {
+            Self::Swin(m) => m.try_forward(images),
+            Self::Vit(m) => m.try_forward(images),
+        }
+    }
+
+    /// The same encoder with its parameters frozen (gradients still reach the images).
+    pub fn frozen(self) -> Self {
+        match self {
+            Self::Swin(m) => Self::Swin(m.frozen()),
+            Self::Vit(m) => Self::Vit(m.frozen()),
+        }
+    }
+
+    /// The exact weights in use (Swin: `model.*` + `projection_head.weight`; ViT: timm names).
+    pub fn to_tensor_map(&self) -> Result<TensorMap, EncoderError> {
+        match self {
+            Self::Swin(m) => m.to_tensor_map(""),
+            Self::Vit(m) => m.to_tensor_map(""),
+        }
+    }
+}
+
+fn vit_err(message: impl std::fmt::Display) -> PipelineError {
+    PipelineError::Data {
+        stage: "encoder",
+        message: format!("prototypes.encoder.vit: {message}"),
+    }
+}
+
+/// The ViT of `prototypes.encoder.vit`: the preset's architecture (if any) with the `arch` fields
+/// on top, and the preset.
+pub fn vit_config(enc: &EncoderCfg) -> Result<(VitConfig, Option<VitPreset>), PipelineError> {
+    let v = &enc.vit;
+    let preset = v
+        .preset
+        .as_deref()
+        .map(vit_preset)
+        .transpose()
+        .map_err(vit_err)?;
+    if preset.is_none() && v.arch.is_none() {
+        return Err(vit_err(
+            "kind: vit needs vit.preset (uni, phikon, h-optimus-0, conch, virchow) or vit.arch",
+        ));
+    }
+    if preset.is_none() && v.normalization == Some(VitNormalization::Preset) {
+        return Err(vit_err("normalization: preset needs vit.preset"));
+    }
+    let mut json = match &preset {
+        Some(p) => serde_json::to_value(&p.config).map_err(vit_err)?,
+        None => serde_json::Value::Object(serde_json::Map::new()),
+    };
+    if let Some(arch) = &v.arch {
+        let over = serde_json::to_value(arch).map_err(vit_err)?;
+        if let (Some(base), serde_json::Value::Object(fields)) = (json.as_object_mut(), over) {
+            base.extend(fields);
+        }
+    }
+    let cfg = VitConfig::from_json(&json.to_string()).map_err(vit_err)?;
+    Ok((cfg, preset))
+}
+
+/// The preset's mean / std when `kind: vit` normalises as its preset.
+fn vit_preset_normalization(enc: &EncoderCfg) -> Option<([f32; 3], [f32; 3])> {
+    if enc.kind != EncoderKind::Vit {
+        return None;
+    }
+    let name = enc.vit.preset.as_deref()?;
+    if enc.vit.normalization == Some(VitNormalization::Config) {
+        return None;
+    }
+    vit_preset(name).ok().map(|p| (p.mean, p.std))
+}
+
+/// Builds the ViT of `kind: vit` from `weights` (timm or Hugging Face names, under any of the
+/// usual prefixes) or, without weights, seeded random.
+fn build_vit(
+    cfg: &Config,
+    device: &Device,
+) -> Result<(EncoderModel, EncoderIdentity), PipelineError> {
+    let enc = &cfg.prototypes.encoder;
+    let (vit, preset) = vit_config(enc)?;
+    let name = preset.as_ref().map_or("custom", |p| p.name);
+    if enc.projection_weights.is_some() {
+        tracing::warn!("prototypes.encoder.projection_weights is not used with kind: vit");
+    }
+    let (model, source, sha256, random) = match &enc.weights {
+        None => {
+            tracing::warn!(
+                seed = enc.seed,
+                "prototypes.encoder.weights is not set: using a RANDOMLY initialised ViT ({name}, \
+                 seed {}); prototypes will carry little meaning.",
+                enc.seed
+            );
+            let m = Vit::random(&vit, enc.seed, device).map_err(vit_err)?;
+            (m, format!("random, seed {}", enc.seed), None, true)
+        }
+        Some(value) => {
+            let path = &weights_file(value, "prototypes.encoder.weights")?;
+            let map = read_weights(path)?;
+            let sha = crate::sha256_file(path)?;
+            let prefix = Vit::detect_prefix(&map).map_or("", |(p, _)| p);
+            let m = Vit::from_tensor_map(&map, prefix, &vit, device)
+                .map_err(|e| weights_err(path, e))?;
+            let source = format!("file {}", describe_file(value, path));
+            (m, source, Some(sha), false)
+        }
+    };
+    tracing::info!(
+        encoder = name,
+        features = vit.output_dim(),
+        "ViT prototype encoder"
+    );
+    let identity = EncoderIdentity {
+        kind: "vit".into(),
+        source,
+        sha256,
+        random,
+        swin: swin_config(enc),
+        vit: Some(vit),
+    };
+    Ok((EncoderModel::Vit(model), identity))
+}
+
 fn weights_err(path: &Path, e: impl std::fmt::Display) -> PipelineError {
     PipelineError::Data {
         stage: "encoder",
         message: format!("{}: {e}", path.display()),
+    }
+}
+
+/// A weights config value (`key`) as a local file: a path as it is, or a hub reference
+/// (`hf:org/name[@revision][/file]`, `hf:PRESET`) fetched into the Hugging Face cache (only read
+/// from it with `HF_HUB_OFFLINE=1`).
+pub fn weights_file(value: &Path, key: &str) -> Result<PathBuf, PipelineError> {
+    pbip_hub::resolve_weights_path(value).map_err(|e| PipelineError::Data {
+        stage: "weights",
+        message: format!("{key}: {e}"),
+    })
+}
+
+/// The local path, plus the hub reference it came from.
+fn describe_file(value: &Path, path: &Path) -> String {
+    if pbip_hub::is_hub_ref(value) {
+        format!("{} ({})", path.display(), value.display())
+    } else {
+        path.display().to_string()
     }
 }
 
@@ -90,14 +322,13 @@ fn read_projection(path: &Path) -> Result<HostTensor, PipelineError> {
 pub fn build_encoder(
     cfg: &Config,
     device: &Device,
-) -> Result<(MedClipVision, EncoderIdentity), PipelineError> {
+) -> Result<(EncoderModel, EncoderIdentity), PipelineError> {
     let enc = &cfg.prototypes.encoder;
-    let swin = swin_config(enc);
-    let kind = match enc.kind {
-        EncoderKind::Medclip => "medclip",
-        EncoderKind::HfSwin => "hf_swin",
+    if enc.kind == EncoderKind::Vit {
+        return build_vit(cfg, device);
     }
-    .to_string();
+    let swin = swin_config(enc);
+    let kind = kind_name(enc.kind).to_string();
     let enc_err = |e: pbip_encoder::EncoderError, what: &Path| weights_err(what, e);
     match &enc.weights {
         None => {
@@ -120,14 +351,16 @@ pub fn build_encoder(
                 sha256: None,
                 random: true,
                 swin,
+                vit: None,
             };
-            Ok((model, identity))
+            Ok((EncoderModel::Swin(model), identity))
         }
-        Some(path) => {
+        Some(value) => {
+            let path = &weights_file(value, "prototypes.encoder.weights")?;
             let map = read_weights(path)?;
             let mut sha = crate::sha256_file(path)?;
             let mut random = false;
-            let mut source = format!("file {}", path.display());
+            let mut source = format!("file {}", describe_file(value, path));
             let model = match MedClipVision::detect_prefix(&map) {
                 Some(prefix)
                     if map.contains_key(&format!("{prefix}{}", "projection_head.weight")) =>
@@ -151,9 +384,10 @@ pub fn build_encoder(
                         None => String::new(),
                     };
                     let projection = match &enc.projection_weights {
-                        Some(pp) => {
+                        Some(pv) => {
+                            let pp = &weights_file(pv, "prototypes.encoder.projection_weights")?;
                             sha = format!("{sha}+{}", crate::sha256_file(pp)?);
-                            source = format!("{source} + projection {}", pp.display());
+                            source = format!("{source} + projection {}", describe_file(pv, pp));
                             Some(read_projection(pp)?)
                         }
                         None => {
@@ -181,27 +415,28 @@ pub fn build_encoder(
                 }
             };
             Ok((
-                model,
+                EncoderModel::Swin(model),
                 EncoderIdentity {
                     kind,
                     source,
                     sha256: Some(sha),
                     random,
                     swin,
+                    vit: None,
                 },
             ))
         }
     }
 }
 
-/// Saves the exact encoder weights (`model.*` + `projection_head.weight`) with the identity as
-/// metadata, atomically.
+/// Saves the exact encoder weights (Swin: `model.*` + `projection_head.weight`; ViT: timm names)
+/// with the identity as metadata, atomically.
 pub fn save_encoder(
     path: &Path,
-    model: &MedClipVision,
+    model: &EncoderModel,
     identity: &EncoderIdentity,
 ) -> Result<(), PipelineError> {
-    let map = model.to_tensor_map("").map_err(|e| weights_err(path, e))?;
+    let map = model.to_tensor_map().map_err(|e| weights_err(path, e))?;
     let mut meta = BTreeMap::new();
     meta.insert(
         META_KEY.to_string(),
@@ -214,7 +449,16 @@ pub fn save_encoder(
 pub fn load_saved_encoder(
     path: &Path,
     device: &Device,
-) -> Result<(MedClipVision, EncoderIdentity), PipelineError> {
+) -> Result<(EncoderModel, EncoderIdentity), PipelineError> {
+    if !path.is_file() {
+        return Err(weights_err(
+            path,
+            "does not exist: run `pbip embed-prototypes` first (with \
+             prototypes.precomputed_features it saves the configured encoder only while \
+             training.loss_weights.contrastive is not 0; rerun it after turning the contrastive \
+             terms on)",
+        ));
+    }
     let (map, meta) = pbip_weights::read_tensors(path).map_err(|e| weights_err(path, e))?;
     let identity: EncoderIdentity = meta
         .get(META_KEY)
@@ -225,8 +469,15 @@ pub fn load_saved_encoder(
             )
         })
         .and_then(|s| serde_json::from_str(s).map_err(|e| weights_err(path, e)))?;
-    let model = MedClipVision::from_tensor_map(&map, "", &identity.swin, device)
-        .map_err(|e| weights_err(path, e))?;
+    let model = match &identity.vit {
+        Some(vit) => EncoderModel::Vit(
+            Vit::from_tensor_map(&map, "", vit, device).map_err(|e| weights_err(path, e))?,
+        ),
+        None => EncoderModel::Swin(
+            MedClipVision::from_tensor_map(&map, "", &identity.swin, device)
+                .map_err(|e| weights_err(path, e))?,
+        ),
+    };
     Ok((model, identity))
 }
 
@@ -248,8 +499,19 @@ pub struct Preprocess {
 }
 
 impl Preprocess {
-    /// The preprocessing of `prototypes.encoder`.
+    /// The preprocessing of `prototypes.encoder` (for `kind: vit` with a preset, unless
+    /// `vit.normalization: config`: the preset's mean/std, RGB, no global min-max).
     pub fn from_config(cfg: &Config) -> Self {
+        if let Some((mean, std)) = vit_preset_normalization(&cfg.prototypes.encoder) {
+            return Preprocess {
+                mean,
+                std,
+                channel_order: "rgb".into(),
+                global_minmax: false,
+                augment: cfg.prototypes.encoder.augment,
+                seed: cfg.prototypes.encoder.seed,
+            };
+        }
         let n = &cfg.prototypes.encoder.normalize;
         let at = |v: &[f64], i: usize| v.get(i).copied().unwrap_or(0.0) as f32;
         Preprocess {
@@ -320,9 +582,10 @@ impl Preprocess {
 }
 
 /// Runs the encoder on a CHW f32 batch (`n × 3 × side × side`), returning `n × dim` features:
-/// projected MedCLIP features (`medclip`) or pooled Swin features (`hf_swin`).
+/// projected MedCLIP features (`medclip`), pooled Swin features (`hf_swin`) or the ViT's pooled
+/// features (`vit`).
 pub fn encode_batch(
-    model: &MedClipVision,
+    model: &EncoderModel,
     kind: EncoderKind,
     chw: Vec<f32>,
     n: usize,
@@ -331,10 +594,12 @@ pub fn encode_batch(
 ) -> Result<Vec<f32>, PipelineError> {
     let x: Tensor<4> = Tensor::from_data(TensorData::new(chw, [n, 3, side_px, side_px]), device);
     let y = match kind {
-        EncoderKind::Medclip => model.try_forward(x).map_err(|e| PipelineError::Data {
-            stage: "encoder",
-            message: e.to_string(),
-        })?,
+        EncoderKind::Medclip | EncoderKind::Vit => {
+            model.try_forward(x).map_err(|e| PipelineError::Data {
+                stage: "encoder",
+                message: e.to_string(),
+            })?
+        }
         EncoderKind::HfSwin => model.pooled(x),
     };
     y.try_into_vec_as::<f32>().map_err(|e| PipelineError::Data {
@@ -407,5 +672,118 @@ mod tests {
             seen_different |= a != plain;
         }
         assert!(seen_different, "some rows must be flipped or rotated");
+    }
+
+    fn vit_cfg(preset: Option<&str>, arch: Option<&str>) -> Config {
+        let mut cfg = Config::default();
+        let enc = &mut cfg.prototypes.encoder;
+        enc.kind = EncoderKind::Vit;
+        enc.vit.preset = preset.map(str::to_string);
+        enc.vit.arch = arch.map(|a| serde_json::from_str(a).expect("arch JSON"));
+        cfg
+    }
+
+    #[test]
+    fn vit_settings_resolve_preset_arch_and_normalization() {
+        let err = |c: &Config| {
+            vit_config(&c.prototypes.encoder)
+                .err()
+                .map(|e| e.to_string())
+        };
+        assert!(err(&vit_cfg(None, None)).is_some_and(|e| e.contains("vit.preset")));
+        assert!(err(&vit_cfg(Some("nope"), None)).is_some_and(|e| e.contains("nope")));
+        assert!(
+            err(&vit_cfg(Some("uni"), Some(r#"{"dept": 2}"#))).is_some_and(|e| e.contains("dept"))
+        );
+        let mut c = vit_cfg(
+            None,
+            Some(r#"{"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 16}"#),
+        );
+        c.prototypes.encoder.vit.normalization = Some(VitNormalization::Preset);
+        assert!(err(&c).is_some_and(|e| e.contains("normalization")));
+
+        // UNI: ViT-L/16, ImageNet normalisation (torchvision's constants), RGB, no min-max
+        let c = vit_cfg(Some("uni"), None);
+        let (v, p) = vit_config(&c.prototypes.encoder).unwrap();
+        assert_eq!((v.embed_dim, v.depth, v.patch_size), (1024, 24, 16));
+        assert_eq!(p.map(|p| p.name), Some("uni"));
+        let pre = Preprocess::from_config(&c);
+        assert_eq!(pre.mean, [0.485, 0.456, 0.406]);
+        assert_eq!(pre.std, [0.229, 0.224, 0.225]);
+        assert_eq!(pre.channel_order, "rgb");
+        assert!(!pre.global_minmax);
+        // arch fields override the preset's
+        let c = vit_cfg(Some("uni"), Some(r#"{"depth": 2, "global_pool": "avg"}"#));
+        let (v, _) = vit_config(&c.prototypes.encoder).unwrap();
+        assert_eq!((v.embed_dim, v.depth), (1024, 2));
+        assert_eq!(v.global_pool, pbip_encoder::VitPool::Avg);
+        // normalization: config keeps `normalize` and `global_minmax`
+        let mut c = vit_cfg(Some("uni"), None);
+        c.prototypes.encoder.vit.normalization = Some(VitNormalization::Config);
+        let pre = Preprocess::from_config(&c);
+        let d = Preprocess::from_config(&Config::default());
+        assert_eq!(
+            (pre.mean, pre.std, pre.global_minmax),
+            (d.mean, d.std, d.global_minmax)
+        );
+        // Virchow's embedding is class token + mean patch token
+        let (v, _) = vit_config(&vit_cfg(Some("virchow"), None).prototypes.encoder).unwrap();
+        assert_eq!(v.output_dim(), 2 * 1280);
+    }
+
+    #[test]
+    fn vit_encoder_builds_from_a_file_saves_and_reloads() {
+        let device = Device::flex();
+        let arch = r#"{"embed_dim": 32, "depth": 1, "num_heads": 2, "patch_size": 16,
+            "img_size": 32, "num_reg_tokens": 2, "no_embed_class": true, "init_values": 0.5,
+            "mlp": "swiglu_packed", "global_pool": "token_avg"}"#;
+        let mut cfg = vit_cfg(None, Some(arch));
+        let (vit, _) = vit_config(&cfg.prototypes.encoder).unwrap();
+        // a checkpoint laid out as CONCH's (the trunk under `visual.trunk.`), plus other tensors
+        let src = Vit::random(&vit, 7, &device).unwrap();
+        let mut map = src.to_tensor_map("visual.trunk.").unwrap();
+        map.insert(
+            "text.proj".into(),
+            HostTensor::new(vec![2], vec![1.0, 2.0]).unwrap(),
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let wpath = dir.path().join("vit.safetensors");
+        pbip_weights::write_safetensors_atomic(&wpath, &map, &BTreeMap::new()).unwrap();
+        cfg.prototypes.encoder.weights = Some(wpath);
+
+        let (model, ident) = build_encoder(&cfg, &device).unwrap();
+        assert_eq!(ident.kind, "vit");
+        assert!(!ident.random && ident.sha256.is_some());
+        assert_eq!(ident.vit.as_ref(), Some(&vit));
+        let chw: Vec<f32> = (0..2 * 3 * 48 * 48)
+            .map(|i| ((i % 97) as f32) / 50.0 - 1.0)
+            .collect();
+        let f = encode_batch(&model, EncoderKind::Vit, chw.clone(), 2, 48, &device).unwrap();
+        assert_eq!(f.len(), 2 * 64);
+        let x: Tensor<4> = Tensor::from_data(TensorData::new(chw.clone(), [2, 3, 48, 48]), &device);
+        let want = src.forward(x).try_into_vec_as::<f32>().unwrap();
+        assert_eq!(f, want, "the file's weights are the source model's");
+        // not a multiple of the patch size: a clear error
+        let bad = encode_batch(
+            &model,
+            EncoderKind::Vit,
+            vec![0.0; 3 * 40 * 40],
+            1,
+            40,
+            &device,
+        );
+        assert!(bad.is_err());
+
+        let epath = dir.path().join("encoder.safetensors");
+        save_encoder(&epath, &model, &ident).unwrap();
+        let (back, ident2) = load_saved_encoder(&epath, &device).unwrap();
+        assert_eq!(ident2, ident);
+        let g = encode_batch(&back, EncoderKind::Vit, chw, 2, 48, &device).unwrap();
+        assert_eq!(f, g);
+
+        // without weights: seeded random, flagged
+        cfg.prototypes.encoder.weights = None;
+        let (_, ident) = build_encoder(&cfg, &device).unwrap();
+        assert!(ident.random && ident.sha256.is_none());
     }
 }

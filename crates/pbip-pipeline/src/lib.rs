@@ -6,6 +6,7 @@
 
 pub mod artifacts;
 pub mod encoder;
+pub mod precomputed;
 pub mod settings;
 pub mod stage0_sample_prototypes;
 pub mod stage1_embed_prototypes;

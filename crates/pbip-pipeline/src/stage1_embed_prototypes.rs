@@ -16,6 +16,15 @@
 //!   preprocessing, timing).
 //! * `encoder.safetensors`: the exact encoder weights used (training loads these).
 //! * `exemplars.json`: the same metadata, human-readable, written last (completion marker).
+//!
+//! With `prototypes.precomputed_features.dir` set, no patch is read or encoded: each row takes the
+//! slide2vec tile embedding of the same slide and level-0 coordinate ([`crate::precomputed`]).
+//! The features must come from the configured encoder (same model name, same width) or the stage
+//! refuses. The outputs are the same files with the same columns; `encoder` in the metadata then
+//! describes the feature files (their SHA-256 instead of the weights'), and `precomputed` lists
+//! them. `encoder.safetensors` (the configured encoder, for the contrastive terms of stage 3) is
+//! built and written only while `training.loss_weights.contrastive` is not 0, and then the
+//! encoder must have pretrained weights (`prototypes.encoder.weights`).
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -32,10 +41,11 @@ use rayon::prelude::*;
 
 use crate::artifacts::coordinates;
 pub use crate::artifacts::exemplars::{
-    ENCODER_FILE, EXEMPLARS_FILE, ExemplarsMeta, OUTPUT_DIR, exemplars_path, output_dir,
-    read_exemplars,
+    ENCODER_FILE, EXEMPLARS_FILE, ExemplarsMeta, OUTPUT_DIR, PrecomputedFile, PrecomputedSource,
+    exemplars_path, output_dir, read_exemplars,
 };
-use crate::encoder::{self, META_KEY, Preprocess};
+use crate::encoder::{self, EncoderIdentity, EncoderModel, META_KEY, Preprocess};
+use crate::precomputed::{self, Source};
 use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport};
 
 /// Summary / completion marker.
@@ -59,16 +69,38 @@ struct Item {
     x: i64,
     y: i64,
     geom: PatchGeometry,
+    /// Footprint in level-0 px (stage 0's `tile_size_lv0`).
+    lv0: Option<u32>,
 }
 
 fn fingerprint(cfg: &Config) -> serde_json::Value {
-    serde_json::json!({
+    let mut f = serde_json::json!({
         "class_order": cfg.class_order,
         "patch_size": cfg.patch_size,
         "encoder": cfg.prototypes.encoder,
         "wsi_dir": cfg.paths.wsi_dir,
         "slide_background": cfg.slide.background,
-    })
+    });
+    // Only with precomputed features, so that the fingerprints of encoder runs stay as they were.
+    if cfg.prototypes.precomputed_features.dir.is_some()
+        && let Some(m) = f.as_object_mut()
+    {
+        m.insert(
+            "precomputed_features".into(),
+            serde_json::json!(cfg.prototypes.precomputed_features),
+        );
+        m.insert(
+            "saves_encoder".into(),
+            serde_json::json!(saves_encoder(cfg)),
+        );
+    }
+    f
+}
+
+/// Whether stage 1 with precomputed features builds and saves the encoder (stage 3 needs it for
+/// the contrastive terms only).
+fn saves_encoder(cfg: &Config) -> bool {
+    cfg.training.loss_weights.contrastive != 0.0
 }
 
 /// Finds a slide named `wsi_name` (as stored in prototype files) in `wsi_dir`: the exact file name,
@@ -167,6 +199,10 @@ fn collect_items(cfg: &Config) -> Result<Collected, PipelineError> {
                     out_size_px: cfg.patch_size,
                     origin: Origin::TopLeft,
                 },
+                lv0: coords
+                    .tile_size_lv0
+                    .as_ref()
+                    .and_then(|v| v.get(i).copied()),
             });
         }
         rows_per_class.push(coords.len());
@@ -187,15 +223,37 @@ fn collect_items(cfg: &Config) -> Result<Collected, PipelineError> {
     })
 }
 
+/// The features of stage 1 and where they came from.
+struct Computed {
+    /// `[N, dim]` row-major, rows in item order.
+    features: Vec<f32>,
+    dim: usize,
+    /// Identity recorded in the outputs (the encoder, or the precomputed source).
+    identity: EncoderIdentity,
+    /// The encoder to save as `encoder.safetensors` (with its own identity), if any.
+    encoder: Option<(EncoderModel, EncoderIdentity)>,
+    read_secs: f64,
+    encode_secs: f64,
+    wait_secs: f64,
+    precomputed: Option<PrecomputedSource>,
+}
+
 /// Runs stage 1.
 pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError> {
     let t0 = Instant::now();
+    let collected = collect_items(cfg)?;
+    let computed = match Source::locate(&cfg.prototypes.precomputed_features)? {
+        Some(source) => lookup_precomputed(cfg, opts, &collected, &source)?,
+        None => encode(cfg, opts, &collected)?,
+    };
+    write_outputs(cfg, collected, computed, t0)
+}
+
+/// Reads the patches and runs the configured encoder on them.
+fn encode(cfg: &Config, opts: &RunOptions, c: &Collected) -> Result<Computed, PipelineError> {
     let Collected {
-        items,
-        slide_names,
-        slide_paths,
-        rows_per_class,
-    } = collect_items(cfg)?;
+        items, slide_paths, ..
+    } = c;
     let open_opts = crate::settings::open_options(cfg, true);
     let slides: Vec<Arc<Slide>> = slide_paths
         .iter()
@@ -268,6 +326,273 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
         Ok(())
     })?;
     bar.finish_and_clear();
+    Ok(Computed {
+        features,
+        dim,
+        identity: identity.clone(),
+        encoder: Some((model, identity)),
+        read_secs,
+        encode_secs,
+        wait_secs,
+        precomputed: None,
+    })
+}
+
+/// The configured encoder's feature width, or the error of its settings.
+fn expected_dim(cfg: &Config) -> Result<usize, PipelineError> {
+    if cfg.prototypes.encoder.kind == EncoderKind::Vit {
+        encoder::vit_config(&cfg.prototypes.encoder)?;
+    }
+    Ok(feature_dim(cfg))
+}
+
+/// Takes every row's feature from the precomputed (slide2vec) tile embeddings of its slide.
+fn lookup_precomputed(
+    cfg: &Config,
+    opts: &RunOptions,
+    c: &Collected,
+    source: &Source,
+) -> Result<Computed, PipelineError> {
+    let pf = &cfg.prototypes.precomputed_features;
+    let Collected {
+        items, slide_names, ..
+    } = c;
+    // Every slide's files, before anything big is read.
+    let mut files = Vec::with_capacity(slide_names.len());
+    let mut missing = Vec::new();
+    for name in slide_names {
+        match source.slide_files(name) {
+            Ok(f) => files.push(f),
+            Err(e) => missing.push(e.to_string()),
+        }
+    }
+    if !missing.is_empty() {
+        return Err(data_err(format!(
+            "{} of {} slides lack precomputed features or their coordinates:\n  {}",
+            missing.len(),
+            slide_names.len(),
+            missing.join("\n  ")
+        )));
+    }
+    // The features must come from the configured encoder.
+    let sidecars: Vec<&precomputed::Sidecar> =
+        files.iter().filter_map(|f| f.sidecar.as_ref()).collect();
+    let model = precomputed::feature_model(pf, source, &sidecars)?;
+    precomputed::check_model(cfg, &model, source)?;
+    let dim = expected_dim(cfg)?;
+    for s in &sidecars {
+        if let Some(d) = s.feature_dim {
+            precomputed::check_dim(cfg, &model, &s.path, d, dim)?;
+        }
+    }
+    // Stage 3 runs the configured encoder for its contrastive terms: build and save it now.
+    let encoder = if saves_encoder(cfg) {
+        let device = crate::settings::compute_device(cfg)?;
+        let (m, ident) = encoder::build_encoder(cfg, &device)?;
+        if ident.random {
+            return Err(data_err(format!(
+                "training.loss_weights.contrastive is {} and the contrastive terms compare the \
+                 configured encoder's features with prototypes made by `{}`, but \
+                 prototypes.encoder.weights is not set (a random encoder). Fix: set \
+                 prototypes.encoder.weights to the weights of `{}`, or \
+                 training.loss_weights.contrastive: 0",
+                cfg.training.loss_weights.contrastive, model.name, model.name
+            )));
+        }
+        Some((m, ident))
+    } else {
+        None
+    };
+
+    let n = items.len();
+    let mut by_slide: Vec<Vec<usize>> = vec![Vec::new(); slide_names.len()];
+    for (i, it) in items.iter().enumerate() {
+        by_slide[it.slide_index].push(i);
+    }
+    let bar = if opts.progress {
+        ProgressBar::new(files.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides ETA {eta} {msg}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix("stage 1: precomputed features");
+    let t = Instant::now();
+    let mut features = vec![0f32; n * dim];
+    let mut records = Vec::with_capacity(files.len());
+    let mut unmatched = Vec::new();
+    let mut footprints = Vec::new();
+    let mut nearest = 0usize;
+    for (si, f) in files.iter().enumerate() {
+        let name = &slide_names[si];
+        let feats = precomputed::read_features(&f.features)?;
+        precomputed::check_dim(cfg, &model, &f.features, feats.shape[1], dim)?;
+        let tiles = precomputed::read_tiles(&f.coordinates)?;
+        if tiles.len() != feats.shape[0] {
+            return Err(data_err(format!(
+                "{} has {} feature rows but its coordinates {} have {} tiles; they must be the \
+                 features and tiles of the same slide2vec run",
+                f.features.display(),
+                feats.shape[0],
+                f.coordinates.display(),
+                tiles.len()
+            )));
+        }
+        let index = precomputed::TileIndex::new(&tiles.x, &tiles.y, pf.tolerance_px);
+        let mut miss: Vec<(i64, i64)> = Vec::new();
+        let mut footprint: Option<(u32, u32)> = None;
+        for &i in &by_slide[si] {
+            let it = &items[i];
+            let Some(r) = index.find(it.x, it.y) else {
+                miss.push((it.x, it.y));
+                continue;
+            };
+            if (tiles.x[r], tiles.y[r]) != (it.x, it.y) {
+                nearest += 1;
+            }
+            let theirs = tiles.tile_size_lv0.as_ref().and_then(|v| v.get(r).copied());
+            if let (Some(a), Some(b)) = (it.lv0, theirs)
+                && a.abs_diff(b) > 1
+                && footprint.is_none()
+            {
+                footprint = Some((a, b));
+            }
+            features[i * dim..(i + 1) * dim].copy_from_slice(&feats.data[r * dim..(r + 1) * dim]);
+        }
+        if let Some((x, y)) = miss.first().copied() {
+            let near = index.nearest_any(x, y).map_or(String::new(), |(tx, ty)| {
+                format!("; the nearest tile is x={tx}, y={ty}")
+            });
+            unmatched.push(format!(
+                "slide {name}: {} of {} prototype coordinates have no tile in {} (e.g. x={x}, y={y}{near})",
+                miss.len(),
+                by_slide[si].len(),
+                f.coordinates.display()
+            ));
+        }
+        if let Some((ours, theirs)) = footprint {
+            footprints.push(format!(
+                "slide {name}: stage-0 patches cover {ours} level-0 px, the tiles of {} cover {theirs}",
+                f.coordinates.display()
+            ));
+        }
+        records.push(PrecomputedFile {
+            slide: name.clone(),
+            features: f.features.clone(),
+            sha256: crate::sha256_file(&f.features)?,
+            coordinates: f.coordinates.clone(),
+            tiles: tiles.len(),
+        });
+        bar.inc(1);
+    }
+    bar.finish_and_clear();
+    if !unmatched.is_empty() {
+        let grid = if pf.tolerance_px == 0 {
+            "exactly".to_string()
+        } else {
+            format!("within {} px", pf.tolerance_px)
+        };
+        return Err(data_err(format!(
+            "prototype coordinates without a precomputed tile ({grid}):\n  {}\nThe stage-0 \
+             coordinates and the slide2vec tiles are on different grids. Fix: sample the prototypes \
+             from the coordinates slide2vec embedded (paths.coordinates_dir, then `pbip \
+             sample-prototypes`), or let a coordinate take the nearest tile with {}.tolerance_px",
+            unmatched.join("\n  "),
+            "prototypes.precomputed_features"
+        )));
+    }
+    if !footprints.is_empty() {
+        return Err(data_err(format!(
+            "the precomputed tiles are not the prototype patches:\n  {}\nthe features describe \
+             other regions than stage 3 trains on. Fix: sample the prototypes from the coordinates \
+             slide2vec embedded (paths.coordinates_dir), or embed the slides with slide2vec at the \
+             prototype patch size",
+            footprints.join("\n  ")
+        )));
+    }
+    let sha256 = {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for r in &records {
+            h.update(r.sha256.as_bytes());
+            h.update(b"\n");
+        }
+        format!("{:x}", h.finalize())
+    };
+    let enc = &cfg.prototypes.encoder;
+    let identity = EncoderIdentity {
+        kind: encoder::kind_name(enc.kind).to_string(),
+        source: format!(
+            "precomputed features of `{}` ({} in {})",
+            model.name,
+            source.layout.describe(),
+            source.dir.display()
+        ),
+        sha256: Some(sha256.clone()),
+        random: false,
+        swin: encoder::swin_config(enc),
+        vit: if enc.kind == EncoderKind::Vit {
+            encoder::vit_config(enc).ok().map(|(v, _)| v)
+        } else {
+            None
+        },
+    };
+    tracing::info!(
+        rows = n,
+        slides = records.len(),
+        model = %model.name,
+        nearest,
+        "stage 1: precomputed features matched"
+    );
+    Ok(Computed {
+        features,
+        dim,
+        identity,
+        precomputed: Some(PrecomputedSource {
+            dir: source.dir.clone(),
+            layout: source.layout.describe().to_string(),
+            encoder: model.name.clone(),
+            encoder_from: model.from.clone(),
+            sha256,
+            files: records,
+            tolerance_px: pf.tolerance_px,
+            nearest_matches: nearest,
+            encoder_saved: encoder.is_some(),
+        }),
+        encoder,
+        read_secs: t.elapsed().as_secs_f64(),
+        encode_secs: 0.0,
+        wait_secs: 0.0,
+    })
+}
+
+/// Writes the outputs of stage 1.
+fn write_outputs(
+    cfg: &Config,
+    collected: Collected,
+    computed: Computed,
+    t0: Instant,
+) -> Result<StageReport, PipelineError> {
+    let Collected {
+        items,
+        slide_names,
+        slide_paths,
+        rows_per_class,
+    } = collected;
+    let Computed {
+        features,
+        dim,
+        identity,
+        encoder: model,
+        read_secs,
+        encode_secs,
+        wait_secs,
+        precomputed,
+    } = computed;
+    let n = items.len();
     if features.len() != n * dim || n == 0 {
         return Err(data_err(format!(
             "encoded {} values for {n} patches",
@@ -275,8 +600,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
         )));
     }
     if let Some(i) = features.iter().position(|v| !v.is_finite()) {
+        let fix = match &precomputed {
+            Some(p) => format!("check the feature files in {}", p.dir.display()),
+            None => "check the encoder weights".into(),
+        };
         return Err(data_err(format!(
-            "the encoder produced a non-finite feature (patch {}, slide {}); check the encoder weights",
+            "a non-finite feature (patch {}, slide {}); {fix}",
             i / dim,
             slide_names[items[i / dim].slide_index]
         )));
@@ -295,7 +624,23 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
         })?;
     }
     let enc_path = out_dir.join(ENCODER_FILE);
-    encoder::save_encoder(&enc_path, &model, &identity)?;
+    let saved_encoder = match &model {
+        Some((m, ident)) => {
+            encoder::save_encoder(&enc_path, m, ident)?;
+            Some(ident.clone())
+        }
+        None => {
+            // An encoder of an earlier run would not belong to these features.
+            if enc_path.exists() {
+                std::fs::remove_file(&enc_path).map_err(|source| PipelineError::Io {
+                    path: enc_path.clone(),
+                    source,
+                })?;
+            }
+            None
+        }
+    };
+    let pre = Preprocess::from_config(cfg);
 
     let meta = ExemplarsMeta {
         format: "pbip.exemplars.v1".into(),
@@ -312,6 +657,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
         encode_secs,
         wait_secs,
         total_secs: t0.elapsed().as_secs_f64(),
+        precomputed,
     };
     let col = |f: &dyn Fn(&Item) -> f32| -> Result<HostTensor, PipelineError> {
         HostTensor::new(vec![n], items.iter().map(f).collect()).map_err(|e| data_err(e.to_string()))
@@ -343,33 +689,66 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
     crate::write_atomic(&summary_path, json.as_bytes())?;
 
     let rate = n as f64 / meta.total_secs.max(1e-9);
-    let mut summary = vec![
-        format!(
-            "{n} patches from {} slides, {dim}-d features -> {}",
-            meta.slides.len(),
-            ex_path.display()
-        ),
-        format!(
+    let mut summary = vec![format!(
+        "{n} patches from {} slides, {dim}-d features -> {}",
+        meta.slides.len(),
+        ex_path.display()
+    )];
+    match &meta.precomputed {
+        None => summary.push(format!(
             "{rate:.1} patches/s; reading {:.1} s, encoder {:.1} s, encoder waited {:.1} s for patches",
             meta.read_secs, meta.encode_secs, meta.wait_secs
-        ),
-        format!(
+        )),
+        Some(p) => {
+            summary.push(format!(
+                "precomputed features of `{}` ({}) from {} files in {}, read in {:.1} s{}",
+                p.encoder,
+                p.encoder_from,
+                p.files.len(),
+                p.dir.display(),
+                meta.read_secs,
+                if p.nearest_matches > 0 {
+                    format!(
+                        "; {} rows took the nearest tile within {} px",
+                        p.nearest_matches, p.tolerance_px
+                    )
+                } else {
+                    String::new()
+                }
+            ));
+            if saved_encoder.is_none() {
+                summary.push(
+                    "no encoder saved (training.loss_weights.contrastive is 0: training does not \
+                     run it)"
+                        .into(),
+                );
+            }
+        }
+    }
+    if let Some(ident) = &saved_encoder {
+        summary.push(format!(
             "encoder: {} ({}) -> {}",
-            meta.encoder.kind,
-            meta.encoder.source,
+            ident.kind,
+            ident.source,
             enc_path.display()
-        ),
-    ];
-    if meta.encoder.random {
-        summary.push(
-            "WARNING: randomly initialised encoder weights (set prototypes.encoder.weights)".into(),
-        );
+        ));
+        if ident.random {
+            summary.push(
+                "WARNING: randomly initialised encoder weights (set prototypes.encoder.weights)"
+                    .into(),
+            );
+        }
     }
     tracing::info!(patches = n, patches_per_sec = rate, "stage 1 done");
+    let mut outputs = vec![ex_path];
+    if saved_encoder.is_some() {
+        outputs.push(enc_path);
+    }
+    outputs.extend([cfg_path, summary_path]);
     Ok(StageReport {
         stage: INFO,
         output_dir: out_dir,
-        outputs: vec![ex_path, enc_path, cfg_path, summary_path],
+        outputs,
         summary,
     })
 }
@@ -386,23 +765,32 @@ pub fn freshness(cfg: &Config) -> Freshness {
     if summary.fingerprint != fingerprint(cfg) {
         return Freshness::Stale("settings changed since the last run".into());
     }
-    let outputs = [
-        dir.join(EXEMPLARS_FILE),
-        dir.join(ENCODER_FILE),
-        dir.join(SUMMARY_FILE),
-    ];
-    let inputs: Vec<PathBuf> = coordinates::class_files(cfg)
+    let mut outputs = vec![dir.join(EXEMPLARS_FILE), dir.join(SUMMARY_FILE)];
+    if summary.precomputed.as_ref().is_none_or(|p| p.encoder_saved) {
+        outputs.push(dir.join(ENCODER_FILE));
+    }
+    let mut inputs: Vec<PathBuf> = coordinates::class_files(cfg)
         .into_iter()
         .map(|(_, p)| p)
         .collect();
+    if let Some(p) = &summary.precomputed {
+        for f in &p.files {
+            inputs.push(f.features.clone());
+            inputs.push(f.coordinates.clone());
+        }
+    }
     crate::compare_mtimes(&outputs, &inputs)
 }
 
-/// The encoder kind's output width note, for docs: `medclip` → projection width, `hf_swin` → Swin width.
+/// The encoder kind's output width note, for docs: `medclip` → projection width, `hf_swin` → Swin
+/// width, `vit` → the ViT's pooled width (0 when its settings are invalid).
 pub fn feature_dim(cfg: &Config) -> usize {
     let swin = encoder::swin_config(&cfg.prototypes.encoder);
     match cfg.prototypes.encoder.kind {
         EncoderKind::Medclip => swin.proj_dim,
         EncoderKind::HfSwin => swin.num_features(),
+        EncoderKind::Vit => {
+            encoder::vit_config(&cfg.prototypes.encoder).map_or(0, |(vit, _)| vit.output_dim())
+        }
     }
 }

@@ -73,13 +73,13 @@ use pbip_data::{
     MaskOptions, Normalization, PatchBatch, Preprocess, SamplerOptions, SamplerState, ScheduleKind,
     ScheduleOptions, SlideSet, SlideSetOptions, SlideSpec, TrainLoader, TrainPlan,
 };
-use pbip_encoder::MedClipVision;
 use pbip_model::{ClassNet, ClassNetConfig, ClassNetOutput, EvalConfig, LossConfig};
 use pbip_weights::{HostTensor, TensorMap};
 use serde::{Deserialize, Serialize};
 
 pub use crate::artifacts::checkpoints::{BEST_FILE, INPUT_MPP_KEY, OUTPUT_DIR, output_dir};
 use crate::artifacts::prototypes as s2;
+use crate::encoder::EncoderModel;
 use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport};
 use optim::{AdamW, AdamWOptions};
 pub use validate::ValMetrics;
@@ -577,7 +577,7 @@ fn scalar(t: Tensor<1>) -> Result<f64, PipelineError> {
 
 /// The encoder used for FG/BG features (None when the contrastive weight is 0).
 struct FeatureEncoder {
-    model: MedClipVision,
+    model: EncoderModel,
     projected: bool,
     /// The bank's conditioning (mean `[1, D]`, matrix `[D, D]`), applied to the FG/BG features
     /// so they live where the prototypes do.
@@ -1044,7 +1044,8 @@ pub fn train(
         let m = ClassNet::load_upstream(&params, &ncfg, &bank, &device)
             .map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
         (m, Some(st))
-    } else if let Some(p) = &cfg.model.pretrained {
+    } else if let Some(v) = &cfg.model.pretrained {
+        let p = &crate::encoder::weights_file(v, "model.pretrained")?;
         (
             ClassNet::with_pretrained_backbone_file(p, &ncfg, &bank, cfg.seed, &device)
                 .map_err(|e| data_err(format!("{}: {e}", p.display())))?,
@@ -1827,8 +1828,14 @@ pub fn initial_model(cfg: &Config, device: &Device) -> Result<ClassNet, Pipeline
     let (bank, meta) = load_prototypes(cfg)?;
     let ncfg = classnet_config(cfg, &meta.k_list, bank.shape[1])?;
     match &cfg.model.pretrained {
-        Some(p) => ClassNet::with_pretrained_backbone_file(p, &ncfg, &bank, cfg.seed, device)
-            .map_err(model_err),
+        Some(v) => ClassNet::with_pretrained_backbone_file(
+            &crate::encoder::weights_file(v, "model.pretrained")?,
+            &ncfg,
+            &bank,
+            cfg.seed,
+            device,
+        )
+        .map_err(model_err),
         None => ClassNet::init(&ncfg, &bank, cfg.seed, device).map_err(model_err),
     }
 }

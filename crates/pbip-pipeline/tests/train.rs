@@ -665,6 +665,57 @@ fn contrastive_terms_train_through_the_frozen_encoder() {
     }
 }
 
+#[test]
+fn vit_encoder_runs_stages_1_to_3_with_its_own_feature_width() {
+    // stages 0-2 with a small random ViT (registers, LayerScale, SwiGLU, class token + mean patch
+    // token: 2 x 32 = 64-d features), then training with the contrastive terms through it, at a
+    // patch size (64 px) other than its native 224 (resized position embedding)
+    let b = base();
+    let d = tempfile::tempdir().unwrap();
+    let work = d.path().join("work");
+    let vit = [
+        "prototypes.encoder.kind=vit".to_string(),
+        "prototypes.encoder.vit.arch={embed_dim: 32, depth: 1, num_heads: 2, patch_size: 16, \
+         num_reg_tokens: 2, no_embed_class: true, init_values: 0.1, mlp: swiglu_packed, \
+         global_pool: token_avg}"
+            .to_string(),
+        "prototypes.samples_per_wsi=6".to_string(),
+        "prototypes.batch_size=8".to_string(),
+        format!("paths.work_dir={}", work.display()),
+    ];
+    let cfg = Config::load(&b.data.join("config.yaml"), &vit).unwrap();
+    for stage in 0..3 {
+        run_stage(stage, &cfg, &RunOptions::default()).unwrap();
+    }
+    let s2 = pbip_pipeline::stage2_cluster_prototypes::read_prototypes;
+    let (bank, meta) = s2(&work.join("image_features/prototypes.safetensors")).unwrap();
+    assert_eq!(
+        bank.shape[1], 64,
+        "the prototype width is the ViT's feature width"
+    );
+    assert_eq!(meta.encoder.kind, "vit");
+    assert_eq!(meta.encoder.vit.map(|v| v.output_dim()), Some(64));
+
+    let mut o = tiny();
+    o.extend(vit.iter().cloned());
+    o.extend([
+        "training.epochs=1".to_string(),
+        "training.iterations_per_epoch=2".to_string(),
+        "training.loss_weights.contrastive=0.1".to_string(),
+    ]);
+    let cfg = Config::load(&b.data.join("config.yaml"), &o).unwrap();
+    let enc = work.join("image_features/encoder.safetensors");
+    let before = std::fs::read(&enc).unwrap();
+    let out = s3::train(&cfg, &RunOptions::default(), &TrainOptions::default()).unwrap();
+    assert!(out.summary.completed);
+    assert_eq!(out.summary.nonfinite_steps, 0);
+    assert_eq!(
+        std::fs::read(&enc).unwrap(),
+        before,
+        "the encoder stays frozen"
+    );
+}
+
 /// Manual tool: validates a checkpoint. `PBIP_EVAL_CKPT=ckpt PBIP_EVAL_CONFIG=cfg.yaml
 /// PBIP_EVAL_SET="k=v;k=v" cargo test --test train eval_checkpoint -- --ignored --nocapture`.
 #[test]

@@ -5,6 +5,7 @@
 //! * [`read_pth`]: PyTorch checkpoints written by `torch.save` (torch >= 1.6 zip format), decoded with a
 //!   small **data-only** pickle interpreter: only tensor/storage rebuild functions and
 //!   `collections.OrderedDict` are accepted, any other global is an error (no code is ever executed).
+//!   [`read_pth_tensor`] reads a file holding one bare tensor (`torch.save(tensor, path)`).
 //! * Name helpers: [`strip_prefix`], [`check_tensors`] (missing / unexpected / mis-shaped tensors are
 //!   reported together in one [`WeightsError::NameMismatch`]).
 //!
@@ -21,7 +22,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 pub use names::{check_tensors, select_prefix, strip_prefix};
-pub use pth::read_pth;
+pub use pth::{read_pth, read_pth_tensor};
 pub use st::{read_safetensors, write_safetensors_atomic};
 
 /// A dense host tensor: row-major (C-contiguous) `f32` data and its shape.

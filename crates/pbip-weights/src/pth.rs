@@ -18,48 +18,164 @@ const MAX_PICKLE_BYTES: u64 = 1 << 30;
 /// storage; they are materialised contiguously. f16/bf16/f64 become f32; integer tensors become f32 when
 /// exact. The legacy (pre-1.6, non-zip) format is rejected with an explicit error.
 pub fn read_pth(path: &Path) -> Result<TensorMap, WeightsError> {
-    let fmt = |m: String| WeightsError::format(path, m);
-    let file = std::fs::File::open(path).map_err(|e| WeightsError::io(path, e))?;
-    let mut head = [0u8; 4];
-    {
-        let mut f = &file;
-        let n = f.read(&mut head).map_err(|e| WeightsError::io(path, e))?;
-        if n < 4 || head != *b"PK\x03\x04" {
-            if n >= 1 && head[0] == 0x80 {
-                return Err(fmt(
-                    "unsupported legacy .pth format (pre-1.6 torch.save, not a zip archive); \
-                     re-save it with torch>=1.6: torch.save(torch.load(old), new)"
-                        .into(),
-                ));
-            }
-            return Err(fmt("not a PyTorch zip checkpoint (no zip signature)".into()));
+    let (mut archive, value) = Archive::open(path)?;
+    let mut leaves: Vec<(String, TensorRef)> = Vec::new();
+    flatten(&value, "", &mut leaves, 0).map_err(|m| WeightsError::format(path, m))?;
+    let mut out = TensorMap::new();
+    for (name, t) in leaves {
+        let tensor = archive.tensor(&name, &t)?;
+        if out.insert(name.clone(), tensor).is_some() {
+            return Err(WeightsError::format(
+                path,
+                format!("tensor name {name} occurs twice after flattening"),
+            ));
         }
     }
-    let file = std::fs::File::open(path).map_err(|e| WeightsError::io(path, e))?;
-    let mut zip = zip::ZipArchive::new(file).map_err(|e| fmt(format!("bad zip archive: {e}")))?;
+    tracing::debug!(path = %path.display(), tensors = out.len(), "read torch checkpoint");
+    Ok(out)
+}
 
-    // The archive root folder is arbitrary (torch uses the file stem): find `<root>/data.pkl`.
-    let pkl_name = zip
-        .file_names()
-        .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
-        .min_by_key(|n| n.len())
-        .map(str::to_string)
-        .ok_or_else(|| fmt("zip archive has no data.pkl: not a torch.save checkpoint".into()))?;
-    if zip
-        .file_names()
-        .any(|n| n.ends_with("/constants.pkl") || n.starts_with("code/") || n.contains("/code/"))
-    {
-        return Err(fmt(
-            "this is a TorchScript archive (torch.jit.save), not a torch.save state dict".into(),
-        ));
+/// Reads a file holding one tensor, as `torch.save(tensor, path)` writes it (e.g. the per-slide
+/// tile embeddings `[N, D]` of slide2vec), under the same rules as [`read_pth`]: zip format only, no
+/// code executed, any dtype converted to `f32`, views materialised contiguously. A file whose
+/// pickle is not a bare tensor (a dict, a list, a number) is an error saying what it holds.
+pub fn read_pth_tensor(path: &Path) -> Result<HostTensor, WeightsError> {
+    let (mut archive, value) = Archive::open(path)?;
+    match &value {
+        Value::Tensor(t) => {
+            let out = archive.tensor("tensor", t)?;
+            tracing::debug!(path = %path.display(), shape = ?out.shape, "read torch tensor");
+            Ok(out)
+        }
+        Value::Dict(d) => {
+            let keys: Vec<String> = d
+                .borrow()
+                .iter()
+                .take(8)
+                .map(|(k, _)| match k {
+                    Value::Str(s) => s.clone(),
+                    other => format!("{other:?}"),
+                })
+                .collect();
+            Err(WeightsError::format(
+                path,
+                format!(
+                    "holds a dict (keys {}), not a single tensor saved with torch.save(tensor, path); \
+                     read it with read_pth",
+                    keys.join(", ")
+                ),
+            ))
+        }
+        other => Err(WeightsError::format(
+            path,
+            format!(
+                "holds {}, not a single tensor saved with torch.save(tensor, path)",
+                describe_value(other)
+            ),
+        )),
     }
-    let root = &pkl_name[..pkl_name.len() - "data.pkl".len()];
+}
 
-    let read_entry = |zip: &mut zip::ZipArchive<std::fs::File>,
-                      name: &str,
-                      limit: u64|
-     -> Result<Vec<u8>, WeightsError> {
-        let mut e = zip
+/// A short description of a non-tensor pickle value, for errors.
+fn describe_value(v: &Value) -> &'static str {
+    match v {
+        Value::None => "None",
+        Value::Bool(_) => "a bool",
+        Value::Int(_) => "an integer",
+        Value::Float(_) => "a float",
+        Value::Str(_) => "a string",
+        Value::Bytes(_) => "bytes",
+        Value::Tuple(_) => "a tuple",
+        Value::List(_) => "a list",
+        Value::Dict(_) => "a dict",
+        Value::Global(_) => "a class",
+        Value::Storage(_) => "a bare storage",
+        Value::Tensor(_) => "a tensor",
+    }
+}
+
+/// An opened `torch.save` zip archive: the storages are read on demand (each once).
+struct Archive<'p> {
+    path: &'p Path,
+    zip: zip::ZipArchive<std::fs::File>,
+    /// Archive root folder, with its trailing `/` (torch uses the file stem).
+    root: String,
+    little: bool,
+    storages: HashMap<String, Vec<f32>>,
+}
+
+impl<'p> Archive<'p> {
+    /// Opens the archive and runs its pickle (`data.pkl`).
+    fn open(path: &'p Path) -> Result<(Self, Value), WeightsError> {
+        let fmt = |m: String| WeightsError::format(path, m);
+        let file = std::fs::File::open(path).map_err(|e| WeightsError::io(path, e))?;
+        let mut head = [0u8; 4];
+        {
+            let mut f = &file;
+            let n = f.read(&mut head).map_err(|e| WeightsError::io(path, e))?;
+            if n < 4 || head != *b"PK\x03\x04" {
+                if n >= 1 && head[0] == 0x80 {
+                    return Err(fmt(
+                        "unsupported legacy .pth format (pre-1.6 torch.save, not a zip archive); \
+                         re-save it with torch>=1.6: torch.save(torch.load(old), new)"
+                            .into(),
+                    ));
+                }
+                return Err(fmt("not a PyTorch zip checkpoint (no zip signature)".into()));
+            }
+        }
+        let file = std::fs::File::open(path).map_err(|e| WeightsError::io(path, e))?;
+        let zip = zip::ZipArchive::new(file).map_err(|e| fmt(format!("bad zip archive: {e}")))?;
+
+        // The archive root folder is arbitrary (torch uses the file stem): find `<root>/data.pkl`.
+        let pkl_name = zip
+            .file_names()
+            .filter(|n| *n == "data.pkl" || n.ends_with("/data.pkl"))
+            .min_by_key(|n| n.len())
+            .map(str::to_string)
+            .ok_or_else(
+                || fmt("zip archive has no data.pkl: not a torch.save checkpoint".into()),
+            )?;
+        if zip.file_names().any(|n| {
+            n.ends_with("/constants.pkl") || n.starts_with("code/") || n.contains("/code/")
+        }) {
+            return Err(fmt(
+                "this is a TorchScript archive (torch.jit.save), not a torch.save state dict"
+                    .into(),
+            ));
+        }
+        let root = pkl_name[..pkl_name.len() - "data.pkl".len()].to_string();
+        let mut archive = Archive {
+            path,
+            zip,
+            root,
+            little: true,
+            storages: HashMap::new(),
+        };
+        let byteorder = format!("{}byteorder", archive.root);
+        if archive.zip.index_for_name(&byteorder).is_some() {
+            let b = archive.entry(&byteorder, 64)?;
+            archive.little = match std::str::from_utf8(&b).map(str::trim) {
+                Ok("little") => true,
+                Ok("big") => false,
+                _ => {
+                    return Err(fmt(format!(
+                        "unknown byteorder {:?}",
+                        String::from_utf8_lossy(&b)
+                    )));
+                }
+            };
+        }
+        let pkl = archive.entry(&pkl_name, MAX_PICKLE_BYTES)?;
+        let value = unpickle(&pkl).map_err(|m| fmt(format!("{pkl_name}: {m}")))?;
+        Ok((archive, value))
+    }
+
+    /// The bytes of zip entry `name`, at most `limit` of them.
+    fn entry(&mut self, name: &str, limit: u64) -> Result<Vec<u8>, WeightsError> {
+        let fmt = |m: String| WeightsError::format(self.path, m);
+        let mut e = self
+            .zip
             .by_name(name)
             .map_err(|e| fmt(format!("zip entry {name}: {e}")))?;
         if e.size() > limit {
@@ -72,42 +188,20 @@ pub fn read_pth(path: &Path) -> Result<TensorMap, WeightsError> {
         e.read_to_end(&mut buf)
             .map_err(|er| fmt(format!("zip entry {name}: {er}")))?;
         Ok(buf)
-    };
+    }
 
-    let little = match zip.index_for_name(&format!("{root}byteorder")) {
-        None => true,
-        Some(_) => {
-            let b = read_entry(&mut zip, &format!("{root}byteorder"), 64)?;
-            match std::str::from_utf8(&b).map(str::trim) {
-                Ok("little") => true,
-                Ok("big") => false,
-                _ => {
-                    return Err(fmt(format!(
-                        "unknown byteorder {:?}",
-                        String::from_utf8_lossy(&b)
-                    )));
-                }
-            }
-        }
-    };
-
-    let pkl = read_entry(&mut zip, &pkl_name, MAX_PICKLE_BYTES)?;
-    let value = unpickle(&pkl).map_err(|m| fmt(format!("{pkl_name}: {m}")))?;
-
-    let mut leaves: Vec<(String, TensorRef)> = Vec::new();
-    flatten(&value, "", &mut leaves, 0).map_err(fmt)?;
-
-    let mut storages: HashMap<String, Vec<f32>> = HashMap::new();
-    let mut out = TensorMap::new();
-    for (name, t) in leaves {
-        if !storages.contains_key(&t.storage.key) {
-            let entry = format!("{root}data/{}", t.storage.key);
+    /// The tensor `t` (named `name` in errors), its storage read and decoded on first use.
+    fn tensor(&mut self, name: &str, t: &TensorRef) -> Result<HostTensor, WeightsError> {
+        let path = self.path;
+        let fmt = |m: String| WeightsError::format(path, m);
+        if !self.storages.contains_key(&t.storage.key) {
+            let entry = format!("{}data/{}", self.root, t.storage.key);
             let want = t
                 .storage
                 .numel
                 .checked_mul(t.storage.dtype.size())
                 .ok_or_else(|| fmt(format!("storage {} size overflows", t.storage.key)))?;
-            let bytes = read_entry(&mut zip, &entry, want as u64)?;
+            let bytes = self.entry(&entry, want as u64)?;
             if bytes.len() != want {
                 return Err(fmt(format!(
                     "storage {entry}: {} bytes, but the pickle declares {} elements of {} bytes",
@@ -116,28 +210,19 @@ pub fn read_pth(path: &Path) -> Result<TensorMap, WeightsError> {
                     t.storage.dtype.size()
                 )));
             }
-            let vals = decode(&bytes, t.storage.dtype, little, &entry).map_err(fmt)?;
-            storages.insert(t.storage.key.clone(), vals);
+            let vals = decode(&bytes, t.storage.dtype, self.little, &entry).map_err(fmt)?;
+            self.storages.insert(t.storage.key.clone(), vals);
         }
-        let st = &storages[&t.storage.key];
-        let data = gather(st, &t).map_err(|m| fmt(format!("tensor {name}: {m}")))?;
-        if out
-            .insert(
-                name.clone(),
-                HostTensor {
-                    shape: t.size.clone(),
-                    data,
-                },
-            )
-            .is_some()
-        {
-            return Err(fmt(format!(
-                "tensor name {name} occurs twice after flattening"
-            )));
-        }
+        let st = self
+            .storages
+            .get(&t.storage.key)
+            .ok_or_else(|| fmt(format!("storage {} was not read", t.storage.key)))?;
+        let data = gather(st, t).map_err(|m| fmt(format!("tensor {name}: {m}")))?;
+        Ok(HostTensor {
+            shape: t.size.clone(),
+            data,
+        })
     }
-    tracing::debug!(path = %path.display(), tensors = out.len(), "read torch checkpoint");
-    Ok(out)
 }
 
 /// Copies a strided view out of its storage, bounds-checked.

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 use pbip_weights::{WeightsError, read_pth};
 
 fn td(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("testdata")
-        .join(name)
+    pbip_testdata::crate_dir().join("testdata").join(name)
 }
 
 #[test]
@@ -108,4 +106,63 @@ fn truncated_and_corrupt_files_are_errors() {
         read_pth(&dir.path().join("absent.pth")),
         Err(WeightsError::Io { .. })
     ));
+}
+
+fn expected_tensor(file: &str) -> (Vec<usize>, Vec<f32>) {
+    let text = std::fs::read_to_string(td("tile_features.expected.json")).unwrap();
+    let exp: serde_json::Value = serde_json::from_str(&text).unwrap();
+    let e = &exp[file];
+    let shape = e["shape"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_u64().unwrap() as usize)
+        .collect();
+    let data = e["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|d| d.as_f64().unwrap() as f32)
+        .collect();
+    (shape, data)
+}
+
+#[test]
+fn single_tensor_files_match_torch() {
+    // slide2vec's tile embeddings: torch.save(features) of an fp16 [N, D] tensor
+    for file in ["tile_features_f16.pt", "tile_features_view.pt"] {
+        let t = pbip_weights::read_pth_tensor(&td(file)).unwrap();
+        let (shape, data) = expected_tensor(file);
+        assert_eq!(t.shape, shape, "{file}");
+        assert_eq!(t.data, data, "{file}");
+    }
+    // the transposed view is materialised in its own (row-major) order: row 0 = column 0 of
+    // arange(12).reshape(4, 3) / 3 - 2
+    let v = pbip_weights::read_pth_tensor(&td("tile_features_view.pt")).unwrap();
+    assert_eq!(&v.data[..4], &[-2.0, -1.0, 0.0, 1.0]);
+}
+
+#[test]
+fn single_tensor_reader_refuses_other_payloads() {
+    let e = pbip_weights::read_pth_tensor(&td("dict_not_tensor.pt"))
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("dict_not_tensor.pt") && e.contains("features") && e.contains("dict"),
+        "{e}"
+    );
+    // read_pth reads that dict, and refuses a bare tensor (it has no name)
+    assert!(
+        read_pth(&td("dict_not_tensor.pt"))
+            .unwrap()
+            .contains_key("features")
+    );
+    let e = read_pth(&td("tile_features_f16.pt"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("single tensor"), "{e}");
+    let e = pbip_weights::read_pth_tensor(&td("dtypes.legacy.pth"))
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("legacy"), "{e}");
 }

@@ -1,8 +1,10 @@
 //! `pbip`: command-line interface of the PBIP pipeline.
 
 mod demo;
+mod doctor;
 mod infer_cmd;
 mod view_cmd;
+mod weights_cmd;
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -159,6 +161,9 @@ enum Command {
         /// Training steps instead of the demo preset's (for tests).
         #[arg(long, hide = true)]
         train_steps: Option<usize>,
+        /// Override a config key after the demo's own settings, e.g. --set device=tch-cpu (repeatable).
+        #[arg(long = "set", value_name = "KEY=VALUE")]
+        set: Vec<String>,
     },
     /// Print slide dimensions, levels, mpp, vendor and backend.
     SlideInfo {
@@ -193,8 +198,19 @@ enum Command {
         #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
         backend: BackendArg,
     },
+    /// What this build has and this machine offers: compute backends and visible GPUs, OpenSlide, versions.
+    Doctor {
+        /// Print JSON ({"checks": [{section, name, ok, detail}, ...]}).
+        #[arg(long)]
+        json: bool,
+    },
     /// Web viewer on 127.0.0.1: pan and zoom slides with the predicted mask, confidence heat maps and contours on top.
     View(view_cmd::ViewArgs),
+    /// Pretrained weights from the Hugging Face Hub: `list` the presets, `fetch` into the HF cache.
+    Weights {
+        #[command(subcommand)]
+        cmd: weights_cmd::WeightsCmd,
+    },
 }
 
 fn init_logging(verbose: u8, format: LogFormat) {
@@ -303,7 +319,8 @@ fn run(cli: Cli) -> Result<()> {
             size,
             slides,
             train_steps,
-        } => demo::demo(&out, size, slides, train_steps),
+            set,
+        } => demo::demo(&out, size, slides, train_steps, &set),
         Command::SlideInfo {
             slides,
             json,
@@ -320,6 +337,8 @@ fn run(cli: Cli) -> Result<()> {
             backend,
         } => read_region(&slide, x, y, level, width, height, &out, backend),
         Command::View(args) => view_cmd::run(&args),
+        Command::Weights { cmd } => weights_cmd::run(&cmd),
+        Command::Doctor { json } => doctor::run(json),
     }
 }
 
