@@ -409,7 +409,8 @@ pub(crate) fn host<const D: usize>(t: Tensor<D>) -> Result<HostTensor, EncoderEr
     Ok(HostTensor { shape, data })
 }
 
-fn lin_out(
+/// Writes a `Linear` under `{p}.weight` (PyTorch layout `[out, in]`) and `{p}.bias`.
+pub(crate) fn lin_out(
     l: &Linear,
     p: &str,
     put: &mut dyn FnMut(String, HostTensor),
@@ -421,7 +422,8 @@ fn lin_out(
     Ok(())
 }
 
-fn ln_out(
+/// Writes a `LayerNorm` under `{p}.weight` / `{p}.bias`.
+pub(crate) fn ln_out(
     l: &LayerNorm,
     p: &str,
     put: &mut dyn FnMut(String, HostTensor),

@@ -13,7 +13,7 @@ use rand_chacha::ChaCha8Rng;
 
 use super::{Vit, VitBlock, VitConfig, VitMlp};
 use crate::EncoderError;
-use crate::load::{host, std_normal};
+use crate::load::{host, lin_out, ln_out, std_normal};
 
 /// The naming scheme of a ViT checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -300,30 +300,6 @@ impl Vit {
         }
         Ok(out)
     }
-}
-
-fn lin_out(
-    l: &Linear,
-    p: &str,
-    put: &mut dyn FnMut(String, HostTensor),
-) -> Result<(), EncoderError> {
-    put(format!("{p}.weight"), host(l.weight.val().transpose())?);
-    if let Some(b) = &l.bias {
-        put(format!("{p}.bias"), host(b.val())?);
-    }
-    Ok(())
-}
-
-fn ln_out(
-    l: &LayerNorm,
-    p: &str,
-    put: &mut dyn FnMut(String, HostTensor),
-) -> Result<(), EncoderError> {
-    put(format!("{p}.weight"), host(l.gamma.val())?);
-    if let Some(b) = &l.beta {
-        put(format!("{p}.bias"), host(b.val())?);
-    }
-    Ok(())
 }
 
 /// Concatenates tensors along their first axis (`torch.cat(dim=0)`); `None` when the trailing
