@@ -57,7 +57,7 @@ nvidia-smi -L 2>/dev/null >&2 || echo "(nvidia-smi not found)" >&2
 echo "== build (features tch) into $CARGO_TARGET_DIR" >&2
 t0=$(date +%s)
 cargo build --release -p pbip --features tch >&2 &&
-  cargo build --release -p pbip-pipeline --example bench_slide >&2 &&
+  cargo build --release -p pbip-pipeline --features tch --example bench_slide >&2 &&
   cargo test --release -p pbip-model --features tch --no-run >&2 &&
   cargo bench -p pbip-model --bench mit_bench --features tch --no-run >&2 || { echo "error: build failed" >&2; exit 1; }
 row "build (tch)" "$(( $(date +%s) - t0 )) s"
