@@ -76,7 +76,7 @@ fi
 
 # --- 1. parity on the device ---------------------------------------------------------------------
 echo "== parity on $DEV" >&2
-if PBIP_TEST_DEVICE=$DEV cargo test --release -p pbip-model --features tch --test parity >"$DIR/parity.log" 2>&1; then
+if PBIP_TEST_DEVICE=$DEV cargo test --release -p pbip-model --features tch --test parity -- --nocapture >"$DIR/parity.log" 2>&1; then
   row "parity tests on $DEV" "pass ($(grep -c 'rel err' "$DIR/parity.log") tensors compared)"
 else
   row "parity tests on $DEV" "FAIL: see $DIR/parity.log"
