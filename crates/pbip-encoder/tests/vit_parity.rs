@@ -87,16 +87,7 @@ fn to_burn<const D: usize>(t: &HostTensor, device: &Device) -> Tensor<D> {
     Tensor::from_data(TensorData::new(t.data.clone(), shape), device)
 }
 
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len());
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| (*x as f64 - *y as f64).powi(2))
-        .sum();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum();
-    (num / den).sqrt()
-}
+use pbip_testdata::rel_err;
 
 /// Compares `got` with fixture tensor `key`, recording the error and any failure.
 fn compare<const D: usize>(

@@ -77,17 +77,7 @@ fn model_weights(fx: &Fixture) -> TensorMap {
         .collect()
 }
 
-fn rel_err(a: &[f32], b: &[f32]) -> f64 {
-    assert_eq!(a.len(), b.len(), "length mismatch");
-    let num: f64 = a
-        .iter()
-        .zip(b)
-        .map(|(x, y)| ((*x as f64) - (*y as f64)).powi(2))
-        .sum::<f64>()
-        .sqrt();
-    let den: f64 = b.iter().map(|y| (*y as f64).powi(2)).sum::<f64>().sqrt();
-    if den == 0.0 { num } else { num / den }
-}
+use pbip_testdata::rel_err;
 
 fn host<const D: usize>(t: Tensor<D>) -> HostTensor {
     pbip_model::util::to_host(t).expect("read tensor")

@@ -54,6 +54,20 @@ pub fn crate_dir() -> PathBuf {
     }
 }
 
+/// Relative L2 error `‖a − b‖ / ‖b‖` of `a` against the reference `b` (the absolute error when
+/// `b` is all zeros), the measure of every parity test. Panics when the lengths differ.
+pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
+    assert_eq!(a.len(), b.len(), "length mismatch");
+    let num: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (f64::from(*x) - f64::from(*y)).powi(2))
+        .sum::<f64>()
+        .sqrt();
+    let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum::<f64>().sqrt();
+    if den == 0.0 { num } else { num / den }
+}
+
 /// `shared/fixtures`.
 pub fn fixtures_dir() -> PathBuf {
     shared_dir().join("fixtures")
