@@ -7,6 +7,7 @@
 pub mod artifacts;
 pub mod encoder;
 pub mod precomputed;
+pub mod progress;
 pub mod settings;
 pub mod stage0_sample_prototypes;
 pub mod stage1_embed_prototypes;
@@ -184,6 +185,71 @@ pub fn sha256_file(path: &Path) -> Result<String, PipelineError> {
         source,
     })?;
     Ok(format!("{:x}", h.finalize()))
+}
+
+/// Reads the JSON file `path` into a `T` (errors name the file).
+pub fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T, PipelineError> {
+    let text = std::fs::read_to_string(path).map_err(|source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    })?;
+    serde_json::from_str(&text).map_err(|e| PipelineError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// `value` as pretty-printed JSON, for the file `path` (named by the error).
+pub(crate) fn json_pretty<T: serde::Serialize>(
+    value: &T,
+    path: &Path,
+) -> Result<String, PipelineError> {
+    serde_json::to_string_pretty(value).map_err(|e| PipelineError::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Creates the folder `dir` and its parents.
+pub(crate) fn create_dir_all(dir: &Path) -> Result<(), PipelineError> {
+    std::fs::create_dir_all(dir).map_err(|source| PipelineError::Io {
+        path: dir.to_path_buf(),
+        source,
+    })
+}
+
+/// Removes the file `path` if it exists (e.g. a completion marker before its stage rewrites the
+/// outputs, so that an interrupted run never looks complete).
+pub(crate) fn remove_file_if_exists(path: &Path) -> Result<(), PipelineError> {
+    if path.exists() {
+        std::fs::remove_file(path).map_err(|source| PipelineError::Io {
+            path: path.to_path_buf(),
+            source,
+        })?;
+    }
+    Ok(())
+}
+
+/// The summary (completion marker) `path` of a previous run of a stage, when it reads and was
+/// made with `fingerprint` (`fingerprint_of` picks the summary's); else why the stage must run.
+pub(crate) fn previous_summary<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    fingerprint: &serde_json::Value,
+    fingerprint_of: impl Fn(&T) -> &serde_json::Value,
+) -> Result<T, Freshness> {
+    let Ok(summary) = read_json::<T>(path) else {
+        let name = path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        return Err(Freshness::Stale(format!("no previous {name}")));
+    };
+    if fingerprint_of(&summary) != fingerprint {
+        return Err(Freshness::Stale(
+            "settings changed since the last run".into(),
+        ));
+    }
+    Ok(summary)
 }
 
 /// Writes bytes to `path` atomically (temp file in the same folder, then rename).

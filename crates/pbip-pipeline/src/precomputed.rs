@@ -312,14 +312,7 @@ fn read_sidecar(features: &Path) -> Result<Option<Sidecar>, PipelineError> {
     if !path.is_file() {
         return Ok(None);
     }
-    let text = std::fs::read_to_string(&path).map_err(|source| PipelineError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    let v: serde_json::Value = serde_json::from_str(&text).map_err(|e| PipelineError::Json {
-        path: path.clone(),
-        message: e.to_string(),
-    })?;
+    let v: serde_json::Value = crate::read_json(&path)?;
     if let Some(kind) = v.get("artifact_type").and_then(|a| a.as_str())
         && kind != "tile_embeddings"
     {

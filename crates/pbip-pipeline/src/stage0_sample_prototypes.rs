@@ -23,7 +23,6 @@
 use std::collections::{BTreeMap, HashMap};
 use std::path::PathBuf;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use pbip_config::{Config, CoordinateOrigin, Dataset, SlideEntry, Split};
 use pbip_coords::{Coordinates, PrototypeRecord, ReadOptions};
 use pbip_slide::Slide;
@@ -32,6 +31,7 @@ use rand_chacha::ChaCha8Rng;
 use serde::{Deserialize, Serialize};
 
 pub use crate::artifacts::coordinates::{OUTPUT_DIR, class_file, class_files, output_dir};
+use crate::progress::progress_bar;
 use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport, mtime, write_atomic};
 
 /// Summary file name.
@@ -225,16 +225,12 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
     }
 
     let total: usize = chosen.iter().map(|(_, v)| v.len()).sum();
-    let bar = if opts.progress {
-        ProgressBar::new(total as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) = ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides {msg}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix("stage 0: sampling");
+    let bar = progress_bar(
+        opts.progress,
+        total as u64,
+        "{prefix} [{bar:30}] {pos}/{len} slides {msg}",
+        "stage 0: sampling",
+    );
 
     let open_opts = crate::settings::open_options(cfg, false);
     let mut geoms: HashMap<String, SlideGeom> = HashMap::new();
@@ -326,18 +322,10 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
     bar.finish_and_clear();
 
     let out_dir = output_dir(cfg);
-    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io {
-        path: out_dir.clone(),
-        source,
-    })?;
+    crate::create_dir_all(&out_dir)?;
     // Remove a stale summary first so an interrupted run never looks complete.
     let summary_path = out_dir.join(SUMMARY_FILE);
-    if summary_path.exists() {
-        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io {
-            path: summary_path.clone(),
-            source,
-        })?;
-    }
+    crate::remove_file_if_exists(&summary_path)?;
     let mut outputs = Vec::new();
     for (c, recs) in per_class_records.iter().enumerate() {
         let path = class_file(cfg, &cfg.class_order[c]);
@@ -353,11 +341,8 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
         dropped,
         overhanging,
     };
-    let json = serde_json::to_vec_pretty(&summary).map_err(|e| PipelineError::Json {
-        path: summary_path.clone(),
-        message: e.to_string(),
-    })?;
-    write_atomic(&summary_path, &json)?;
+    let json = crate::json_pretty(&summary, &summary_path)?;
+    write_atomic(&summary_path, json.as_bytes())?;
     outputs.push(summary_path);
 
     let mut lines = Vec::new();
@@ -390,45 +375,25 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
 
 /// Reads `summary.json` of a previous run.
 pub fn read_summary(cfg: &Config) -> Result<Stage0Summary, PipelineError> {
-    let path = output_dir(cfg).join(SUMMARY_FILE);
-    let text = std::fs::read_to_string(&path).map_err(|source| PipelineError::Io {
-        path: path.clone(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| PipelineError::Json {
-        path,
-        message: e.to_string(),
-    })
-}
-
-fn newest(paths: impl IntoIterator<Item = PathBuf>) -> Result<std::time::SystemTime, String> {
-    let mut newest = std::time::UNIX_EPOCH;
-    for p in paths {
-        let t = mtime(&p).ok_or_else(|| format!("input {} is missing", p.display()))?;
-        newest = newest.max(t);
-    }
-    Ok(newest)
+    crate::read_json(&output_dir(cfg).join(SUMMARY_FILE))
 }
 
 /// Whether stage 0's outputs are complete, newer than every input, and made with the same settings.
 pub fn freshness(cfg: &Config) -> Freshness {
-    let summary = match read_summary(cfg) {
-        Ok(s) => s,
-        Err(_) => return Freshness::Stale("no previous summary.json".into()),
-    };
-    if summary.fingerprint != fingerprint(cfg) {
-        return Freshness::Stale("settings changed since the last run".into());
-    }
     let out_dir = output_dir(cfg);
+    if let Err(stale) = crate::previous_summary(
+        &out_dir.join(SUMMARY_FILE),
+        &fingerprint(cfg),
+        |s: &Stage0Summary| &s.fingerprint,
+    ) {
+        return stale;
+    }
     let mut outputs: Vec<PathBuf> = cfg.class_order.iter().map(|c| class_file(cfg, c)).collect();
     outputs.push(out_dir.join(SUMMARY_FILE));
     outputs.push(out_dir.join(pbip_config::RESOLVED_CONFIG_FILE));
-    let mut oldest_out = None;
-    for p in &outputs {
-        match mtime(p) {
-            Some(t) => oldest_out = Some(oldest_out.map_or(t, |o: std::time::SystemTime| o.min(t))),
-            None => return Freshness::Stale(format!("output {} is missing", p.display())),
-        }
+    // Missing outputs first: the dataset need not load for that answer.
+    if let Some(p) = outputs.iter().find(|p| mtime(p).is_none()) {
+        return Freshness::Stale(format!("output {} is missing", p.display()));
     }
     let dataset = match Dataset::load(cfg) {
         Ok(d) => d,
@@ -439,11 +404,7 @@ pub fn freshness(cfg: &Config) -> Freshness {
         inputs.push(s.coordinates_path.clone());
         inputs.push(s.slide_path.clone());
     }
-    match (newest(inputs), oldest_out) {
-        (Ok(new_in), Some(old_out)) if old_out >= new_in => Freshness::UpToDate,
-        (Ok(_), _) => Freshness::Stale("an input is newer than the outputs".into()),
-        (Err(e), _) => Freshness::Stale(e),
-    }
+    crate::compare_mtimes(&outputs, &inputs)
 }
 
 #[cfg(test)]

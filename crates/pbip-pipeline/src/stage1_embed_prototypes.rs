@@ -32,7 +32,6 @@ use std::sync::Arc;
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use indicatif::{ProgressBar, ProgressStyle};
 use pbip_config::{Config, EncoderKind, SUPPORTED_SLIDE_EXTENSIONS};
 use pbip_coords::Coordinates;
 use pbip_slide::{Origin, PatchGeometry, Slide};
@@ -46,6 +45,7 @@ pub use crate::artifacts::exemplars::{
 };
 use crate::encoder::{self, EncoderIdentity, EncoderModel, META_KEY, Preprocess};
 use crate::precomputed::{self, Source};
+use crate::progress::progress_bar;
 use crate::{Freshness, PipelineError, RunOptions, StageInfo, StageReport};
 
 /// Summary / completion marker.
@@ -269,17 +269,12 @@ fn encode(cfg: &Config, opts: &RunOptions, c: &Collected) -> Result<Computed, Pi
     let batch = cfg.prototypes.batch_size.max(1);
     let n = items.len();
 
-    let bar = if opts.progress {
-        ProgressBar::new(n as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) = ProgressStyle::with_template(
+    let bar = progress_bar(
+        opts.progress,
+        n as u64,
         "{prefix} [{bar:30}] {pos}/{len} patches {per_sec} ETA {eta} {msg}",
-    ) {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix("stage 1: encoding");
+        "stage 1: encoding",
+    );
 
     let mut features: Vec<f32> = Vec::new();
     let mut dim = 0usize;
@@ -409,17 +404,12 @@ fn lookup_precomputed(
     for (i, it) in items.iter().enumerate() {
         by_slide[it.slide_index].push(i);
     }
-    let bar = if opts.progress {
-        ProgressBar::new(files.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides ETA {eta} {msg}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix("stage 1: precomputed features");
+    let bar = progress_bar(
+        opts.progress,
+        files.len() as u64,
+        "{prefix} [{bar:30}] {pos}/{len} slides ETA {eta} {msg}",
+        "stage 1: precomputed features",
+    );
     let t = Instant::now();
     let mut features = vec![0f32; n * dim];
     let mut records = Vec::with_capacity(files.len());
@@ -612,17 +602,9 @@ fn write_outputs(
     }
 
     let out_dir = output_dir(cfg);
-    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io {
-        path: out_dir.clone(),
-        source,
-    })?;
+    crate::create_dir_all(&out_dir)?;
     let summary_path = out_dir.join(SUMMARY_FILE);
-    if summary_path.exists() {
-        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io {
-            path: summary_path.clone(),
-            source,
-        })?;
-    }
+    crate::remove_file_if_exists(&summary_path)?;
     let enc_path = out_dir.join(ENCODER_FILE);
     let saved_encoder = match &model {
         Some((m, ident)) => {
@@ -631,12 +613,7 @@ fn write_outputs(
         }
         None => {
             // An encoder of an earlier run would not belong to these features.
-            if enc_path.exists() {
-                std::fs::remove_file(&enc_path).map_err(|source| PipelineError::Io {
-                    path: enc_path.clone(),
-                    source,
-                })?;
-            }
+            crate::remove_file_if_exists(&enc_path)?;
             None
         }
     };
@@ -676,10 +653,7 @@ fn write_outputs(
         "tile_size_resized".into(),
         col(&|it| it.geom.read_size_px as f32)?,
     );
-    let json = serde_json::to_string_pretty(&meta).map_err(|e| PipelineError::Json {
-        path: summary_path.clone(),
-        message: e.to_string(),
-    })?;
+    let json = crate::json_pretty(&meta, &summary_path)?;
     let mut st_meta = BTreeMap::new();
     st_meta.insert(META_KEY.to_string(), json.clone());
     let ex_path = out_dir.join(EXEMPLARS_FILE);
@@ -756,15 +730,14 @@ fn write_outputs(
 /// Whether stage 1's outputs are complete, newer than stage 0's, and made with the same settings.
 pub fn freshness(cfg: &Config) -> Freshness {
     let dir = output_dir(cfg);
-    let summary: Option<ExemplarsMeta> = std::fs::read_to_string(dir.join(SUMMARY_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let Some(summary) = summary else {
-        return Freshness::Stale(format!("no previous {SUMMARY_FILE}"));
+    let summary = match crate::previous_summary(
+        &dir.join(SUMMARY_FILE),
+        &fingerprint(cfg),
+        |s: &ExemplarsMeta| &s.fingerprint,
+    ) {
+        Ok(s) => s,
+        Err(stale) => return stale,
     };
-    if summary.fingerprint != fingerprint(cfg) {
-        return Freshness::Stale("settings changed since the last run".into());
-    }
     let mut outputs = vec![dir.join(EXEMPLARS_FILE), dir.join(SUMMARY_FILE)];
     if summary.precomputed.as_ref().is_none_or(|p| p.encoder_saved) {
         outputs.push(dir.join(ENCODER_FILE));

@@ -269,12 +269,7 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
 
     let out_dir = stage1::output_dir(cfg);
     let summary_path = out_dir.join(SUMMARY_FILE);
-    if summary_path.exists() {
-        std::fs::remove_file(&summary_path).map_err(|source| PipelineError::Io {
-            path: summary_path.clone(),
-            source,
-        })?;
-    }
+    crate::remove_file_if_exists(&summary_path)?;
     let total_k = *cumsum.last().unwrap_or(&0);
     let bank_f64: Vec<f64> = bank.iter().map(|&v| f64::from(v)).collect();
     let cond_f64: Vec<f64> = conditioned.iter().map(|&v| f64::from(v)).collect();
@@ -301,10 +296,7 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
         conditioning: kind,
         separability: Some(separability),
     };
-    let json = serde_json::to_string_pretty(&meta).map_err(|e| PipelineError::Json {
-        path: summary_path.clone(),
-        message: e.to_string(),
-    })?;
+    let json = crate::json_pretty(&meta, &summary_path)?;
     let mut tensors = TensorMap::new();
     tensors.insert(
         "features".into(),
@@ -332,10 +324,7 @@ pub fn run(cfg: &Config, _opts: &RunOptions) -> Result<StageReport, PipelineErro
 
     // Sheets: read the exemplar patches again (cheap; a few per prototype).
     let sheet_dir = out_dir.join(SHEETS_DIR);
-    std::fs::create_dir_all(&sheet_dir).map_err(|source| PipelineError::Io {
-        path: sheet_dir.clone(),
-        source,
-    })?;
+    crate::create_dir_all(&sheet_dir)?;
     let open_opts = crate::settings::open_options(cfg, true);
     let mut open: BTreeMap<usize, Slide> = BTreeMap::new();
     let mut outputs = vec![proto_path.clone()];
@@ -453,14 +442,12 @@ fn blit(dst: &mut RgbImage, src: &RgbImage, x0: u32, y0: u32) {
 /// Whether stage 2's outputs are complete, newer than stage 1's, and made with the same settings.
 pub fn freshness(cfg: &Config) -> Freshness {
     let dir = stage1::output_dir(cfg);
-    let summary: Option<PrototypesMeta> = std::fs::read_to_string(dir.join(SUMMARY_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let Some(summary) = summary else {
-        return Freshness::Stale(format!("no previous {SUMMARY_FILE}"));
-    };
-    if summary.fingerprint != fingerprint(cfg) {
-        return Freshness::Stale("settings changed since the last run".into());
+    if let Err(stale) = crate::previous_summary(
+        &dir.join(SUMMARY_FILE),
+        &fingerprint(cfg),
+        |s: &PrototypesMeta| &s.fingerprint,
+    ) {
+        return stale;
     }
     crate::compare_mtimes(
         &[dir.join(PROTOTYPES_FILE), dir.join(SUMMARY_FILE)],

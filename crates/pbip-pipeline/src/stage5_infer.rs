@@ -73,7 +73,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::MultiProgress;
 use pbip_config::{Config, SUPPORTED_SLIDE_EXTENSIONS};
 use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
@@ -688,14 +688,12 @@ pub fn run_with_predictor(
     let jobs = shard_jobs(all, opts.shard);
     tracing::info!(slides = jobs.len(), shard = ?opts.shard, out = %pred_dir.display(), "inference");
     let multi = opts.run.progress.then(MultiProgress::new);
-    let overall = match &multi {
-        Some(mp) => mp.add(ProgressBar::new(jobs.len() as u64)),
-        None => ProgressBar::hidden(),
-    };
-    if let Ok(style) = ProgressStyle::with_template("slides [{bar:30}] {pos}/{len} ETA {eta} {msg}")
-    {
-        overall.set_style(style.progress_chars("=> "));
-    }
+    let overall = crate::progress::multi_progress_bar(
+        multi.as_ref(),
+        jobs.len() as u64,
+        "{prefix} [{bar:30}] {pos}/{len} ETA {eta} {msg}",
+        "slides",
+    );
     let mut rows = Vec::new();
     let (mut processed, mut skipped, mut failed) = (0, 0, 0);
     let names: BTreeSet<&str> = jobs.iter().map(|j| j.name.as_str()).collect();

@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::sync::mpsc::sync_channel;
 use std::time::Instant;
 
-use indicatif::{MultiProgress, ProgressBar, ProgressStyle};
+use indicatif::{MultiProgress, ProgressBar};
 use pbip_config::Config;
 use pbip_coords::Coordinates;
 use pbip_post::crf::{CrfParams, suggested_halo_px};
@@ -745,16 +745,12 @@ pub fn infer_slide(
     } else {
         None
     };
-    let bar = match progress {
-        Some(mp) => mp.add(ProgressBar::new(placement.footprints.len() as u64)),
-        None => ProgressBar::hidden(),
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} patches {per_sec} ETA {eta}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix(job.name.clone());
+    let bar = crate::progress::multi_progress_bar(
+        progress,
+        placement.footprints.len() as u64,
+        "{prefix} [{bar:30}] {pos}/{len} patches {per_sec} ETA {eta}",
+        job.name.clone(),
+    );
     let t0 = Instant::now();
     let st = predict_and_stitch(
         &slide,
