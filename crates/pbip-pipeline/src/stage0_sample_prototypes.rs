@@ -21,7 +21,7 @@
 //! `summary.json` (counts per class and slide, written last), `config.resolved.yaml`.
 
 use std::collections::{BTreeMap, HashMap};
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use pbip_config::{Config, CoordinateOrigin, Dataset, SlideEntry, Split};
 use pbip_coords::{Coordinates, PrototypeRecord, ReadOptions};
@@ -179,15 +179,14 @@ fn slide_records(
     Ok(out)
 }
 
-/// Runs stage 0 with the given config.
-pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineError> {
-    let dataset = Dataset::load(cfg)?;
-    let train = dataset.split(Split::Train);
-    let n_classes = cfg.class_order.len();
-
-    // Group training slides by class (a slide belongs to every class it is labelled with).
-    let mut by_class: Vec<Vec<&SlideEntry>> = vec![Vec::new(); n_classes];
-    for s in &train {
+/// Training slides per class, in `class_order` (a slide belongs to every class it is labelled
+/// with); an error names the classes without any.
+fn slides_by_class<'a>(
+    cfg: &Config,
+    train: &[&'a SlideEntry],
+) -> Result<Vec<Vec<&'a SlideEntry>>, PipelineError> {
+    let mut by_class: Vec<Vec<&SlideEntry>> = vec![Vec::new(); cfg.class_order.len()];
+    for s in train {
         for c in s.class_indices() {
             if let Some(list) = by_class.get_mut(c) {
                 list.push(*s);
@@ -211,9 +210,19 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
             ),
         });
     }
+    Ok(by_class)
+}
 
-    // Choose slides per class.
-    let mut chosen: Vec<(ChaCha8Rng, Vec<&SlideEntry>)> = Vec::with_capacity(n_classes);
+/// The slides drawn for one class, and the class's RNG that then draws their coordinates.
+struct ClassDraw<'a> {
+    rng: ChaCha8Rng,
+    slides: Vec<&'a SlideEntry>,
+}
+
+/// Per class: up to `num_per_class` of its slides (sorted by name first), drawn with ChaCha8
+/// seeded with `seed`, stream = class index.
+fn choose_slides<'a>(cfg: &Config, by_class: &mut [Vec<&'a SlideEntry>]) -> Vec<ClassDraw<'a>> {
+    let mut chosen = Vec::with_capacity(by_class.len());
     for (c, list) in by_class.iter_mut().enumerate() {
         list.sort_by(|a, b| a.name.cmp(&b.name));
         let mut rng = ChaCha8Rng::seed_from_u64(cfg.seed);
@@ -221,84 +230,128 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
         let k = cfg.prototypes.num_per_class.min(list.len());
         let mut idx = rand::seq::index::sample(&mut rng, list.len(), k).into_vec();
         idx.sort_unstable();
-        chosen.push((rng, idx.into_iter().map(|i| list[i]).collect()));
+        chosen.push(ClassDraw {
+            rng,
+            slides: idx.into_iter().map(|i| list[i]).collect(),
+        });
+    }
+    chosen
+}
+
+/// The validated rows of the slides read so far: a slide sampled for several classes is opened
+/// and filtered once.
+struct SlideRows<'c> {
+    cfg: &'c Config,
+    open_opts: pbip_slide::OpenOptions,
+    by_name: HashMap<String, (Vec<PrototypeRecord>, RowFilter)>,
+}
+
+impl<'c> SlideRows<'c> {
+    fn new(cfg: &'c Config) -> Self {
+        Self {
+            cfg,
+            open_opts: crate::settings::open_options(cfg, false),
+            by_name: HashMap::new(),
+        }
     }
 
-    let total: usize = chosen.iter().map(|(_, v)| v.len()).sum();
+    /// The rows of `entry` and what was filtered out; an error when no row lies inside the slide.
+    fn of(
+        &mut self,
+        entry: &SlideEntry,
+    ) -> Result<&(Vec<PrototypeRecord>, RowFilter), PipelineError> {
+        if !self.by_name.contains_key(&entry.name) {
+            let rows = self.read(entry)?;
+            self.by_name.insert(entry.name.clone(), rows);
+        }
+        Ok(&self.by_name[&entry.name])
+    }
+
+    fn read(&self, entry: &SlideEntry) -> Result<(Vec<PrototypeRecord>, RowFilter), PipelineError> {
+        let cfg = self.cfg;
+        let slide = Slide::open(&entry.slide_path, &self.open_opts)?;
+        let (width, height) = slide.dimensions();
+        let geom = SlideGeom {
+            width,
+            height,
+            downsamples: slide.level_downsamples().to_vec(),
+        };
+        let coords = Coordinates::read_with(
+            &entry.coordinates_path,
+            &ReadOptions {
+                allow_negative: true,
+            },
+        )?;
+        let mut stats = RowFilter::default();
+        let rows = slide_records(cfg, entry, &coords, &geom, &mut stats)?;
+        if rows.is_empty() {
+            return Err(PipelineError::Data {
+                stage: STAGE,
+                message: format!(
+                    "slide `{}`: none of the {} coordinates in {} lies inside the slide ({} x {} px, {} levels; coordinate_origin {:?}) — wrong slide, wrong coordinate file, or wrong slide.coordinate_origin?",
+                    entry.wsi_name(),
+                    coords.len(),
+                    entry.coordinates_path.display(),
+                    geom.width,
+                    geom.height,
+                    geom.downsamples.len(),
+                    cfg.slide.coordinate_origin
+                ),
+            });
+        }
+        if stats.dropped > 0 {
+            tracing::warn!(
+                slide = %entry.wsi_name(),
+                dropped = stats.dropped,
+                total = coords.len(),
+                "dropped coordinates outside the slide or at a missing level"
+            );
+        }
+        Ok((rows, stats))
+    }
+}
+
+/// What sampling drew: the records per class (class_order) and the summary without fingerprint.
+struct Sampled {
+    records: Vec<Vec<PrototypeRecord>>,
+    classes: Vec<ClassSummary>,
+    dropped: BTreeMap<String, usize>,
+    overhanging: BTreeMap<String, usize>,
+}
+
+/// Draws up to `samples_per_wsi` coordinates from every chosen slide, class by class.
+fn sample(
+    cfg: &Config,
+    opts: &RunOptions,
+    by_class: &[Vec<&SlideEntry>],
+    chosen: Vec<ClassDraw<'_>>,
+) -> Result<Sampled, PipelineError> {
+    let total: usize = chosen.iter().map(|d| d.slides.len()).sum();
     let bar = progress_bar(
         opts.progress,
         total as u64,
         "{prefix} [{bar:30}] {pos}/{len} slides {msg}",
         "stage 0: sampling",
     );
-
-    let open_opts = crate::settings::open_options(cfg, false);
-    let mut geoms: HashMap<String, SlideGeom> = HashMap::new();
-    let mut records_cache: HashMap<String, (Vec<PrototypeRecord>, RowFilter)> = HashMap::new();
-    let mut per_class_records: Vec<Vec<PrototypeRecord>> = Vec::with_capacity(n_classes);
-    let mut classes = Vec::with_capacity(n_classes);
-    let mut dropped = BTreeMap::new();
-    let mut overhanging = BTreeMap::new();
-
-    for (c, (mut rng, slides)) in chosen.into_iter().enumerate() {
+    let mut slide_rows = SlideRows::new(cfg);
+    let mut out = Sampled {
+        records: Vec::with_capacity(chosen.len()),
+        classes: Vec::with_capacity(chosen.len()),
+        dropped: BTreeMap::new(),
+        overhanging: BTreeMap::new(),
+    };
+    for (c, ClassDraw { mut rng, slides }) in chosen.into_iter().enumerate() {
         let class = &cfg.class_order[c];
         let mut recs = Vec::new();
         let mut per_slide = BTreeMap::new();
         for entry in &slides {
             bar.set_message(entry.name.clone());
-            if !records_cache.contains_key(&entry.name) {
-                if !geoms.contains_key(&entry.name) {
-                    let slide = Slide::open(&entry.slide_path, &open_opts)?;
-                    let (width, height) = slide.dimensions();
-                    geoms.insert(
-                        entry.name.clone(),
-                        SlideGeom {
-                            width,
-                            height,
-                            downsamples: slide.level_downsamples().to_vec(),
-                        },
-                    );
-                }
-                let geom = &geoms[&entry.name];
-                let coords = Coordinates::read_with(
-                    &entry.coordinates_path,
-                    &ReadOptions {
-                        allow_negative: true,
-                    },
-                )?;
-                let mut stats = RowFilter::default();
-                let rows = slide_records(cfg, entry, &coords, geom, &mut stats)?;
-                if rows.is_empty() {
-                    return Err(PipelineError::Data {
-                        stage: STAGE,
-                        message: format!(
-                            "slide `{}`: none of the {} coordinates in {} lies inside the slide ({} x {} px, {} levels; coordinate_origin {:?}) — wrong slide, wrong coordinate file, or wrong slide.coordinate_origin?",
-                            entry.wsi_name(),
-                            coords.len(),
-                            entry.coordinates_path.display(),
-                            geom.width,
-                            geom.height,
-                            geom.downsamples.len(),
-                            cfg.slide.coordinate_origin
-                        ),
-                    });
-                }
-                if stats.dropped > 0 {
-                    tracing::warn!(
-                        slide = %entry.wsi_name(),
-                        dropped = stats.dropped,
-                        total = coords.len(),
-                        "dropped coordinates outside the slide or at a missing level"
-                    );
-                }
-                records_cache.insert(entry.name.clone(), (rows, stats));
-            }
-            let (rows, stats) = &records_cache[&entry.name];
+            let (rows, stats) = slide_rows.of(entry)?;
             if stats.dropped > 0 {
-                dropped.insert(entry.wsi_name(), stats.dropped);
+                out.dropped.insert(entry.wsi_name(), stats.dropped);
             }
             if stats.overhanging > 0 {
-                overhanging.insert(entry.wsi_name(), stats.overhanging);
+                out.overhanging.insert(entry.wsi_name(), stats.overhanging);
             }
             let k = cfg.prototypes.samples_per_wsi.min(rows.len());
             let mut idx = rand::seq::index::sample(&mut rng, rows.len(), k).into_vec();
@@ -308,7 +361,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
             bar.inc(1);
         }
         tracing::info!(class = %class, slides = slides.len(), coordinates = recs.len(), "sampled prototype coordinates");
-        classes.push(ClassSummary {
+        out.classes.push(ClassSummary {
             class: class.clone(),
             index: c,
             file: format!("{class}.npy"),
@@ -317,17 +370,25 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
             coordinates: recs.len(),
             per_slide,
         });
-        per_class_records.push(recs);
+        out.records.push(recs);
     }
     bar.finish_and_clear();
+    Ok(out)
+}
 
+/// Writes the class files, the resolved config and `summary.json` (last); returns the files.
+fn write_outputs(
+    cfg: &Config,
+    records: &[Vec<PrototypeRecord>],
+    summary: &Stage0Summary,
+) -> Result<Vec<PathBuf>, PipelineError> {
     let out_dir = output_dir(cfg);
     crate::create_dir_all(&out_dir)?;
     // Remove a stale summary first so an interrupted run never looks complete.
     let summary_path = out_dir.join(SUMMARY_FILE);
     crate::remove_file_if_exists(&summary_path)?;
     let mut outputs = Vec::new();
-    for (c, recs) in per_class_records.iter().enumerate() {
+    for (c, recs) in records.iter().enumerate() {
         let path = class_file(cfg, &cfg.class_order[c]);
         let bytes = pbip_coords::encode_prototype_npy(&path, recs)?;
         write_atomic(&path, &bytes)?;
@@ -335,16 +396,14 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
     }
     let cfg_path = cfg.write_resolved(&out_dir)?;
     outputs.push(cfg_path);
-    let summary = Stage0Summary {
-        fingerprint: fingerprint(cfg),
-        classes,
-        dropped,
-        overhanging,
-    };
-    let json = crate::json_pretty(&summary, &summary_path)?;
+    let json = crate::json_pretty(summary, &summary_path)?;
     write_atomic(&summary_path, json.as_bytes())?;
     outputs.push(summary_path);
+    Ok(outputs)
+}
 
+/// The report lines: coordinates per class, and the dropped ones.
+fn summary_lines(summary: &Stage0Summary, out_dir: &Path) -> Vec<String> {
     let mut lines = Vec::new();
     for c in &summary.classes {
         lines.push(format!(
@@ -362,12 +421,30 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineErro
             "dropped {dropped_total} coordinates outside their slide (see summary.json)"
         ));
     }
+    lines
+}
+
+/// Runs stage 0 with the given config.
+pub fn run(cfg: &Config, opts: &RunOptions) -> Result<Stage0Result, PipelineError> {
+    let dataset = Dataset::load(cfg)?;
+    let train = dataset.split(Split::Train);
+    let mut by_class = slides_by_class(cfg, &train)?;
+    let chosen = choose_slides(cfg, &mut by_class);
+    let sampled = sample(cfg, opts, &by_class, chosen)?;
+    let summary = Stage0Summary {
+        fingerprint: fingerprint(cfg),
+        classes: sampled.classes,
+        dropped: sampled.dropped,
+        overhanging: sampled.overhanging,
+    };
+    let outputs = write_outputs(cfg, &sampled.records, &summary)?;
+    let out_dir = output_dir(cfg);
     Ok(Stage0Result {
         report: StageReport {
             stage: INFO,
+            summary: summary_lines(&summary, &out_dir),
             output_dir: out_dir,
             outputs,
-            summary: lines,
         },
         summary,
     })

@@ -341,18 +341,11 @@ fn expected_dim(cfg: &Config) -> Result<usize, PipelineError> {
     Ok(feature_dim(cfg))
 }
 
-/// Takes every row's feature from the precomputed (slide2vec) tile embeddings of its slide.
-fn lookup_precomputed(
-    cfg: &Config,
-    opts: &RunOptions,
-    c: &Collected,
+/// Every slide's precomputed feature and coordinate files, before anything big is read.
+fn precomputed_files(
     source: &Source,
-) -> Result<Computed, PipelineError> {
-    let pf = &cfg.prototypes.precomputed_features;
-    let Collected {
-        items, slide_names, ..
-    } = c;
-    // Every slide's files, before anything big is read.
+    slide_names: &[String],
+) -> Result<Vec<precomputed::SlideFiles>, PipelineError> {
     let mut files = Vec::with_capacity(slide_names.len());
     let mut missing = Vec::new();
     for name in slide_names {
@@ -369,10 +362,20 @@ fn lookup_precomputed(
             missing.join("\n  ")
         )));
     }
-    // The features must come from the configured encoder.
+    Ok(files)
+}
+
+/// The model that made the features, checked against the configured encoder (same model name,
+/// same width as far as the sidecars tell), and the configured encoder's feature width.
+fn checked_feature_model(
+    cfg: &Config,
+    source: &Source,
+    files: &[precomputed::SlideFiles],
+) -> Result<(precomputed::FeatureModel, usize), PipelineError> {
     let sidecars: Vec<&precomputed::Sidecar> =
         files.iter().filter_map(|f| f.sidecar.as_ref()).collect();
-    let model = precomputed::feature_model(pf, source, &sidecars)?;
+    let model =
+        precomputed::feature_model(&cfg.prototypes.precomputed_features, source, &sidecars)?;
     precomputed::check_model(cfg, &model, source)?;
     let dim = expected_dim(cfg)?;
     for s in &sidecars {
@@ -380,24 +383,209 @@ fn lookup_precomputed(
             precomputed::check_dim(cfg, &model, &s.path, d, dim)?;
         }
     }
-    // Stage 3 runs the configured encoder for its contrastive terms: build and save it now.
-    let encoder = if saves_encoder(cfg) {
-        let device = crate::settings::compute_device(cfg)?;
-        let (m, ident) = encoder::build_encoder(cfg, &device)?;
-        if ident.random {
+    Ok((model, dim))
+}
+
+/// The configured encoder, built to be saved for the contrastive terms of stage 3 (None when
+/// `training.loss_weights.contrastive` is 0); it must have pretrained weights, since the
+/// prototypes come from `model_name`.
+fn contrastive_encoder(
+    cfg: &Config,
+    model_name: &str,
+) -> Result<Option<(EncoderModel, EncoderIdentity)>, PipelineError> {
+    if !saves_encoder(cfg) {
+        return Ok(None);
+    }
+    let device = crate::settings::compute_device(cfg)?;
+    let (m, ident) = encoder::build_encoder(cfg, &device)?;
+    if ident.random {
+        return Err(data_err(format!(
+            "training.loss_weights.contrastive is {} and the contrastive terms compare the \
+             configured encoder's features with prototypes made by `{model_name}`, but \
+             prototypes.encoder.weights is not set (a random encoder). Fix: set \
+             prototypes.encoder.weights to the weights of `{model_name}`, or \
+             training.loss_weights.contrastive: 0",
+            cfg.training.loss_weights.contrastive
+        )));
+    }
+    Ok(Some((m, ident)))
+}
+
+/// Rows matched to precomputed tiles so far, slide by slide.
+struct TileMatches {
+    /// `[N, dim]`, rows in item order.
+    features: Vec<f32>,
+    dim: usize,
+    records: Vec<PrecomputedFile>,
+    /// Per slide with rows that have no tile: what to tell the user.
+    unmatched: Vec<String>,
+    /// Per slide whose tiles cover another footprint than the stage-0 patches.
+    footprints: Vec<String>,
+    /// Rows that took the nearest tile within the tolerance rather than an exact one.
+    nearest: usize,
+}
+
+impl TileMatches {
+    /// Copies the features of the tiles of slide `name` (files `f`) into the rows `rows` of
+    /// `items`.
+    fn match_slide(
+        &mut self,
+        cfg: &Config,
+        model: &precomputed::FeatureModel,
+        name: &str,
+        f: &precomputed::SlideFiles,
+        items: &[Item],
+        rows: &[usize],
+    ) -> Result<(), PipelineError> {
+        let dim = self.dim;
+        let tolerance_px = cfg.prototypes.precomputed_features.tolerance_px;
+        let feats = precomputed::read_features(&f.features)?;
+        precomputed::check_dim(cfg, model, &f.features, feats.shape[1], dim)?;
+        let tiles = precomputed::read_tiles(&f.coordinates)?;
+        if tiles.len() != feats.shape[0] {
             return Err(data_err(format!(
-                "training.loss_weights.contrastive is {} and the contrastive terms compare the \
-                 configured encoder's features with prototypes made by `{}`, but \
-                 prototypes.encoder.weights is not set (a random encoder). Fix: set \
-                 prototypes.encoder.weights to the weights of `{}`, or \
-                 training.loss_weights.contrastive: 0",
-                cfg.training.loss_weights.contrastive, model.name, model.name
+                "{} has {} feature rows but its coordinates {} have {} tiles; they must be the \
+                 features and tiles of the same slide2vec run",
+                f.features.display(),
+                feats.shape[0],
+                f.coordinates.display(),
+                tiles.len()
             )));
         }
-        Some((m, ident))
-    } else {
-        None
-    };
+        let index = precomputed::TileIndex::new(&tiles.x, &tiles.y, tolerance_px);
+        let mut miss: Vec<(i64, i64)> = Vec::new();
+        let mut footprint: Option<(u32, u32)> = None;
+        for &i in rows {
+            let it = &items[i];
+            let Some(r) = index.find(it.x, it.y) else {
+                miss.push((it.x, it.y));
+                continue;
+            };
+            if (tiles.x[r], tiles.y[r]) != (it.x, it.y) {
+                self.nearest += 1;
+            }
+            let theirs = tiles.tile_size_lv0.as_ref().and_then(|v| v.get(r).copied());
+            if let (Some(a), Some(b)) = (it.lv0, theirs)
+                && a.abs_diff(b) > 1
+                && footprint.is_none()
+            {
+                footprint = Some((a, b));
+            }
+            self.features[i * dim..(i + 1) * dim]
+                .copy_from_slice(&feats.data[r * dim..(r + 1) * dim]);
+        }
+        if let Some((x, y)) = miss.first().copied() {
+            let near = index.nearest_any(x, y).map_or(String::new(), |(tx, ty)| {
+                format!("; the nearest tile is x={tx}, y={ty}")
+            });
+            self.unmatched.push(format!(
+                "slide {name}: {} of {} prototype coordinates have no tile in {} (e.g. x={x}, y={y}{near})",
+                miss.len(),
+                rows.len(),
+                f.coordinates.display()
+            ));
+        }
+        if let Some((ours, theirs)) = footprint {
+            self.footprints.push(format!(
+                "slide {name}: stage-0 patches cover {ours} level-0 px, the tiles of {} cover {theirs}",
+                f.coordinates.display()
+            ));
+        }
+        self.records.push(PrecomputedFile {
+            slide: name.to_string(),
+            features: f.features.clone(),
+            sha256: crate::sha256_file(&f.features)?,
+            coordinates: f.coordinates.clone(),
+            tiles: tiles.len(),
+        });
+        Ok(())
+    }
+
+    /// The error for rows without a tile, or for tiles of another footprint.
+    fn check(&self, tolerance_px: u32) -> Result<(), PipelineError> {
+        if !self.unmatched.is_empty() {
+            let grid = if tolerance_px == 0 {
+                "exactly".to_string()
+            } else {
+                format!("within {tolerance_px} px")
+            };
+            return Err(data_err(format!(
+                "prototype coordinates without a precomputed tile ({grid}):\n  {}\nThe stage-0 \
+                 coordinates and the slide2vec tiles are on different grids. Fix: sample the prototypes \
+                 from the coordinates slide2vec embedded (paths.coordinates_dir, then `pbip \
+                 sample-prototypes`), or let a coordinate take the nearest tile with {}.tolerance_px",
+                self.unmatched.join("\n  "),
+                "prototypes.precomputed_features"
+            )));
+        }
+        if !self.footprints.is_empty() {
+            return Err(data_err(format!(
+                "the precomputed tiles are not the prototype patches:\n  {}\nthe features describe \
+                 other regions than stage 3 trains on. Fix: sample the prototypes from the coordinates \
+                 slide2vec embedded (paths.coordinates_dir), or embed the slides with slide2vec at the \
+                 prototype patch size",
+                self.footprints.join("\n  ")
+            )));
+        }
+        Ok(())
+    }
+
+    /// SHA-256 over the feature files' SHA-256s (in slide order).
+    fn sha256(&self) -> String {
+        use sha2::Digest as _;
+        let mut h = sha2::Sha256::new();
+        for r in &self.records {
+            h.update(r.sha256.as_bytes());
+            h.update(b"\n");
+        }
+        format!("{:x}", h.finalize())
+    }
+}
+
+/// The identity recorded for precomputed features: the configured encoder's kind and settings,
+/// the feature files as source and their combined SHA-256.
+fn precomputed_identity(
+    cfg: &Config,
+    model: &precomputed::FeatureModel,
+    source: &Source,
+    sha256: &str,
+) -> EncoderIdentity {
+    let enc = &cfg.prototypes.encoder;
+    EncoderIdentity {
+        kind: encoder::kind_name(enc.kind).to_string(),
+        source: format!(
+            "precomputed features of `{}` ({} in {})",
+            model.name,
+            source.layout.describe(),
+            source.dir.display()
+        ),
+        sha256: Some(sha256.to_string()),
+        random: false,
+        swin: encoder::swin_config(enc),
+        vit: if enc.kind == EncoderKind::Vit {
+            encoder::vit_config(enc).ok().map(|(v, _)| v)
+        } else {
+            None
+        },
+    }
+}
+
+/// Takes every row's feature from the precomputed (slide2vec) tile embeddings of its slide.
+fn lookup_precomputed(
+    cfg: &Config,
+    opts: &RunOptions,
+    c: &Collected,
+    source: &Source,
+) -> Result<Computed, PipelineError> {
+    let pf = &cfg.prototypes.precomputed_features;
+    let Collected {
+        items, slide_names, ..
+    } = c;
+    let files = precomputed_files(source, slide_names)?;
+    // The features must come from the configured encoder.
+    let (model, dim) = checked_feature_model(cfg, source, &files)?;
+    // Stage 3 runs the configured encoder for its contrastive terms: build and save it now.
+    let encoder = contrastive_encoder(cfg, &model.name)?;
 
     let n = items.len();
     let mut by_slide: Vec<Vec<usize>> = vec![Vec::new(); slide_names.len()];
@@ -411,145 +599,41 @@ fn lookup_precomputed(
         "stage 1: precomputed features",
     );
     let t = Instant::now();
-    let mut features = vec![0f32; n * dim];
-    let mut records = Vec::with_capacity(files.len());
-    let mut unmatched = Vec::new();
-    let mut footprints = Vec::new();
-    let mut nearest = 0usize;
+    let mut matches = TileMatches {
+        features: vec![0f32; n * dim],
+        dim,
+        records: Vec::with_capacity(files.len()),
+        unmatched: Vec::new(),
+        footprints: Vec::new(),
+        nearest: 0,
+    };
     for (si, f) in files.iter().enumerate() {
-        let name = &slide_names[si];
-        let feats = precomputed::read_features(&f.features)?;
-        precomputed::check_dim(cfg, &model, &f.features, feats.shape[1], dim)?;
-        let tiles = precomputed::read_tiles(&f.coordinates)?;
-        if tiles.len() != feats.shape[0] {
-            return Err(data_err(format!(
-                "{} has {} feature rows but its coordinates {} have {} tiles; they must be the \
-                 features and tiles of the same slide2vec run",
-                f.features.display(),
-                feats.shape[0],
-                f.coordinates.display(),
-                tiles.len()
-            )));
-        }
-        let index = precomputed::TileIndex::new(&tiles.x, &tiles.y, pf.tolerance_px);
-        let mut miss: Vec<(i64, i64)> = Vec::new();
-        let mut footprint: Option<(u32, u32)> = None;
-        for &i in &by_slide[si] {
-            let it = &items[i];
-            let Some(r) = index.find(it.x, it.y) else {
-                miss.push((it.x, it.y));
-                continue;
-            };
-            if (tiles.x[r], tiles.y[r]) != (it.x, it.y) {
-                nearest += 1;
-            }
-            let theirs = tiles.tile_size_lv0.as_ref().and_then(|v| v.get(r).copied());
-            if let (Some(a), Some(b)) = (it.lv0, theirs)
-                && a.abs_diff(b) > 1
-                && footprint.is_none()
-            {
-                footprint = Some((a, b));
-            }
-            features[i * dim..(i + 1) * dim].copy_from_slice(&feats.data[r * dim..(r + 1) * dim]);
-        }
-        if let Some((x, y)) = miss.first().copied() {
-            let near = index.nearest_any(x, y).map_or(String::new(), |(tx, ty)| {
-                format!("; the nearest tile is x={tx}, y={ty}")
-            });
-            unmatched.push(format!(
-                "slide {name}: {} of {} prototype coordinates have no tile in {} (e.g. x={x}, y={y}{near})",
-                miss.len(),
-                by_slide[si].len(),
-                f.coordinates.display()
-            ));
-        }
-        if let Some((ours, theirs)) = footprint {
-            footprints.push(format!(
-                "slide {name}: stage-0 patches cover {ours} level-0 px, the tiles of {} cover {theirs}",
-                f.coordinates.display()
-            ));
-        }
-        records.push(PrecomputedFile {
-            slide: name.clone(),
-            features: f.features.clone(),
-            sha256: crate::sha256_file(&f.features)?,
-            coordinates: f.coordinates.clone(),
-            tiles: tiles.len(),
-        });
+        matches.match_slide(cfg, &model, &slide_names[si], f, items, &by_slide[si])?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-    if !unmatched.is_empty() {
-        let grid = if pf.tolerance_px == 0 {
-            "exactly".to_string()
-        } else {
-            format!("within {} px", pf.tolerance_px)
-        };
-        return Err(data_err(format!(
-            "prototype coordinates without a precomputed tile ({grid}):\n  {}\nThe stage-0 \
-             coordinates and the slide2vec tiles are on different grids. Fix: sample the prototypes \
-             from the coordinates slide2vec embedded (paths.coordinates_dir, then `pbip \
-             sample-prototypes`), or let a coordinate take the nearest tile with {}.tolerance_px",
-            unmatched.join("\n  "),
-            "prototypes.precomputed_features"
-        )));
-    }
-    if !footprints.is_empty() {
-        return Err(data_err(format!(
-            "the precomputed tiles are not the prototype patches:\n  {}\nthe features describe \
-             other regions than stage 3 trains on. Fix: sample the prototypes from the coordinates \
-             slide2vec embedded (paths.coordinates_dir), or embed the slides with slide2vec at the \
-             prototype patch size",
-            footprints.join("\n  ")
-        )));
-    }
-    let sha256 = {
-        use sha2::Digest as _;
-        let mut h = sha2::Sha256::new();
-        for r in &records {
-            h.update(r.sha256.as_bytes());
-            h.update(b"\n");
-        }
-        format!("{:x}", h.finalize())
-    };
-    let enc = &cfg.prototypes.encoder;
-    let identity = EncoderIdentity {
-        kind: encoder::kind_name(enc.kind).to_string(),
-        source: format!(
-            "precomputed features of `{}` ({} in {})",
-            model.name,
-            source.layout.describe(),
-            source.dir.display()
-        ),
-        sha256: Some(sha256.clone()),
-        random: false,
-        swin: encoder::swin_config(enc),
-        vit: if enc.kind == EncoderKind::Vit {
-            encoder::vit_config(enc).ok().map(|(v, _)| v)
-        } else {
-            None
-        },
-    };
+    matches.check(pf.tolerance_px)?;
+    let sha256 = matches.sha256();
     tracing::info!(
         rows = n,
-        slides = records.len(),
+        slides = matches.records.len(),
         model = %model.name,
-        nearest,
+        nearest = matches.nearest,
         "stage 1: precomputed features matched"
     );
     Ok(Computed {
-        features,
+        features: matches.features,
         dim,
-        identity,
+        identity: precomputed_identity(cfg, &model, source, &sha256),
         precomputed: Some(PrecomputedSource {
             dir: source.dir.clone(),
             layout: source.layout.describe().to_string(),
             encoder: model.name.clone(),
             encoder_from: model.from.clone(),
             sha256,
-            files: records,
+            files: matches.records,
             tolerance_px: pf.tolerance_px,
-            nearest_matches: nearest,
+            nearest_matches: matches.nearest,
             encoder_saved: encoder.is_some(),
         }),
         encoder,
@@ -559,30 +643,9 @@ fn lookup_precomputed(
     })
 }
 
-/// Writes the outputs of stage 1.
-fn write_outputs(
-    cfg: &Config,
-    collected: Collected,
-    computed: Computed,
-    t0: Instant,
-) -> Result<StageReport, PipelineError> {
-    let Collected {
-        items,
-        slide_names,
-        slide_paths,
-        rows_per_class,
-    } = collected;
-    let Computed {
-        features,
-        dim,
-        identity,
-        encoder: model,
-        read_secs,
-        encode_secs,
-        wait_secs,
-        precomputed,
-    } = computed;
-    let n = items.len();
+/// The error for features of the wrong size or with a non-finite value.
+fn check_features(c: &Collected, computed: &Computed) -> Result<(), PipelineError> {
+    let (n, dim, features) = (c.items.len(), computed.dim, &computed.features);
     if features.len() != n * dim || n == 0 {
         return Err(data_err(format!(
             "encoded {} values for {n} patches",
@@ -590,52 +653,26 @@ fn write_outputs(
         )));
     }
     if let Some(i) = features.iter().position(|v| !v.is_finite()) {
-        let fix = match &precomputed {
+        let fix = match &computed.precomputed {
             Some(p) => format!("check the feature files in {}", p.dir.display()),
             None => "check the encoder weights".into(),
         };
         return Err(data_err(format!(
             "a non-finite feature (patch {}, slide {}); {fix}",
             i / dim,
-            slide_names[items[i / dim].slide_index]
+            c.slide_names[c.items[i / dim].slide_index]
         )));
     }
+    Ok(())
+}
 
-    let out_dir = output_dir(cfg);
-    crate::create_dir_all(&out_dir)?;
-    let summary_path = out_dir.join(SUMMARY_FILE);
-    crate::remove_file_if_exists(&summary_path)?;
-    let enc_path = out_dir.join(ENCODER_FILE);
-    let saved_encoder = match &model {
-        Some((m, ident)) => {
-            encoder::save_encoder(&enc_path, m, ident)?;
-            Some(ident.clone())
-        }
-        None => {
-            // An encoder of an earlier run would not belong to these features.
-            crate::remove_file_if_exists(&enc_path)?;
-            None
-        }
-    };
-    let pre = Preprocess::from_config(cfg);
-
-    let meta = ExemplarsMeta {
-        format: "pbip.exemplars.v1".into(),
-        class_order: cfg.class_order.clone(),
-        slides: slide_names,
-        slide_paths,
-        rows_per_class,
-        dim,
-        patch_size: cfg.patch_size,
-        encoder: identity,
-        preprocess: pre,
-        fingerprint: fingerprint(cfg),
-        read_secs,
-        encode_secs,
-        wait_secs,
-        total_secs: t0.elapsed().as_secs_f64(),
-        precomputed,
-    };
+/// The tensors of `exemplars.safetensors`: `features` `[n, dim]` and the per-row columns.
+fn exemplar_tensors(
+    items: &[Item],
+    features: Vec<f32>,
+    dim: usize,
+) -> Result<TensorMap, PipelineError> {
+    let n = items.len();
     let col = |f: &dyn Fn(&Item) -> f32| -> Result<HostTensor, PipelineError> {
         HostTensor::new(vec![n], items.iter().map(f).collect()).map_err(|e| data_err(e.to_string()))
     };
@@ -653,19 +690,22 @@ fn write_outputs(
         "tile_size_resized".into(),
         col(&|it| it.geom.read_size_px as f32)?,
     );
-    let json = crate::json_pretty(&meta, &summary_path)?;
-    let mut st_meta = BTreeMap::new();
-    st_meta.insert(META_KEY.to_string(), json.clone());
-    let ex_path = out_dir.join(EXEMPLARS_FILE);
-    pbip_weights::write_safetensors_atomic(&ex_path, &map, &st_meta)
-        .map_err(|e| data_err(format!("{}: {e}", ex_path.display())))?;
-    let cfg_path = cfg.write_resolved(&out_dir)?;
-    crate::write_atomic(&summary_path, json.as_bytes())?;
+    Ok(map)
+}
 
+/// The report lines: rows, throughput or the precomputed source, and the saved encoder.
+fn summary_lines(
+    meta: &ExemplarsMeta,
+    n: usize,
+    ex_path: &Path,
+    saved_encoder: Option<&EncoderIdentity>,
+    enc_path: &Path,
+) -> Vec<String> {
     let rate = n as f64 / meta.total_secs.max(1e-9);
     let mut summary = vec![format!(
-        "{n} patches from {} slides, {dim}-d features -> {}",
+        "{n} patches from {} slides, {}-d features -> {}",
         meta.slides.len(),
+        meta.dim,
         ex_path.display()
     )];
     match &meta.precomputed {
@@ -699,7 +739,7 @@ fn write_outputs(
             }
         }
     }
-    if let Some(ident) = &saved_encoder {
+    if let Some(ident) = saved_encoder {
         summary.push(format!(
             "encoder: {} ({}) -> {}",
             ident.kind,
@@ -714,6 +754,79 @@ fn write_outputs(
         }
     }
     tracing::info!(patches = n, patches_per_sec = rate, "stage 1 done");
+    summary
+}
+
+/// Writes the outputs of stage 1.
+fn write_outputs(
+    cfg: &Config,
+    collected: Collected,
+    computed: Computed,
+    t0: Instant,
+) -> Result<StageReport, PipelineError> {
+    check_features(&collected, &computed)?;
+    let Collected {
+        items,
+        slide_names,
+        slide_paths,
+        rows_per_class,
+    } = collected;
+    let Computed {
+        features,
+        dim,
+        identity,
+        encoder: model,
+        read_secs,
+        encode_secs,
+        wait_secs,
+        precomputed,
+    } = computed;
+    let n = items.len();
+
+    let out_dir = output_dir(cfg);
+    crate::create_dir_all(&out_dir)?;
+    let summary_path = out_dir.join(SUMMARY_FILE);
+    crate::remove_file_if_exists(&summary_path)?;
+    let enc_path = out_dir.join(ENCODER_FILE);
+    let saved_encoder = match &model {
+        Some((m, ident)) => {
+            encoder::save_encoder(&enc_path, m, ident)?;
+            Some(ident.clone())
+        }
+        None => {
+            // An encoder of an earlier run would not belong to these features.
+            crate::remove_file_if_exists(&enc_path)?;
+            None
+        }
+    };
+    let meta = ExemplarsMeta {
+        format: "pbip.exemplars.v1".into(),
+        class_order: cfg.class_order.clone(),
+        slides: slide_names,
+        slide_paths,
+        rows_per_class,
+        dim,
+        patch_size: cfg.patch_size,
+        encoder: identity,
+        preprocess: Preprocess::from_config(cfg),
+        fingerprint: fingerprint(cfg),
+        read_secs,
+        encode_secs,
+        wait_secs,
+        total_secs: t0.elapsed().as_secs_f64(),
+        precomputed,
+    };
+    let map = exemplar_tensors(&items, features, dim)?;
+    let json = crate::json_pretty(&meta, &summary_path)?;
+    let mut st_meta = BTreeMap::new();
+    st_meta.insert(META_KEY.to_string(), json.clone());
+    let ex_path = out_dir.join(EXEMPLARS_FILE);
+    pbip_weights::write_safetensors_atomic(&ex_path, &map, &st_meta)
+        .map_err(|e| data_err(format!("{}: {e}", ex_path.display())))?;
+    let cfg_path = cfg.write_resolved(&out_dir)?;
+    crate::write_atomic(&summary_path, json.as_bytes())?;
+
+    let summary = summary_lines(&meta, n, &ex_path, saved_encoder.as_ref(), &enc_path);
     let mut outputs = vec![ex_path];
     if saved_encoder.is_some() {
         outputs.push(enc_path);

@@ -659,6 +659,193 @@ fn post_processing_json(s: &InferSettings, min_component_size_px: usize) -> serd
     })
 }
 
+/// What became of one slide of a batch run.
+enum SlideOutcome {
+    /// Another pbip process holds the slide's lock: left to it, no row.
+    Elsewhere,
+    /// Complete with the same weights and config.
+    Skipped(BatchRow),
+    /// Processed now.
+    Done(BatchRow),
+    /// Failed; the row holds the error.
+    Failed(BatchRow),
+}
+
+/// A batch run: what every slide of it shares.
+struct BatchRun<'a> {
+    cfg: &'a Config,
+    settings: InferSettings,
+    /// The `predictions/` folder.
+    pred_dir: PathBuf,
+    overwrite: bool,
+    predictor: &'a mut dyn PatchPredictor,
+    model_identity: &'a str,
+    model_version: &'a str,
+    multi: Option<MultiProgress>,
+}
+
+impl BatchRun<'_> {
+    /// Runs one slide unless another process has it or it is complete; a failure of the slide
+    /// itself is an outcome, not an error.
+    fn run_job(&mut self, job: &SlideJob) -> Result<SlideOutcome, PipelineError> {
+        let pred_dir = &self.pred_dir;
+        let final_dir = pred_dir.join(&job.name);
+        let fingerprint = run_fingerprint(self.cfg, self.model_identity, job);
+        // One process per slide: another pbip run writing into this folder may hold it.
+        let Some(_slide_lock) = FolderLock::try_acquire(pred_dir, &format!("{}.lock", job.name))?
+        else {
+            tracing::warn!(
+                slide = %job.name,
+                "in progress in another pbip process writing into {}: left to it",
+                pred_dir.display()
+            );
+            return Ok(SlideOutcome::Elsewhere);
+        };
+        if !self.overwrite
+            && let Some(meta) = is_complete(&final_dir, &job.name, &fingerprint)
+        {
+            tracing::info!(slide = %job.name, "complete with the same weights and config: skipped");
+            return Ok(SlideOutcome::Skipped(BatchRow {
+                wsi_name: job.name.clone(),
+                num_patches: meta.num_patches,
+                processing_time: format!("{:.3}", meta.processing_time_sec),
+                model_version: meta.model_version,
+                status: "skipped".into(),
+                error: String::new(),
+            }));
+        }
+        let t0 = Instant::now();
+        let tmp = pred_dir.join(format!(".{}.partial", job.name));
+        let result = self.write_slide(job, &fingerprint, &tmp, &final_dir, t0);
+        let secs = t0.elapsed().as_secs_f64();
+        Ok(match result {
+            Ok(out) => {
+                tracing::info!(slide = %job.name, patches = out.num_patches, secs, "slide done");
+                SlideOutcome::Done(BatchRow {
+                    wsi_name: job.name.clone(),
+                    num_patches: out.num_patches,
+                    processing_time: format!("{secs:.3}"),
+                    model_version: self.model_version.to_string(),
+                    status: "ok".into(),
+                    error: String::new(),
+                })
+            }
+            Err(e) => {
+                tracing::error!(slide = %job.name, "failed: {e}");
+                let _ = std::fs::remove_dir_all(&tmp);
+                SlideOutcome::Failed(BatchRow {
+                    wsi_name: job.name.clone(),
+                    num_patches: 0,
+                    processing_time: format!("{secs:.3}"),
+                    model_version: self.model_version.to_string(),
+                    status: "failed".into(),
+                    error: e.to_string(),
+                })
+            }
+        })
+    }
+
+    /// Writes the slide's outputs into the fresh folder `tmp`, `metadata.json` last, then moves
+    /// `tmp` to `final_dir` (replacing an older output).
+    fn write_slide(
+        &mut self,
+        job: &SlideJob,
+        fingerprint: &str,
+        tmp: &Path,
+        final_dir: &Path,
+        t0: Instant,
+    ) -> Result<SlideOutput, PipelineError> {
+        if tmp.exists() {
+            std::fs::remove_dir_all(tmp).map_err(|source| PipelineError::Io {
+                path: tmp.to_path_buf(),
+                source,
+            })?;
+        }
+        crate::create_dir_all(tmp)?;
+        let out = slide::infer_slide(
+            self.cfg,
+            job,
+            self.predictor,
+            &self.settings,
+            tmp,
+            self.multi.as_ref(),
+        )?;
+        let mut output_bytes = BTreeMap::new();
+        for f in slide::expected_files(&job.name) {
+            let p = tmp.join(&f);
+            let len = std::fs::metadata(&p)
+                .map_err(|source| PipelineError::Io { path: p, source })?
+                .len();
+            output_bytes.insert(f.to_string_lossy().into_owned(), len);
+        }
+        let meta = SlideMetadata {
+            wsi_name: job
+                .slide_path
+                .file_name()
+                .map(|f| f.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            sample_id: job.name.clone(),
+            model_version: self.model_version.to_string(),
+            num_patches: out.num_patches,
+            processing_time_sec: t0.elapsed().as_secs_f64(),
+            class_order: self.settings.class_order.clone(),
+            segmentation_mask: slide::MASK_PNG.into(),
+            confidence_maps: slide::CONFIDENCE_NPZ.into(),
+            confidence_encoding: "float16".into(),
+            post_processing: post_processing_json(&self.settings, out.min_component_size_px),
+            timestamp: utc_timestamp(),
+            mpp: out.mpp,
+            output_downsample: out.output_downsample,
+            output_size_px: [out.width_px, out.height_px],
+            coordinate_source: out.coordinate_source.clone(),
+            class_pixels: out.class_pixels.clone(),
+            no_label_value: pbip_post::NO_LABEL,
+            pbip_version: env!("CARGO_PKG_VERSION").to_string(),
+            run_fingerprint: fingerprint.to_string(),
+            output_bytes,
+        };
+        let mp = tmp.join(slide::METADATA_JSON);
+        write_synced(&mp, crate::json_pretty(&meta, &mp)?.as_bytes())?;
+        if final_dir.exists() {
+            std::fs::remove_dir_all(final_dir).map_err(|source| PipelineError::Io {
+                path: final_dir.to_path_buf(),
+                source,
+            })?;
+        }
+        std::fs::rename(tmp, final_dir).map_err(|source| PipelineError::Io {
+            path: final_dir.to_path_buf(),
+            source,
+        })?;
+        Ok(out)
+    }
+}
+
+/// Writes `bytes` to `path` and syncs it to disk.
+fn write_synced(path: &Path, bytes: &[u8]) -> Result<(), PipelineError> {
+    let io = |source| PipelineError::Io {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut f = std::fs::File::create(path).map_err(io)?;
+    f.write_all(bytes).and_then(|_| f.sync_all()).map_err(io)
+}
+
+/// Removes the `.<slide>.partial` folders of `names` in `pred_dir` left by a killed run (not one
+/// another process is writing).
+fn remove_stale_partials(pred_dir: &Path, names: &BTreeSet<&str>) {
+    if let Ok(rd) = std::fs::read_dir(pred_dir) {
+        for e in rd.flatten() {
+            let n = e.file_name().to_string_lossy().into_owned();
+            if let Some(stem) = n.strip_prefix('.').and_then(|s| s.strip_suffix(".partial"))
+                && names.contains(stem)
+                && let Ok(Some(_lock)) = FolderLock::try_acquire(pred_dir, &format!("{stem}.lock"))
+            {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
 /// Runs inference on every job of `opts` with `predictor` (the testable core of [`run`]).
 /// `model_identity` enters the run fingerprint (e.g. the weights' SHA-256); `model_version` is
 /// reported per slide.
@@ -675,10 +862,7 @@ pub fn run_with_predictor(
         .clone()
         .unwrap_or_else(|| cfg.paths.work_dir.clone());
     let pred_dir = root.join(OUTPUT_DIR);
-    std::fs::create_dir_all(&pred_dir).map_err(|source| PipelineError::Io {
-        path: pred_dir.clone(),
-        source,
-    })?;
+    crate::create_dir_all(&pred_dir)?;
     let all = list_jobs(cfg, opts)?;
     if all.is_empty() {
         return Err(infer_err(
@@ -687,167 +871,47 @@ pub fn run_with_predictor(
     }
     let jobs = shard_jobs(all, opts.shard);
     tracing::info!(slides = jobs.len(), shard = ?opts.shard, out = %pred_dir.display(), "inference");
-    let multi = opts.run.progress.then(MultiProgress::new);
+    let mut batch = BatchRun {
+        cfg,
+        settings,
+        pred_dir,
+        overwrite: opts.overwrite,
+        predictor,
+        model_identity,
+        model_version,
+        multi: opts.run.progress.then(MultiProgress::new),
+    };
     let overall = crate::progress::multi_progress_bar(
-        multi.as_ref(),
+        batch.multi.as_ref(),
         jobs.len() as u64,
         "{prefix} [{bar:30}] {pos}/{len} ETA {eta} {msg}",
         "slides",
     );
     let mut rows = Vec::new();
-    let (mut processed, mut skipped, mut failed) = (0, 0, 0);
-    let names: BTreeSet<&str> = jobs.iter().map(|j| j.name.as_str()).collect();
-    let mut elsewhere = 0;
+    let (mut processed, mut skipped, mut failed, mut elsewhere) = (0, 0, 0, 0);
     for job in &jobs {
         overall.set_message(job.name.clone());
-        let final_dir = pred_dir.join(&job.name);
-        let fingerprint = run_fingerprint(cfg, model_identity, job);
-        // One process per slide: another pbip run writing into this folder may hold it.
-        let Some(_slide_lock) = FolderLock::try_acquire(&pred_dir, &format!("{}.lock", job.name))?
-        else {
-            tracing::warn!(
-                slide = %job.name,
-                "in progress in another pbip process writing into {}: left to it",
-                pred_dir.display()
-            );
-            elsewhere += 1;
-            overall.inc(1);
-            continue;
-        };
-        if !opts.overwrite
-            && let Some(meta) = is_complete(&final_dir, &job.name, &fingerprint)
-        {
-            tracing::info!(slide = %job.name, "complete with the same weights and config: skipped");
-            rows.push(BatchRow {
-                wsi_name: job.name.clone(),
-                num_patches: meta.num_patches,
-                processing_time: format!("{:.3}", meta.processing_time_sec),
-                model_version: meta.model_version,
-                status: "skipped".into(),
-                error: String::new(),
-            });
-            skipped += 1;
-            overall.inc(1);
-            continue;
-        }
-        let t0 = Instant::now();
-        let tmp = pred_dir.join(format!(".{}.partial", job.name));
-        let result = (|| -> Result<SlideOutput, PipelineError> {
-            if tmp.exists() {
-                std::fs::remove_dir_all(&tmp).map_err(|source| PipelineError::Io {
-                    path: tmp.clone(),
-                    source,
-                })?;
+        match batch.run_job(job)? {
+            SlideOutcome::Elsewhere => elsewhere += 1,
+            SlideOutcome::Skipped(row) => {
+                rows.push(row);
+                skipped += 1;
             }
-            std::fs::create_dir_all(&tmp).map_err(|source| PipelineError::Io {
-                path: tmp.clone(),
-                source,
-            })?;
-            let out = slide::infer_slide(cfg, job, predictor, &settings, &tmp, multi.as_ref())?;
-            let mut output_bytes = BTreeMap::new();
-            for f in slide::expected_files(&job.name) {
-                let p = tmp.join(&f);
-                let len = std::fs::metadata(&p)
-                    .map_err(|source| PipelineError::Io { path: p, source })?
-                    .len();
-                output_bytes.insert(f.to_string_lossy().into_owned(), len);
-            }
-            let meta = SlideMetadata {
-                wsi_name: job
-                    .slide_path
-                    .file_name()
-                    .map(|f| f.to_string_lossy().into_owned())
-                    .unwrap_or_default(),
-                sample_id: job.name.clone(),
-                model_version: model_version.to_string(),
-                num_patches: out.num_patches,
-                processing_time_sec: t0.elapsed().as_secs_f64(),
-                class_order: settings.class_order.clone(),
-                segmentation_mask: slide::MASK_PNG.into(),
-                confidence_maps: slide::CONFIDENCE_NPZ.into(),
-                confidence_encoding: "float16".into(),
-                post_processing: post_processing_json(&settings, out.min_component_size_px),
-                timestamp: utc_timestamp(),
-                mpp: out.mpp,
-                output_downsample: out.output_downsample,
-                output_size_px: [out.width_px, out.height_px],
-                coordinate_source: out.coordinate_source.clone(),
-                class_pixels: out.class_pixels.clone(),
-                no_label_value: pbip_post::NO_LABEL,
-                pbip_version: env!("CARGO_PKG_VERSION").to_string(),
-                run_fingerprint: fingerprint.clone(),
-                output_bytes,
-            };
-            let text = serde_json::to_string_pretty(&meta).map_err(|e| PipelineError::Json {
-                path: tmp.join(slide::METADATA_JSON),
-                message: e.to_string(),
-            })?;
-            let mp = tmp.join(slide::METADATA_JSON);
-            let mut f = std::fs::File::create(&mp).map_err(|source| PipelineError::Io {
-                path: mp.clone(),
-                source,
-            })?;
-            f.write_all(text.as_bytes())
-                .and_then(|_| f.sync_all())
-                .map_err(|source| PipelineError::Io {
-                    path: mp.clone(),
-                    source,
-                })?;
-            if final_dir.exists() {
-                std::fs::remove_dir_all(&final_dir).map_err(|source| PipelineError::Io {
-                    path: final_dir.clone(),
-                    source,
-                })?;
-            }
-            std::fs::rename(&tmp, &final_dir).map_err(|source| PipelineError::Io {
-                path: final_dir.clone(),
-                source,
-            })?;
-            Ok(out)
-        })();
-        let secs = t0.elapsed().as_secs_f64();
-        match result {
-            Ok(out) => {
-                tracing::info!(slide = %job.name, patches = out.num_patches, secs, "slide done");
-                rows.push(BatchRow {
-                    wsi_name: job.name.clone(),
-                    num_patches: out.num_patches,
-                    processing_time: format!("{secs:.3}"),
-                    model_version: model_version.to_string(),
-                    status: "ok".into(),
-                    error: String::new(),
-                });
+            SlideOutcome::Done(row) => {
+                rows.push(row);
                 processed += 1;
             }
-            Err(e) => {
-                tracing::error!(slide = %job.name, "failed: {e}");
-                let _ = std::fs::remove_dir_all(&tmp);
-                rows.push(BatchRow {
-                    wsi_name: job.name.clone(),
-                    num_patches: 0,
-                    processing_time: format!("{secs:.3}"),
-                    model_version: model_version.to_string(),
-                    status: "failed".into(),
-                    error: e.to_string(),
-                });
+            SlideOutcome::Failed(row) => {
+                rows.push(row);
                 failed += 1;
             }
         }
         overall.inc(1);
     }
     overall.finish_and_clear();
+    let pred_dir = batch.pred_dir;
     // Remove stale partial folders of this shard's slides (left by a killed run).
-    if let Ok(rd) = std::fs::read_dir(&pred_dir) {
-        for e in rd.flatten() {
-            let n = e.file_name().to_string_lossy().into_owned();
-            if let Some(stem) = n.strip_prefix('.').and_then(|s| s.strip_suffix(".partial"))
-                && names.contains(stem)
-                && let Ok(Some(_lock)) = FolderLock::try_acquire(&pred_dir, &format!("{stem}.lock"))
-            {
-                let _ = std::fs::remove_dir_all(e.path());
-            }
-        }
-    }
+    remove_stale_partials(&pred_dir, &jobs.iter().map(|j| j.name.as_str()).collect());
     if elsewhere > 0 {
         tracing::warn!(
             "{elsewhere} slide(s) were in progress in another pbip process; their rows are added \
@@ -897,28 +961,12 @@ pub fn run(
         }
         _ => cfg,
     };
-    let norm = &cfg.training.normalize;
-    let order = match norm.channel_order {
-        pbip_config::ChannelOrder::Rgb => pbip_data::ChannelOrder::Rgb,
-        pbip_config::ChannelOrder::Bgr => pbip_data::ChannelOrder::Bgr,
-    };
-    let normalization = pbip_data::Normalization::from_slices(&norm.mean, &norm.std, order)
-        .map_err(|e| infer_err(format!("training.normalize: {e}")))?;
-    let mut eval = crate::settings::eval_config(cfg, cfg.inference.use_tta)?;
-    eval.background_score = gate_threshold;
+    let mut p = ClassNetPredictor::from_config(cfg, model, device, gate_threshold)?;
     let identity = format!(
         "sha256:{}; gate {gate_threshold}",
         crate::sha256_file(weights)?
     );
     let version = predictor::model_version(weights, &meta);
     tracing::info!(weights = %weights.display(), version, gate_threshold, "model loaded");
-    let mut p = ClassNetPredictor::new(
-        model,
-        device,
-        pbip_data::Preprocess::MeanStd(normalization),
-        eval,
-        gate_threshold,
-        1,
-    );
     run_with_predictor(cfg, opts, &mut p, &identity, &version)
 }

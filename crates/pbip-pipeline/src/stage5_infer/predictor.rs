@@ -9,6 +9,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
+use pbip_config::Config;
 use pbip_data::Preprocess;
 use pbip_model::{ClassNet, EvalConfig, Gate, MergeMethod, evaluate};
 
@@ -81,23 +82,39 @@ pub struct ClassNetPredictor {
 }
 
 impl ClassNetPredictor {
-    /// Wraps a loaded model.
-    pub fn new(
+    /// The predictor of a loaded model under `cfg`: `training.normalize` preprocessing, the
+    /// evaluation settings with `inference.use_tta` and `gate_threshold` as the background score,
+    /// maps at full patch resolution.
+    pub fn from_config(
+        cfg: &Config,
         model: ClassNet,
         device: Device,
-        preprocess: Preprocess,
-        eval: EvalConfig,
         gate_threshold: f64,
-        map_reduction: usize,
-    ) -> Self {
-        Self {
+    ) -> Result<Self, PipelineError> {
+        let norm = &cfg.training.normalize;
+        let order = match norm.channel_order {
+            pbip_config::ChannelOrder::Rgb => pbip_data::ChannelOrder::Rgb,
+            pbip_config::ChannelOrder::Bgr => pbip_data::ChannelOrder::Bgr,
+        };
+        let normalization = pbip_data::Normalization::from_slices(&norm.mean, &norm.std, order)
+            .map_err(|e| infer_err(format!("training.normalize: {e}")))?;
+        let mut eval = crate::settings::eval_config(cfg, cfg.inference.use_tta)?;
+        eval.background_score = gate_threshold;
+        Ok(Self {
             model,
             device,
-            preprocess,
+            preprocess: Preprocess::MeanStd(normalization),
             eval,
             gate_threshold,
-            map_reduction: map_reduction.max(1),
-        }
+            map_reduction: 1,
+        })
+    }
+
+    /// Box-downsamples the output maps by the integer factor `r` before stitching (1 = full patch
+    /// resolution; the stitcher resamples bilinearly anyway).
+    pub fn with_map_reduction(mut self, r: usize) -> Self {
+        self.map_reduction = r.max(1);
+        self
     }
 
     /// Gate threshold in use.

@@ -213,85 +213,112 @@ pub fn place_patches(
     s: &InferSettings,
     mpp: f64,
 ) -> Result<Placement, PipelineError> {
-    let ds_of = |level: usize| slide.level_downsample(level).map_err(PipelineError::from);
+    match &job.coordinates_path {
+        Some(cp) => place_from_file(cfg, slide, job, s, cp),
+        None => place_by_tiling(slide, s, mpp),
+    }
+}
+
+/// The footprints and read geometries of the rows of `coords` (level-0 top-left corners; with
+/// `centre`, (x, y) are patch centres and shifted by half the footprint).
+fn patches_of(
+    slide: &Slide,
+    coords: &Coordinates,
+    patch_size_px: u32,
+    centre: bool,
+) -> Result<(Vec<PatchFootprint>, Vec<PatchGeometry>), PipelineError> {
     let mut footprints = Vec::new();
     let mut geometry = Vec::new();
-    if let Some(cp) = &job.coordinates_path {
-        let coords = Coordinates::read(cp)?;
-        for i in 0..coords.len() {
-            let Some(g) = coords.get_geometry(i, s.patch_size_px) else {
-                continue;
-            };
-            let level = g.level as usize;
-            let lds = ds_of(level)?;
-            let size_lv0 = f64::from(g.read_size_px) * lds;
-            let (mut x, mut y) = (coords.x[i], coords.y[i]);
-            if cfg.slide.coordinate_origin == pbip_config::CoordinateOrigin::Centre {
-                let half = (size_lv0 / 2.0).floor() as i64;
-                x -= half;
-                y -= half;
-            }
-            footprints.push(PatchFootprint {
-                x_lv0: x,
-                y_lv0: y,
-                size_lv0_px: size_lv0,
-            });
-            geometry.push(PatchGeometry {
-                level,
-                read_size_px: g.read_size_px,
-                out_size_px: s.patch_size_px,
-                origin: Origin::TopLeft,
-            });
-        }
-        // Patches that do not touch the slide would be read as padding and stitched nowhere.
-        let (w0, h0) = slide.dimensions();
-        let touches = |f: &PatchFootprint| {
-            let size = f.size_lv0_px.ceil() as i64;
-            f.x_lv0 < w0 as i64
-                && f.y_lv0 < h0 as i64
-                && f.x_lv0.saturating_add(size) > 0
-                && f.y_lv0.saturating_add(size) > 0
+    for i in 0..coords.len() {
+        let Some(g) = coords.get_geometry(i, patch_size_px) else {
+            continue;
         };
-        let outside: Vec<usize> = (0..footprints.len())
-            .filter(|&i| !touches(&footprints[i]))
-            .collect();
-        if !outside.is_empty() {
-            let first = &footprints[outside[0]];
-            if outside.len() == footprints.len() {
-                return Err(infer_err(format!(
-                    "{}: all {} coordinates lie outside the slide ({w0} x {h0} px at level 0; e.g. \
-                     ({}, {})): wrong slide for this coordinate file, or coordinates at another \
-                     level / in microns?",
-                    cp.display(),
-                    footprints.len(),
-                    first.x_lv0,
-                    first.y_lv0
-                )));
-            }
-            tracing::warn!(
-                slide = %job.name,
-                "{} of {} coordinates in {} lie outside the slide ({w0} x {h0} px at level 0; \
-                 e.g. ({}, {})); they are skipped",
-                outside.len(),
-                footprints.len(),
-                cp.display(),
-                first.x_lv0,
-                first.y_lv0
-            );
-            (footprints, geometry) = footprints
-                .into_iter()
-                .zip(geometry)
-                .filter(|(f, _)| touches(f))
-                .unzip();
+        let level = g.level as usize;
+        let size_lv0 = f64::from(g.read_size_px) * slide.level_downsample(level)?;
+        let (mut x, mut y) = (coords.x[i], coords.y[i]);
+        if centre {
+            let half = (size_lv0 / 2.0).floor() as i64;
+            x -= half;
+            y -= half;
         }
-        return Ok(Placement {
-            footprints,
-            geometry,
-            source: format!("file:{}", cp.display()),
-            tiling: None,
+        footprints.push(PatchFootprint {
+            x_lv0: x,
+            y_lv0: y,
+            size_lv0_px: size_lv0,
+        });
+        geometry.push(PatchGeometry {
+            level,
+            read_size_px: g.read_size_px,
+            out_size_px: patch_size_px,
+            origin: Origin::TopLeft,
         });
     }
-    // hs2p-style tiling at the slide's own resolution.
+    Ok((footprints, geometry))
+}
+
+/// Placement from the coordinate file `cp`; patches that do not touch the slide are skipped
+/// with a warning (an error when none does).
+fn place_from_file(
+    cfg: &Config,
+    slide: &Slide,
+    job: &SlideJob,
+    s: &InferSettings,
+    cp: &Path,
+) -> Result<Placement, PipelineError> {
+    let coords = Coordinates::read(cp)?;
+    let centre = cfg.slide.coordinate_origin == pbip_config::CoordinateOrigin::Centre;
+    let (mut footprints, mut geometry) = patches_of(slide, &coords, s.patch_size_px, centre)?;
+    // Patches that do not touch the slide would be read as padding and stitched nowhere.
+    let (w0, h0) = slide.dimensions();
+    let touches = |f: &PatchFootprint| {
+        let size = f.size_lv0_px.ceil() as i64;
+        f.x_lv0 < w0 as i64
+            && f.y_lv0 < h0 as i64
+            && f.x_lv0.saturating_add(size) > 0
+            && f.y_lv0.saturating_add(size) > 0
+    };
+    let outside: Vec<usize> = (0..footprints.len())
+        .filter(|&i| !touches(&footprints[i]))
+        .collect();
+    if !outside.is_empty() {
+        let first = &footprints[outside[0]];
+        if outside.len() == footprints.len() {
+            return Err(infer_err(format!(
+                "{}: all {} coordinates lie outside the slide ({w0} x {h0} px at level 0; e.g. \
+                 ({}, {})): wrong slide for this coordinate file, or coordinates at another \
+                 level / in microns?",
+                cp.display(),
+                footprints.len(),
+                first.x_lv0,
+                first.y_lv0
+            )));
+        }
+        tracing::warn!(
+            slide = %job.name,
+            "{} of {} coordinates in {} lie outside the slide ({w0} x {h0} px at level 0; \
+             e.g. ({}, {})); they are skipped",
+            outside.len(),
+            footprints.len(),
+            cp.display(),
+            first.x_lv0,
+            first.y_lv0
+        );
+        (footprints, geometry) = footprints
+            .into_iter()
+            .zip(geometry)
+            .filter(|(f, _)| touches(f))
+            .unzip();
+    }
+    Ok(Placement {
+        footprints,
+        geometry,
+        source: format!("file:{}", cp.display()),
+        tiling: None,
+    })
+}
+
+/// hs2p-style tiling at the slide's own resolution.
+fn place_by_tiling(slide: &Slide, s: &InferSettings, mpp: f64) -> Result<Placement, PipelineError> {
     let downsamples = slide.level_downsamples().to_vec();
     let (w0, h0) = slide.dimensions();
     let levels = pbip_tiling::SlideLevels {
@@ -316,25 +343,7 @@ pub fn place_patches(
     let tiling =
         pbip_tiling::tile_from_seg_image(&levels, seg.width, seg.height, &seg.data, &params)
             .map_err(|e| infer_err(format!("tiling: {e}")))?;
-    let c = &tiling.coordinates;
-    for i in 0..c.len() {
-        let Some(g) = c.get_geometry(i, s.patch_size_px) else {
-            continue;
-        };
-        let level = g.level as usize;
-        let size_lv0 = f64::from(g.read_size_px) * ds_of(level)?;
-        footprints.push(PatchFootprint {
-            x_lv0: c.x[i],
-            y_lv0: c.y[i],
-            size_lv0_px: size_lv0,
-        });
-        geometry.push(PatchGeometry {
-            level,
-            read_size_px: g.read_size_px,
-            out_size_px: s.patch_size_px,
-            origin: Origin::TopLeft,
-        });
-    }
+    let (footprints, geometry) = patches_of(slide, &tiling.coordinates, s.patch_size_px, false)?;
     Ok(Placement {
         footprints,
         geometry,
@@ -738,10 +747,13 @@ pub fn infer_slide(
     }
     let scratch = ScratchDir::create(s.scratch_dir.as_deref().unwrap_or(dir), &job.name)?;
     // Thumbnail: visualisation background and tissue mask.
-    let (tw, th) = thumbnail_size(out_w, out_h);
-    let thumb = read_scaled_rgb(&slide, tw, th)?;
+    let thumb = Thumbnail::read(&slide, out_w, out_h)?;
     let tissue = if s.restrict_to_tissue {
-        Some(TissueMap::from_thumbnail(tw, th, &thumb)?)
+        Some(TissueMap::from_thumbnail(
+            thumb.width_px,
+            thumb.height_px,
+            &thumb.rgb,
+        )?)
     } else {
         None
     };
@@ -776,7 +788,7 @@ pub fn infer_slide(
     let labels = labels_from_maps(&slide, &st, s, min_component_size_px, Some(&scratch.0))?;
     tracing::info!(slide = %job.name, secs = t1.elapsed().as_secs_f64(), "labels (CRF, post-processing)");
     let t2 = Instant::now();
-    let class_pixels = write_outputs(job, &st, &labels, s, mpp, &thumb, (tw, th), dir)?;
+    let class_pixels = write_outputs(job, &st, &labels, s, mpp, &thumb, dir)?;
     tracing::info!(slide = %job.name, secs = t2.elapsed().as_secs_f64(), "outputs written");
     drop(labels);
     drop(st);
@@ -798,20 +810,41 @@ fn band_rows(width: usize) -> usize {
     ((8 << 20) / (4 * width.max(1))).clamp(1, 4096)
 }
 
+/// The slide resampled to at most [`VISUALIZATION_MAX_SIDE_PX`] per side
+/// ([`thumbnail_size`], [`read_scaled_rgb`]): the visualisation background and the source of the
+/// tissue mask.
+struct Thumbnail {
+    width_px: usize,
+    height_px: usize,
+    /// RGB8 HWC.
+    rgb: Vec<u8>,
+}
+
+impl Thumbnail {
+    /// The thumbnail of a slide whose output grid is `out_w x out_h`.
+    fn read(slide: &Slide, out_w: usize, out_h: usize) -> Result<Self, PipelineError> {
+        let (width_px, height_px) = thumbnail_size(out_w, out_h);
+        Ok(Self {
+            width_px,
+            height_px,
+            rgb: read_scaled_rgb(slide, width_px, height_px)?,
+        })
+    }
+}
+
 /// Writes the per-slide files from the label and confidence planes, streaming bands of rows.
 /// Returns the number of output pixels per class.
-#[allow(clippy::too_many_arguments)]
 fn write_outputs(
     job: &SlideJob,
     st: &Stitched,
     labels: &Planes<u8>,
     s: &InferSettings,
     mpp: f64,
-    thumb: &[u8],
-    (tw, th): (usize, usize),
+    thumb: &Thumbnail,
     dir: &Path,
 ) -> Result<Vec<u64>, PipelineError> {
     let (w, h, nc) = (st.width_px, st.height_px, st.num_classes);
+    let (tw, th) = (thumb.width_px, thumb.height_px);
     let classes = ClassInfo::from_names(&s.class_order);
     let palette: Vec<[u8; 3]> = classes.iter().map(|c| c.color).collect();
     let (w32, h32) = (
@@ -860,10 +893,27 @@ fn write_outputs(
         &classes,
     )
     .map_err(post_err)?;
-    // Confidence maps: one float16 member per class, streamed plane by plane.
-    let npz_path = dir.join(CONFIDENCE_NPZ);
-    let mut npz = NpzWriter::create(&npz_path).map_err(post_err)?;
-    for k in 0..nc {
+    write_confidence_npz(&dir.join(CONFIDENCE_NPZ), st, band)?;
+    // Visualization: overlay on the thumbnail.
+    let overlay = overlay_labels(&thumb.rgb, tw, th, &thumb_labels, tw, th, &palette, 0.45)
+        .map_err(post_err)?;
+    write_rgb_png(&dir.join(VISUALIZATION_PNG), &overlay, tw as u32, th as u32)
+        .map_err(post_err)?;
+    write_mask_tiff(
+        &dir.join(MASK_TIFF),
+        labels,
+        (w32, h32),
+        mpp * st.downsample,
+    )?;
+    Ok(class_pixels)
+}
+
+/// Confidence maps: one float16 member `class_k` per class, streamed plane by plane in bands of
+/// `band` rows.
+fn write_confidence_npz(path: &Path, st: &Stitched, band: usize) -> Result<(), PipelineError> {
+    let (w, h) = (st.width_px, st.height_px);
+    let mut npz = NpzWriter::create(path).map_err(post_err)?;
+    for k in 0..st.num_classes {
         let header = npy_header("<f2", &[h, w]);
         let size = header.len() as u64 + 2 * (w as u64) * (h as u64);
         npz.add_streamed(&format!("class_{k}"), size, |mw| {
@@ -883,21 +933,25 @@ fn write_outputs(
         })
         .map_err(post_err)?;
     }
-    npz.finish().map_err(post_err)?;
-    // Visualization: overlay on the thumbnail.
-    let overlay =
-        overlay_labels(thumb, tw, th, &thumb_labels, tw, th, &palette, 0.45).map_err(post_err)?;
-    write_rgb_png(&dir.join(VISUALIZATION_PNG), &overlay, tw as u32, th as u32)
-        .map_err(post_err)?;
-    // Pyramidal label TIFF at the output level: values = class index, 255 = no label.
-    let mut topts = pbip_pyramid::PyramidOptions::label_mask(Some(mpp * st.downsample));
+    npz.finish().map_err(post_err)
+}
+
+/// Pyramidal label TIFF of the `w x h` output-level labels: values = class index, 255 = no
+/// label; resolution `mpp_out` µm per pixel.
+fn write_mask_tiff(
+    path: &Path,
+    labels: &Planes<u8>,
+    (w, h): (u32, u32),
+    mpp_out: f64,
+) -> Result<(), PipelineError> {
+    let mut topts = pbip_pyramid::PyramidOptions::label_mask(Some(mpp_out));
     topts.edge_padding = pbip_pyramid::EdgePadding::Value(NO_LABEL);
     topts.tile_size_px = 256;
     topts.min_level_size_px = 256;
     pbip_pyramid::write_pyramid(
-        &dir.join(MASK_TIFF),
-        w32,
-        h32,
+        path,
+        w,
+        h,
         &topts,
         |region: &pbip_pyramid::Region, buf: &mut [u8]| {
             let r = Rect::new(
@@ -912,7 +966,7 @@ fn write_outputs(
         },
     )
     .map_err(|e| infer_err(format!("mask.tiff: {e}")))?;
-    Ok(class_pixels)
+    Ok(())
 }
 
 /// Little-endian IEEE half bytes of `v` (round to nearest).
