@@ -1534,7 +1534,7 @@ impl<'a> Trainer<'a> {
         .map_err(model_err)?;
         let validation = Validation::new(cfg, splits.val.as_ref(), ecfg, splits.has_gt)?;
 
-        let tb = pbip_tensorboard::EventWriter::create(&runs_dir(cfg)).map_err(model_err)?;
+        let tb = pbip_tensorboard::EventWriter::create(runs_dir(cfg)).map_err(model_err)?;
         let ckpt = Checkpointer::new(cfg, ncfg, &pmeta, input_mpp)?;
         let header = header_line(
             cfg,

@@ -336,9 +336,9 @@ impl<'a> Evaluator<'a> {
         for cb in CamBatches::new(&self.model, &plan, self.device.clone()) {
             let cb = cb.map_err(model_err)?;
             let b = cb.batch.shape()[0];
-            for i in 0..b {
-                for cl in 0..n {
-                    patch_logits[cl].push(f64::from(cb.logits[i * n + cl]));
+            for patch in cb.logits.chunks(n.max(1)).take(b) {
+                for (class_logits, &z) in patch_logits.iter_mut().zip(patch) {
+                    class_logits.push(f64::from(z));
                 }
             }
             count += b;
