@@ -180,3 +180,34 @@ pub fn threshold_argmax(
     };
     pbip_model::gated_argmax(fused, &gate, probs.len(), out.len(), background, out);
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn threshold_gates_the_classes_and_the_background_scores_the_threshold() {
+        // 2 classes, 3 pixels, class-major maps.
+        let fused = [0.9, 0.1, 0.6, 0.2, 0.8, 0.4];
+        let mut out = [9u8; 3];
+        let min_max = EvalConfig::default();
+        // Both classes reach 0.5: the larger map wins per pixel.
+        threshold_argmax(&fused, &[0.7, 0.6], 0.5, &min_max, &mut out);
+        assert_eq!(out, [0, 1, 0]);
+        // Class 1 gated off: class 0 everywhere.
+        threshold_argmax(&fused, &[0.7, 0.4], 0.5, &min_max, &mut out);
+        assert_eq!(out, [0, 0, 0]);
+        // Every class gated off: class 0.
+        threshold_argmax(&fused, &[0.1, 0.2], 0.5, &min_max, &mut out);
+        assert_eq!(out, [0, 0, 0]);
+        // Probability maps with background class 0: class 0 scores the threshold (0.3) instead of
+        // its map, so class 1 wins where its map exceeds 0.3.
+        let prob = EvalConfig {
+            maps: MapKind::Probability,
+            background: Some(0),
+            ..EvalConfig::default()
+        };
+        threshold_argmax(&fused, &[0.1, 0.6], 0.3, &prob, &mut out);
+        assert_eq!(out, [0, 1, 1]);
+    }
+}
