@@ -5,6 +5,7 @@
 //! outputs are complete and up to date ([`stage_freshness`]) so that `pbip run` can skip it.
 
 pub mod artifacts;
+pub mod cam_batches;
 pub mod encoder;
 pub mod precomputed;
 pub mod progress;

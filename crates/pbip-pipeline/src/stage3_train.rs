@@ -545,28 +545,54 @@ struct LossValues {
     pairs: f64,
 }
 
+/// TensorBoard tags of the loss terms, in the order of [`LossValues::terms`].
+const LOSS_TAGS: [&str; 8] = [
+    "train/loss",
+    "train/loss_cls",
+    "train/loss_fg",
+    "train/loss_bg",
+    "train/cam_mean",
+    "train/cam_tv",
+    "train/cam_l1",
+    "train/selected_pairs",
+];
+
 impl LossValues {
+    /// The terms in the order of [`LOSS_TAGS`].
+    fn terms(&self) -> [f64; 8] {
+        [
+            self.total,
+            self.cls,
+            self.fg,
+            self.bg,
+            self.cam_mean,
+            self.tv,
+            self.l1,
+            self.pairs,
+        ]
+    }
+    fn from_terms(t: [f64; 8]) -> Self {
+        let [total, cls, fg, bg, cam_mean, tv, l1, pairs] = t;
+        LossValues {
+            total,
+            cls,
+            fg,
+            bg,
+            cam_mean,
+            tv,
+            l1,
+            pairs,
+        }
+    }
     fn add(&mut self, o: &LossValues) {
-        self.total += o.total;
-        self.cls += o.cls;
-        self.fg += o.fg;
-        self.bg += o.bg;
-        self.cam_mean += o.cam_mean;
-        self.tv += o.tv;
-        self.l1 += o.l1;
-        self.pairs += o.pairs;
+        let mut t = self.terms();
+        for (a, b) in t.iter_mut().zip(o.terms()) {
+            *a += b;
+        }
+        *self = Self::from_terms(t);
     }
     fn scaled(&self, k: f64) -> LossValues {
-        LossValues {
-            total: self.total * k,
-            cls: self.cls * k,
-            fg: self.fg * k,
-            bg: self.bg * k,
-            cam_mean: self.cam_mean * k,
-            tv: self.tv * k,
-            l1: self.l1 * k,
-            pairs: self.pairs * k,
-        }
+        Self::from_terms(self.terms().map(|v| v * k))
     }
 }
 
@@ -585,6 +611,28 @@ struct FeatureEncoder {
 }
 
 impl FeatureEncoder {
+    /// The saved encoder of stage 1 with the prototype bank's conditioning, on `device`.
+    fn load(cfg: &Config, device: &Device) -> Result<Self, PipelineError> {
+        let p = crate::encoder::saved_encoder_path(cfg);
+        let (m, ident) = crate::encoder::load_saved_encoder(&p, device)?;
+        let conditioning = match s2::read_conditioning(&s2::prototypes_path(cfg))? {
+            None => None,
+            Some((mean, matrix)) => {
+                let d = mean.len();
+                let mean: Tensor<2> = Tensor::from_data(TensorData::new(mean, [1, d]), device);
+                let matrix = matrix.map(|w| -> Tensor<2> {
+                    Tensor::from_data(TensorData::new(w, [d, d]), device)
+                });
+                Some((mean, matrix))
+            }
+        };
+        Ok(FeatureEncoder {
+            model: m.frozen(),
+            projected: ident.kind != "hf_swin",
+            conditioning,
+        })
+    }
+
     fn features(&self, x: Tensor<4>) -> Tensor<2> {
         let f = if self.projected {
             self.model.forward(x)
@@ -655,87 +703,126 @@ impl MilSettings {
     }
 }
 
-/// Total loss (differentiable) and its components.
-#[allow(clippy::too_many_arguments)]
-fn compute_loss(
-    out: &ClassNetOutput,
-    images: Tensor<4>,
-    labels: Tensor<2>,
-    host_labels: &[f32],
-    k_list: &[usize],
-    lc: &LossConfig,
-    enc: Option<&FeatureEncoder>,
-    mil: Option<&MilSettings>,
+/// The training objective: the model stack's PBIP loss with the run's settings, the encoder of
+/// the FG/BG features and the classification term of the run (bags, background class).
+struct Objective {
+    lc: LossConfig,
+    /// The encoder of the FG/BG features (None when the contrastive weight is 0).
+    encoder: Option<FeatureEncoder>,
+    mil: Option<MilSettings>,
+    /// `background_class`, left out of the classification loss.
     background: Option<usize>,
-) -> Result<(Tensor<1>, LossValues), PipelineError> {
-    let n = labels.dims()[1];
-    let device = labels.device();
-    // The classification term when it is not upstream's per-patch BCE over every class: bags
-    // (multiple-instance learning), or a background class left out of the BCE.
-    let mil_cls = match (mil, background) {
-        (Some(m), _) => Some(m.loss(out, host_labels, n, k_list, lc, &device)?),
-        (None, Some(_)) => Some(
-            pbip_model::classification_loss_excluding(
+    /// The same classification loss for the constant predictor ([`chance::ConstantLoss`]).
+    constant_rule: chance::LossRule,
+}
+
+impl Objective {
+    /// The objective of `cfg` (loads the saved encoder when the contrastive weight is not 0).
+    fn new(cfg: &Config, lc: LossConfig, device: &Device) -> Result<Self, PipelineError> {
+        let mil = MilSettings::of(cfg);
+        let encoder = if lc.contrastive_weight != 0.0 {
+            Some(FeatureEncoder::load(cfg, device)?)
+        } else {
+            None
+        };
+        Ok(Objective {
+            constant_rule: chance::LossRule {
+                bag_size: cfg.training.mil.bag_size,
+                scale_weights: lc.scale_weights,
+                skip: cfg.background_index(),
+                negative_instances: cfg.training.mil.negative_instances,
+            },
+            lc,
+            encoder,
+            mil,
+            background: cfg.background_index(),
+        })
+    }
+
+    /// Total loss (differentiable) and its components of a batch: `images`, `labels` `[B, N]`
+    /// (also on the host, `host_labels`) and the model's output `out`.
+    fn loss(
+        &self,
+        out: &ClassNetOutput,
+        images: Tensor<4>,
+        labels: Tensor<2>,
+        host_labels: &[f32],
+        k_list: &[usize],
+    ) -> Result<(Tensor<1>, LossValues), PipelineError> {
+        let (lc, background) = (&self.lc, self.background);
+        let n = labels.dims()[1];
+        let device = labels.device();
+        // The classification term when it is not upstream's per-patch BCE over every class: bags
+        // (multiple-instance learning), or a background class left out of the BCE.
+        let mil_cls = match (&self.mil, background) {
+            (Some(m), _) => Some(m.loss(out, host_labels, n, k_list, lc, &device)?),
+            (None, Some(_)) => Some(
+                pbip_model::classification_loss_excluding(
+                    &out.cls,
+                    labels.clone(),
+                    k_list,
+                    &lc.scale_weights,
+                    lc.merge,
+                    background,
+                )
+                .map_err(model_err)?,
+            ),
+            (None, None) => None,
+        };
+        if let Some(enc) = &self.encoder {
+            let f = |x: Tensor<4>| enc.features(x);
+            let mut lo =
+                pbip_model::pbip_loss(out, images, labels, k_list, lc, &f).map_err(model_err)?;
+            if let Some(c) = mil_cls {
+                // Replaces upstream's per-patch classification term.
+                lo.total = lo.total - lo.cls + c.clone();
+                lo.cls = c;
+            }
+            let v = LossValues {
+                total: scalar(lo.total.clone())?,
+                cls: scalar(lo.cls.clone())?,
+                fg: lo.fg.clone().map(scalar).transpose()?.unwrap_or(0.0),
+                bg: lo.bg.clone().map(scalar).transpose()?.unwrap_or(0.0),
+                cam_mean: scalar(lo.cam_mean.clone())?,
+                tv: lo.tv.clone().map(scalar).transpose()?.unwrap_or(0.0),
+                l1: lo.l1.clone().map(scalar).transpose()?.unwrap_or(0.0),
+                pairs: lo.pairs.len() as f64,
+            };
+            return Ok((lo.total, v));
+        }
+        // Contrastive weight 0: classification + CAM regularisers, no encoder pass.
+        let cls = match mil_cls {
+            Some(c) => c,
+            None => pbip_model::classification_loss(
                 &out.cls,
-                labels.clone(),
+                labels,
                 k_list,
                 &lc.scale_weights,
                 lc.merge,
-                background,
             )
             .map_err(model_err)?,
-        ),
-        (None, None) => None,
-    };
-    if let Some(enc) = enc {
-        let f = |x: Tensor<4>| enc.features(x);
-        let mut lo =
-            pbip_model::pbip_loss(out, images, labels, k_list, lc, &f).map_err(model_err)?;
-        if let Some(c) = mil_cls {
-            // Replaces upstream's per-patch classification term.
-            lo.total = lo.total - lo.cls + c.clone();
-            lo.cls = c;
-        }
-        let v = LossValues {
-            total: scalar(lo.total.clone())?,
-            cls: scalar(lo.cls.clone())?,
-            fg: lo.fg.clone().map(scalar).transpose()?.unwrap_or(0.0),
-            bg: lo.bg.clone().map(scalar).transpose()?.unwrap_or(0.0),
-            cam_mean: scalar(lo.cam_mean.clone())?,
-            tv: lo.tv.clone().map(scalar).transpose()?.unwrap_or(0.0),
-            l1: lo.l1.clone().map(scalar).transpose()?.unwrap_or(0.0),
-            pairs: lo.pairs.len() as f64,
         };
-        return Ok((lo.total, v));
-    }
-    // Contrastive weight 0: classification + CAM regularisers, no encoder pass.
-    let cls = match mil_cls {
-        Some(c) => c,
-        None => {
-            pbip_model::classification_loss(&out.cls, labels, k_list, &lc.scale_weights, lc.merge)
-                .map_err(model_err)?
+        let cam4 = out.cam[3].clone();
+        let cm = pbip_model::cam_mean(cam4.clone());
+        let mut total = cls.clone();
+        let mut v = LossValues {
+            cls: scalar(cls)?,
+            cam_mean: scalar(cm)?,
+            ..LossValues::default()
+        };
+        if lc.tv_weight != 0.0 {
+            let tv = pbip_model::cam_total_variation(cam4.clone());
+            v.tv = scalar(tv.clone())?;
+            total = total + tv * lc.tv_weight;
         }
-    };
-    let cam4 = out.cam[3].clone();
-    let cm = pbip_model::cam_mean(cam4.clone());
-    let mut total = cls.clone();
-    let mut v = LossValues {
-        cls: scalar(cls)?,
-        cam_mean: scalar(cm)?,
-        ..LossValues::default()
-    };
-    if lc.tv_weight != 0.0 {
-        let tv = pbip_model::cam_total_variation(cam4.clone());
-        v.tv = scalar(tv.clone())?;
-        total = total + tv * lc.tv_weight;
+        if lc.l1_weight != 0.0 {
+            let l1 = pbip_model::cam_l1(cam4);
+            v.l1 = scalar(l1.clone())?;
+            total = total + l1 * lc.l1_weight;
+        }
+        v.total = scalar(total.clone())?;
+        Ok((total, v))
     }
-    if lc.l1_weight != 0.0 {
-        let l1 = pbip_model::cam_l1(cam4);
-        v.l1 = scalar(l1.clone())?;
-        total = total + l1 * lc.l1_weight;
-    }
-    v.total = scalar(total.clone())?;
-    Ok((total, v))
 }
 
 /// Serialises (seed, forward) pairs of concurrent trainings in one process.
@@ -749,13 +836,45 @@ fn step_seed(seed: u64, g: u64) -> u64 {
     z ^ (z >> 31)
 }
 
-struct Checkpointer<'a> {
+/// Writes the checkpoints of a run (weights + prototypes, metadata).
+struct Checkpointer {
     dir: PathBuf,
-    ncfg: &'a ClassNetConfig,
+    ncfg: ClassNetConfig,
+    /// The metadata of every checkpoint (config, class order, prototypes, encoder, input mpp).
     base_meta: BTreeMap<String, String>,
 }
 
-impl Checkpointer<'_> {
+impl Checkpointer {
+    fn new(
+        cfg: &Config,
+        ncfg: ClassNetConfig,
+        pmeta: &s2::PrototypesMeta,
+        input_mpp: Option<f64>,
+    ) -> Result<Self, PipelineError> {
+        let mut base_meta = BTreeMap::new();
+        base_meta.insert("pbip_config".into(), cfg.to_yaml_string()?);
+        base_meta.insert(
+            "class_order".into(),
+            serde_json::to_string(&cfg.class_order).map_err(model_err)?,
+        );
+        base_meta.insert(
+            "prototypes_file".into(),
+            s2::prototypes_path(cfg).display().to_string(),
+        );
+        base_meta.insert(
+            "encoder".into(),
+            serde_json::to_string(&pmeta.encoder).map_err(model_err)?,
+        );
+        if let Some(mpp) = input_mpp {
+            base_meta.insert(INPUT_MPP_KEY.into(), format!("{mpp}"));
+        }
+        Ok(Checkpointer {
+            dir: output_dir(cfg),
+            ncfg,
+            base_meta,
+        })
+    }
+
     fn save(
         &self,
         model: &ClassNet,
@@ -781,7 +900,7 @@ impl Checkpointer<'_> {
         }
         let path = self.dir.join(name);
         model
-            .save_safetensors(&path, self.ncfg, &meta)
+            .save_safetensors(&path, &self.ncfg, &meta)
             .map_err(|e| data_err(format!("{}: {e}", path.display())))?;
         Ok(path)
     }
@@ -947,7 +1066,16 @@ pub fn train(
     opts: &RunOptions,
     topts: &TrainOptions,
 ) -> Result<TrainOutcome, PipelineError> {
-    let t = &cfg.training;
+    let mut trainer = Trainer::new(cfg, opts, topts)?;
+    trainer.validate_untrained()?;
+    while let Some(batch) = trainer.loader.next_batch() {
+        trainer = trainer.step(batch.map_err(model_err)?)?;
+    }
+    trainer.finish()
+}
+
+/// The training keys that must be positive.
+fn check_training_settings(t: &pbip_config::Training) -> Result<(), PipelineError> {
     if t.batch_size == 0 || t.epochs == 0 {
         return Err(data_err(
             "training.batch_size and training.epochs must be > 0",
@@ -958,135 +1086,133 @@ pub fn train(
             "training.validation_interval, checkpoint_interval and log_interval must be > 0",
         ));
     }
-    let lc = loss_config(cfg)?;
-    let ecfg = eval_config(cfg)?;
-    let preprocess = normalization(cfg)?;
+    Ok(())
+}
 
-    // Data.
-    let dataset = Dataset::load(cfg)?;
-    for w in &dataset.warnings {
-        tracing::warn!("{w}");
+/// Creates the output folders (checkpoints, TensorBoard runs), opens `logs.txt` and writes the
+/// resolved config next to the checkpoints.
+fn open_outputs(cfg: &Config) -> Result<RunLog, PipelineError> {
+    for dir in [output_dir(cfg), runs_dir(cfg)] {
+        std::fs::create_dir_all(&dir).map_err(|source| PipelineError::Io {
+            path: dir.clone(),
+            source,
+        })?;
     }
-    let train_entries = dataset.split(Split::Train);
-    let val_entries = dataset.split(Split::Val);
-    if train_entries.is_empty() {
-        return Err(data_err("the training split is empty"));
-    }
-    check_training_labels(cfg, &train_entries)?;
-    let (bank, pmeta) = load_prototypes(cfg)?;
-    let proto_dim = bank.shape[1];
-    let ncfg = classnet_config(cfg, &pmeta.k_list, proto_dim)?;
+    let log = RunLog::open(&log_path(cfg))?;
+    cfg.write_resolved(&output_dir(cfg))?;
+    Ok(log)
+}
 
-    let out_dir = output_dir(cfg);
-    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io {
-        path: out_dir.clone(),
-        source,
-    })?;
-    let runs = runs_dir(cfg);
-    std::fs::create_dir_all(&runs).map_err(|source| PipelineError::Io {
-        path: runs.clone(),
-        source,
-    })?;
-    let mut log = RunLog::open(&log_path(cfg))?;
-    cfg.write_resolved(&out_dir)?;
+/// The slides of a run: the training set, the validation set (if any) and which val slides have
+/// a GT mask; the slides left out are in `excluded` (with the reason, also logged).
+struct Splits {
+    train: SlideSet,
+    val: Option<SlideSet>,
+    has_gt: Vec<bool>,
+    excluded: Vec<String>,
+}
 
-    let sopts = slide_set_options(cfg);
-    let mut excluded = Vec::new();
-    let train_set = open_split(cfg, &train_entries, &sopts, "train", &mut excluded)?
-        .ok_or_else(|| data_err("no training slide has a usable coordinate"))?;
-    let val_set = if val_entries.is_empty() {
-        None
-    } else {
-        open_split(cfg, &val_entries, &sopts, "val", &mut excluded)?
-    };
-    let mut has_gt = Vec::new();
-    if let Some(vs) = &val_set {
-        for s in vs.slides() {
-            let ok = s.spec.gt_path.as_ref().is_some_and(|p| p.is_file());
-            if !ok && cfg.paths.gt_dir.is_some() {
-                let why = format!(
-                    "val slide {:?}: no GT mask in {:?}: excluded from the segmentation metrics (still in AUC)",
-                    s.spec.name, cfg.paths.gt_dir
-                );
-                tracing::warn!("{why}");
-                excluded.push(why);
+impl Splits {
+    fn open(
+        cfg: &Config,
+        train_entries: &[&SlideEntry],
+        val_entries: &[&SlideEntry],
+        log: &mut RunLog,
+    ) -> Result<Self, PipelineError> {
+        let sopts = slide_set_options(cfg);
+        let mut excluded = Vec::new();
+        let train = open_split(cfg, train_entries, &sopts, "train", &mut excluded)?
+            .ok_or_else(|| data_err("no training slide has a usable coordinate"))?;
+        let val = if val_entries.is_empty() {
+            None
+        } else {
+            open_split(cfg, val_entries, &sopts, "val", &mut excluded)?
+        };
+        let mut has_gt = Vec::new();
+        if let Some(vs) = &val {
+            for s in vs.slides() {
+                let ok = s.spec.gt_path.as_ref().is_some_and(|p| p.is_file());
+                if !ok && cfg.paths.gt_dir.is_some() {
+                    let why = format!(
+                        "val slide {:?}: no GT mask in {:?}: excluded from the segmentation metrics (still in AUC)",
+                        s.spec.name, cfg.paths.gt_dir
+                    );
+                    tracing::warn!("{why}");
+                    excluded.push(why);
+                }
+                has_gt.push(ok);
             }
-            has_gt.push(ok);
         }
+        for e in &excluded {
+            log.line(&format!("warning: {e}"))?;
+        }
+        Ok(Splits {
+            train,
+            val,
+            has_gt,
+            excluded,
+        })
     }
-    for e in &excluded {
-        log.line(&format!("warning: {e}"))?;
-    }
+}
 
-    // Model and optimiser.
-    let base_device = crate::settings::compute_device(cfg)?;
-    let device: Device = base_device.clone().autodiff();
-    let state_path = out_dir.join(STATE_FILE);
-    let fp = fingerprint(cfg);
-    let mut adamw = AdamW::new(AdamWOptions {
+/// The AdamW settings of the config.
+fn adamw_options(t: &pbip_config::Training) -> AdamWOptions {
+    AdamWOptions {
         beta1: t.optimizer.betas[0],
         beta2: t.optimizer.betas[1],
         eps: t.optimizer.eps,
         weight_decay: t.optimizer.weight_decay,
         grad_clip: t.grad_clip,
-    });
-    let (model, resumed) = if topts.resume {
-        let (params, rest, st) = load_state(&state_path)?;
-        if st.fingerprint != fp {
-            return Err(data_err(format!(
-                "--resume: {} was written with different settings (seed, model, prototypes k_list or training keys); resume with the same config, or train from scratch",
-                state_path.display()
-            )));
-        }
-        adamw
-            .load_tensors(&rest, &st.adam_counts)
-            .map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
-        let m = ClassNet::load_upstream(&params, &ncfg, &bank, &device)
-            .map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
-        (m, Some(st))
-    } else if let Some(v) = &cfg.model.pretrained {
-        let p = &crate::encoder::weights_file(v, "model.pretrained")?;
-        (
-            ClassNet::with_pretrained_backbone_file(p, &ncfg, &bank, cfg.seed, &device)
-                .map_err(|e| data_err(format!("{}: {e}", p.display())))?,
-            None,
-        )
-    } else {
-        (
-            ClassNet::init(&ncfg, &bank, cfg.seed, &device).map_err(model_err)?,
-            None,
-        )
-    };
-    let mut model = optim::materialize(model).map_err(data_err)?;
-    let mil = MilSettings::of(cfg);
-    let encoder = if lc.contrastive_weight != 0.0 {
-        let p = crate::encoder::saved_encoder_path(cfg);
-        let (m, ident) = crate::encoder::load_saved_encoder(&p, &device)?;
-        let conditioning = match s2::read_conditioning(&s2::prototypes_path(cfg))? {
-            None => None,
-            Some((mean, matrix)) => {
-                let d = mean.len();
-                let mean: Tensor<2> = Tensor::from_data(TensorData::new(mean, [1, d]), &device);
-                let matrix = matrix.map(|w| -> Tensor<2> {
-                    Tensor::from_data(TensorData::new(w, [d, d]), &device)
-                });
-                Some((mean, matrix))
-            }
-        };
-        Some(FeatureEncoder {
-            model: m.frozen(),
-            projected: ident.kind != "hf_swin",
-            conditioning,
-        })
-    } else {
-        None
-    };
+    }
+}
 
-    // Sampler, schedule, loader.
-    let train_set = Arc::new(train_set);
-    let input_mpp = training_input_mpp(&train_set);
-    let plan = TrainPlan::new(
-        Arc::clone(&train_set),
+/// The weights and training state a `--resume` continues from (AdamW's moments and counts are
+/// loaded into `adamw`); the state must have been written with the settings `fp`.
+fn resume_from(
+    state_path: &Path,
+    fp: &serde_json::Value,
+    adamw: &mut AdamW,
+) -> Result<(TensorMap, TrainState), PipelineError> {
+    let (params, rest, st) = load_state(state_path)?;
+    if st.fingerprint != *fp {
+        return Err(data_err(format!(
+            "--resume: {} was written with different settings (seed, model, prototypes k_list or training keys); resume with the same config, or train from scratch",
+            state_path.display()
+        )));
+    }
+    adamw
+        .load_tensors(&rest, &st.adam_counts)
+        .map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
+    Ok((params, st))
+}
+
+/// The model a fresh run starts from: the pretrained backbone of `model.pretrained`, or the
+/// seeded random initialisation.
+fn fresh_model(
+    cfg: &Config,
+    ncfg: &ClassNetConfig,
+    bank: &HostTensor,
+    device: &Device,
+) -> Result<ClassNet, PipelineError> {
+    match &cfg.model.pretrained {
+        Some(v) => {
+            let p = &crate::encoder::weights_file(v, "model.pretrained")?;
+            ClassNet::with_pretrained_backbone_file(p, ncfg, bank, cfg.seed, device)
+                .map_err(|e| data_err(format!("{}: {e}", p.display())))
+        }
+        None => ClassNet::init(ncfg, bank, cfg.seed, device).map_err(model_err),
+    }
+}
+
+/// The sampler, augmentation and normalisation of the training batches.
+fn train_plan(
+    cfg: &Config,
+    train_set: Arc<SlideSet>,
+    preprocess: Preprocess,
+) -> Result<TrainPlan, PipelineError> {
+    let t = &cfg.training;
+    TrainPlan::new(
+        train_set,
         SamplerOptions {
             seed: cfg.seed,
             batch_size: t.batch_size,
@@ -1109,18 +1235,18 @@ pub fn train(
         },
         preprocess,
     )
-    .map_err(model_err)?;
-    let ipe = plan.sampler.iterations_per_epoch();
-    let total_steps = (t.epochs as u64)
-        .checked_mul(ipe)
-        .ok_or_else(|| data_err("epochs x iterations overflow"))?;
+    .map_err(model_err)
+}
+
+/// The learning-rate schedule of `training.scheduler` over `ipe` iterations per epoch.
+fn lr_schedule(t: &pbip_config::Training, ipe: u64) -> Result<LrSchedule, PipelineError> {
     // Upstream's poly schedule has no warmup (PolyWarmupAdamW, warmup_iter 0).
     let warmup = if t.scheduler.kind == SchedulerType::Poly {
         0.0
     } else {
         t.scheduler.warmup_epochs
     };
-    let schedule = LrSchedule::from_options(&ScheduleOptions {
+    LrSchedule::from_options(&ScheduleOptions {
         kind: match t.scheduler.kind {
             SchedulerType::Cosine => ScheduleKind::Cosine,
             SchedulerType::Poly => ScheduleKind::Poly,
@@ -1133,124 +1259,123 @@ pub fn train(
         epochs: t.epochs as u64,
         iterations_per_epoch: ipe,
     })
-    .map_err(|e| data_err(format!("training.scheduler: {e}")))?;
+    .map_err(|e| data_err(format!("training.scheduler: {e}")))
+}
 
-    let mut st = match resumed {
-        Some(s) => s,
-        None => TrainState {
+impl TrainState {
+    /// The state of a run that has not started.
+    fn fresh(sampler: SamplerState, fingerprint: serde_json::Value) -> Self {
+        TrainState {
             next_step: 0,
-            sampler: plan.sampler.initial_state(),
+            sampler,
             adam_counts: BTreeMap::new(),
             consecutive_nonfinite: 0,
             total_nonfinite: 0,
             best_val: None,
             last_val: None,
             untrained_val: None,
-            fingerprint: fp.clone(),
+            fingerprint,
             constant_loss: chance::ConstantLoss::default(),
             chance: chance::ChanceMonitor::default(),
-        },
-    };
-    plan.sampler
-        .check_state(&st.sampler)
-        .map_err(|e| data_err(format!("--resume: {e}")))?;
-    let start_step = st.next_step;
-    let end_step = match topts.stop_after_steps {
-        Some(k) => (start_step + k).min(total_steps),
-        None => total_steps,
-    };
-    let num_workers = if t.num_workers == 0 {
-        std::thread::available_parallelism().map_or(2, |n| n.get())
-    } else {
-        t.num_workers
-    };
-    let mut loader = TrainLoader::new(
-        plan,
-        st.sampler,
-        Some(end_step),
-        LoaderOptions {
-            num_workers,
-            prefetch: t.prefetch,
-        },
-    )
-    .map_err(model_err)?;
-
-    let val_plan = match &val_set {
-        Some(vs) => Some(
-            EvalPlan::new(
-                Arc::new(
-                    SlideSet::open(
-                        &vs.slides()
-                            .iter()
-                            .map(|s| s.spec.clone())
-                            .collect::<Vec<_>>(),
-                        &sopts,
-                    )
-                    .map_err(model_err)?,
-                ),
-                crate::settings::patches_per_slide(cfg.validation.patches_per_slide),
-                t.batch_size,
-                normalization(cfg)?,
-                false,
-            )
-            .map_err(model_err)?,
-        ),
-        None => None,
-    };
-    let val_settings = ValSettings {
-        eval: ecfg,
-        has_gt,
-        slide_pool: crate::settings::slide_pooling(cfg),
-    };
-
-    let mut tb = pbip_tensorboard::EventWriter::create(&runs).map_err(model_err)?;
-    let mut base_meta = BTreeMap::new();
-    base_meta.insert("pbip_config".into(), cfg.to_yaml_string()?);
-    base_meta.insert(
-        "class_order".into(),
-        serde_json::to_string(&cfg.class_order).map_err(model_err)?,
-    );
-    base_meta.insert(
-        "prototypes_file".into(),
-        s2::prototypes_path(cfg).display().to_string(),
-    );
-    base_meta.insert(
-        "encoder".into(),
-        serde_json::to_string(&pmeta.encoder).map_err(model_err)?,
-    );
-    if let Some(mpp) = input_mpp {
-        base_meta.insert(INPUT_MPP_KEY.into(), format!("{mpp}"));
+        }
     }
-    let ckpt = Checkpointer {
-        dir: out_dir.clone(),
-        ncfg: &ncfg,
-        base_meta,
-    };
+}
 
-    let header = format!(
+/// The validation of a run: the val patches and how they are scored.
+struct Validation {
+    plan: EvalPlan,
+    settings: ValSettings,
+}
+
+impl Validation {
+    /// The validation over `val_set` (None without a val split).
+    fn new(
+        cfg: &Config,
+        val_set: Option<&SlideSet>,
+        eval: EvalConfig,
+        has_gt: Vec<bool>,
+    ) -> Result<Option<Self>, PipelineError> {
+        let plan = match val_set {
+            Some(vs) => Some(
+                EvalPlan::new(
+                    Arc::new(
+                        SlideSet::open(
+                            &vs.slides()
+                                .iter()
+                                .map(|s| s.spec.clone())
+                                .collect::<Vec<_>>(),
+                            &slide_set_options(cfg),
+                        )
+                        .map_err(model_err)?,
+                    ),
+                    crate::settings::patches_per_slide(cfg.validation.patches_per_slide),
+                    cfg.training.batch_size,
+                    normalization(cfg)?,
+                    false,
+                )
+                .map_err(model_err)?,
+            ),
+            None => None,
+        };
+        Ok(plan.map(|plan| Validation {
+            plan,
+            settings: ValSettings {
+                eval,
+                has_gt,
+                slide_pool: crate::settings::slide_pooling(cfg),
+            },
+        }))
+    }
+}
+
+/// Where a run stands in its iterations.
+#[derive(Debug, Clone, Copy)]
+struct Span {
+    /// Iterations per epoch.
+    ipe: u64,
+    /// Iterations of the whole run.
+    total_steps: u64,
+    /// First iteration of this invocation (> 0 when resumed).
+    start_step: u64,
+    /// The iteration this invocation stops at (`stop_after_steps`, else `total_steps`).
+    end_step: u64,
+}
+
+/// The first log line of a run.
+fn header_line(
+    cfg: &Config,
+    span: &Span,
+    train_slides: usize,
+    val_slides: usize,
+    contrastive_weight: f64,
+) -> String {
+    let t = &cfg.training;
+    let start_step = span.start_step;
+    format!(
         "{} training: {} train slides, {} val slides, {} iterations/epoch x {} epochs = {} steps, batch {}, backbone {}, lr {} ({:?}), contrastive weight {}{}",
         if start_step > 0 { "resumed" } else { "started" },
-        loader.sampler().slides().len(),
-        val_plan.as_ref().map_or(0, |p| p.set.len()),
-        ipe,
+        train_slides,
+        val_slides,
+        span.ipe,
         t.epochs,
-        total_steps,
+        span.total_steps,
         t.batch_size,
         cfg.model.backbone.as_str(),
         t.optimizer.lr,
         t.scheduler.kind,
-        lc.contrastive_weight,
+        contrastive_weight,
         if start_step > 0 {
             format!(", from step {start_step}")
         } else {
             String::new()
         },
-    );
-    tracing::info!("{header}");
-    log.line(&header)?;
+    )
+}
 
+/// The progress bar of the training steps (hidden without `opts.progress`).
+fn progress_bar(opts: &RunOptions, span: &Span) -> indicatif::ProgressBar {
     let pb = if opts.progress {
-        let pb = indicatif::ProgressBar::new(total_steps);
+        let pb = indicatif::ProgressBar::new(span.total_steps);
         pb.set_style(
             indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ETA {eta}")
                 .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
@@ -1259,142 +1384,353 @@ pub fn train(
     } else {
         indicatif::ProgressBar::hidden()
     };
-    pb.set_position(start_step);
+    pb.set_position(span.start_step);
+    pb
+}
 
-    let mut acc = LossValues::default();
-    let mut acc_n = 0u64;
-    let loop_start = Instant::now();
-    let mut val_secs = 0f64;
-    let mut model_secs = 0f64;
-    let mut steps_run = 0u64;
-    let mut interval_start = Instant::now();
-    let mut interval_wait = 0f64;
+/// Timing of the training loop (validation excluded) and the current logging interval.
+struct LoopClock {
+    loop_start: Instant,
+    /// Seconds spent validating inside the loop.
+    val_secs: f64,
+    /// Seconds of forward, loss, backward and update.
+    model_secs: f64,
+    /// Steps run in this invocation.
+    steps_run: u64,
+    interval_start: Instant,
+    /// The loader's wait time at the start of the interval.
+    interval_wait: f64,
+    /// Sum of the loss terms of the interval's finite steps, and their count.
+    acc: LossValues,
+    acc_n: u64,
+}
 
-    let run_val = |model: &ClassNet, step: u64| -> Result<Option<ValMetrics>, PipelineError> {
-        match &val_plan {
-            Some(p) => validate(&model.valid(), p, &val_settings, step).map(Some),
-            None => Ok(None),
+impl LoopClock {
+    fn start() -> Self {
+        LoopClock {
+            loop_start: Instant::now(),
+            val_secs: 0.0,
+            model_secs: 0.0,
+            steps_run: 0,
+            interval_start: Instant::now(),
+            interval_wait: 0.0,
+            acc: LossValues::default(),
+            acc_n: 0,
         }
-    };
+    }
+}
 
-    // Baseline: the untrained model under the same validation (fresh runs only).
-    if start_step == 0
-        && end_step > 0
-        && let Some(v) = run_val(&model, 0)?
-    {
-        tb_val(&mut tb, &v, &cfg.class_order)?;
-        let line = format!("untrained {}", val_line(&v, 0));
-        tracing::info!("{line}");
-        log.line(&line)?;
-        st.untrained_val = Some(v);
+/// A training run in progress: the model and its optimiser, the data, the state `--resume`
+/// continues from, and where the run writes.
+struct Trainer<'a> {
+    cfg: &'a Config,
+    topts: &'a TrainOptions,
+    /// The autodiff device.
+    device: Device,
+    model: ClassNet,
+    adamw: AdamW,
+    objective: Objective,
+    schedule: LrSchedule,
+    loader: TrainLoader,
+    validation: Option<Validation>,
+    st: TrainState,
+    span: Span,
+    ckpt: Checkpointer,
+    state_path: PathBuf,
+    log: RunLog,
+    tb: pbip_tensorboard::EventWriter,
+    pb: indicatif::ProgressBar,
+    clock: LoopClock,
+    excluded: Vec<String>,
+}
+
+impl<'a> Trainer<'a> {
+    /// Reads the data, prototypes and config, builds (or resumes) the model and starts the
+    /// loader; logs the run's first line.
+    fn new(
+        cfg: &'a Config,
+        opts: &RunOptions,
+        topts: &'a TrainOptions,
+    ) -> Result<Self, PipelineError> {
+        let t = &cfg.training;
+        check_training_settings(t)?;
+        let lc = loss_config(cfg)?;
+        let ecfg = eval_config(cfg)?;
+        let preprocess = normalization(cfg)?;
+
+        // Data.
+        let dataset = Dataset::load(cfg)?;
+        for w in &dataset.warnings {
+            tracing::warn!("{w}");
+        }
+        let train_entries = dataset.split(Split::Train);
+        let val_entries = dataset.split(Split::Val);
+        if train_entries.is_empty() {
+            return Err(data_err("the training split is empty"));
+        }
+        check_training_labels(cfg, &train_entries)?;
+        let (bank, pmeta) = load_prototypes(cfg)?;
+        let ncfg = classnet_config(cfg, &pmeta.k_list, bank.shape[1])?;
+        let mut log = open_outputs(cfg)?;
+        let splits = Splits::open(cfg, &train_entries, &val_entries, &mut log)?;
+
+        // Model and optimiser.
+        let device: Device = crate::settings::compute_device(cfg)?.autodiff();
+        let state_path = output_dir(cfg).join(STATE_FILE);
+        let fp = fingerprint(cfg);
+        let mut adamw = AdamW::new(adamw_options(t));
+        let (model, resumed) = if topts.resume {
+            let (params, st) = resume_from(&state_path, &fp, &mut adamw)?;
+            let m = ClassNet::load_upstream(&params, &ncfg, &bank, &device)
+                .map_err(|e| data_err(format!("{}: {e}", state_path.display())))?;
+            (m, Some(st))
+        } else {
+            (fresh_model(cfg, &ncfg, &bank, &device)?, None)
+        };
+        let model = optim::materialize(model).map_err(data_err)?;
+        let objective = Objective::new(cfg, lc, &device)?;
+
+        // Sampler, schedule, loader.
+        let train_set = Arc::new(splits.train);
+        let input_mpp = training_input_mpp(&train_set);
+        let plan = train_plan(cfg, Arc::clone(&train_set), preprocess)?;
+        let ipe = plan.sampler.iterations_per_epoch();
+        let total_steps = (t.epochs as u64)
+            .checked_mul(ipe)
+            .ok_or_else(|| data_err("epochs x iterations overflow"))?;
+        let schedule = lr_schedule(t, ipe)?;
+        let st = match resumed {
+            Some(s) => s,
+            None => TrainState::fresh(plan.sampler.initial_state(), fp),
+        };
+        plan.sampler
+            .check_state(&st.sampler)
+            .map_err(|e| data_err(format!("--resume: {e}")))?;
+        let start_step = st.next_step;
+        let end_step = match topts.stop_after_steps {
+            Some(k) => (start_step + k).min(total_steps),
+            None => total_steps,
+        };
+        let span = Span {
+            ipe,
+            total_steps,
+            start_step,
+            end_step,
+        };
+        let num_workers = if t.num_workers == 0 {
+            std::thread::available_parallelism().map_or(2, |n| n.get())
+        } else {
+            t.num_workers
+        };
+        let loader = TrainLoader::new(
+            plan,
+            st.sampler,
+            Some(end_step),
+            LoaderOptions {
+                num_workers,
+                prefetch: t.prefetch,
+            },
+        )
+        .map_err(model_err)?;
+        let validation = Validation::new(cfg, splits.val.as_ref(), ecfg, splits.has_gt)?;
+
+        let tb = pbip_tensorboard::EventWriter::create(runs_dir(cfg)).map_err(model_err)?;
+        let ckpt = Checkpointer::new(cfg, ncfg, &pmeta, input_mpp)?;
+        let header = header_line(
+            cfg,
+            &span,
+            loader.sampler().slides().len(),
+            validation.as_ref().map_or(0, |v| v.plan.set.len()),
+            objective.lc.contrastive_weight,
+        );
+        tracing::info!("{header}");
+        log.line(&header)?;
+        let pb = progress_bar(opts, &span);
+        Ok(Trainer {
+            cfg,
+            topts,
+            device,
+            model,
+            adamw,
+            objective,
+            schedule,
+            loader,
+            validation,
+            st,
+            span,
+            ckpt,
+            state_path,
+            log,
+            tb,
+            pb,
+            clock: LoopClock::start(),
+            excluded: splits.excluded,
+        })
     }
 
-    while let Some(batch) = loader.next_batch() {
-        let batch = batch.map_err(model_err)?;
-        let g = st.next_step;
-        let epoch = g / ipe;
-        let t0 = Instant::now();
-        let lr = schedule.lr_at(g);
-        let [b, c, h, w] = batch.shape();
-        let images: Tensor<4> =
-            Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
-        let labels: Tensor<2> = Tensor::from_data(
-            TensorData::new(batch.labels.clone(), [b, batch.num_classes]),
-            &device,
-        );
-        let out = {
-            // The backend RNG (DropPath masks) is process-global: seed it per step and keep other
-            // trainings in this process from drawing from it in between (bit-exact resume).
-            let _guard = RNG_LOCK.lock().unwrap_or_else(|p| p.into_inner());
-            device.seed(step_seed(cfg.seed, g));
-            model.try_forward(images.clone(), true).map_err(model_err)?
-        };
-        let (loss, values) = compute_loss(
-            &out,
-            images,
-            labels,
-            &batch.labels,
-            &model.k_list,
-            &lc,
-            encoder.as_ref(),
-            mil.as_ref(),
-            cfg.background_index(),
-        )?;
-        let mut bad: Option<String> = None;
-        if topts.fault_nonfinite_steps.contains(&g) {
-            bad = Some(format!(
-                "non-finite loss (injected fault, true loss {})",
-                values.total
-            ));
-        } else if !values.total.is_finite() {
-            bad = Some(format!(
-                "non-finite loss {} (cls {}, fg {}, bg {})",
-                values.total, values.cls, values.fg, values.bg
-            ));
+    /// The validation of the current model at `step` (None without a val split).
+    fn run_validation(&self, step: u64) -> Result<Option<ValMetrics>, PipelineError> {
+        match &self.validation {
+            Some(v) => validate(&self.model.valid(), &v.plan, &v.settings, step).map(Some),
+            None => Ok(None),
         }
+    }
+
+    /// Baseline: the untrained model under the same validation (fresh runs only).
+    fn validate_untrained(&mut self) -> Result<(), PipelineError> {
+        if self.span.start_step == 0
+            && self.span.end_step > 0
+            && let Some(v) = self.run_validation(0)?
+        {
+            tb_val(&mut self.tb, &v, &self.cfg.class_order)?;
+            let line = format!("untrained {}", val_line(&v, 0));
+            tracing::info!("{line}");
+            self.log.line(&line)?;
+            self.st.untrained_val = Some(v);
+        }
+        Ok(())
+    }
+
+    /// One iteration: forward, loss, backward and AdamW update (or a skipped step when the loss
+    /// or gradient is not finite), then the logging, validation and checkpoints due after it.
+    /// Takes the trainer by value because AdamW returns the updated model.
+    fn step(mut self, batch: PatchBatch) -> Result<Self, PipelineError> {
+        let g = self.st.next_step;
+        let t0 = Instant::now();
+        let lr = self.schedule.lr_at(g);
+        let (loss, values) = self.forward(&batch, g)?;
+        let mut bad = self.nonfinite_loss(g, &values);
         let mut grad_norm = f64::NAN;
         if bad.is_none() {
-            let grads = GradientsParams::from_grads(loss.backward(), &model);
-            let host = AdamW::collect_grads(&model, &grads).map_err(data_err)?;
+            let grads = GradientsParams::from_grads(loss.backward(), &self.model);
+            let host = AdamW::collect_grads(&self.model, &grads).map_err(data_err)?;
             let (norm, finite) = AdamW::grad_norm(&host);
             grad_norm = norm;
             if !finite {
                 bad = Some("non-finite gradient".into());
             } else {
-                let (m, _) = adamw.step(model, host, lr).map_err(data_err)?;
-                model = m;
+                let (m, _) = self.adamw.step(self.model, host, lr).map_err(data_err)?;
+                self.model = m;
             }
         }
-        model_secs += t0.elapsed().as_secs_f64();
-        st.next_step = g + 1;
-        st.sampler = loader.state();
-        steps_run += 1;
-        if let Some(why) = bad {
-            st.consecutive_nonfinite += 1;
-            st.total_nonfinite += 1;
-            let slides: Vec<String> = batch
-                .info
-                .iter()
-                .map(|i| format!("{}@({},{})", i.slide_name, i.x_lv0, i.y_lv0))
-                .collect();
-            let line = format!(
-                "step {g}: {why}: step skipped ({} in a row); batch {}",
-                st.consecutive_nonfinite,
-                slides.join(" ")
-            );
-            tracing::warn!("{line}");
-            log.line(&line)?;
-            if st.consecutive_nonfinite >= t.max_nonfinite_steps.max(1) as u64 {
-                let p = out_dir.join(NONFINITE_FILE);
-                write_nonfinite(&p, &batch, g, &why)?;
-                return Err(data_err(format!(
-                    "{} consecutive steps with a non-finite loss or gradient (training.max_nonfinite_steps), last at step {g}: {why}; the last batch is in {} (slides and coordinates in its metadata). Lower training.optimizer.lr or set training.grad_clip",
-                    st.consecutive_nonfinite,
-                    p.display()
-                )));
-            }
-        } else {
-            st.consecutive_nonfinite = 0;
-            acc.add(&values);
-            acc_n += 1;
-            st.constant_loss.add_batch(
-                &batch.labels,
-                batch.num_classes,
-                t.mil.bag_size,
-                &lc.scale_weights,
-                cfg.background_index(),
-                t.mil.negative_instances,
-                values.cls,
-            );
+        self.clock.model_secs += t0.elapsed().as_secs_f64();
+        self.st.next_step = g + 1;
+        self.st.sampler = self.loader.state();
+        self.clock.steps_run += 1;
+        match bad {
+            Some(why) => self.skip_step(&batch, g, &why)?,
+            None => self.record_step(&batch, &values),
         }
+        self.report_progress(g, lr, grad_norm, &values)?;
+        self.validate_and_checkpoint(g)?;
+        Ok(self)
+    }
 
-        let done = g + 1;
-        let stats = loader.stats();
-        pb.set_position(done);
-        let elapsed = loop_start.elapsed().as_secs_f64() - val_secs;
-        pb.set_message(format!(
+    /// The forward pass (DropPath masks seeded by the step) and the loss of a batch.
+    fn forward(
+        &self,
+        batch: &PatchBatch,
+        g: u64,
+    ) -> Result<(Tensor<1>, LossValues), PipelineError> {
+        let [b, c, h, w] = batch.shape();
+        let images: Tensor<4> = Tensor::from_data(
+            TensorData::new(batch.data.clone(), [b, c, h, w]),
+            &self.device,
+        );
+        let labels: Tensor<2> = Tensor::from_data(
+            TensorData::new(batch.labels.clone(), [b, batch.num_classes]),
+            &self.device,
+        );
+        let out = {
+            // The backend RNG (DropPath masks) is process-global: seed it per step and keep other
+            // trainings in this process from drawing from it in between (bit-exact resume).
+            let _guard = RNG_LOCK.lock().unwrap_or_else(|p| p.into_inner());
+            self.device.seed(step_seed(self.cfg.seed, g));
+            self.model
+                .try_forward(images.clone(), true)
+                .map_err(model_err)?
+        };
+        self.objective
+            .loss(&out, images, labels, &batch.labels, &self.model.k_list)
+    }
+
+    /// Why the loss of step `g` does not count (non-finite, or an injected fault), if so.
+    fn nonfinite_loss(&self, g: u64, values: &LossValues) -> Option<String> {
+        if self.topts.fault_nonfinite_steps.contains(&g) {
+            Some(format!(
+                "non-finite loss (injected fault, true loss {})",
+                values.total
+            ))
+        } else if !values.total.is_finite() {
+            Some(format!(
+                "non-finite loss {} (cls {}, fg {}, bg {})",
+                values.total, values.cls, values.fg, values.bg
+            ))
+        } else {
+            None
+        }
+    }
+
+    /// A skipped step: counted and logged; `training.max_nonfinite_steps` in a row stop the run
+    /// after writing the batch to `checkpoints/nonfinite.safetensors`.
+    fn skip_step(&mut self, batch: &PatchBatch, g: u64, why: &str) -> Result<(), PipelineError> {
+        let st = &mut self.st;
+        st.consecutive_nonfinite += 1;
+        st.total_nonfinite += 1;
+        let slides: Vec<String> = batch
+            .info
+            .iter()
+            .map(|i| format!("{}@({},{})", i.slide_name, i.x_lv0, i.y_lv0))
+            .collect();
+        let line = format!(
+            "step {g}: {why}: step skipped ({} in a row); batch {}",
+            st.consecutive_nonfinite,
+            slides.join(" ")
+        );
+        tracing::warn!("{line}");
+        self.log.line(&line)?;
+        if st.consecutive_nonfinite >= self.cfg.training.max_nonfinite_steps.max(1) as u64 {
+            let p = self.ckpt.dir.join(NONFINITE_FILE);
+            write_nonfinite(&p, batch, g, why)?;
+            return Err(data_err(format!(
+                "{} consecutive steps with a non-finite loss or gradient (training.max_nonfinite_steps), last at step {g}: {why}; the last batch is in {} (slides and coordinates in its metadata). Lower training.optimizer.lr or set training.grad_clip",
+                st.consecutive_nonfinite,
+                p.display()
+            )));
+        }
+        Ok(())
+    }
+
+    /// A finite step: its loss terms join the logging interval and the learning check.
+    fn record_step(&mut self, batch: &PatchBatch, values: &LossValues) {
+        self.st.consecutive_nonfinite = 0;
+        self.clock.acc.add(values);
+        self.clock.acc_n += 1;
+        self.st.constant_loss.add_batch(
+            &batch.labels,
+            batch.num_classes,
+            &self.objective.constant_rule,
+            values.cls,
+        );
+    }
+
+    /// The progress bar after step `g`, and the interval's figures every `log_interval` steps.
+    fn report_progress(
+        &mut self,
+        g: u64,
+        lr: f64,
+        grad_norm: f64,
+        values: &LossValues,
+    ) -> Result<(), PipelineError> {
+        let t = &self.cfg.training;
+        let (done, epoch) = (g + 1, g / self.span.ipe);
+        let clock = &mut self.clock;
+        let stats = self.loader.stats();
+        self.pb.set_position(done);
+        let elapsed = clock.loop_start.elapsed().as_secs_f64() - clock.val_secs;
+        self.pb.set_message(format!(
             "{}epoch {}/{} step {done} loss {:.4} lr {:.2e} {:.1} patches/s",
-            if st.chance.learning == chance::Learning::AtChance {
+            if self.st.chance.learning == chance::Learning::AtChance {
                 "AT CHANCE "
             } else {
                 ""
@@ -1403,147 +1739,187 @@ pub fn train(
             t.epochs,
             values.total,
             lr,
-            (steps_run * t.batch_size as u64) as f64 / elapsed.max(1e-9)
+            (clock.steps_run * t.batch_size as u64) as f64 / elapsed.max(1e-9)
         ));
-
-        if done % t.log_interval as u64 == 0 || done == end_step {
-            let mean = if acc_n > 0 {
-                acc.scaled(1.0 / acc_n as f64)
+        if done % t.log_interval as u64 == 0 || done == self.span.end_step {
+            let mean = if clock.acc_n > 0 {
+                clock.acc.scaled(1.0 / clock.acc_n as f64)
             } else {
                 LossValues::default()
             };
-            let iv = interval_start.elapsed().as_secs_f64();
-            let wait_now = stats.wait_secs - interval_wait;
+            let iv = clock.interval_start.elapsed().as_secs_f64();
+            let wait_now = stats.wait_secs - clock.interval_wait;
             let wait_frac = if iv > 0.0 {
                 (wait_now / iv).clamp(0.0, 1.0)
             } else {
                 0.0
             };
-            let pps = (steps_run * t.batch_size as u64) as f64 / elapsed.max(1e-9);
+            let pps = (clock.steps_run * t.batch_size as u64) as f64 / elapsed.max(1e-9);
             write_interval(
                 &IntervalStats {
                     done,
-                    total_steps,
+                    total_steps: self.span.total_steps,
                     epoch: epoch + 1,
                     mean,
                     lr,
                     grad_norm,
                     wait_frac,
                     patches_per_sec: pps,
-                    nonfinite_steps: st.total_nonfinite,
+                    nonfinite_steps: self.st.total_nonfinite,
                 },
-                &mut tb,
-                &mut log,
+                &mut self.tb,
+                &mut self.log,
             )?;
-            acc = LossValues::default();
-            acc_n = 0;
-            interval_start = Instant::now();
-            interval_wait = stats.wait_secs;
+            clock.acc = LossValues::default();
+            clock.acc_n = 0;
+            clock.interval_start = Instant::now();
+            clock.interval_wait = stats.wait_secs;
         }
+        Ok(())
+    }
 
-        let epoch_end = done % ipe == 0;
-        let finished = done == total_steps;
+    /// After step `g`: the validation (every `validation_interval` steps, at each epoch end and
+    /// at the end) with `best`, `latest` and the state file, the learning check, and the
+    /// periodic checkpoints.
+    fn validate_and_checkpoint(&mut self, g: u64) -> Result<(), PipelineError> {
+        let t = &self.cfg.training;
+        let (done, epoch) = (g + 1, g / self.span.ipe);
+        let epoch_end = done % self.span.ipe == 0;
+        let finished = done == self.span.total_steps;
         let do_val = done % t.validation_interval as u64 == 0 || epoch_end || finished;
         let mut saved_latest = false;
-        if do_val && val_plan.is_some() {
+        if do_val && self.validation.is_some() {
             let tv0 = Instant::now();
-            if let Some(v) = run_val(&model, done)? {
-                tb_val(&mut tb, &v, &cfg.class_order)?;
-                tb.flush().map_err(model_err)?;
-                let line = val_line(&v, epoch + 1);
-                tracing::info!("{line}");
-                log.line(&line)?;
-                let better = match (
-                    v.selection_score(),
-                    st.best_val.as_ref().and_then(|b| b.selection_score()),
-                ) {
-                    (Some(a), Some(b)) => a > b,
-                    (Some(_), None) => true,
-                    _ => st.best_val.is_none(),
-                };
-                check_learning(&mut st, done, Some(&v), &mut log, &pb)?;
-                if let Some(c) = st.chance.checks.last() {
-                    log.line(&format!(
-                        "learning check step {done}: classification loss {:.4} vs constant predictor {:.4}, val {} -> {:?}",
-                        c.loss,
-                        c.constant_loss,
-                        if c.val_at_chance { "at the constant map" } else { "beats the constant map" },
-                        st.chance.learning
-                    ))?;
-                }
-                if better {
-                    ckpt.save(&model, BEST_FILE, done, epoch + 1, Some(&v))?;
-                    log.line(&format!(
-                        "new best at step {done}: {}",
-                        fmt_opt(v.selection_score())
-                    ))?;
-                    st.best_val = Some(v.clone());
-                }
-                st.last_val = Some(v);
+            if let Some(v) = self.run_validation(done)? {
+                self.record_validation(v, done, epoch)?;
             }
-            ckpt.save(&model, LATEST_FILE, done, epoch + 1, st.last_val.as_ref())?;
-            save_state(&state_path, &model, &adamw, &st)?;
+            self.save_latest(done, epoch + 1)?;
             saved_latest = true;
-            val_secs += tv0.elapsed().as_secs_f64();
+            self.clock.val_secs += tv0.elapsed().as_secs_f64();
         }
-        if do_val && val_plan.is_none() {
-            check_learning(&mut st, done, None, &mut log, &pb)?;
+        if do_val && self.validation.is_none() {
+            check_learning(&mut self.st, done, None, &mut self.log, &self.pb)?;
         }
-        if let Some(name) = periodic_checkpoint_name(done, ipe, t.checkpoint_interval as u64) {
-            let p = ckpt.save(&model, &name, done, epoch + 1, st.last_val.as_ref())?;
+        if let Some(name) =
+            periodic_checkpoint_name(done, self.span.ipe, t.checkpoint_interval as u64)
+        {
+            let p = self.ckpt.save(
+                &self.model,
+                &name,
+                done,
+                epoch + 1,
+                self.st.last_val.as_ref(),
+            )?;
             tracing::debug!("checkpoint {}", p.display());
         }
         if !saved_latest
-            && (done % t.checkpoint_interval as u64 == 0 || epoch_end || done == end_step)
+            && (done % t.checkpoint_interval as u64 == 0 || epoch_end || done == self.span.end_step)
         {
-            ckpt.save(&model, LATEST_FILE, done, epoch + 1, st.last_val.as_ref())?;
-            save_state(&state_path, &model, &adamw, &st)?;
+            self.save_latest(done, epoch + 1)?;
         }
+        Ok(())
     }
-    pb.finish_and_clear();
-    if st.next_step < end_step {
-        return Err(data_err(format!(
-            "the training loader ended early at step {} of {end_step}",
-            st.next_step
-        )));
+
+    /// Logs a validation after `done` steps, runs the learning check and keeps `best`.
+    fn record_validation(
+        &mut self,
+        v: ValMetrics,
+        done: u64,
+        epoch: u64,
+    ) -> Result<(), PipelineError> {
+        tb_val(&mut self.tb, &v, &self.cfg.class_order)?;
+        self.tb.flush().map_err(model_err)?;
+        let line = val_line(&v, epoch + 1);
+        tracing::info!("{line}");
+        self.log.line(&line)?;
+        let st = &mut self.st;
+        let better = match (
+            v.selection_score(),
+            st.best_val.as_ref().and_then(|b| b.selection_score()),
+        ) {
+            (Some(a), Some(b)) => a > b,
+            (Some(_), None) => true,
+            _ => st.best_val.is_none(),
+        };
+        check_learning(st, done, Some(&v), &mut self.log, &self.pb)?;
+        if let Some(c) = st.chance.checks.last() {
+            self.log.line(&format!(
+                "learning check step {done}: classification loss {:.4} vs constant predictor {:.4}, val {} -> {:?}",
+                c.loss,
+                c.constant_loss,
+                if c.val_at_chance { "at the constant map" } else { "beats the constant map" },
+                st.chance.learning
+            ))?;
+        }
+        if better {
+            self.ckpt
+                .save(&self.model, BEST_FILE, done, epoch + 1, Some(&v))?;
+            self.log.line(&format!(
+                "new best at step {done}: {}",
+                fmt_opt(v.selection_score())
+            ))?;
+            st.best_val = Some(v.clone());
+        }
+        st.last_val = Some(v);
+        Ok(())
     }
-    if st.next_step == start_step {
-        // Nothing left to do (resuming a finished run): make sure latest exists.
-        ckpt.save(
-            &model,
+
+    /// `latest.safetensors` and the state file after `step` iterations (`epoch` 1-based).
+    fn save_latest(&self, step: u64, epoch: u64) -> Result<(), PipelineError> {
+        self.ckpt.save(
+            &self.model,
             LATEST_FILE,
-            st.next_step,
-            st.next_step / ipe.max(1),
-            st.last_val.as_ref(),
+            step,
+            epoch,
+            self.st.last_val.as_ref(),
         )?;
-        save_state(&state_path, &model, &adamw, &st)?;
+        save_state(&self.state_path, &self.model, &self.adamw, &self.st)
     }
-    let stats = loader.stats();
-    let loop_secs = (loop_start.elapsed().as_secs_f64() - val_secs).max(1e-9);
-    let throughput = Throughput {
-        steps: steps_run,
-        patches_per_sec: (steps_run * t.batch_size as u64) as f64 / loop_secs,
-        model_step_secs: if steps_run > 0 {
-            model_secs / steps_run as f64
-        } else {
-            0.0
-        },
-        data_wait_fraction: (stats.wait_secs / loop_secs).clamp(0.0, 1.0),
-    };
-    finish(
-        cfg,
-        &st,
-        RunEnd {
-            fingerprint: fp,
-            total_steps,
-            iterations_per_epoch: ipe,
-            throughput,
-            excluded,
-            state_path,
-        },
-        &mut log,
-        &mut tb,
-    )
+
+    /// Ends the run (the loader is exhausted): checks it reached its last step, makes sure
+    /// `latest` exists, and writes the summary with the throughput of this invocation.
+    fn finish(mut self) -> Result<TrainOutcome, PipelineError> {
+        let t = &self.cfg.training;
+        let span = self.span;
+        self.pb.finish_and_clear();
+        if self.st.next_step < span.end_step {
+            return Err(data_err(format!(
+                "the training loader ended early at step {} of {}",
+                self.st.next_step, span.end_step
+            )));
+        }
+        if self.st.next_step == span.start_step {
+            // Nothing left to do (resuming a finished run): make sure latest exists.
+            self.save_latest(self.st.next_step, self.st.next_step / span.ipe.max(1))?;
+        }
+        let stats = self.loader.stats();
+        let clock = &self.clock;
+        let loop_secs = (clock.loop_start.elapsed().as_secs_f64() - clock.val_secs).max(1e-9);
+        let throughput = Throughput {
+            steps: clock.steps_run,
+            patches_per_sec: (clock.steps_run * t.batch_size as u64) as f64 / loop_secs,
+            model_step_secs: if clock.steps_run > 0 {
+                clock.model_secs / clock.steps_run as f64
+            } else {
+                0.0
+            },
+            data_wait_fraction: (stats.wait_secs / loop_secs).clamp(0.0, 1.0),
+        };
+        summarize(
+            self.cfg,
+            &self.st,
+            RunEnd {
+                fingerprint: fingerprint(self.cfg),
+                total_steps: span.total_steps,
+                iterations_per_epoch: span.ipe,
+                throughput,
+                excluded: self.excluded,
+                state_path: self.state_path,
+            },
+            &mut self.log,
+            &mut self.tb,
+        )
+    }
 }
 
 /// The training split must hold every class, and no class on every slide (its labels would carry
@@ -1623,21 +1999,18 @@ fn write_interval(
     log: &mut RunLog,
 ) -> Result<(), PipelineError> {
     let m = &i.mean;
-    let scalars = [
-        ("train/loss", m.total as f32),
-        ("train/loss_cls", m.cls as f32),
-        ("train/loss_fg", m.fg as f32),
-        ("train/loss_bg", m.bg as f32),
-        ("train/cam_mean", m.cam_mean as f32),
-        ("train/cam_tv", m.tv as f32),
-        ("train/cam_l1", m.l1 as f32),
-        ("train/selected_pairs", m.pairs as f32),
-        ("train/lr", i.lr as f32),
-        ("train/grad_norm", i.grad_norm as f32),
-        ("train/data_wait_fraction", i.wait_frac as f32),
-        ("train/patches_per_sec", i.patches_per_sec as f32),
-        ("train/nonfinite_steps", i.nonfinite_steps as f32),
-    ];
+    let scalars: Vec<(&str, f32)> = LOSS_TAGS
+        .into_iter()
+        .zip(m.terms())
+        .chain([
+            ("train/lr", i.lr),
+            ("train/grad_norm", i.grad_norm),
+            ("train/data_wait_fraction", i.wait_frac),
+            ("train/patches_per_sec", i.patches_per_sec),
+        ])
+        .map(|(k, v)| (k, v as f32))
+        .chain([("train/nonfinite_steps", i.nonfinite_steps as f32)])
+        .collect();
     tb.add_scalars(&scalars, i.done as i64).map_err(model_err)?;
     tb.flush().map_err(model_err)?;
     log.line(&format!(
@@ -1672,7 +2045,7 @@ struct RunEnd {
 
 /// Writes `train_summary.json`, the last log line and the stage report of a finished (or stopped)
 /// run.
-fn finish(
+fn summarize(
     cfg: &Config,
     st: &TrainState,
     end: RunEnd,

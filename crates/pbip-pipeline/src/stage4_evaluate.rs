@@ -38,16 +38,19 @@ use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use burn::tensor::activation::sigmoid;
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Device;
 use indicatif::{ProgressBar, ProgressStyle};
-use pbip_config::{Config, Dataset, Split};
-use pbip_data::{EvalPlan, Normalization, Preprocess, SlideSet, SlideSetOptions, SlideSpec};
+use pbip_config::{Config, Dataset, SlideEntry, Split};
+use pbip_data::{
+    EvalPlan, Normalization, PatchBatch, PatchesPerSlide, Preprocess, SlideSet, SlideSetOptions,
+    SlideSpec,
+};
 use pbip_metrics::{ConfusionMatrix, MetricsReport, PatchAggregator, roc_auc_multilabel};
-use pbip_model::{Gate, MergeMethod, background_rule, class_maps, evaluate};
+use pbip_model::{ClassNet, EvalConfig, Pooling, background_rule};
 use serde::Serialize;
 
 use crate::artifacts::checkpoints;
+use crate::cam_batches::{CamBatches, FusedMaps, threshold_argmax};
 use crate::{PipelineError, RunOptions, StageInfo, StageReport};
 
 const STAGE: &str = "evaluate";
@@ -193,6 +196,7 @@ impl SampleKeeper {
     }
 }
 
+/// The scores of one map: its confusion matrix and its per-patch scores.
 struct Protocol {
     cm: ConfusionMatrix,
     patches: PatchAggregator,
@@ -209,74 +213,280 @@ impl Protocol {
         self.cm.accumulate(gt, pred).map_err(model_err)?;
         self.patches.add_patch(gt, pred).map_err(model_err)
     }
+    fn merge(&mut self, part: &Protocol) -> Result<(), PipelineError> {
+        self.cm.merge(&part.cm).map_err(model_err)?;
+        self.patches.merge(&part.patches).map_err(model_err)
+    }
     fn report(&self, names: &[&str]) -> Result<MetricsReport, PipelineError> {
         MetricsReport::from_patches(&self.patches, names).map_err(model_err)
     }
 }
 
-/// Runs stage 4.
-pub fn run(
-    cfg: &Config,
-    eo: &EvaluateOptions,
-    opts: &RunOptions,
-) -> Result<EvaluateOutcome, PipelineError> {
-    let t0 = std::time::Instant::now();
-    let n = cfg.num_classes();
-    let names: Vec<&str> = cfg.class_order.iter().map(String::as_str).collect();
-    let device = crate::settings::compute_device(cfg)?;
-    let checkpoints::Checkpoint {
-        model,
-        gate_threshold: threshold,
-        ..
-    } = checkpoints::load(cfg, &eo.weights, &device, "evaluate")?;
-    let e = &cfg.evaluation;
-    let mut eval_cfg = crate::settings::eval_config(cfg, e.use_tta)?;
-    eval_cfg.background_score = threshold;
-    let slide_pool = crate::settings::slide_pooling(cfg);
-    let norm = normalization(cfg)?;
-    let per_slide = crate::settings::patches_per_slide(e.patches_per_slide);
+/// The maps scored per patch (of a slide, or of the whole split).
+struct Protocols {
+    /// Deployable: gated by the model's own image-level prediction.
+    dep: Protocol,
+    /// Label-masked: gated by the GT image label.
+    lab: Protocol,
+    /// Leak reference: every pixel = the present class with the largest index.
+    leak: Protocol,
+    /// One "every pixel = class c" map per class; the best is reported.
+    constant: Vec<Protocol>,
+}
 
-    let dataset = Dataset::load(cfg)?;
-    let slides = dataset.split(eo.split);
-    if slides.is_empty() {
-        return Err(err(format!(
-            "the {} split of {} is empty",
-            eo.split.as_str(),
-            cfg.paths.split_csv.display()
-        )));
+impl Protocols {
+    fn new(n: usize) -> Result<Self, PipelineError> {
+        Ok(Protocols {
+            dep: Protocol::new(n)?,
+            lab: Protocol::new(n)?,
+            leak: Protocol::new(n)?,
+            constant: (0..n).map(|_| Protocol::new(n)).collect::<Result<_, _>>()?,
+        })
     }
-    let set_opts = slide_set_options(cfg);
 
-    let mut dep = Protocol::new(n)?;
-    let mut lab = Protocol::new(n)?;
-    let mut leak = Protocol::new(n)?;
-    // One "every pixel = class c" map per class; the best is reported.
-    let mut constant: Vec<Protocol> = (0..n).map(|_| Protocol::new(n)).collect::<Result<_, _>>()?;
-    let mut keeper = SampleKeeper {
-        n: e.num_samples,
-        best: Vec::new(),
-        worst: Vec::new(),
-    };
-    let mut rows: Vec<SlideRow> = Vec::new();
-    let mut failed = Vec::new();
-    let (mut auc_scores, mut auc_truth) = (Vec::new(), Vec::new());
-    let (mut cls_correct, mut cls_counted) = (0usize, 0usize);
-    let mut total_patches = 0usize;
-
-    let bar = if opts.progress {
-        ProgressBar::new(slides.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides {msg} ETA {eta}")
-    {
-        bar.set_style(style.progress_chars("=> "));
+    /// Adds the scores of `part` (a slide's) to these.
+    fn merge(&mut self, part: &Protocols) -> Result<(), PipelineError> {
+        self.dep.merge(&part.dep)?;
+        self.lab.merge(&part.lab)?;
+        self.leak.merge(&part.leak)?;
+        for (total, part) in self.constant.iter_mut().zip(&part.constant) {
+            total.merge(part)?;
+        }
+        Ok(())
     }
-    bar.set_prefix("stage 4: evaluating");
-    for entry in slides {
-        bar.set_message(entry.name.clone());
-        let label_names: Vec<&str> = entry.class_indices().iter().map(|&c| names[c]).collect();
+}
+
+/// The model and settings of an evaluation.
+struct Evaluator<'a> {
+    cfg: &'a Config,
+    /// Class names in class order.
+    names: Vec<&'a str>,
+    model: ClassNet,
+    device: Device,
+    /// Deployable gate threshold (from the checkpoint).
+    threshold: f64,
+    eval_cfg: EvalConfig,
+    slide_pool: Pooling,
+    norm: Normalization,
+    per_slide: PatchesPerSlide,
+    set_opts: SlideSetOptions,
+}
+
+impl<'a> Evaluator<'a> {
+    fn new(cfg: &'a Config, weights: &Path) -> Result<Self, PipelineError> {
+        let names: Vec<&str> = cfg.class_order.iter().map(String::as_str).collect();
+        let device = crate::settings::compute_device(cfg)?;
+        let checkpoints::Checkpoint {
+            model,
+            gate_threshold: threshold,
+            ..
+        } = checkpoints::load(cfg, weights, &device, "evaluate")?;
+        let e = &cfg.evaluation;
+        let mut eval_cfg = crate::settings::eval_config(cfg, e.use_tta)?;
+        eval_cfg.background_score = threshold;
+        Ok(Evaluator {
+            cfg,
+            names,
+            model,
+            device,
+            threshold,
+            eval_cfg,
+            slide_pool: crate::settings::slide_pooling(cfg),
+            norm: normalization(cfg)?,
+            per_slide: crate::settings::patches_per_slide(e.patches_per_slide),
+            set_opts: slide_set_options(cfg),
+        })
+    }
+
+    /// Evaluates the patches of one slide (the samples are offered to `keeper` as they come).
+    fn slide(
+        &self,
+        entry: &SlideEntry,
+        keeper: &mut SampleKeeper,
+    ) -> Result<SlideEval, PipelineError> {
+        let n = self.names.len();
+        let spec = SlideSpec {
+            name: entry.name.clone(),
+            slide_path: entry.slide_path.clone(),
+            coordinates_path: entry.coordinates_path.clone(),
+            labels: entry.labels.clone(),
+            gt_path: entry.gt_path.clone(),
+        };
+        let mut scorer = SlideScorer {
+            ev: self,
+            label_gate: entry
+                .labels
+                .iter()
+                .map(|&v| if v != 0 { 1.0 } else { 0.0 })
+                .collect(),
+            leak_class: entry.class_indices().last().copied().unwrap_or(0) as u8,
+            protocols: Protocols::new(n)?,
+        };
+        let set = Arc::new(SlideSet::open(&[spec], &self.set_opts).map_err(model_err)?);
+        let plan = EvalPlan::new(
+            set,
+            self.per_slide,
+            self.cfg.inference.batch_size.max(1),
+            Preprocess::MeanStd(self.norm),
+            entry.gt_path.is_some(),
+        )
+        .map_err(model_err)?;
+        let mut patch_logits: Vec<Vec<f64>> = vec![Vec::new(); n];
+        let mut count = 0usize;
+        for cb in CamBatches::new(&self.model, &plan, self.device.clone()) {
+            let cb = cb.map_err(model_err)?;
+            let b = cb.batch.shape()[0];
+            for patch in cb.logits.chunks(n.max(1)).take(b) {
+                for (class_logits, &z) in patch_logits.iter_mut().zip(patch) {
+                    class_logits.push(f64::from(z));
+                }
+            }
+            count += b;
+            let Some(masks) = cb.batch.masks.as_ref() else {
+                continue;
+            };
+            let fused = cb
+                .maps
+                .fuse(&self.model, &self.eval_cfg)
+                .map_err(model_err)?;
+            let fused =
+                fused.ok_or_else(|| err("every evaluation.fuse_weights entry is 0".into()))?;
+            scorer.add_batch(&cb.batch, masks, &cb.probs, &fused, keeper)?;
+        }
+        let slide_logits: Vec<f64> = patch_logits
+            .iter()
+            .map(|v| pbip_model::pool_values(v, self.slide_pool).unwrap_or(0.0))
+            .collect();
+        Ok(SlideEval {
+            patches: count,
+            slide_logits,
+            protocols: scorer.protocols,
+        })
+    }
+}
+
+/// One slide's evaluation.
+struct SlideEval {
+    /// Patches evaluated.
+    patches: usize,
+    /// The patch logits pooled per class.
+    slide_logits: Vec<f64>,
+    /// The slide's scores.
+    protocols: Protocols,
+}
+
+/// Scores the patches of one slide under every protocol.
+struct SlideScorer<'e> {
+    ev: &'e Evaluator<'e>,
+    /// The slide's GT image label as a class gate.
+    label_gate: Vec<f32>,
+    /// The leak reference's class.
+    leak_class: u8,
+    protocols: Protocols,
+}
+
+impl SlideScorer<'_> {
+    /// Scores the patches of a batch with GT `masks` (`[B, plane]`).
+    fn add_batch(
+        &mut self,
+        batch: &PatchBatch,
+        masks: &[u8],
+        probs: &[f32],
+        fused: &FusedMaps,
+        keeper: &mut SampleKeeper,
+    ) -> Result<(), PipelineError> {
+        let ev = self.ev;
+        let n = ev.names.len();
+        let [b, _, h, w] = batch.shape();
+        let plane = h * w;
+        let mut pred_dep = vec![0u8; plane];
+        let mut pred_lab = vec![0u8; plane];
+        let pred_leak = vec![self.leak_class; plane];
+        let pred_const: Vec<Vec<u8>> = (0..n).map(|c| vec![c as u8; plane]).collect();
+        let p = &mut self.protocols;
+        for i in 0..b {
+            let gt = &masks[i * plane..(i + 1) * plane];
+            let f = fused.patch(i);
+            threshold_argmax(
+                f,
+                &probs[i * n..(i + 1) * n],
+                ev.threshold,
+                &ev.eval_cfg,
+                &mut pred_dep,
+            );
+            let bg = background_rule(&ev.eval_cfg);
+            pbip_model::gated_argmax(f, &self.label_gate, n, plane, bg, &mut pred_lab);
+            p.dep.add(gt, &pred_dep)?;
+            p.lab.add(gt, &pred_lab)?;
+            p.leak.add(gt, &pred_leak)?;
+            for (pc, pred) in p.constant.iter_mut().zip(&pred_const) {
+                pc.add(gt, pred)?;
+            }
+            let mut pm = ConfusionMatrix::with_ignore(n, Some(255)).map_err(model_err)?;
+            pm.accumulate(gt, &pred_dep).map_err(model_err)?;
+            if let Some(miou) = pm.summary().miou {
+                let info = &batch.info[i];
+                keeper.offer(
+                    || Sample {
+                        miou,
+                        slide: info.slide_name.clone(),
+                        x: info.x_lv0,
+                        y: info.y_lv0,
+                        rgb: denormalize(batch.image(i), h, w, &ev.norm),
+                        gt: gt.to_vec(),
+                        pred: pred_dep.clone(),
+                    },
+                    miou,
+                );
+            }
+        }
+        Ok(())
+    }
+}
+
+/// What the evaluation accumulates over the slides of the split.
+struct Totals {
+    protocols: Protocols,
+    keeper: SampleKeeper,
+    rows: Vec<SlideRow>,
+    /// (slide, error) of the slides that failed.
+    failed: Vec<(String, String)>,
+    /// Slide probabilities and labels (background class left out) for the slide AUC.
+    auc_scores: Vec<f64>,
+    auc_truth: Vec<bool>,
+    /// Slides whose predicted label set is exactly right, of those counted.
+    cls_correct: usize,
+    cls_counted: usize,
+    total_patches: usize,
+}
+
+impl Totals {
+    fn new(n: usize, num_samples: usize) -> Result<Self, PipelineError> {
+        Ok(Totals {
+            protocols: Protocols::new(n)?,
+            keeper: SampleKeeper {
+                n: num_samples,
+                best: Vec::new(),
+                worst: Vec::new(),
+            },
+            rows: Vec::new(),
+            failed: Vec::new(),
+            auc_scores: Vec::new(),
+            auc_truth: Vec::new(),
+            cls_correct: 0,
+            cls_counted: 0,
+            total_patches: 0,
+        })
+    }
+
+    /// Records a slide's evaluation (or its failure) in its per_slide.csv row and the totals.
+    fn add_slide(
+        &mut self,
+        ev: &Evaluator,
+        entry: &SlideEntry,
+        result: Result<SlideEval, PipelineError>,
+    ) -> Result<(), PipelineError> {
+        let label_names: Vec<&str> = entry.class_indices().iter().map(|&c| ev.names[c]).collect();
         let mut row = SlideRow {
             slide: entry.name.clone(),
             label: label_names.join(" "),
@@ -290,477 +500,519 @@ pub fn run(
             label_masked_miou: None,
             leak_reference_miou: None,
         };
-        let spec = SlideSpec {
-            name: entry.name.clone(),
-            slide_path: entry.slide_path.clone(),
-            coordinates_path: entry.coordinates_path.clone(),
-            labels: entry.labels.clone(),
-            gt_path: entry.gt_path.clone(),
-        };
-        let slide_dep = std::cell::RefCell::new(Protocol::new(n)?);
-        let slide_lab = std::cell::RefCell::new(Protocol::new(n)?);
-        let slide_leak = std::cell::RefCell::new(Protocol::new(n)?);
-        let slide_const = std::cell::RefCell::new(
-            (0..n)
-                .map(|_| Protocol::new(n))
-                .collect::<Result<Vec<_>, _>>()?,
-        );
-        let result = (|| -> Result<(usize, Vec<f64>), PipelineError> {
-            let set = Arc::new(SlideSet::open(&[spec], &set_opts).map_err(model_err)?);
-            let has_gt = entry.gt_path.is_some();
-            let plan = EvalPlan::new(
-                set,
-                per_slide,
-                cfg.inference.batch_size.max(1),
-                Preprocess::MeanStd(norm),
-                has_gt,
-            )
-            .map_err(model_err)?;
-            let mut patch_logits: Vec<Vec<f64>> = vec![Vec::new(); n];
-            let mut count = 0usize;
-            let label_gate: Vec<f32> = entry
-                .labels
-                .iter()
-                .map(|&v| if v != 0 { 1.0 } else { 0.0 })
-                .collect();
-            let leak_class = entry.class_indices().last().copied().unwrap_or(0) as u8;
-            for k in 0..plan.num_batches() {
-                let Some(batch) = plan.batch(k) else { break };
-                let batch = batch.map_err(model_err)?;
-                let [b, c, h, w] = batch.shape();
-                let images: Tensor<4> =
-                    Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
-                let out = model
-                    .try_forward(images.clone(), false)
-                    .map_err(model_err)?;
-                let merged = pbip_model::merge_subclasses(
-                    out.cls[3].clone(),
-                    &model.k_list,
-                    MergeMethod::Mean,
-                )
-                .map_err(model_err)?;
-                let logits = pbip_model::util::to_vec(merged.clone()).map_err(model_err)?;
-                let probs = pbip_model::util::to_vec(sigmoid(merged)).map_err(model_err)?;
-                for i in 0..b {
-                    for cl in 0..n {
-                        patch_logits[cl].push(f64::from(logits[i * n + cl]));
-                    }
-                }
-                count += b;
-                let Some(masks) = batch.masks.as_ref() else {
-                    continue;
-                };
-                let fused_t = if eval_cfg.tta {
-                    evaluate(&model, images, &Gate::None, &eval_cfg)
-                        .map_err(model_err)?
-                        .fused
-                } else {
-                    let mut acc: Option<Tensor<4>> = None;
-                    for (i, cam) in out.cam.into_iter().enumerate() {
-                        if eval_cfg.fuse[i] == 0.0 {
-                            continue;
-                        }
-                        let m = class_maps(cam, &model.k_list, None, h, w, &eval_cfg)
-                            .map_err(model_err)?
-                            * eval_cfg.fuse[i];
-                        acc = Some(match acc {
-                            None => m,
-                            Some(a) => a + m,
-                        });
-                    }
-                    acc.ok_or_else(|| err("every evaluation.fuse_weights entry is 0".into()))?
-                };
-                let fused = pbip_model::util::to_vec(fused_t).map_err(model_err)?;
-                let plane = h * w;
-                let mut pred_dep = vec![0u8; plane];
-                let mut pred_lab = vec![0u8; plane];
-                let pred_leak = vec![leak_class; plane];
-                let pred_const: Vec<Vec<u8>> = (0..n).map(|c| vec![c as u8; plane]).collect();
-                for i in 0..b {
-                    let gt = &masks[i * plane..(i + 1) * plane];
-                    let f = &fused[i * n * plane..(i + 1) * n * plane];
-                    let g: Vec<f32> = probs[i * n..(i + 1) * n]
-                        .iter()
-                        .map(|&p| if f64::from(p) >= threshold { 1.0 } else { 0.0 })
-                        .collect();
-                    let bg = background_rule(&eval_cfg);
-                    pbip_model::gated_argmax(f, &g, n, plane, bg, &mut pred_dep);
-                    pbip_model::gated_argmax(f, &label_gate, n, plane, bg, &mut pred_lab);
-                    slide_dep.borrow_mut().add(gt, &pred_dep)?;
-                    slide_lab.borrow_mut().add(gt, &pred_lab)?;
-                    slide_leak.borrow_mut().add(gt, &pred_leak)?;
-                    for (p, pc) in slide_const.borrow_mut().iter_mut().zip(&pred_const) {
-                        p.add(gt, pc)?;
-                    }
-                    let mut pm = ConfusionMatrix::with_ignore(n, Some(255)).map_err(model_err)?;
-                    pm.accumulate(gt, &pred_dep).map_err(model_err)?;
-                    if let Some(miou) = pm.summary().miou {
-                        let info = &batch.info[i];
-                        keeper.offer(
-                            || Sample {
-                                miou,
-                                slide: info.slide_name.clone(),
-                                x: info.x_lv0,
-                                y: info.y_lv0,
-                                rgb: denormalize(batch.image(i), h, w, &norm),
-                                gt: gt.to_vec(),
-                                pred: pred_dep.clone(),
-                            },
-                            miou,
-                        );
-                    }
-                }
-            }
-            let slide_logits: Vec<f64> = patch_logits
-                .iter()
-                .map(|v| pbip_model::pool_values(v, slide_pool).unwrap_or(0.0))
-                .collect();
-            Ok((count, slide_logits))
-        })();
         match result {
-            Ok((count, slide_logits)) => {
-                row.patches = count;
-                total_patches += count;
-                if count > 0 {
-                    let probs: Vec<f64> = slide_logits
-                        .iter()
-                        .map(|z| 1.0 / (1.0 + (-z).exp()))
-                        .collect();
-                    let mut ok = true;
-                    for (cl, &p) in probs.iter().enumerate().take(n) {
-                        if Some(cl) == cfg.background_index() {
-                            // Present on every slide: nothing to rank or gate.
-                            continue;
-                        }
-                        let pos = entry.labels.get(cl).copied().unwrap_or(0) != 0;
-                        auc_scores.push(p);
-                        auc_truth.push(pos);
-                        ok &= (p >= threshold) == pos;
-                    }
-                    cls_counted += 1;
-                    cls_correct += usize::from(ok);
-                    row.predicted = (0..n)
-                        .filter(|&c| probs[c] >= threshold || Some(c) == cfg.background_index())
-                        .map(|c| names[c])
-                        .collect::<Vec<_>>()
-                        .join(" ");
-                    row.probs = probs;
+            Ok(slide) => {
+                row.patches = slide.patches;
+                self.total_patches += slide.patches;
+                if slide.patches > 0 {
+                    self.classify(ev, entry, &slide.slide_logits, &mut row);
                 }
-                let (d, l, k) = (
-                    slide_dep.into_inner(),
-                    slide_lab.into_inner(),
-                    slide_leak.into_inner(),
-                );
-                let ds = d.cm.summary();
+                let p = &slide.protocols;
+                let ds = p.dep.cm.summary();
                 row.deployable_miou = ds.miou;
                 row.deployable_pixel_accuracy = ds.pixel_accuracy;
-                row.label_masked_miou = l.cm.summary().miou;
-                row.leak_reference_miou = k.cm.summary().miou;
-                let consts = slide_const.into_inner();
-                let pairs = [(&mut dep, d), (&mut lab, l), (&mut leak, k)]
-                    .into_iter()
-                    .chain(constant.iter_mut().zip(consts));
-                for (total, part) in pairs {
-                    total.cm.merge(&part.cm).map_err(model_err)?;
-                    total.patches.merge(&part.patches).map_err(model_err)?;
-                }
+                row.label_masked_miou = p.lab.cm.summary().miou;
+                row.leak_reference_miou = p.leak.cm.summary().miou;
+                self.protocols.merge(p)?;
             }
             Err(e) => {
                 tracing::error!(slide = %entry.name, "evaluation failed: {e}");
                 row.status = "failed".into();
                 row.error = e.to_string();
-                failed.push((entry.name.clone(), e.to_string()));
+                self.failed.push((entry.name.clone(), e.to_string()));
             }
         }
-        rows.push(row);
+        self.rows.push(row);
+        Ok(())
+    }
+
+    /// Slide classification from the pooled logits: AUC inputs, exact-match count and the
+    /// row's probabilities and predicted classes.
+    fn classify(
+        &mut self,
+        ev: &Evaluator,
+        entry: &SlideEntry,
+        slide_logits: &[f64],
+        row: &mut SlideRow,
+    ) {
+        let n = ev.names.len();
+        let background = ev.cfg.background_index();
+        let probs: Vec<f64> = slide_logits
+            .iter()
+            .map(|z| 1.0 / (1.0 + (-z).exp()))
+            .collect();
+        let mut ok = true;
+        for (cl, &p) in probs.iter().enumerate().take(n) {
+            if Some(cl) == background {
+                // Present on every slide: nothing to rank or gate.
+                continue;
+            }
+            let pos = entry.labels.get(cl).copied().unwrap_or(0) != 0;
+            self.auc_scores.push(p);
+            self.auc_truth.push(pos);
+            ok &= (p >= ev.threshold) == pos;
+        }
+        self.cls_counted += 1;
+        self.cls_correct += usize::from(ok);
+        row.predicted = (0..n)
+            .filter(|&c| probs[c] >= ev.threshold || Some(c) == background)
+            .map(|c| ev.names[c])
+            .collect::<Vec<_>>()
+            .join(" ");
+        row.probs = probs;
+    }
+
+    /// Exact-match slide accuracy, if any slide was classified.
+    fn accuracy(&self) -> Option<f64> {
+        (self.cls_counted > 0).then(|| self.cls_correct as f64 / self.cls_counted as f64)
+    }
+}
+
+/// Runs stage 4.
+pub fn run(
+    cfg: &Config,
+    eo: &EvaluateOptions,
+    opts: &RunOptions,
+) -> Result<EvaluateOutcome, PipelineError> {
+    let t0 = std::time::Instant::now();
+    let ev = Evaluator::new(cfg, &eo.weights)?;
+    let dataset = Dataset::load(cfg)?;
+    let slides = dataset.split(eo.split);
+    if slides.is_empty() {
+        return Err(err(format!(
+            "the {} split of {} is empty",
+            eo.split.as_str(),
+            cfg.paths.split_csv.display()
+        )));
+    }
+    let mut totals = Totals::new(ev.names.len(), cfg.evaluation.num_samples)?;
+    let bar = if opts.progress {
+        ProgressBar::new(slides.len() as u64)
+    } else {
+        ProgressBar::hidden()
+    };
+    if let Ok(style) =
+        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides {msg} ETA {eta}")
+    {
+        bar.set_style(style.progress_chars("=> "));
+    }
+    bar.set_prefix("stage 4: evaluating");
+    for entry in slides {
+        bar.set_message(entry.name.clone());
+        let result = ev.slide(entry, &mut totals.keeper);
+        totals.add_slide(&ev, entry, result)?;
         bar.inc(1);
     }
     bar.finish_and_clear();
-
     let out_dir = eo
         .output_dir
         .clone()
         .unwrap_or_else(|| cfg.paths.work_dir.join(OUTPUT_DIR));
-    std::fs::create_dir_all(&out_dir).map_err(|source| PipelineError::Io {
-        path: out_dir.clone(),
-        source,
-    })?;
-    let io = |p: &Path| {
-        let p = p.to_path_buf();
-        move |source| PipelineError::Io { path: p, source }
-    };
+    std::fs::create_dir_all(&out_dir).map_err(io_err(&out_dir))?;
+    let results = Results::new(cfg, eo, ev.names, ev.threshold, totals, out_dir)?;
+    results.write(t0)
+}
 
-    // metrics.json
-    let auc = if auc_scores.is_empty() {
-        None
-    } else {
-        roc_auc_multilabel(
-            &auc_scores,
-            &auc_truth,
-            n - usize::from(cfg.background_index().is_some()),
-        )
-        .ok()
-        .map(|a| serde_json::to_value(a).unwrap_or_default())
-    };
-    let slide_classification = serde_json::json!({
-        "slides": cls_counted,
-        "exact_match_accuracy": if cls_counted > 0 { Some(cls_correct as f64 / cls_counted as f64) } else { None },
-        "threshold": threshold,
-        "auc": auc,
-    });
-    let dep_r = dep.report(&names)?;
-    let lab_r = lab.report(&names)?;
-    let leak_r = leak.report(&names)?;
-    // The best constant map by mIoU (first class on ties).
-    let mut best_const: Option<(usize, f64)> = None;
-    for (c, p) in constant.iter().enumerate() {
-        if let Some(m) = p.cm.summary().miou
-            && best_const.is_none_or(|(_, b)| m > b)
-        {
-            best_const = Some((c, m));
-        }
-    }
-    let const_class = best_const.map_or(0, |(c, _)| c);
-    let const_r = match constant.get(const_class) {
-        Some(p) => p.report(&names)?,
-        None => leak_r.clone(),
-    };
-    let const_note = format!(
-        "no model, no label: every pixel = {} (the class whose constant map scores best); a model that does not beat this has learned nothing",
-        names.get(const_class).copied().unwrap_or("?")
-    );
-    let section = |r: &MetricsReport,
-                   sc: serde_json::Value,
-                   note: &str|
-     -> Result<serde_json::Value, PipelineError> {
-        let mut v = serde_json::to_value(r).map_err(|e| err(e.to_string()))?;
-        if let Some(o) = v.as_object_mut() {
-            o.insert("slide_classification".into(), sc);
-            o.insert("note".into(), serde_json::Value::String(note.into()));
-        }
-        Ok(v)
-    };
-    let mut const_section = section(&const_r, serde_json::Value::Null, &const_note)?;
-    if let Some(o) = const_section.as_object_mut() {
-        o.insert(
-            "class".into(),
-            serde_json::Value::String(names.get(const_class).copied().unwrap_or("?").to_string()),
-        );
-    }
-    let metrics = serde_json::json!({
-        "split": eo.split.as_str(),
-        "checkpoint": eo.weights,
-        "evaluation": cfg.evaluation,
-        "gate_threshold": threshold,
-        "patches": total_patches,
-        "slides": rows.len(),
-        "failed_slides": failed.len(),
-        "deployable": section(&dep_r, slide_classification.clone(), "headline: CAMs gated by the model's own image-level prediction")?,
-        "label_masked": section(&lab_r, slide_classification, "upstream protocol: CAMs gated by the GT image label (leaks the label); for comparison with the paper only")?,
-        "leak_reference": section(&leak_r, serde_json::Value::Null, "no model: every pixel = the present class with the largest index; a model adds something only where it beats this")?,
-        "best_constant_map": const_section,
-    });
-    let metrics_path = out_dir.join(METRICS_FILE);
-    let text = serde_json::to_string_pretty(&metrics).map_err(|e| err(e.to_string()))?;
-    crate::write_atomic(&metrics_path, text.as_bytes())?;
-    let cm_path = out_dir.join("confusion_matrix.csv");
-    dep.cm.write_csv(&cm_path, &names).map_err(model_err)?;
-    lab.cm
-        .write_csv(&out_dir.join("confusion_matrix_label_masked.csv"), &names)
-        .map_err(model_err)?;
+fn io_err(p: &Path) -> impl FnOnce(std::io::Error) -> PipelineError + use<> {
+    let p = p.to_path_buf();
+    move |source| PipelineError::Io { path: p, source }
+}
 
-    // per_slide.csv
-    let mut csv = String::from("slide,label,status,patches");
-    for c in &names {
-        let _ = write!(csv, ",prob_{c}");
-    }
-    csv.push_str(",predicted,deployable_miou,deployable_pixel_accuracy,label_masked_miou,leak_reference_miou,error\n");
-    let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
-    for r in &rows {
-        let _ = write!(
-            csv,
-            "{},{},{},{}",
-            csv_cell(&r.slide),
-            csv_cell(&r.label),
-            r.status,
-            r.patches
-        );
-        for c in 0..n {
-            let _ = write!(csv, ",{}", f(r.probs.get(c).copied()));
-        }
-        let _ = writeln!(
-            csv,
-            ",{},{},{},{},{},{}",
-            csv_cell(&r.predicted),
-            f(r.deployable_miou),
-            f(r.deployable_pixel_accuracy),
-            f(r.label_masked_miou),
-            f(r.leak_reference_miou),
-            csv_cell(&r.error)
-        );
-    }
-    crate::write_atomic(&out_dir.join("per_slide.csv"), csv.as_bytes())?;
+/// The metrics reports of the protocols.
+struct Reports {
+    dep: MetricsReport,
+    lab: MetricsReport,
+    leak: MetricsReport,
+    /// The best constant map's report, its class and the note explaining it.
+    constant: MetricsReport,
+    const_class: usize,
+    const_note: String,
+}
 
-    // Samples.
-    let sample_dir = out_dir.join("prediction_samples");
-    std::fs::create_dir_all(&sample_dir).map_err(io(&sample_dir))?;
-    let colors = pbip_report::default_class_colors(n);
-    let ignore_color = [255, 255, 255];
-    let side = cfg.patch_size;
-    let mut triplets = Vec::new();
-    for (kind, list) in [("best", &keeper.best), ("worst", &keeper.worst)] {
-        for (i, s) in list.iter().enumerate() {
-            let input = pbip_report::PngImage::from_rgb8(side, side, &s.rgb).map_err(model_err)?;
-            let gt = pbip_report::PngImage::from_labels(side, side, &s.gt, &colors, ignore_color)
-                .map_err(model_err)?;
-            let pred =
-                pbip_report::PngImage::from_labels(side, side, &s.pred, &colors, ignore_color)
-                    .map_err(model_err)?;
-            let stem = format!("{kind}_{i:02}_{}_{}_{}", s.slide, s.x, s.y);
-            for (suffix, img) in [("input", &input), ("gt", &gt), ("pred", &pred)] {
-                let p = sample_dir.join(format!("{stem}_{suffix}.png"));
-                std::fs::write(&p, &img.png).map_err(io(&p))?;
+impl Reports {
+    fn new(p: &Protocols, names: &[&str]) -> Result<Self, PipelineError> {
+        let dep = p.dep.report(names)?;
+        let lab = p.lab.report(names)?;
+        let leak = p.leak.report(names)?;
+        // The best constant map by mIoU (first class on ties).
+        let mut best_const: Option<(usize, f64)> = None;
+        for (c, p) in p.constant.iter().enumerate() {
+            if let Some(m) = p.cm.summary().miou
+                && best_const.is_none_or(|(_, b)| m > b)
+            {
+                best_const = Some((c, m));
             }
-            triplets.push(pbip_report::SampleTriplet {
-                title: format!("{kind} #{}: {}", i + 1, s.slide),
-                iou: Some(s.miou),
-                details: vec![("x, y (level 0)".into(), format!("{}, {}", s.x, s.y))],
-                input,
-                gt,
-                pred,
-            });
         }
+        let const_class = best_const.map_or(0, |(c, _)| c);
+        let constant = match p.constant.get(const_class) {
+            Some(p) => p.report(names)?,
+            None => leak.clone(),
+        };
+        let const_note = format!(
+            "no model, no label: every pixel = {} (the class whose constant map scores best); a model that does not beat this has learned nothing",
+            names.get(const_class).copied().unwrap_or("?")
+        );
+        Ok(Reports {
+            dep,
+            lab,
+            leak,
+            constant,
+            const_class,
+            const_note,
+        })
+    }
+}
+
+/// The accumulated evaluation, written to the output folder.
+struct Results<'a> {
+    cfg: &'a Config,
+    eo: &'a EvaluateOptions,
+    names: Vec<&'a str>,
+    threshold: f64,
+    totals: Totals,
+    reports: Reports,
+    out_dir: PathBuf,
+}
+
+impl<'a> Results<'a> {
+    fn new(
+        cfg: &'a Config,
+        eo: &'a EvaluateOptions,
+        names: Vec<&'a str>,
+        threshold: f64,
+        totals: Totals,
+        out_dir: PathBuf,
+    ) -> Result<Self, PipelineError> {
+        Ok(Results {
+            reports: Reports::new(&totals.protocols, &names)?,
+            cfg,
+            eo,
+            names,
+            threshold,
+            totals,
+            out_dir,
+        })
     }
 
-    // evaluation_report.txt
-    let mut txt = String::new();
-    let pct = |v: Option<f64>| v.map_or("n/a".to_string(), |x| format!("{:.2}%", 100.0 * x));
-    let _ = writeln!(txt, "PBIP evaluation ({} split)", eo.split.as_str());
-    let _ = writeln!(txt, "checkpoint: {}", eo.weights.display());
-    let _ = writeln!(
-        txt,
-        "slides: {} ({} failed), patches: {total_patches}",
-        rows.len(),
-        failed.len()
-    );
-    let _ = writeln!(txt, "gate threshold (deployable): {threshold}");
-    for (name, r) in [
-        ("deployable", &dep_r),
-        ("label_masked (upstream, leaks the label)", &lab_r),
-        ("leak_reference (no model)", &leak_r),
-        ("best_constant_map (no model, no label)", &const_r),
-    ] {
-        let _ = writeln!(txt, "\n[{name}]");
-        let _ = writeln!(
-            txt,
-            "  mIoU {}  FwIoU {}  pixel accuracy {}",
-            pct(r.miou),
-            pct(r.fwiou),
-            pct(r.pixel_accuracy)
-        );
-        for (c, cname) in names.iter().enumerate() {
-            let s = &r.per_class.0[c].1;
-            let _ = writeln!(
-                txt,
-                "  {cname:<12} IoU {:>8}  Dice {:>8}  precision {:>8}  recall {:>8}",
-                pct(s.iou),
-                pct(s.dice),
-                pct(s.precision),
-                pct(s.recall)
+    fn const_name(&self) -> &str {
+        self.names
+            .get(self.reports.const_class)
+            .copied()
+            .unwrap_or("?")
+    }
+
+    /// Writes every output and returns the outcome.
+    fn write(self, t0: std::time::Instant) -> Result<EvaluateOutcome, PipelineError> {
+        let metrics_path = self.write_metrics()?;
+        let cm_path = self.out_dir.join("confusion_matrix.csv");
+        let (dep, lab) = (&self.totals.protocols.dep, &self.totals.protocols.lab);
+        dep.cm.write_csv(&cm_path, &self.names).map_err(model_err)?;
+        lab.cm
+            .write_csv(
+                &self.out_dir.join("confusion_matrix_label_masked.csv"),
+                &self.names,
+            )
+            .map_err(model_err)?;
+        crate::write_atomic(
+            &self.out_dir.join("per_slide.csv"),
+            self.per_slide_csv().as_bytes(),
+        )?;
+        let triplets = self.write_samples()?;
+        crate::write_atomic(
+            &self.out_dir.join("evaluation_report.txt"),
+            self.text_report().as_bytes(),
+        )?;
+        let html_path = self.write_html(triplets)?;
+        let cfg_path = self.cfg.write_resolved(&self.out_dir)?;
+
+        let r = &self.reports;
+        let summary = vec![
+            format!(
+                "deployable mIoU {} (best constant map {}: {}; label-masked {}, leak reference {}) over {} patches of {} slides",
+                pct(r.dep.miou),
+                self.const_name(),
+                pct(r.constant.miou),
+                pct(r.lab.miou),
+                pct(r.leak.miou),
+                self.totals.total_patches,
+                self.totals.rows.len()
+            ),
+            format!("metrics: {}", metrics_path.display()),
+            format!("report:  {}", html_path.display()),
+            format!("{:.1} s", t0.elapsed().as_secs_f64()),
+        ];
+        let out_dir = self.out_dir;
+        Ok(EvaluateOutcome {
+            report: StageReport {
+                stage: INFO,
+                output_dir: out_dir.clone(),
+                outputs: vec![
+                    metrics_path,
+                    cm_path,
+                    out_dir.join("per_slide.csv"),
+                    html_path,
+                    cfg_path,
+                ],
+                summary,
+            },
+            failed_slides: self.totals.failed,
+            deployable_miou: self.reports.dep.miou,
+        })
+    }
+
+    /// `metrics.json`.
+    fn write_metrics(&self) -> Result<PathBuf, PipelineError> {
+        let (cfg, eo, names, totals, r) =
+            (self.cfg, self.eo, &self.names, &self.totals, &self.reports);
+        let n = names.len();
+        let auc = if totals.auc_scores.is_empty() {
+            None
+        } else {
+            roc_auc_multilabel(
+                &totals.auc_scores,
+                &totals.auc_truth,
+                n - usize::from(cfg.background_index().is_some()),
+            )
+            .ok()
+            .map(|a| serde_json::to_value(a).unwrap_or_default())
+        };
+        let slide_classification = serde_json::json!({
+            "slides": totals.cls_counted,
+            "exact_match_accuracy": totals.accuracy(),
+            "threshold": self.threshold,
+            "auc": auc,
+        });
+        let section = |r: &MetricsReport,
+                       sc: serde_json::Value,
+                       note: &str|
+         -> Result<serde_json::Value, PipelineError> {
+            let mut v = serde_json::to_value(r).map_err(|e| err(e.to_string()))?;
+            if let Some(o) = v.as_object_mut() {
+                o.insert("slide_classification".into(), sc);
+                o.insert("note".into(), serde_json::Value::String(note.into()));
+            }
+            Ok(v)
+        };
+        let mut const_section = section(&r.constant, serde_json::Value::Null, &r.const_note)?;
+        if let Some(o) = const_section.as_object_mut() {
+            o.insert(
+                "class".into(),
+                serde_json::Value::String(self.const_name().to_string()),
             );
         }
+        let metrics = serde_json::json!({
+            "split": eo.split.as_str(),
+            "checkpoint": eo.weights,
+            "evaluation": cfg.evaluation,
+            "gate_threshold": self.threshold,
+            "patches": totals.total_patches,
+            "slides": totals.rows.len(),
+            "failed_slides": totals.failed.len(),
+            "deployable": section(&r.dep, slide_classification.clone(), "headline: CAMs gated by the model's own image-level prediction")?,
+            "label_masked": section(&r.lab, slide_classification, "upstream protocol: CAMs gated by the GT image label (leaks the label); for comparison with the paper only")?,
+            "leak_reference": section(&r.leak, serde_json::Value::Null, "no model: every pixel = the present class with the largest index; a model adds something only where it beats this")?,
+            "best_constant_map": const_section,
+        });
+        let metrics_path = self.out_dir.join(METRICS_FILE);
+        let text = serde_json::to_string_pretty(&metrics).map_err(|e| err(e.to_string()))?;
+        crate::write_atomic(&metrics_path, text.as_bytes())?;
+        Ok(metrics_path)
     }
-    let _ = writeln!(
-        txt,
-        "\nslide classification: exact-match accuracy {} over {cls_counted} slides",
-        if cls_counted > 0 {
-            format!("{:.2}%", 100.0 * cls_correct as f64 / cls_counted as f64)
-        } else {
-            "n/a".into()
+
+    /// `per_slide.csv`.
+    fn per_slide_csv(&self) -> String {
+        let names = &self.names;
+        let mut csv = String::from("slide,label,status,patches");
+        for c in names {
+            let _ = write!(csv, ",prob_{c}");
         }
-    );
-    for (s, e) in &failed {
-        let _ = writeln!(txt, "FAILED {s}: {e}");
+        csv.push_str(",predicted,deployable_miou,deployable_pixel_accuracy,label_masked_miou,leak_reference_miou,error\n");
+        let f = |v: Option<f64>| v.map_or(String::new(), |x| format!("{x:.6}"));
+        for r in &self.totals.rows {
+            let _ = write!(
+                csv,
+                "{},{},{},{}",
+                csv_cell(&r.slide),
+                csv_cell(&r.label),
+                r.status,
+                r.patches
+            );
+            for c in 0..names.len() {
+                let _ = write!(csv, ",{}", f(r.probs.get(c).copied()));
+            }
+            let _ = writeln!(
+                csv,
+                ",{},{},{},{},{},{}",
+                csv_cell(&r.predicted),
+                f(r.deployable_miou),
+                f(r.deployable_pixel_accuracy),
+                f(r.label_masked_miou),
+                f(r.leak_reference_miou),
+                csv_cell(&r.error)
+            );
+        }
+        csv
     }
-    crate::write_atomic(&out_dir.join("evaluation_report.txt"), txt.as_bytes())?;
 
-    // report.html
-    let mut report = pbip_report::Report::new("PBIP evaluation");
-    report.info = vec![
-        ("split".into(), eo.split.as_str().into()),
-        ("checkpoint".into(), eo.weights.display().to_string()),
-        (
-            "slides".into(),
-            format!("{} ({} failed)", rows.len(), failed.len()),
-        ),
-        ("patches".into(), total_patches.to_string()),
-        ("gate threshold".into(), threshold.to_string()),
-        ("date".into(), pbip_report::utc_now()),
-    ];
-    report.sections = vec![
-        pbip_report::MetricsSection {
-            name: "Deployable (headline)".into(),
-            note: Some("Class gate = the model's own image-level prediction.".into()),
-            body: pbip_report::SectionBody::Metrics(Box::new(dep_r.clone())),
-        },
-        pbip_report::MetricsSection {
-            name: "Label-masked (upstream protocol)".into(),
-            note: Some("CAMs gated by the GT image label: leaks the label; for comparison with the paper only.".into()),
-            body: pbip_report::SectionBody::Metrics(Box::new(lab_r.clone())),
-        },
-        pbip_report::MetricsSection {
-            name: "Leak reference (no model)".into(),
-            note: Some("Every pixel = the present class of the slide label. A model only helps where it beats this.".into()),
-            body: pbip_report::SectionBody::Metrics(Box::new(leak_r.clone())),
-        },
-        pbip_report::MetricsSection {
-            name: "Best constant map (no model, no label)".into(),
-            note: Some(const_note.clone()),
-            body: pbip_report::SectionBody::Metrics(Box::new(const_r.clone())),
-        },
-    ];
-    report.confusion = Some((dep.cm.clone(), cfg.class_order.clone()));
-    report.legend = cfg
-        .class_order
-        .iter()
-        .cloned()
-        .zip(colors.iter().copied())
-        .collect();
-    report.samples = triplets;
-    let html_path = out_dir.join(REPORT_FILE);
-    report.write(&html_path).map_err(model_err)?;
-    let cfg_path = cfg.write_resolved(&out_dir)?;
+    /// `prediction_samples/`: input, GT and prediction PNGs of the best and worst patches.
+    fn write_samples(&self) -> Result<Vec<pbip_report::SampleTriplet>, PipelineError> {
+        let sample_dir = self.out_dir.join("prediction_samples");
+        std::fs::create_dir_all(&sample_dir).map_err(io_err(&sample_dir))?;
+        let colors = pbip_report::default_class_colors(self.names.len());
+        let ignore_color = [255, 255, 255];
+        let side = self.cfg.patch_size;
+        let keeper = &self.totals.keeper;
+        let mut triplets = Vec::new();
+        for (kind, list) in [("best", &keeper.best), ("worst", &keeper.worst)] {
+            for (i, s) in list.iter().enumerate() {
+                let input =
+                    pbip_report::PngImage::from_rgb8(side, side, &s.rgb).map_err(model_err)?;
+                let gt =
+                    pbip_report::PngImage::from_labels(side, side, &s.gt, &colors, ignore_color)
+                        .map_err(model_err)?;
+                let pred =
+                    pbip_report::PngImage::from_labels(side, side, &s.pred, &colors, ignore_color)
+                        .map_err(model_err)?;
+                let stem = format!("{kind}_{i:02}_{}_{}_{}", s.slide, s.x, s.y);
+                for (suffix, img) in [("input", &input), ("gt", &gt), ("pred", &pred)] {
+                    let p = sample_dir.join(format!("{stem}_{suffix}.png"));
+                    std::fs::write(&p, &img.png).map_err(io_err(&p))?;
+                }
+                triplets.push(pbip_report::SampleTriplet {
+                    title: format!("{kind} #{}: {}", i + 1, s.slide),
+                    iou: Some(s.miou),
+                    details: vec![("x, y (level 0)".into(), format!("{}, {}", s.x, s.y))],
+                    input,
+                    gt,
+                    pred,
+                });
+            }
+        }
+        Ok(triplets)
+    }
 
-    let summary = vec![
-        format!(
-            "deployable mIoU {} (best constant map {}: {}; label-masked {}, leak reference {}) over {total_patches} patches of {} slides",
-            pct(dep_r.miou),
-            names.get(const_class).copied().unwrap_or("?"),
-            pct(const_r.miou),
-            pct(lab_r.miou),
-            pct(leak_r.miou),
-            rows.len()
-        ),
-        format!("metrics: {}", metrics_path.display()),
-        format!("report:  {}", html_path.display()),
-        format!("{:.1} s", t0.elapsed().as_secs_f64()),
-    ];
-    Ok(EvaluateOutcome {
-        report: StageReport {
-            stage: INFO,
-            output_dir: out_dir.clone(),
-            outputs: vec![
-                metrics_path,
-                cm_path,
-                out_dir.join("per_slide.csv"),
-                html_path,
-                cfg_path,
-            ],
-            summary,
-        },
-        failed_slides: failed,
-        deployable_miou: dep_r.miou,
-    })
+    /// `evaluation_report.txt`.
+    fn text_report(&self) -> String {
+        let (eo, names, totals, r) = (self.eo, &self.names, &self.totals, &self.reports);
+        let mut txt = String::new();
+        let _ = writeln!(txt, "PBIP evaluation ({} split)", eo.split.as_str());
+        let _ = writeln!(txt, "checkpoint: {}", eo.weights.display());
+        let _ = writeln!(
+            txt,
+            "slides: {} ({} failed), patches: {}",
+            totals.rows.len(),
+            totals.failed.len(),
+            totals.total_patches
+        );
+        let _ = writeln!(txt, "gate threshold (deployable): {}", self.threshold);
+        for (name, r) in [
+            ("deployable", &r.dep),
+            ("label_masked (upstream, leaks the label)", &r.lab),
+            ("leak_reference (no model)", &r.leak),
+            ("best_constant_map (no model, no label)", &r.constant),
+        ] {
+            let _ = writeln!(txt, "\n[{name}]");
+            let _ = writeln!(
+                txt,
+                "  mIoU {}  FwIoU {}  pixel accuracy {}",
+                pct(r.miou),
+                pct(r.fwiou),
+                pct(r.pixel_accuracy)
+            );
+            for (c, cname) in names.iter().enumerate() {
+                let s = &r.per_class.0[c].1;
+                let _ = writeln!(
+                    txt,
+                    "  {cname:<12} IoU {:>8}  Dice {:>8}  precision {:>8}  recall {:>8}",
+                    pct(s.iou),
+                    pct(s.dice),
+                    pct(s.precision),
+                    pct(s.recall)
+                );
+            }
+        }
+        let _ = writeln!(
+            txt,
+            "\nslide classification: exact-match accuracy {} over {} slides",
+            if totals.cls_counted > 0 {
+                format!(
+                    "{:.2}%",
+                    100.0 * totals.cls_correct as f64 / totals.cls_counted as f64
+                )
+            } else {
+                "n/a".into()
+            },
+            totals.cls_counted
+        );
+        for (s, e) in &totals.failed {
+            let _ = writeln!(txt, "FAILED {s}: {e}");
+        }
+        txt
+    }
+
+    /// `report.html`.
+    fn write_html(
+        &self,
+        triplets: Vec<pbip_report::SampleTriplet>,
+    ) -> Result<PathBuf, PipelineError> {
+        let (cfg, eo, totals, r) = (self.cfg, self.eo, &self.totals, &self.reports);
+        let section = |name: &str, note: &str, m: &MetricsReport| pbip_report::MetricsSection {
+            name: name.into(),
+            note: Some(note.into()),
+            body: pbip_report::SectionBody::Metrics(Box::new(m.clone())),
+        };
+        let mut report = pbip_report::Report::new("PBIP evaluation");
+        report.info = vec![
+            ("split".into(), eo.split.as_str().into()),
+            ("checkpoint".into(), eo.weights.display().to_string()),
+            (
+                "slides".into(),
+                format!("{} ({} failed)", totals.rows.len(), totals.failed.len()),
+            ),
+            ("patches".into(), totals.total_patches.to_string()),
+            ("gate threshold".into(), self.threshold.to_string()),
+            ("date".into(), pbip_report::utc_now()),
+        ];
+        report.sections = vec![
+            section(
+                "Deployable (headline)",
+                "Class gate = the model's own image-level prediction.",
+                &r.dep,
+            ),
+            section(
+                "Label-masked (upstream protocol)",
+                "CAMs gated by the GT image label: leaks the label; for comparison with the paper only.",
+                &r.lab,
+            ),
+            section(
+                "Leak reference (no model)",
+                "Every pixel = the present class of the slide label. A model only helps where it beats this.",
+                &r.leak,
+            ),
+            section(
+                "Best constant map (no model, no label)",
+                &r.const_note,
+                &r.constant,
+            ),
+        ];
+        report.confusion = Some((totals.protocols.dep.cm.clone(), cfg.class_order.clone()));
+        let colors = pbip_report::default_class_colors(self.names.len());
+        report.legend = cfg
+            .class_order
+            .iter()
+            .cloned()
+            .zip(colors.iter().copied())
+            .collect();
+        report.samples = triplets;
+        let html_path = self.out_dir.join(REPORT_FILE);
+        report.write(&html_path).map_err(model_err)?;
+        Ok(html_path)
+    }
+}
+
+/// A fraction as a percentage with two decimals, or `n/a`.
+fn pct(v: Option<f64>) -> String {
+    v.map_or("n/a".to_string(), |x| format!("{:.2}%", 100.0 * x))
 }
 
 /// The checkpoint `pbip run` evaluates: `<work_dir>/checkpoints/best.safetensors`.

@@ -73,21 +73,30 @@ fn bce(z: f64, y: f64) -> f64 {
     z.max(0.0) - z * y + (-z.abs()).exp().ln_1p()
 }
 
+/// How the classification loss scores the labels of a batch; the constant predictor is scored
+/// the same way.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct LossRule {
+    /// Patches per bag (1: per-patch BCE).
+    pub bag_size: usize,
+    /// The per-scale weights of the classification loss.
+    pub scale_weights: [f64; 4],
+    /// The class left out of the loss (`background_class`).
+    pub skip: Option<usize>,
+    /// Whether every patch of a bag is pushed down for the classes its bag lacks.
+    pub negative_instances: bool,
+}
+
 impl ConstantLoss {
-    /// Adds one batch: `labels` `[B, N]` row-major, `bag_size` 1 for per-patch BCE, the scale
-    /// weights, the class left out of the loss, whether negative instances are used (bags), and
-    /// the model's classification loss on the batch. Returns the constant predictor's loss on it.
-    #[allow(clippy::too_many_arguments)]
-    pub fn add_batch(
-        &mut self,
-        labels: &[f32],
-        n: usize,
-        bag_size: usize,
-        scale_weights: &[f64; 4],
-        skip: Option<usize>,
-        negative_instances: bool,
-        model_loss: f64,
-    ) -> f64 {
+    /// Adds one batch: `labels` `[B, N]` row-major, scored under `rule`, and the model's
+    /// classification loss on the batch. Returns the constant predictor's loss on it.
+    pub fn add_batch(&mut self, labels: &[f32], n: usize, rule: &LossRule, model_loss: f64) -> f64 {
+        let LossRule {
+            bag_size,
+            scale_weights,
+            skip,
+            negative_instances,
+        } = *rule;
         if n == 0 || labels.is_empty() {
             return 0.0;
         }
@@ -249,6 +258,15 @@ impl ChanceMonitor {
 mod tests {
     use super::*;
 
+    fn rule(bag_size: usize, scale_weights: [f64; 4], skip: Option<usize>, neg: bool) -> LossRule {
+        LossRule {
+            bag_size,
+            scale_weights,
+            skip,
+            negative_instances: neg,
+        }
+    }
+
     fn val(miou: f64, constant: f64, patch_auc: Option<f64>) -> ValMetrics {
         ValMetrics {
             step: 0,
@@ -281,14 +299,19 @@ mod tests {
         let labels = [1.0, 0.0, 0.0, 1.0, 1.0, 0.0, 0.0, 1.0];
         let mut last = 0.0;
         for _ in 0..200 {
-            last = c.add_batch(&labels, 2, 1, &[0.0, 0.1, 1.0, 1.0], None, false, 1.0);
+            last = c.add_batch(&labels, 2, &rule(1, [0.0, 0.1, 1.0, 1.0], None, false), 1.0);
         }
         assert!((last - 2.1 * std::f64::consts::LN_2).abs() < 1e-3, "{last}");
         // Leaving out an always-positive class changes nothing here (mean over the other class).
         let mut c = ConstantLoss::default();
         let labels = [1.0, 0.0, 1.0, 1.0];
         for _ in 0..200 {
-            last = c.add_batch(&labels, 2, 1, &[0.0, 0.0, 1.0, 0.0], Some(0), false, 1.0);
+            last = c.add_batch(
+                &labels,
+                2,
+                &rule(1, [0.0, 0.0, 1.0, 0.0], Some(0), false),
+                1.0,
+            );
         }
         assert!((last - std::f64::consts::LN_2).abs() < 1e-2, "{last}");
         let (m, k) = c.take_interval().unwrap();
@@ -305,7 +328,7 @@ mod tests {
         let labels = [1.0, 1.0, 0.0, 0.0];
         let mut last = 0.0;
         for _ in 0..500 {
-            last = c.add_batch(&labels, 1, 2, &[0.0, 0.0, 1.0, 0.0], None, true, 0.0);
+            last = c.add_batch(&labels, 1, &rule(2, [0.0, 0.0, 1.0, 0.0], None, true), 0.0);
         }
         assert!((last - 2.0 * std::f64::consts::LN_2).abs() < 1e-2, "{last}");
     }

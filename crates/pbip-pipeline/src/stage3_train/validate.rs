@@ -8,17 +8,13 @@
 //! `pred = argmax_c g_c(t) · fused_c` (first maximum, like the evaluation path's argmax; a patch
 //! with every class gated off is predicted as class 0, as there).
 
-use burn::tensor::activation::sigmoid;
-use burn::tensor::{Tensor, TensorData};
 use pbip_data::{EvalPlan, PatchBatch};
 use pbip_metrics::{ConfusionMatrix, roc_auc_multilabel};
-use pbip_model::{
-    ClassNet, EvalConfig, Gate, MapKind, MergeMethod, Pooling, class_maps, evaluate,
-    merge_subclasses, pool_values,
-};
+use pbip_model::{ClassNet, EvalConfig, Pooling, pool_values};
 use serde::{Deserialize, Serialize};
 
 use crate::PipelineError;
+use crate::cam_batches::{CamBatches, FusedMaps, threshold_argmax};
 
 /// Candidate gate thresholds: 0.01, 0.02, …, 0.99, then 0.995 and 0.999 (a model whose
 /// probabilities are not yet spread out still gets a usable threshold).
@@ -108,10 +104,6 @@ fn model_err(e: impl std::fmt::Display) -> PipelineError {
     }
 }
 
-fn host(t: Tensor<4>) -> Result<Vec<f32>, PipelineError> {
-    pbip_model::util::to_vec(t).map_err(model_err)
-}
-
 /// Runs the validation of `model` (use an inference model, e.g. `model.valid()`).
 pub fn validate(
     model: &ClassNet,
@@ -119,183 +111,219 @@ pub fn validate(
     s: &ValSettings,
     step: u64,
 ) -> Result<ValMetrics, PipelineError> {
-    let n = model.num_classes();
     let device = model
         .logit_scale
         .first()
         .map(|p| p.val().device())
         .ok_or_else(|| model_err("model has no parameters"))?;
-    let grid = threshold_grid();
-    let new_cm = || ConfusionMatrix::with_ignore(n, Some(255)).map_err(model_err);
-    let mut cms: Vec<ConfusionMatrix> = grid.iter().map(|_| new_cm()).collect::<Result<_, _>>()?;
-    let mut cm_default = new_cm()?;
-    let mut constant: Vec<ConfusionMatrix> = (0..n).map(|_| new_cm()).collect::<Result<_, _>>()?;
-    let num_slides = plan.set.len();
-    // Patch logits per (slide, class), pooled into slide scores at the end.
-    let mut slide_logits: Vec<Vec<f64>> = vec![Vec::new(); num_slides * n];
-    let mut slide_count = vec![0usize; num_slides];
-    let mut patches = 0usize;
-    let mut gt_slides = vec![false; num_slides];
-    // (logit, positive) per class of every patch with a GT mask.
-    let mut patch_scores: Vec<Vec<(f64, bool)>> = vec![Vec::new(); n];
-    for k in 0..plan.num_batches() {
-        let batch: PatchBatch = match plan.batch(k) {
-            Some(b) => b.map_err(model_err)?,
-            None => break,
-        };
-        let [b, c, h, w] = batch.shape();
-        let images: Tensor<4> =
-            Tensor::from_data(TensorData::new(batch.data.clone(), [b, c, h, w]), &device);
-        let out = model
-            .try_forward(images.clone(), false)
-            .map_err(model_err)?;
-        let merged = merge_subclasses(out.cls[3].clone(), &model.k_list, MergeMethod::Mean)
-            .map_err(model_err)?;
-        let logits = pbip_model::util::to_vec(merged.clone()).map_err(model_err)?;
-        let probs = pbip_model::util::to_vec(sigmoid(merged)).map_err(model_err)?;
-        let fused_t = if s.eval.tta {
-            evaluate(model, images, &Gate::None, &s.eval)
-                .map_err(model_err)?
-                .fused
-        } else {
-            let mut acc: Option<Tensor<4>> = None;
-            for (i, cam) in out.cam.into_iter().enumerate() {
-                let wgt = s.eval.fuse[i];
-                if wgt == 0.0 {
-                    continue;
-                }
-                let m =
-                    class_maps(cam, &model.k_list, None, h, w, &s.eval).map_err(model_err)? * wgt;
-                acc = Some(match acc {
-                    None => m,
-                    Some(a) => a + m,
-                });
-            }
-            acc.ok_or_else(|| model_err("every fusion weight is 0"))?
-        };
-        let fused = host(fused_t)?;
-        let plane = h * w;
+    let mut acc = ValAccumulator::new(model.num_classes(), plan.set.len())?;
+    for cb in CamBatches::new(model, plan, device) {
+        let cb = cb.map_err(model_err)?;
+        let fused = cb.maps.fuse(model, &s.eval).map_err(model_err)?;
+        let fused = fused.ok_or_else(|| model_err("every fusion weight is 0"))?;
+        acc.add_batch(plan, s, &cb.batch, &cb.logits, &cb.probs, &fused)?;
+    }
+    acc.metrics(plan, s, step)
+}
+
+/// What a validation accumulates over its batches.
+struct ValAccumulator {
+    /// Classes.
+    n: usize,
+    /// The candidate gate thresholds ([`threshold_grid`]).
+    grid: Vec<f64>,
+    /// Deployable confusion matrix at each threshold of `grid`.
+    cms: Vec<ConfusionMatrix>,
+    /// Deployable confusion matrix at [`DEFAULT_THRESHOLD`].
+    cm_default: ConfusionMatrix,
+    /// Confusion matrix of each constant map (every pixel = class c).
+    constant: Vec<ConfusionMatrix>,
+    /// Patch logits per (slide, class), pooled into slide scores at the end.
+    slide_logits: Vec<Vec<f64>>,
+    /// Patches per slide.
+    slide_count: Vec<usize>,
+    patches: usize,
+    /// Slides whose patches were scored against a GT mask.
+    gt_slides: Vec<bool>,
+    /// (logit, positive) per class of every patch with a GT mask.
+    patch_scores: Vec<Vec<(f64, bool)>>,
+}
+
+impl ValAccumulator {
+    fn new(n: usize, num_slides: usize) -> Result<Self, PipelineError> {
+        let grid = threshold_grid();
+        let new_cm = || ConfusionMatrix::with_ignore(n, Some(255)).map_err(model_err);
+        Ok(ValAccumulator {
+            n,
+            cms: grid.iter().map(|_| new_cm()).collect::<Result<_, _>>()?,
+            grid,
+            cm_default: new_cm()?,
+            constant: (0..n).map(|_| new_cm()).collect::<Result<_, _>>()?,
+            slide_logits: vec![Vec::new(); num_slides * n],
+            slide_count: vec![0usize; num_slides],
+            patches: 0,
+            gt_slides: vec![false; num_slides],
+            patch_scores: vec![Vec::new(); n],
+        })
+    }
+
+    /// Adds the patches of one batch: slide logits, and with a GT mask the patch scores and the
+    /// deployable maps at every candidate threshold.
+    fn add_batch(
+        &mut self,
+        plan: &EvalPlan,
+        s: &ValSettings,
+        batch: &PatchBatch,
+        logits: &[f32],
+        probs: &[f32],
+        fused: &FusedMaps,
+    ) -> Result<(), PipelineError> {
+        let n = self.n;
+        let plane = fused.plane();
         for (i, info) in batch.info.iter().enumerate() {
-            patches += 1;
+            self.patches += 1;
             let si = info.slide_index;
-            slide_count[si] += 1;
+            self.slide_count[si] += 1;
             for cl in 0..n {
-                slide_logits[si * n + cl].push(f64::from(logits[i * n + cl]));
+                self.slide_logits[si * n + cl].push(f64::from(logits[i * n + cl]));
             }
             if !s.has_gt.get(si).copied().unwrap_or(false) {
                 continue;
             }
-            gt_slides[si] = true;
+            self.gt_slides[si] = true;
             let gt = plan.set.crop_mask(info).map_err(model_err)?;
             let labelled = gt.iter().filter(|&&v| usize::from(v) < n).count();
             if labelled > 0 {
-                for (cl, scores) in patch_scores.iter_mut().enumerate() {
+                for (cl, scores) in self.patch_scores.iter_mut().enumerate() {
                     let k = gt.iter().filter(|&&v| usize::from(v) == cl).count();
                     scores.push((f64::from(logits[i * n + cl]), 2 * k >= labelled));
                 }
             }
-            let f = &fused[i * n * plane..(i + 1) * n * plane];
+            let f = fused.patch(i);
             let p = &probs[i * n..(i + 1) * n];
             let mut pred = vec![0u8; plane];
-            let predict = |t: f64, pred: &mut [u8]| {
-                let g: Vec<f32> = p
-                    .iter()
-                    .map(|&v| if f64::from(v) >= t { 1.0 } else { 0.0 })
-                    .collect();
-                // With probability maps the background class scores the threshold itself.
-                let bg = match (s.eval.maps, s.eval.background) {
-                    (MapKind::Probability, Some(b)) => Some((b, t as f32)),
-                    _ => None,
-                };
-                pbip_model::gated_argmax(f, &g, n, plane, bg, pred);
-            };
-            for (ti, &t) in grid.iter().enumerate() {
-                predict(t, &mut pred);
-                cms[ti].accumulate(&gt, &pred).map_err(model_err)?;
+            for (ti, &t) in self.grid.iter().enumerate() {
+                threshold_argmax(f, p, t, &s.eval, &mut pred);
+                self.cms[ti].accumulate(&gt, &pred).map_err(model_err)?;
             }
-            predict(DEFAULT_THRESHOLD, &mut pred);
-            cm_default.accumulate(&gt, &pred).map_err(model_err)?;
-            for (cl, cm) in constant.iter_mut().enumerate() {
+            threshold_argmax(f, p, DEFAULT_THRESHOLD, &s.eval, &mut pred);
+            self.cm_default.accumulate(&gt, &pred).map_err(model_err)?;
+            for (cl, cm) in self.constant.iter_mut().enumerate() {
                 pred.iter_mut().for_each(|v| *v = cl as u8);
                 cm.accumulate(&gt, &pred).map_err(model_err)?;
             }
         }
+        Ok(())
     }
-    // Slide-level classification.
-    let labels_of = |si: usize| {
-        plan.set
-            .get(si)
-            .map(|sd| sd.labels_f32.clone())
-            .unwrap_or_default()
-    };
-    let mut scores = Vec::new();
-    let mut truth = Vec::new();
-    let mut correct = 0usize;
-    let mut counted = 0usize;
-    for si in 0..num_slides {
-        if slide_count[si] == 0 {
-            continue;
+
+    /// Slide-level macro AUC and exact-match accuracy at probability 0.5 of the pooled logits.
+    fn slide_classification(
+        &self,
+        plan: &EvalPlan,
+        pool: Pooling,
+    ) -> Result<(Option<f64>, Option<f64>), PipelineError> {
+        let n = self.n;
+        let labels_of = |si: usize| {
+            plan.set
+                .get(si)
+                .map(|sd| sd.labels_f32.clone())
+                .unwrap_or_default()
+        };
+        let mut scores = Vec::new();
+        let mut truth = Vec::new();
+        let mut correct = 0usize;
+        let mut counted = 0usize;
+        for (si, &count) in self.slide_count.iter().enumerate() {
+            if count == 0 {
+                continue;
+            }
+            let y = labels_of(si);
+            let mut all_ok = true;
+            for cl in 0..n {
+                let z = pool_values(&self.slide_logits[si * n + cl], pool).unwrap_or(0.0);
+                let pr = 1.0 / (1.0 + (-z).exp());
+                scores.push(pr);
+                let pos = y.get(cl).copied().unwrap_or(0.0) > 0.5;
+                truth.push(pos);
+                all_ok &= (pr >= 0.5) == pos;
+            }
+            counted += 1;
+            correct += usize::from(all_ok);
         }
-        let y = labels_of(si);
-        let mut all_ok = true;
-        for cl in 0..n {
-            let z = pool_values(&slide_logits[si * n + cl], s.slide_pool).unwrap_or(0.0);
-            let pr = 1.0 / (1.0 + (-z).exp());
-            scores.push(pr);
-            let pos = y.get(cl).copied().unwrap_or(0.0) > 0.5;
-            truth.push(pos);
-            all_ok &= (pr >= 0.5) == pos;
-        }
-        counted += 1;
-        correct += usize::from(all_ok);
+        // A diverged model (non-finite logits) has no AUC.
+        let auc = if scores.is_empty() || scores.iter().any(|v| !v.is_finite()) {
+            None
+        } else {
+            roc_auc_multilabel(&scores, &truth, n)
+                .map_err(model_err)?
+                .macro_auc
+        };
+        let accuracy = (counted > 0).then(|| correct as f64 / counted as f64);
+        Ok((auc, accuracy))
     }
-    // A diverged model (non-finite logits) has no AUC.
-    let auc = if scores.is_empty() || scores.iter().any(|v| !v.is_finite()) {
-        None
-    } else {
-        roc_auc_multilabel(&scores, &truth, n)
-            .map_err(model_err)?
-            .macro_auc
-    };
-    let accuracy = (counted > 0).then(|| correct as f64 / counted as f64);
-    let mut per_class_auc = Vec::new();
-    for (cl, v) in patch_scores.iter().enumerate() {
-        if Some(cl) == s.eval.background {
-            continue;
+
+    /// Mean over the classes (background excluded) of the patch-level AUC against the GT masks.
+    fn patch_auc(&self, background: Option<usize>) -> Result<Option<f64>, PipelineError> {
+        let mut per_class_auc = Vec::new();
+        for (cl, v) in self.patch_scores.iter().enumerate() {
+            if Some(cl) == background {
+                continue;
+            }
+            let (sc, tr): (Vec<f64>, Vec<bool>) = v.iter().copied().unzip();
+            if sc.iter().all(|x| x.is_finite()) && tr.iter().any(|t| *t) && tr.iter().any(|t| !*t) {
+                per_class_auc.push(pbip_metrics::roc_auc(&sc, &tr).map_err(model_err)?);
+            }
         }
-        let (sc, tr): (Vec<f64>, Vec<bool>) = v.iter().copied().unzip();
-        if sc.iter().all(|x| x.is_finite()) && tr.iter().any(|t| *t) && tr.iter().any(|t| !*t) {
-            per_class_auc.push(pbip_metrics::roc_auc(&sc, &tr).map_err(model_err)?);
-        }
+        Ok((!per_class_auc.is_empty())
+            .then(|| per_class_auc.iter().sum::<f64>() / per_class_auc.len() as f64))
     }
-    let patch_auc = (!per_class_auc.is_empty())
-        .then(|| per_class_auc.iter().sum::<f64>() / per_class_auc.len() as f64);
-    let slides_with_gt = gt_slides.iter().filter(|v| **v).count();
-    let mut m = ValMetrics {
-        step,
-        patches,
-        slides: slide_count.iter().filter(|c| **c > 0).count(),
-        slides_with_gt,
-        auc,
-        accuracy,
-        patch_auc,
-        gate_threshold: DEFAULT_THRESHOLD,
-        miou: None,
-        miou_at_default: None,
-        iou: vec![None; n],
-        dice: vec![None; n],
-        precision: vec![None; n],
-        recall: vec![None; n],
-        mean_dice: None,
-        mean_precision: None,
-        mean_recall: None,
-        constant_map_miou: None,
-        constant_map_class: None,
-    };
-    if slides_with_gt > 0 {
-        // Best threshold: highest mIoU; ties go to the threshold closest to 0.5.
+
+    /// The validation figures: slide classification, patch AUC and, with GT masks, the
+    /// segmentation metrics at the best threshold and the best constant map.
+    fn metrics(
+        &self,
+        plan: &EvalPlan,
+        s: &ValSettings,
+        step: u64,
+    ) -> Result<ValMetrics, PipelineError> {
+        let n = self.n;
+        let (auc, accuracy) = self.slide_classification(plan, s.slide_pool)?;
+        let patch_auc = self.patch_auc(s.eval.background)?;
+        let slides_with_gt = self.gt_slides.iter().filter(|v| **v).count();
+        let mut m = ValMetrics {
+            step,
+            patches: self.patches,
+            slides: self.slide_count.iter().filter(|c| **c > 0).count(),
+            slides_with_gt,
+            auc,
+            accuracy,
+            patch_auc,
+            gate_threshold: DEFAULT_THRESHOLD,
+            miou: None,
+            miou_at_default: None,
+            iou: vec![None; n],
+            dice: vec![None; n],
+            precision: vec![None; n],
+            recall: vec![None; n],
+            mean_dice: None,
+            mean_precision: None,
+            mean_recall: None,
+            constant_map_miou: None,
+            constant_map_class: None,
+        };
+        if slides_with_gt > 0 {
+            self.set_segmentation(&mut m);
+        }
+        Ok(m)
+    }
+
+    /// The segmentation figures of `m`: the threshold of the highest mIoU (ties go to the
+    /// threshold closest to 0.5) with its per-class scores, the mIoU at 0.5 and the best
+    /// constant map.
+    fn set_segmentation(&self, m: &mut ValMetrics) {
+        let grid = &self.grid;
         let mut best: Option<(usize, f64)> = None;
-        for (ti, cm) in cms.iter().enumerate() {
+        for (ti, cm) in self.cms.iter().enumerate() {
             let Some(v) = cm.summary().miou else { continue };
             let better = match best {
                 None => true,
@@ -308,7 +336,7 @@ pub fn validate(
             }
         }
         if let Some((ti, _)) = best {
-            let sm = cms[ti].summary();
+            let sm = self.cms[ti].summary();
             m.gate_threshold = grid[ti];
             m.miou = sm.miou;
             m.iou = sm.per_class.iou.clone();
@@ -319,8 +347,8 @@ pub fn validate(
             m.mean_precision = sm.macro_avg.precision;
             m.mean_recall = sm.macro_avg.recall;
         }
-        m.miou_at_default = cm_default.summary().miou;
-        for (cl, cm) in constant.iter().enumerate() {
+        m.miou_at_default = self.cm_default.summary().miou;
+        for (cl, cm) in self.constant.iter().enumerate() {
             if let Some(v) = cm.summary().miou
                 && m.constant_map_miou.is_none_or(|b| v > b)
             {
@@ -329,5 +357,4 @@ pub fn validate(
             }
         }
     }
-    Ok(m)
 }
