@@ -876,8 +876,8 @@ impl Config {
 
         // inference
         let inf = &self.inference;
-        if inf.batch_size == 0 {
-            bad("inference.batch_size", "must be >= 1".into());
+        if inf.batch_size == BatchSize::Fixed(0) {
+            bad("inference.batch_size", "must be >= 1 or auto".into());
         }
         if !(inf.overlap_ratio >= 0.0 && inf.overlap_ratio < 1.0) {
             bad(
@@ -1113,6 +1113,25 @@ mod tests {
     fn load(text: &str, sets: &[&str]) -> Result<Config, ConfigError> {
         let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
         Config::from_yaml_str(text, Path::new("/base"), "test.yaml", &sets)
+    }
+
+    #[test]
+    fn inference_batch_size_is_a_number_or_auto() {
+        assert_eq!(
+            load(MINIMAL, &[]).unwrap().inference.batch_size,
+            BatchSize::Fixed(32)
+        );
+        let c = load(MINIMAL, &["inference.batch_size=auto"]).unwrap();
+        assert_eq!(c.inference.batch_size, BatchSize::Auto(AutoKeyword::Auto));
+        assert_eq!(c.inference.batch_size.fixed(), None);
+        let c = load(&format!("{MINIMAL}inference: {{batch_size: 12}}\n"), &[]).unwrap();
+        assert_eq!(c.inference.batch_size.fixed(), Some(12));
+        for bad in ["0", "many", "-3"] {
+            let e = load(MINIMAL, &[&format!("inference.batch_size={bad}")])
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains("inference.batch_size"), "{bad}: {e}");
+        }
     }
 
     #[test]

@@ -947,6 +947,35 @@ impl OutputDownsample {
     }
 }
 
+/// `inference.batch_size`: a number of patches per forward pass or `auto`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum BatchSize {
+    /// This many patches per forward pass (>= 1).
+    Fixed(usize),
+    /// `auto`: chosen at run time from the device's free memory.
+    Auto(AutoKeyword),
+}
+
+impl BatchSize {
+    /// The fixed size, or `None` for `auto`.
+    pub fn fixed(self) -> Option<usize> {
+        match self {
+            BatchSize::Fixed(n) => Some(n),
+            BatchSize::Auto(_) => None,
+        }
+    }
+}
+
+impl std::fmt::Display for BatchSize {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BatchSize::Fixed(n) => write!(f, "{n}"),
+            BatchSize::Auto(_) => f.write_str("auto"),
+        }
+    }
+}
+
 /// The literal string `auto`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -1096,8 +1125,9 @@ impl Default for Crf {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct Inference {
-    /// Patches per forward pass.
-    pub batch_size: usize,
+    /// Patches per forward pass, or `auto`: from the free memory of the GPU the model runs on
+    /// (measured with a probe batch), 32 on the CPU.
+    pub batch_size: BatchSize,
     /// Dense CRF refinement.
     pub use_crf: bool,
     /// Test-time augmentation.
@@ -1132,7 +1162,7 @@ pub struct Inference {
 impl Default for Inference {
     fn default() -> Self {
         Inference {
-            batch_size: 32,
+            batch_size: BatchSize::Fixed(32),
             use_crf: true,
             use_tta: false,
             overlap_ratio: 0.5,

@@ -109,7 +109,7 @@ fn seed_defaults_in_default_yaml() {
         vec![0.0, 0.1, 1.0, 1.0]
     );
     assert_eq!(cfg.training.validation_interval, 100);
-    assert_eq!(cfg.inference.batch_size, 32);
+    assert_eq!(cfg.inference.batch_size, pbip_config::BatchSize::Fixed(32));
     assert!(cfg.inference.use_crf && !cfg.inference.use_tta);
     assert_eq!(
         cfg.inference.post_processing.morphological_op,

@@ -181,6 +181,27 @@ pub fn device_for(choice: pbip_config::Device) -> Result<Device, BackendError> {
     device(kind, index, &name)
 }
 
+/// Free and total memory of a GPU, in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GpuMemory {
+    /// Bytes free now (device-wide: other processes' allocations count as used).
+    pub free_bytes: u64,
+    /// Bytes on the device.
+    pub total_bytes: u64,
+}
+
+/// The memory of the GPU a configured `device:` names, when this build can read it: libtorch
+/// CUDA devices (`tch` feature, through the CUDA runtime's `cudaMemGetInfo`). `None` for the CPU
+/// backends, wgpu, burn's CubeCL CUDA, an absent device, or a CUDA runtime that cannot be loaded.
+pub fn gpu_memory(choice: pbip_config::Device) -> Option<GpuMemory> {
+    use pbip_config::Device as D;
+    match choice {
+        D::Cuda(i) => tch_impl::memory(i.unwrap_or(0)),
+        D::Gpu if first_gpu_kind() == BackendKind::Cuda => tch_impl::memory(0),
+        _ => None,
+    }
+}
+
 /// The burn device named `name` (a `device:` spelling), for tests and benchmarks that take it
 /// from the environment.
 pub fn device_named(name: &str) -> Result<Device, BackendError> {
@@ -253,6 +274,52 @@ mod tch_impl {
         Ok(Device::libtorch_cuda(i))
     }
 
+    /// The CUDA runtime libtorch loaded (libtorch_cuda links it; opening it by its soname returns
+    /// the copy already in the process).
+    fn cudart() -> Option<&'static libloading::Library> {
+        static LIB: std::sync::OnceLock<Option<libloading::Library>> = std::sync::OnceLock::new();
+        LIB.get_or_init(|| {
+            load_torch_cuda();
+            ["libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "libcudart.so"]
+                .into_iter()
+                // SAFETY: the CUDA runtime's initialisers are what libtorch_cuda already ran.
+                .find_map(|name| unsafe { libloading::Library::new(name) }.ok())
+        })
+        .as_ref()
+    }
+
+    pub fn memory(index: usize) -> Option<super::GpuMemory> {
+        if index >= cuda_count() {
+            return None;
+        }
+        let lib = cudart()?;
+        let device = i32::try_from(index).ok()?;
+        // SAFETY: the signatures are the CUDA runtime API's (cudaError_t is a C int); the
+        // previous current device is restored before returning.
+        unsafe {
+            let get_device = lib
+                .get::<unsafe extern "C" fn(*mut i32) -> i32>(b"cudaGetDevice\0")
+                .ok()?;
+            let set_device = lib
+                .get::<unsafe extern "C" fn(i32) -> i32>(b"cudaSetDevice\0")
+                .ok()?;
+            let mem_get_info = lib
+                .get::<unsafe extern "C" fn(*mut usize, *mut usize) -> i32>(b"cudaMemGetInfo\0")
+                .ok()?;
+            let mut previous = 0i32;
+            if get_device(&mut previous) != 0 || set_device(device) != 0 {
+                return None;
+            }
+            let (mut free, mut total) = (0usize, 0usize);
+            let rc = mem_get_info(&mut free, &mut total);
+            set_device(previous);
+            (rc == 0).then_some(super::GpuMemory {
+                free_bytes: free as u64,
+                total_bytes: total as u64,
+            })
+        }
+    }
+
     pub fn detail() -> Option<String> {
         let n = cuda_count();
         Some(if n == 0 {
@@ -261,9 +328,25 @@ mod tch_impl {
                 option_env!("PBIP_LIBTORCH_LIB").unwrap_or("(unknown)")
             )
         } else {
+            let free: Vec<String> = (0..n)
+                .filter_map(|i| {
+                    memory(i).map(|m| {
+                        format!(
+                            "cuda:{i} {:.1} of {:.1} GiB free",
+                            m.free_bytes as f64 / (1u64 << 30) as f64,
+                            m.total_bytes as f64 / (1u64 << 30) as f64
+                        )
+                    })
+                })
+                .collect();
             format!(
-                "{n} CUDA device(s) (cuda:0 … cuda:{}), cuDNN {}; libtorch from {}",
+                "{n} CUDA device(s) (cuda:0 … cuda:{}{}), cuDNN {}; libtorch from {}",
                 n - 1,
+                if free.is_empty() {
+                    String::new()
+                } else {
+                    format!("; {}", free.join(", "))
+                },
                 if tch::Cuda::cudnn_is_available() {
                     "available"
                 } else {
@@ -291,6 +374,10 @@ mod tch_impl {
     }
 
     pub fn detail() -> Option<String> {
+        None
+    }
+
+    pub fn memory(_index: usize) -> Option<super::GpuMemory> {
         None
     }
 }

@@ -7,6 +7,7 @@
 //! All tensors use burn's run-time [`burn::tensor::Device`]; use `Device::flex().autodiff()` for
 //! training and gradients, `model.valid()` (or a plain `Device::flex()`) for inference.
 
+pub mod autobatch;
 pub mod backend;
 pub mod classnet;
 pub mod eval;
