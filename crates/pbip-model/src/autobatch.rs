@@ -133,11 +133,11 @@ pub fn plan_batch(
                      free GPU memory measurably; using {CPU_AUTO_BATCH}"
                 );
                 fallback(format!(
-                "inference.batch_size auto on `{choice}`: {CPU_AUTO_BATCH}, because the probe \
+                    "inference.batch_size auto on `{choice}`: {CPU_AUTO_BATCH}, because the probe \
                  pass did not change the free memory measurably ({:.2} -> {:.2} GiB free: another \
                  process on the GPU?); set inference.batch_size to a number to choose",
-                gib(before.free_bytes),
-                gib(after.free_bytes)
+                    gib(before.free_bytes),
+                    gib(after.free_bytes)
                 ))
             }
         },
@@ -154,7 +154,10 @@ mod tests {
     #[test]
     fn batch_fits_the_headroom_of_free_memory() {
         // 4 patches took 400 MiB: 100 MiB each; 0.8 x 10 GiB / 100 MiB = 81.92 -> 81
-        assert_eq!(batch_from_probe(10 * GIB, 10 * GIB - 400 * MIB, 4), Some(81));
+        assert_eq!(
+            batch_from_probe(10 * GIB, 10 * GIB - 400 * MIB, 4),
+            Some(81)
+        );
         // capped on a large GPU
         assert_eq!(
             batch_from_probe(140 * GIB, 140 * GIB - 40 * MIB, 4),
@@ -178,7 +181,11 @@ mod tests {
             let plan = cpu_plan(choice).expect("a CPU plan");
             assert_eq!(plan.batch_size, CPU_AUTO_BATCH);
             assert!(!plan.measured);
-            assert!(plan.explanation.contains(&format!("`{choice}`")), "{}", plan.explanation);
+            assert!(
+                plan.explanation.contains(&format!("`{choice}`")),
+                "{}",
+                plan.explanation
+            );
         }
         assert!(cpu_plan(pbip_config::Device::Cuda(None)).is_none());
         assert!(cpu_plan(pbip_config::Device::Gpu).is_none());

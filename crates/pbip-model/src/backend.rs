@@ -280,10 +280,15 @@ mod tch_impl {
         static LIB: std::sync::OnceLock<Option<libloading::Library>> = std::sync::OnceLock::new();
         LIB.get_or_init(|| {
             load_torch_cuda();
-            ["libcudart.so.12", "libcudart.so.13", "libcudart.so.11.0", "libcudart.so"]
-                .into_iter()
-                // SAFETY: the CUDA runtime's initialisers are what libtorch_cuda already ran.
-                .find_map(|name| unsafe { libloading::Library::new(name) }.ok())
+            [
+                "libcudart.so.12",
+                "libcudart.so.13",
+                "libcudart.so.11.0",
+                "libcudart.so",
+            ]
+            .into_iter()
+            // SAFETY: the CUDA runtime's initialisers are what libtorch_cuda already ran.
+            .find_map(|name| unsafe { libloading::Library::new(name) }.ok())
         })
         .as_ref()
     }

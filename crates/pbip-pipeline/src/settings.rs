@@ -111,6 +111,34 @@ pub fn eval_config(cfg: &Config, tta: bool) -> Result<EvalConfig, PipelineError>
     })
 }
 
+/// Patches per forward pass of the evaluation path (stages 4 and 5): `inference.batch_size`, or
+/// for `auto` what [`pbip_model::autobatch::plan_batch`] chooses for `model` on this run's device
+/// and `side_px`-pixel patches (logged with how it was chosen).
+pub fn inference_batch_size(
+    batch_size: pbip_config::BatchSize,
+    choice: pbip_config::Device,
+    model: &pbip_model::ClassNet,
+    eval: &EvalConfig,
+    device: &Device,
+    side_px: usize,
+) -> Result<usize, PipelineError> {
+    if let Some(n) = batch_size.fixed() {
+        return Ok(n.max(1));
+    }
+    let plan =
+        pbip_model::autobatch::plan_batch(model, eval, device, choice, side_px).map_err(|e| {
+            PipelineError::Data {
+                stage: "inference.batch_size: auto",
+                message: format!(
+                    "the probe pass on `{}` failed: {e}; set inference.batch_size to a number",
+                    choice
+                ),
+            }
+        })?;
+    tracing::info!("{}", plan.explanation);
+    Ok(plan.batch_size)
+}
+
 /// The data crate's patch count for a config count (`all` or the first N, at least 1).
 pub fn patches_per_slide(c: pbip_config::PatchCount) -> pbip_data::PatchesPerSlide {
     match c {

@@ -309,10 +309,7 @@ pub fn run(cfg: &Config, opts: &RunOptions) -> Result<StageReport, PipelineError
 /// Whether stage 3's outputs are complete, newer than the prototypes and made with the same settings.
 pub fn freshness(cfg: &Config) -> Freshness {
     let dir = output_dir(cfg);
-    let summary: Option<TrainSummary> = std::fs::read_to_string(dir.join(SUMMARY_FILE))
-        .ok()
-        .and_then(|t| serde_json::from_str(&t).ok());
-    let Some(summary) = summary else {
+    let Ok(summary) = crate::read_json::<TrainSummary>(&dir.join(SUMMARY_FILE)) else {
         return Freshness::Stale(format!("no previous {SUMMARY_FILE}"));
     };
     if !summary.completed {
@@ -1374,16 +1371,12 @@ fn header_line(
 
 /// The progress bar of the training steps (hidden without `opts.progress`).
 fn progress_bar(opts: &RunOptions, span: &Span) -> indicatif::ProgressBar {
-    let pb = if opts.progress {
-        let pb = indicatif::ProgressBar::new(span.total_steps);
-        pb.set_style(
-            indicatif::ProgressStyle::with_template("{msg} [{bar:30}] {pos}/{len} ETA {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
-        );
-        pb
-    } else {
-        indicatif::ProgressBar::hidden()
-    };
+    let pb = crate::progress::progress_bar(
+        opts.progress,
+        span.total_steps,
+        "{msg} [{bar:30}] {pos}/{len} ETA {eta}",
+        "",
+    );
     pb.set_position(span.start_step);
     pb
 }
@@ -2144,15 +2137,7 @@ fn summarize(
 
 /// Reads a training summary.
 pub fn read_summary(cfg: &Config) -> Result<TrainSummary, PipelineError> {
-    let p = output_dir(cfg).join(SUMMARY_FILE);
-    let text = std::fs::read_to_string(&p).map_err(|source| PipelineError::Io {
-        path: p.clone(),
-        source,
-    })?;
-    serde_json::from_str(&text).map_err(|e| PipelineError::Json {
-        path: p,
-        message: e.to_string(),
-    })
+    crate::read_json(&output_dir(cfg).join(SUMMARY_FILE))
 }
 
 /// Validates a model on the config's val split (e.g. the untrained model, for a baseline).

@@ -39,7 +39,6 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use burn::tensor::Device;
-use indicatif::{ProgressBar, ProgressStyle};
 use pbip_config::{Config, Dataset, SlideEntry, Split};
 use pbip_data::{
     EvalPlan, Normalization, PatchBatch, PatchesPerSlide, Preprocess, SlideSet, SlideSetOptions,
@@ -270,6 +269,8 @@ struct Evaluator<'a> {
     norm: Normalization,
     per_slide: PatchesPerSlide,
     set_opts: SlideSetOptions,
+    /// Patches per forward pass (`inference.batch_size`, `auto` resolved once).
+    batch_size: usize,
 }
 
 impl<'a> Evaluator<'a> {
@@ -284,6 +285,14 @@ impl<'a> Evaluator<'a> {
         let e = &cfg.evaluation;
         let mut eval_cfg = crate::settings::eval_config(cfg, e.use_tta)?;
         eval_cfg.background_score = threshold;
+        let batch_size = crate::settings::inference_batch_size(
+            cfg.inference.batch_size,
+            cfg.device,
+            &model,
+            &eval_cfg,
+            &device,
+            cfg.patch_size as usize,
+        )?;
         Ok(Evaluator {
             cfg,
             names,
@@ -295,6 +304,7 @@ impl<'a> Evaluator<'a> {
             norm: normalization(cfg)?,
             per_slide: crate::settings::patches_per_slide(e.patches_per_slide),
             set_opts: slide_set_options(cfg),
+            batch_size,
         })
     }
 
@@ -326,7 +336,7 @@ impl<'a> Evaluator<'a> {
         let plan = EvalPlan::new(
             set,
             self.per_slide,
-            self.cfg.inference.batch_size.max(1),
+            self.batch_size,
             Preprocess::MeanStd(self.norm),
             entry.gt_path.is_some(),
         )
@@ -586,17 +596,12 @@ pub fn run(
         )));
     }
     let mut totals = Totals::new(ev.names.len(), cfg.evaluation.num_samples)?;
-    let bar = if opts.progress {
-        ProgressBar::new(slides.len() as u64)
-    } else {
-        ProgressBar::hidden()
-    };
-    if let Ok(style) =
-        ProgressStyle::with_template("{prefix} [{bar:30}] {pos}/{len} slides {msg} ETA {eta}")
-    {
-        bar.set_style(style.progress_chars("=> "));
-    }
-    bar.set_prefix("stage 4: evaluating");
+    let bar = crate::progress::progress_bar(
+        opts.progress,
+        slides.len() as u64,
+        "{prefix} [{bar:30}] {pos}/{len} slides {msg} ETA {eta}",
+        "stage 4: evaluating",
+    );
     for entry in slides {
         bar.set_message(entry.name.clone());
         let result = ev.slide(entry, &mut totals.keeper);

@@ -856,7 +856,7 @@ pub fn run_with_predictor(
     model_identity: &str,
     model_version: &str,
 ) -> Result<InferSummary, PipelineError> {
-    let settings = InferSettings::from_config(cfg)?;
+    let mut settings = InferSettings::from_config(cfg)?;
     let root = opts
         .output_dir
         .clone()
@@ -870,6 +870,9 @@ pub fn run_with_predictor(
         ));
     }
     let jobs = shard_jobs(all, opts.shard);
+    if cfg.inference.batch_size.fixed().is_none() && !jobs.is_empty() {
+        settings.batch_size = predictor.auto_batch_size(settings.patch_size_px as usize)?;
+    }
     tracing::info!(slides = jobs.len(), shard = ?opts.shard, out = %pred_dir.display(), "inference");
     let mut batch = BatchRun {
         cfg,

@@ -25,8 +25,8 @@ pub fn threshold_grid() -> Vec<f64> {
         .collect()
 }
 
-/// Default gate threshold (before any validation).
-pub const DEFAULT_THRESHOLD: f64 = 0.5;
+/// Default gate threshold (before any validation): the one default of the checkpoints.
+pub const DEFAULT_THRESHOLD: f64 = crate::artifacts::checkpoints::DEFAULT_GATE_THRESHOLD;
 
 /// Validation figures.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

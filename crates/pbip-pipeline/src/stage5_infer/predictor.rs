@@ -64,6 +64,12 @@ pub trait PatchPredictor {
     fn num_classes(&self) -> usize;
     /// Predicts the maps of a batch (same order as `patches`).
     fn predict(&mut self, patches: &[PatchRef<'_>]) -> Result<PatchMaps, PipelineError>;
+    /// Patches per [`predict`](Self::predict) call for `inference.batch_size: auto` and
+    /// `side_px`-pixel patches. A predictor that cannot measure its memory keeps the CPU size.
+    fn auto_batch_size(&mut self, side_px: usize) -> Result<usize, PipelineError> {
+        let _ = side_px;
+        Ok(pbip_model::autobatch::CPU_AUTO_BATCH)
+    }
 }
 
 /// The trained PBIP model: evaluation-path fused CAMs (`evaluation.fuse_weights`, optional TTA),
@@ -79,6 +85,8 @@ pub struct ClassNetPredictor {
     /// Output maps are box-downsampled by this integer factor before stitching (1 = full patch
     /// resolution); the stitcher resamples bilinearly anyway.
     map_reduction: usize,
+    /// The configured `device:` (for `inference.batch_size: auto`).
+    device_choice: pbip_config::Device,
 }
 
 impl ClassNetPredictor {
@@ -107,6 +115,7 @@ impl ClassNetPredictor {
             eval,
             gate_threshold,
             map_reduction: 1,
+            device_choice: cfg.device,
         })
     }
 
@@ -139,6 +148,17 @@ pub fn model_version(path: &Path, meta: &BTreeMap<String, String>) -> String {
 impl PatchPredictor for ClassNetPredictor {
     fn num_classes(&self) -> usize {
         self.model.num_classes()
+    }
+
+    fn auto_batch_size(&mut self, side_px: usize) -> Result<usize, PipelineError> {
+        crate::settings::inference_batch_size(
+            pbip_config::BatchSize::Auto(pbip_config::AutoKeyword::Auto),
+            self.device_choice,
+            &self.model,
+            &self.eval,
+            &self.device,
+            side_px,
+        )
     }
 
     fn predict(&mut self, patches: &[PatchRef<'_>]) -> Result<PatchMaps, PipelineError> {

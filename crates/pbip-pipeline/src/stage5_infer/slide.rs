@@ -107,8 +107,8 @@ impl InferSettings {
         if patch_size_px == 0 {
             return Err(infer_err("inference.patch_size must be > 0"));
         }
-        if inf.batch_size == 0 {
-            return Err(infer_err("inference.batch_size must be > 0"));
+        if inf.batch_size == pbip_config::BatchSize::Fixed(0) {
+            return Err(infer_err("inference.batch_size must be > 0 or auto"));
         }
         if !(0.0..1.0).contains(&inf.overlap_ratio) {
             return Err(infer_err(format!(
@@ -150,7 +150,11 @@ impl InferSettings {
         };
         Ok(Self {
             patch_size_px,
-            batch_size: inf.batch_size,
+            // `auto`: a placeholder until the run asks the predictor (`run_with_predictor`)
+            batch_size: inf
+                .batch_size
+                .fixed()
+                .unwrap_or(pbip_model::autobatch::CPU_AUTO_BATCH),
             overlap_ratio: inf.overlap_ratio,
             spacing_um: inf.spacing_um,
             output_downsample: inf.output_downsample,
