@@ -49,14 +49,8 @@ pub enum Footprint {
     Disk(usize),
 }
 
-/// Pixel connectivity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Connectivity {
-    /// 4-connectivity (skimage `connectivity=1`).
-    Four,
-    /// 8-connectivity (skimage `connectivity=2`).
-    Eight,
-}
+/// Pixel connectivity (pbip-tiling's, the one labeller's).
+pub use pbip_tiling::Connectivity;
 
 fn check_len(len: usize, w: usize, h: usize, what: &str) -> Result<()> {
     if len != w * h {
@@ -251,28 +245,6 @@ pub fn label_opening(
     Ok(out)
 }
 
-struct UnionFind {
-    parent: Vec<u32>,
-}
-
-impl UnionFind {
-    fn find(&mut self, mut x: u32) -> u32 {
-        while self.parent[x as usize] != x {
-            let p = self.parent[x as usize];
-            self.parent[x as usize] = self.parent[p as usize];
-            x = p;
-        }
-        x
-    }
-    fn union(&mut self, a: u32, b: u32) {
-        let (ra, rb) = (self.find(a), self.find(b));
-        if ra != rb {
-            let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-            self.parent[hi as usize] = lo;
-        }
-    }
-}
-
 /// Connected components of equal-valued pixels (`skimage.measure.label(image, background,
 /// connectivity)`): returns `(labels, n)` with labels 0 (background) and 1..=n in raster order of
 /// first appearance. `background = None` labels every pixel.
@@ -290,48 +262,8 @@ pub fn label_components(
             "label_components: {w}x{h} is too large for u32 labels"
         ));
     }
-    let mut uf = UnionFind {
-        parent: (0..(w * h) as u32).collect(),
-    };
-    // Only "previous" neighbours (already visited in raster order) need a union.
-    let prev: &[(isize, isize)] = match conn {
-        Connectivity::Four => &[(-1, 0), (0, -1)],
-        Connectivity::Eight => &[(-1, 0), (-1, -1), (0, -1), (1, -1)],
-    };
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            let v = image[i];
-            if Some(v) == background {
-                continue;
-            }
-            for &(dx, dy) in prev {
-                let (xx, yy) = (x as isize + dx, y as isize + dy);
-                if xx < 0 || yy < 0 || xx >= w as isize {
-                    continue;
-                }
-                let j = yy as usize * w + xx as usize;
-                if image[j] == v {
-                    uf.union(i as u32, j as u32);
-                }
-            }
-        }
-    }
-    let mut out = vec![0u32; w * h];
-    let mut root_label = vec![0u32; w * h];
-    let mut n = 0u32;
-    for i in 0..w * h {
-        if Some(image[i]) == background {
-            continue;
-        }
-        let r = uf.find(i as u32) as usize;
-        if root_label[r] == 0 {
-            n += 1;
-            root_label[r] = n;
-        }
-        out[i] = root_label[r];
-    }
-    Ok((out, n as usize))
+    pbip_tiling::label_image(image, w, h, background, conn)
+        .or_else(|e| invalid(format!("label_components: {e}")))
 }
 
 /// Connected components of a binary mask (`skimage.measure.label(mask, connectivity)`).
