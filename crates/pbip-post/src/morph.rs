@@ -62,19 +62,18 @@ fn check_len(len: usize, w: usize, h: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// 1-D "any"/"all" over windows `[i - a, i + b]` (clipped = ignore) via prefix sums.
-#[allow(clippy::too_many_arguments)]
-fn window_pass(
-    src: &[bool],
-    dst: &mut [bool],
+/// How the lines of a 1-D pass lie in a row-major image: `count` lines of `n` pixels, `stride`
+/// apart within a line; line `l` starts at `l * n` for rows (`stride == 1`), at `l` for columns.
+#[derive(Debug, Clone, Copy)]
+struct Lines {
     n: usize,
     stride: usize,
     count: usize,
-    a: usize,
-    b: usize,
-    any: bool,
-) {
-    // src/dst hold `count` lines of length n each, line l starts at l * (if stride == 1 {n} else 1)
+}
+
+/// 1-D "any"/"all" over windows `[i - a, i + b]` (clipped = ignore) via prefix sums.
+fn window_pass(src: &[bool], dst: &mut [bool], lines: Lines, a: usize, b: usize, any: bool) {
+    let Lines { n, stride, count } = lines;
     let mut pref = vec![0u32; n + 1];
     for l in 0..count {
         let base = if stride == 1 { l * n } else { l };
@@ -105,9 +104,19 @@ fn square_op(mask: &[bool], w: usize, h: usize, k: usize, dilate: bool) -> Vec<b
         (k / 2, k - 1 - k / 2)
     };
     let mut tmp = vec![false; w * h];
-    window_pass(mask, &mut tmp, w, 1, h, a, b, dilate);
+    let rows = Lines {
+        n: w,
+        stride: 1,
+        count: h,
+    };
+    window_pass(mask, &mut tmp, rows, a, b, dilate);
     let mut out = vec![false; w * h];
-    window_pass(&tmp, &mut out, h, w, w, a, b, dilate);
+    let cols = Lines {
+        n: h,
+        stride: w,
+        count: w,
+    };
+    window_pass(&tmp, &mut out, cols, a, b, dilate);
     out
 }
 
