@@ -18,18 +18,23 @@ pub const SWIN_SUBPREFIX: &str = "model.";
 /// A tensor present in every Swin checkpoint (used to detect layouts).
 const PROBE: &str = "embeddings.patch_embeddings.projection.weight";
 
-/// Random initialisation rules (transformers `SwinPreTrainedModel._init_weights`).
+/// Random initialisation rules (the Swin ones are transformers `SwinPreTrainedModel._init_weights`,
+/// the ViT ones timm's).
 #[derive(Debug, Clone, Copy)]
 pub(crate) enum Init {
-    /// N(0, 0.02) (`initializer_range`).
-    Normal002,
+    /// N(0, std), Box–Muller normals ([`std_normal`]).
+    Normal(f64),
     Zeros,
     Ones,
+    Const(f64),
 }
 
+/// Where the values of a [`Builder`] come from.
 #[allow(clippy::large_enum_variant)] // one per load, never stored
-enum SwinSource<'a> {
+pub(crate) enum Source<'a> {
+    /// Tensors by name (missing or mis-shaped ones are reported by `check_tensors` afterwards).
     Map(&'a TensorMap),
+    /// A seeded initialiser following [`Init`].
     Random(ChaCha8Rng),
 }
 
@@ -39,13 +44,34 @@ enum ProjSource<'a> {
     Random(ChaCha8Rng),
 }
 
-/// Creates parameters by (canonical, transformers >= 5) name and remembers what it asked for.
+/// Creates parameters by name (Swin: canonical, transformers >= 5 names; ViT: timm names) and
+/// remembers what it asked for (`expected`, for `check_tensors`). Shared by the Swin and ViT
+/// towers.
 pub(crate) struct Builder<'a> {
-    swin: SwinSource<'a>,
-    proj: ProjSource<'a>,
+    src: Source<'a>,
     device: Device,
-    expected: Vec<(String, Vec<usize>)>,
+    pub(crate) expected: Vec<(String, Vec<usize>)>,
+}
+
+/// The Swin tower's [`Builder`] plus its projection head (`projection_head.weight`, whose source
+/// and shape problems are handled apart from the Swin names).
+pub(crate) struct SwinBuilder<'a> {
+    params: Builder<'a>,
+    proj: ProjSource<'a>,
     proj_problem: Option<(Vec<usize>, Vec<usize>)>,
+}
+
+impl<'a> std::ops::Deref for SwinBuilder<'a> {
+    type Target = Builder<'a>;
+    fn deref(&self) -> &Builder<'a> {
+        &self.params
+    }
+}
+
+impl<'a> std::ops::DerefMut for SwinBuilder<'a> {
+    fn deref_mut(&mut self) -> &mut Builder<'a> {
+        &mut self.params
+    }
 }
 
 pub(crate) fn std_normal(rng: &mut ChaCha8Rng) -> f64 {
@@ -55,18 +81,27 @@ pub(crate) fn std_normal(rng: &mut ChaCha8Rng) -> f64 {
 }
 
 impl<'a> Builder<'a> {
+    pub(crate) fn new(src: Source<'a>, device: &Device) -> Self {
+        Self {
+            src,
+            device: device.clone(),
+            expected: Vec::new(),
+        }
+    }
+
     fn values(&mut self, name: &str, shape: &[usize], init: Init) -> Vec<f32> {
         let n: usize = shape.iter().product();
         self.expected.push((name.to_string(), shape.to_vec()));
-        match &mut self.swin {
-            SwinSource::Map(m) => match m.get(name) {
+        match &mut self.src {
+            Source::Map(m) => match m.get(name) {
                 Some(t) if t.shape == shape && t.data.len() == n => t.data.clone(),
                 _ => vec![0.0; n], // reported by check_tensors afterwards
             },
-            SwinSource::Random(rng) => match init {
+            Source::Random(rng) => match init {
                 Init::Zeros => vec![0.0; n],
                 Init::Ones => vec![1.0; n],
-                Init::Normal002 => (0..n).map(|_| (0.02 * std_normal(rng)) as f32).collect(),
+                Init::Const(v) => vec![v as f32; n],
+                Init::Normal(s) => (0..n).map(|_| (s * std_normal(rng)) as f32).collect(),
             },
         }
     }
@@ -87,7 +122,7 @@ impl<'a> Builder<'a> {
 
     /// torch `nn.Linear(d_in, d_out)`: weight `[d_out, d_in]` (burn stores `[d_in, d_out]`).
     pub(crate) fn linear(&mut self, p: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
-        let w: Tensor<2> = self.tensor(&format!("{p}.weight"), [d_out, d_in], Init::Normal002);
+        let w: Tensor<2> = self.tensor(&format!("{p}.weight"), [d_out, d_in], Init::Normal(0.02));
         Linear {
             weight: Param::from_tensor(w.transpose()),
             bias: bias.then(|| self.param(&format!("{p}.bias"), [d_out], Init::Zeros)),
@@ -101,10 +136,14 @@ impl<'a> Builder<'a> {
         ln
     }
 
-    /// Conv with kernel = stride = `k`, no padding, bias.
+    /// Conv with kernel = stride = `k`, no padding, bias (a patch embedding).
     pub(crate) fn conv(&mut self, p: &str, c_in: usize, c_out: usize, k: usize) -> Conv2d {
         Conv2d {
-            weight: self.param(&format!("{p}.weight"), [c_out, c_in, k, k], Init::Normal002),
+            weight: self.param(
+                &format!("{p}.weight"),
+                [c_out, c_in, k, k],
+                Init::Normal(0.02),
+            ),
             bias: Some(self.param(&format!("{p}.bias"), [c_out], Init::Zeros)),
             stride: [k, k],
             kernel_size: [k, k],
@@ -113,7 +152,9 @@ impl<'a> Builder<'a> {
             padding: PaddingConfig2d::Valid,
         }
     }
+}
 
+impl SwinBuilder<'_> {
     /// The projection head `[proj_dim, num_features]` (torch layout), no bias.
     pub(crate) fn projection(&mut self, d_in: usize, d_out: usize) -> Linear {
         let v = match &mut self.proj {
@@ -216,14 +257,12 @@ impl MedClipVision {
         let proj = other.remove(PROJECTION_NAME);
         let swin = canonical_map(&swin);
         let ctx = format!("MedCLIP vision tower under prefix {prefix:?}");
-        let mut b = Builder {
-            swin: SwinSource::Map(&swin),
+        let mut b = SwinBuilder {
+            params: Builder::new(Source::Map(&swin), device),
             proj: match &proj {
                 Some(t) => ProjSource::Tensor(t),
                 None => ProjSource::Random(ChaCha8Rng::seed_from_u64(0)),
             },
-            device: device.clone(),
-            expected: Vec::new(),
             proj_problem: None,
         };
         let model = MedClipVision::build(&mut b, cfg);
@@ -277,14 +316,12 @@ impl MedClipVision {
     ) -> Result<Self, EncoderError> {
         cfg.validate()?;
         let swin = canonical_map(&strip_prefix(map, swin_prefix));
-        let mut b = Builder {
-            swin: SwinSource::Map(&swin),
+        let mut b = SwinBuilder {
+            params: Builder::new(Source::Map(&swin), device),
             proj: match projection {
                 Some(t) => ProjSource::Tensor(t),
                 None => ProjSource::Random(ChaCha8Rng::seed_from_u64(projection_seed)),
             },
-            device: device.clone(),
-            expected: Vec::new(),
             proj_problem: None,
         };
         let model = MedClipVision::build(&mut b, cfg);
@@ -333,11 +370,9 @@ impl MedClipVision {
     /// [`MedClipVision::to_tensor_map`] to reuse them.)
     pub fn random(cfg: &SwinConfig, seed: u64, device: &Device) -> Result<Self, EncoderError> {
         cfg.validate()?;
-        let mut b = Builder {
-            swin: SwinSource::Random(ChaCha8Rng::seed_from_u64(seed)),
+        let mut b = SwinBuilder {
+            params: Builder::new(Source::Random(ChaCha8Rng::seed_from_u64(seed)), device),
             proj: ProjSource::Random(ChaCha8Rng::seed_from_u64(seed ^ 0x9E37_79B9_7F4A_7C15)),
-            device: device.clone(),
-            expected: Vec::new(),
             proj_problem: None,
         };
         Ok(MedClipVision::build(&mut b, cfg))

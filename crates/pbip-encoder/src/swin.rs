@@ -6,7 +6,7 @@ use burn::nn::{LayerNorm, Linear};
 use burn::tensor::activation::{gelu, softmax};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 
-use crate::load::Builder;
+use crate::load::{Builder, SwinBuilder};
 use crate::{EncoderError, SwinConfig};
 
 /// One Swin block (`SwinLayer`): (shifted-)window attention and MLP, each pre-norm with a residual.
@@ -293,7 +293,7 @@ impl PatchMerging {
 }
 
 impl MedClipVision {
-    pub(crate) fn build(b: &mut Builder<'_>, cfg: &SwinConfig) -> Self {
+    pub(crate) fn build(b: &mut SwinBuilder<'_>, cfg: &SwinConfig) -> Self {
         let e = cfg.embed_dim;
         let patch_embed = b.conv(
             "embeddings.patch_embeddings.projection",

@@ -9,18 +9,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use pbip_encoder::{MedClipVision, SwinConfig};
 use pbip_weights::{HostTensor, TensorMap, read_pth, read_safetensors};
 
-/// The fixture stem from `PBIP_PARITY_FIXTURE` (with or without `.safetensors`; default the shared
-/// `upstream-mit_b0-seed1`): `<stem>.safetensors`, `<stem>.classnet.pth`, `<stem>.vision.pth`.
+/// The PyTorch parity fixture's stem ([`pbip_testdata::parity_fixture_stem`]).
 fn fixture_stem() -> String {
-    let p = std::env::var("PBIP_PARITY_FIXTURE").unwrap_or_else(|_| {
-        pbip_testdata::fixtures_dir()
-            .join("upstream-mit_b0-seed1")
-            .to_string_lossy()
-            .into_owned()
-    });
-    p.strip_suffix(".safetensors")
-        .map(str::to_string)
-        .unwrap_or(p)
+    pbip_testdata::parity_fixture_stem()
 }
 
 fn fixture_file(suffix: &str) -> PathBuf {

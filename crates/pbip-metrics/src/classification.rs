@@ -58,15 +58,29 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Result<f64, MetricsError> {
             negatives,
         });
     }
+    let (mut prev_tp, mut prev_fp) = (0usize, 0usize);
+    let mut area2 = 0.0f64; // twice the (unnormalised) area
+    for (_, tp, fp) in roc_points(scores, labels) {
+        area2 += (fp - prev_fp) as f64 * (tp + prev_tp) as f64;
+        prev_tp = tp;
+        prev_fp = fp;
+    }
+    Ok(area2 / 2.0 / (positives as f64 * negatives as f64))
+}
+
+/// The points of the ROC curve, by decreasing score: `(score, tp, fp)` counts the positives and
+/// negatives scoring `>= score`, one point per distinct score (a group of equal scores, with
+/// +0.0 == -0.0, moves both counts together).
+fn roc_points<'a>(
+    scores: &'a [f64],
+    labels: &'a [bool],
+) -> impl Iterator<Item = (f64, usize, usize)> + 'a {
     let mut order: Vec<usize> = (0..scores.len()).collect();
     order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let (mut tp, mut fp) = (0u64, 0u64);
-    let (mut prev_tp, mut prev_fp) = (0u64, 0u64);
-    let mut area2 = 0.0f64; // twice the (unnormalised) area
+    let (mut tp, mut fp) = (0, 0);
     let mut i = 0;
-    while i < order.len() {
-        let s = scores[order[i]];
-        // group of equal scores (+0.0 == -0.0)
+    std::iter::from_fn(move || {
+        let s = scores[*order.get(i)?];
         while i < order.len() && scores[order[i]] == s {
             if labels[order[i]] {
                 tp += 1;
@@ -75,11 +89,8 @@ pub fn roc_auc(scores: &[f64], labels: &[bool]) -> Result<f64, MetricsError> {
             }
             i += 1;
         }
-        area2 += (fp - prev_fp) as f64 * (tp + prev_tp) as f64;
-        prev_tp = tp;
-        prev_fp = fp;
-    }
-    Ok(area2 / 2.0 / (positives as f64 * negatives as f64))
+        Some((s, tp, fp))
+    })
 }
 
 /// Per-label and macro ROC AUC of a multi-label problem.
@@ -247,24 +258,11 @@ pub fn sweep_threshold(
     check_binary(scores, labels)?;
     let p = labels.iter().filter(|&&l| l).count();
     let n = labels.len() - p;
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
     let mut best = ThresholdChoice {
         threshold: f64::INFINITY,
         value: metric_value(metric, 0, 0, p, n),
     };
-    let (mut tp, mut fp) = (0, 0);
-    let mut i = 0;
-    while i < order.len() {
-        let s = scores[order[i]];
-        while i < order.len() && scores[order[i]] == s {
-            if labels[order[i]] {
-                tp += 1;
-            } else {
-                fp += 1;
-            }
-            i += 1;
-        }
+    for (s, tp, fp) in roc_points(scores, labels) {
         let v = metric_value(metric, tp, fp, p, n);
         if v > best.value {
             best = ThresholdChoice {

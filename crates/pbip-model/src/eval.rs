@@ -112,17 +112,23 @@ pub fn seg_label(
     let f = m.reshape([b, n, h * w]);
     let mn = f.clone().min_dim(2);
     let mx = f.clone().max_dim(2);
-    let mut x = ((f - mn.clone()) / (mx - mn).add_scalar(minmax_eps)).reshape([b, n, h, w]);
-    if let Some(g) = gate {
-        if g.dims() != [b, n] {
-            return Err(ModelError::Shape(format!(
-                "gate {:?} vs maps [{b},{n}]",
-                g.dims()
-            )));
-        }
-        x = x * g.reshape([b, n, 1, 1]);
+    let x = ((f - mn.clone()) / (mx - mn).add_scalar(minmax_eps)).reshape([b, n, h, w]);
+    Ok(resize_bilinear_align_corners(gated(x, gate)?, out_h, out_w))
+}
+
+/// `x` `[B,N,H,W]` times the gate `[B,N]` when there is one.
+fn gated(x: Tensor<4>, gate: Option<Tensor<2>>) -> Result<Tensor<4>, ModelError> {
+    let Some(g) = gate else {
+        return Ok(x);
+    };
+    let [b, n, _, _] = x.dims();
+    if g.dims() != [b, n] {
+        return Err(ModelError::Shape(format!(
+            "gate {:?} vs maps [{b},{n}]",
+            g.dims()
+        )));
     }
-    Ok(resize_bilinear_align_corners(x, out_h, out_w))
+    Ok(x * g.reshape([b, n, 1, 1]))
 }
 
 /// One scale's class maps under `cfg.maps`: [`seg_label`] for [`MapKind::MinMax`]; for
@@ -138,18 +144,8 @@ pub fn class_maps(
     match cfg.maps {
         MapKind::MinMax => seg_label(cam, k_list, gate, out_h, out_w, cfg.merge, cfg.minmax_eps),
         MapKind::Probability => {
-            let mut x = sigmoid(merge_subclasses(cam, k_list, cfg.merge)?);
-            let [b, n, _, _] = x.dims();
-            if let Some(g) = gate {
-                if g.dims() != [b, n] {
-                    return Err(ModelError::Shape(format!(
-                        "gate {:?} vs maps [{b},{n}]",
-                        g.dims()
-                    )));
-                }
-                x = x * g.reshape([b, n, 1, 1]);
-            }
-            Ok(resize_bilinear_align_corners(x, out_h, out_w))
+            let x = sigmoid(merge_subclasses(cam, k_list, cfg.merge)?);
+            Ok(resize_bilinear_align_corners(gated(x, gate)?, out_h, out_w))
         }
     }
 }

@@ -138,6 +138,17 @@ fn without_column(x: Tensor<2>, skip: Option<usize>) -> Result<Tensor<2>, ModelE
     }
 }
 
+/// The losses take the logits of the 4 scales.
+fn check_four_scales(cls: &[Tensor<2>]) -> Result<(), ModelError> {
+    if cls.len() != 4 {
+        return Err(ModelError::Shape(format!(
+            "expected 4 scales of logits, got {}",
+            cls.len()
+        )));
+    }
+    Ok(())
+}
+
 /// [`classification_loss`] without the class `skip` (a class present on every slide, whose
 /// constant label carries nothing to learn): the BCE averages over the other classes only.
 pub fn classification_loss_excluding(
@@ -148,12 +159,7 @@ pub fn classification_loss_excluding(
     merge: MergeMethod,
     skip: Option<usize>,
 ) -> Result<Tensor<1>, ModelError> {
-    if cls.len() != 4 {
-        return Err(ModelError::Shape(format!(
-            "expected 4 scales of logits, got {}",
-            cls.len()
-        )));
-    }
+    check_four_scales(cls)?;
     let labels = without_column(labels, skip)?;
     let mut total: Option<Tensor<1>> = None;
     for (c, &w) in cls.iter().zip(weights) {
@@ -195,12 +201,7 @@ pub fn mil_classification_loss(
     negative_instances: bool,
     skip: Option<usize>,
 ) -> Result<Tensor<1>, ModelError> {
-    if cls.len() != 4 {
-        return Err(ModelError::Shape(format!(
-            "expected 4 scales of logits, got {}",
-            cls.len()
-        )));
-    }
+    check_four_scales(cls)?;
     pooling.validate()?;
     let bag_labels = without_column(bag_labels, skip)?;
     let [nb, n] = bag_labels.dims();
@@ -592,48 +593,36 @@ mod tests {
         let w = [0.0, 0.0, 0.0, 1.0];
         // top-k 1/3 = max per bag and class: bag 0 (0, 2), bag 1 (1, 1).
         let pool = crate::pool::Pooling::TopK { fraction: 0.3 };
-        let l = mil_classification_loss(
-            &cls,
-            y.clone(),
-            &[1, 1],
-            &w,
-            MergeMethod::Mean,
-            3,
-            pool,
-            false,
-            None,
-        )
-        .unwrap();
+        // k_list [1, 1] and mean merging throughout.
+        let mil = |cls: &[Tensor<2>],
+                   y: Tensor<2>,
+                   w: &[f64; 4],
+                   bag_size: usize,
+                   pooling: crate::pool::Pooling,
+                   negatives: bool,
+                   skip: Option<usize>| {
+            mil_classification_loss(
+                cls,
+                y,
+                &[1, 1],
+                w,
+                MergeMethod::Mean,
+                bag_size,
+                pooling,
+                negatives,
+                skip,
+            )
+            .unwrap()
+        };
+        let l = mil(&cls, y.clone(), &w, 3, pool, false, None);
         let bag = (bce(0.0, 1.0) + bce(2.0, 1.0) + bce(1.0, 1.0) + bce(1.0, 0.0)) / 4.0;
         close(&to_vec(l).unwrap(), &[bag], 1e-5);
         // + negative instances: the tumour class of the 3 benign-bag patches (-2, 1, -3), target 0.
-        let l = mil_classification_loss(
-            &cls,
-            y.clone(),
-            &[1, 1],
-            &w,
-            MergeMethod::Mean,
-            3,
-            pool,
-            true,
-            None,
-        )
-        .unwrap();
+        let l = mil(&cls, y.clone(), &w, 3, pool, true, None);
         let neg = (bce(-2.0, 0.0) + bce(1.0, 0.0) + bce(-3.0, 0.0)) / 3.0;
         close(&to_vec(l).unwrap(), &[bag + neg], 1e-5);
         // background class 0 left out: only the tumour column counts.
-        let l = mil_classification_loss(
-            &cls,
-            y,
-            &[1, 1],
-            &w,
-            MergeMethod::Mean,
-            3,
-            pool,
-            true,
-            Some(0),
-        )
-        .unwrap();
+        let l = mil(&cls, y, &w, 3, pool, true, Some(0));
         let bag_t = (bce(2.0, 1.0) + bce(1.0, 0.0)) / 2.0;
         close(&to_vec(l).unwrap(), &[bag_t + neg], 1e-5);
         // mean pooling with bag size 1 equals the per-patch classification loss.
@@ -644,18 +633,15 @@ mod tests {
             t(vec![0.5, 2.0, -1.0, 0.0], [2, 2]),
         ];
         let y1 = t(vec![1.0, 0.0, 0.0, 1.0], [2, 2]);
-        let a = mil_classification_loss(
+        let a = mil(
             &cls1,
             y1.clone(),
-            &[1, 1],
             &[0.0, 0.1, 1.0, 1.0],
-            MergeMethod::Mean,
             1,
             crate::pool::Pooling::Mean,
             false,
             None,
-        )
-        .unwrap();
+        );
         let b = classification_loss(
             &cls1,
             y1.clone(),

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
 use crate::fused::{layer_norm, softmax_last};
-use crate::params::{Loader, Visit, walk_conv, walk_linear, walk_ln};
+use crate::params::{ConvShape, Loader, Visit, walk_conv, walk_linear, walk_ln};
 
 /// Architecture of one MiT variant.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -86,7 +86,17 @@ pub struct OverlapPatchEmbed {
 impl OverlapPatchEmbed {
     fn load(l: &mut Loader<'_>, p: &str, c_in: usize, c_out: usize, k: usize, s: usize) -> Self {
         Self {
-            proj: l.conv(&format!("{p}.proj"), c_in, c_out, k, s, k / 2, 1),
+            proj: l.conv(
+                &format!("{p}.proj"),
+                ConvShape {
+                    c_in,
+                    c_out,
+                    kernel: k,
+                    stride: s,
+                    pad: k / 2,
+                    groups: 1,
+                },
+            ),
             norm: l.layer_norm(&format!("{p}.norm"), c_out, EPS_EMBED),
         }
     }
@@ -126,7 +136,17 @@ impl Attention {
     fn load(l: &mut Loader<'_>, p: &str, dim: usize, heads: usize, sr: usize) -> Self {
         let (sr_conv, norm) = if sr > 1 {
             (
-                Some(l.conv(&format!("{p}.sr"), dim, dim, sr, sr, 0, 1)),
+                Some(l.conv(
+                    &format!("{p}.sr"),
+                    ConvShape {
+                        c_in: dim,
+                        c_out: dim,
+                        kernel: sr,
+                        stride: sr,
+                        pad: 0,
+                        groups: 1,
+                    },
+                )),
                 Some(l.layer_norm(&format!("{p}.norm"), dim, EPS_EMBED)),
             )
         } else {
@@ -215,12 +235,14 @@ impl MixFfn {
             fc1: l.linear(&format!("{p}.fc1"), dim, hidden),
             dwconv: l.conv(
                 &format!("{p}.dwconv.dwconv"),
-                hidden,
-                hidden,
-                3,
-                1,
-                1,
-                hidden,
+                ConvShape {
+                    c_in: hidden,
+                    c_out: hidden,
+                    kernel: 3,
+                    stride: 1,
+                    pad: 1,
+                    groups: hidden,
+                },
             ),
             fc2: l.linear(&format!("{p}.fc2"), hidden, dim),
         }

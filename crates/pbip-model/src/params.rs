@@ -25,6 +25,17 @@ pub(crate) enum Init {
     Const(f32),
 }
 
+/// Shape of an `nn.Conv2d`: square kernel and stride, the same padding on every side.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ConvShape {
+    pub c_in: usize,
+    pub c_out: usize,
+    pub kernel: usize,
+    pub stride: usize,
+    pub pad: usize,
+    pub groups: usize,
+}
+
 /// Source of parameter values.
 #[allow(clippy::large_enum_variant)] // one per load, never stored
 pub(crate) enum Source<'a> {
@@ -146,17 +157,15 @@ impl<'a> Loader<'a> {
     }
 
     /// `nn.Conv2d` with bias; NVlabs init normal(0, sqrt(2 / fan_out)), fan_out = k·k·out/groups.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn conv(
-        &mut self,
-        prefix: &str,
-        c_in: usize,
-        c_out: usize,
-        kernel: usize,
-        stride: usize,
-        pad: usize,
-        groups: usize,
-    ) -> Conv2d {
+    pub(crate) fn conv(&mut self, prefix: &str, shape: ConvShape) -> Conv2d {
+        let ConvShape {
+            c_in,
+            c_out,
+            kernel,
+            stride,
+            pad,
+            groups,
+        } = shape;
         let fan_out = (kernel * kernel * c_out / groups.max(1)).max(1);
         let w = self.param(
             &format!("{prefix}.weight"),

@@ -91,6 +91,23 @@ struct GtPredictor {
     fail_on_slide: Option<String>,
 }
 
+impl GtPredictor {
+    fn new() -> Self {
+        Self {
+            calls: 0,
+            fail_on_slide: None,
+        }
+    }
+
+    /// A predictor that fails on the slide `name`.
+    fn failing_on(name: String) -> Self {
+        Self {
+            calls: 0,
+            fail_on_slide: Some(name),
+        }
+    }
+}
+
 impl PatchPredictor for GtPredictor {
     fn num_classes(&self) -> usize {
         2
@@ -296,10 +313,7 @@ fn blockwise_equals_single_block() {
                 &slide,
                 &sl.name,
                 &placement,
-                &mut GtPredictor {
-                    calls: 0,
-                    fail_on_slide: None,
-                },
+                &mut GtPredictor::new(),
                 &s,
                 8.0,
                 None,
@@ -353,38 +367,22 @@ fn opts(out: &Path, shard: Option<(usize, usize)>) -> InferOptions {
     }
 }
 
+/// A run of `cfg` into `out` (all slides, or one shard) with a fresh [`GtPredictor`] and the model
+/// identity `model`; panics with `what` when the run fails.
+fn run_gt(
+    cfg: &Config,
+    out: &Path,
+    shard: Option<(usize, usize)>,
+    model: &str,
+    what: &str,
+) -> infer::InferSummary {
+    run_with_predictor(cfg, &opts(out, shard), &mut GtPredictor::new(), model, "v").expect(what)
+}
+
+/// Every file under `dir` (relative path -> bytes), run-dependent metadata fields nulled. Batch
+/// results and the lock files (named after the batch results file) depend on how the run was split.
 fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-            } else {
-                let rel = p
-                    .strip_prefix(dir)
-                    .expect("prefix")
-                    .to_string_lossy()
-                    .into_owned();
-                let mut bytes = std::fs::read(&p).expect("read");
-                if rel.ends_with("metadata.json") {
-                    let mut v: serde_json::Value =
-                        serde_json::from_slice(&bytes).expect("metadata json");
-                    v["timestamp"] = serde_json::Value::Null;
-                    v["processing_time_sec"] = serde_json::Value::Null;
-                    bytes = v.to_string().into_bytes();
-                }
-                // Batch results and the lock files (named after the batch results file) depend
-                // on how the run was split.
-                if rel.starts_with("batch_results") || rel.starts_with(".locks") {
-                    continue;
-                }
-                m.insert(rel, bytes);
-            }
-        }
-    }
-    m
+    pbip_testdata::output_files(dir, &["batch_results", ".locks"])
 }
 
 /// Even-odd point-in-polygon over all rings of a GeoJSON geometry.
@@ -428,10 +426,7 @@ fn rings_of(geom: &serde_json::Value) -> Vec<Vec<(f64, f64)>> {
 fn end_to_end_outputs_readback_and_accuracy() {
     let out = tempfile::tempdir().expect("tmp");
     let cfg = config(&["inference.use_crf=true"]);
-    let mut p = GtPredictor {
-        calls: 0,
-        fail_on_slide: None,
-    };
+    let mut p = GtPredictor::new();
     let sum = run_with_predictor(
         &cfg,
         &opts(out.path(), None),
@@ -553,17 +548,7 @@ fn end_to_end_outputs_readback_and_accuracy() {
 fn resume_after_interrupted_run_gives_identical_outputs() {
     let cfg = config(&[]);
     let full = tempfile::tempdir().expect("tmp");
-    run_with_predictor(
-        &cfg,
-        &opts(full.path(), None),
-        &mut GtPredictor {
-            calls: 0,
-            fail_on_slide: None,
-        },
-        "m",
-        "v",
-    )
-    .expect("full");
+    run_gt(&cfg, full.path(), None, "m", "full");
     let part = tempfile::tempdir().expect("tmp");
     let names: Vec<String> = synth()
         .summary
@@ -576,10 +561,7 @@ fn resume_after_interrupted_run_gives_identical_outputs() {
     let failed = run_with_predictor(
         &cfg,
         &opts(part.path(), None),
-        &mut GtPredictor {
-            calls: 0,
-            fail_on_slide: Some(names[2].clone()),
-        },
+        &mut GtPredictor::failing_on(names[2].clone()),
         "m",
         "v",
     )
@@ -605,17 +587,7 @@ fn resume_after_interrupted_run_gives_identical_outputs() {
         .expect("m")
         .modified()
         .expect("mtime");
-    let resumed = run_with_predictor(
-        &cfg,
-        &opts(part.path(), None),
-        &mut GtPredictor {
-            calls: 0,
-            fail_on_slide: None,
-        },
-        "m",
-        "v",
-    )
-    .expect("resume");
+    let resumed = run_gt(&cfg, part.path(), None, "m", "resume");
     assert_eq!(
         (resumed.failed, resumed.skipped, resumed.processed),
         (0, 2, 2)
@@ -631,17 +603,7 @@ fn resume_after_interrupted_run_gives_identical_outputs() {
         "resumed outputs differ from an uninterrupted run"
     );
     // Another model identity redoes everything.
-    let other = run_with_predictor(
-        &cfg,
-        &opts(part.path(), None),
-        &mut GtPredictor {
-            calls: 0,
-            fail_on_slide: None,
-        },
-        "m2",
-        "v",
-    )
-    .expect("other");
+    let other = run_gt(&cfg, part.path(), None, "m2", "other");
     assert_eq!(other.processed, 4);
 }
 
@@ -649,31 +611,11 @@ fn resume_after_interrupted_run_gives_identical_outputs() {
 fn shards_are_disjoint_and_their_union_is_the_full_run() {
     let cfg = config(&["inference.post_processing.edge_refinement=false"]);
     let full = tempfile::tempdir().expect("tmp");
-    run_with_predictor(
-        &cfg,
-        &opts(full.path(), None),
-        &mut GtPredictor {
-            calls: 0,
-            fail_on_slide: None,
-        },
-        "m",
-        "v",
-    )
-    .expect("full");
+    run_gt(&cfg, full.path(), None, "m", "full");
     let sh = tempfile::tempdir().expect("tmp");
     let mut seen = Vec::new();
     for i in 0..3 {
-        let s = run_with_predictor(
-            &cfg,
-            &opts(sh.path(), Some((i, 3))),
-            &mut GtPredictor {
-                calls: 0,
-                fail_on_slide: None,
-            },
-            "m",
-            "v",
-        )
-        .expect("shard");
+        let s = run_gt(&cfg, sh.path(), Some((i, 3)), "m", "shard");
         assert!(
             s.batch_results
                 .ends_with(format!("batch_results.shard-{i:04}-of-0003.csv"))

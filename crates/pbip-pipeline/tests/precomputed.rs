@@ -340,6 +340,19 @@ fn write_slide2vec(out: &Path, s: &Slide2vec) {
     }
 }
 
+/// Stage 1's error for `cfg` (the run must fail).
+fn stage1_error(cfg: &Config) -> String {
+    run_stage(1, cfg, &RunOptions::default())
+        .unwrap_err()
+        .to_string()
+}
+
+/// Writes slide2vec outputs `s` to `s2v` and returns the config of a run in `work` that reads them.
+fn slide2vec_config(work: &Path, s2v: &Path, s: &Slide2vec) -> Config {
+    write_slide2vec(s2v, s);
+    config(&base().data, work, Some(s2v), &[])
+}
+
 fn sha256(path: &Path) -> String {
     format!("{:x}", sha2::Sha256::digest(std::fs::read(path).unwrap()))
 }
@@ -480,9 +493,7 @@ fn slide2vec_features_run_stages_1_to_3() {
         Some(&s2v),
         &["training.loss_weights.contrastive=0.1".into()],
     );
-    let e = run_stage(1, &cfg_r, &RunOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = stage1_error(&cfg_r);
     assert!(
         e.contains("prototypes.encoder.weights") && e.contains("contrastive"),
         "{e}"
@@ -495,7 +506,8 @@ fn slide2vec_1x_layout_with_fp32_features_and_config_yaml() {
     let d = tempfile::tempdir().unwrap();
     let work = work_with_prototypes(d.path());
     let s2v = d.path().join("output");
-    write_slide2vec(
+    let cfg = slide2vec_config(
+        &work,
         &s2v,
         &Slide2vec {
             current: false,
@@ -504,7 +516,6 @@ fn slide2vec_1x_layout_with_fp32_features_and_config_yaml() {
             ..Slide2vec::default()
         },
     );
-    let cfg = config(&b.data, &work, Some(&s2v), &[]);
     run_stage(1, &cfg, &RunOptions::default()).unwrap();
     let meta = check_exemplars(&cfg, 0);
     let p = meta.precomputed.unwrap();
@@ -534,17 +545,15 @@ fn features_of_another_model_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let work = work_with_prototypes(d.path());
     let s2v = d.path().join("s2v");
-    write_slide2vec(
+    let cfg = slide2vec_config(
+        &work,
         &s2v,
         &Slide2vec {
             model: "virchow2".into(),
             ..Slide2vec::default()
         },
     );
-    let cfg = config(&b.data, &work, Some(&s2v), &[]);
-    let e = run_stage(1, &cfg, &RunOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = stage1_error(&cfg);
     assert!(
         e.contains("virchow2") && e.contains(MODEL) && e.contains("meta.json"),
         "{e}"
@@ -559,9 +568,7 @@ fn features_of_another_model_are_refused() {
         Some(&s2v),
         &[format!("prototypes.precomputed_features.encoder={MODEL}")],
     );
-    let e = run_stage(1, &cfg, &RunOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = stage1_error(&cfg);
     assert!(
         e.contains("virchow2") && e.contains("precomputed_features.encoder"),
         "{e}"
@@ -574,17 +581,15 @@ fn features_of_another_width_are_refused() {
     let d = tempfile::tempdir().unwrap();
     let work = work_with_prototypes(d.path());
     let s2v = d.path().join("s2v");
-    write_slide2vec(
+    let cfg = slide2vec_config(
+        &work,
         &s2v,
         &Slide2vec {
             dim: 16,
             ..Slide2vec::default()
         },
     );
-    let cfg = config(&b.data, &work, Some(&s2v), &[]);
-    let e = run_stage(1, &cfg, &RunOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = stage1_error(&cfg);
     assert!(
         e.contains("16-d") && e.contains("32-d") && e.contains(MODEL) && e.contains(".meta.json"),
         "{e}"
@@ -608,9 +613,7 @@ fn features_of_another_width_are_refused() {
             ),
         ],
     );
-    let e = run_stage(1, &cfg, &RunOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = stage1_error(&cfg);
     assert!(e.contains("16-d") && e.contains(".pt"), "{e}");
 }
 
@@ -624,17 +627,15 @@ fn a_prototype_coordinate_without_a_tile_is_refused_unless_within_the_tolerance(
     let names = protos.wsi_name.clone().unwrap();
     let slide = pbip_config::normalise_slide_key(&names[0]);
     let s2v = d.path().join("s2v");
-    write_slide2vec(
+    let cfg = slide2vec_config(
+        &work,
         &s2v,
         &Slide2vec {
             drop: Some((slide.clone(), vec![(protos.x[0], protos.y[0])])),
             ..Slide2vec::default()
         },
     );
-    let cfg = config(&b.data, &work, Some(&s2v), &[]);
-    let e = run_stage(1, &cfg, &RunOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = stage1_error(&cfg);
     let example = format!("x={}, y={}", protos.x[0], protos.y[0]);
     assert!(
         e.contains(&format!("slide {slide}")) && e.contains("1 of") && e.contains(&example),
@@ -644,17 +645,15 @@ fn a_prototype_coordinate_without_a_tile_is_refused_unless_within_the_tolerance(
 
     // Tiles on a grid 3 px off: refused exactly, matched within a 4 px tolerance.
     let s2v = d.path().join("s2v_shifted");
-    write_slide2vec(
+    let cfg = slide2vec_config(
+        &work,
         &s2v,
         &Slide2vec {
             shift_x: 3,
             ..Slide2vec::default()
         },
     );
-    let cfg = config(&b.data, &work, Some(&s2v), &[]);
-    let e = run_stage(1, &cfg, &RunOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = stage1_error(&cfg);
     assert!(e.contains("different grids"), "{e}");
     let cfg = config(
         &b.data,
@@ -671,21 +670,18 @@ fn a_prototype_coordinate_without_a_tile_is_refused_unless_within_the_tolerance(
 #[test]
 fn tiles_of_another_size_are_refused() {
     // Same grid, but slide2vec's tiles cover 448 level-0 px where the prototype patches cover 224.
-    let b = base();
     let d = tempfile::tempdir().unwrap();
     let work = work_with_prototypes(d.path());
     let s2v = d.path().join("s2v");
-    write_slide2vec(
+    let cfg = slide2vec_config(
+        &work,
         &s2v,
         &Slide2vec {
             lv0: 448,
             ..Slide2vec::default()
         },
     );
-    let cfg = config(&b.data, &work, Some(&s2v), &[]);
-    let e = run_stage(1, &cfg, &RunOptions::default())
-        .unwrap_err()
-        .to_string();
+    let e = stage1_error(&cfg);
     assert!(
         e.contains("cover 224") && e.contains("cover 448") && e.contains("coordinates.npz"),
         "{e}"

@@ -48,16 +48,23 @@ fn synth(dir: &Path) {
     pbip_synth::generate(&opts).unwrap();
 }
 
+/// A temporary folder with a synthetic dataset in `data/` and an empty `work/` path: (the folder,
+/// data, work).
+fn synth_and_work() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let d = tempfile::tempdir().unwrap();
+    let data = d.path().join("data");
+    synth(&data);
+    let work = d.path().join("work");
+    (d, data, work)
+}
+
 fn col(map: &pbip_weights::TensorMap, name: &str) -> Vec<f32> {
     map[name].data.clone()
 }
 
 #[test]
 fn stages_0_1_2_produce_exact_features_and_a_unit_prototype_bank() {
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    synth(&data);
-    let work = d.path().join("work");
+    let (_d, data, work) = synth_and_work();
     let cfg = config(&data, &work, &[]);
     let opts = RunOptions::default();
     for stage in 0..3 {
@@ -199,10 +206,7 @@ fn stages_0_1_2_produce_exact_features_and_a_unit_prototype_bank() {
 
 #[test]
 fn random_encoder_is_recorded_and_missing_stage0_is_explained() {
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    synth(&data);
-    let work = d.path().join("work");
+    let (_d, data, work) = synth_and_work();
     let cfg = config(
         &data,
         &work,
@@ -240,10 +244,7 @@ fn safetensors_features(bytes: &[u8]) -> Vec<u8> {
 
 #[test]
 fn degenerate_bank_is_reported_and_conditioning_separates_it() {
-    let d = tempfile::tempdir().unwrap();
-    let data = d.path().join("data");
-    synth(&data);
-    let work = d.path().join("work");
+    let (_d, data, work) = synth_and_work();
     let cfg = config(
         &data,
         &work,

@@ -1,6 +1,6 @@
-//! Streaming connected components: labels a map row by row with a union-find over provisional
-//! labels, so a whole-slide map is never held in memory (only the current and previous rows, the
-//! union-find and per-component statistics).
+//! Streaming connected components: labels a map row by row with pbip-tiling's [`RowLabeler`] (a
+//! union-find over provisional labels), so a whole-slide map is never held in memory (only the
+//! current and previous rows, the union-find and per-component statistics).
 //!
 //! [`RowLabeler`] assigns each pixel a *provisional* label that depends only on the pixels already
 //! seen (raster order), never on the union-find state: labelling the same rows twice gives the same
@@ -11,119 +11,12 @@
 
 use std::collections::HashMap;
 
+use pbip_tiling::RowLabeler;
+
 use crate::NO_LABEL;
 use crate::error::{Result, invalid};
 use crate::morph::Connectivity;
 use crate::plane::{Planes, Rect};
-
-/// Union-find over `u32` ids (union by the smaller root, path halving).
-#[derive(Debug, Default, Clone)]
-pub(crate) struct UnionFind {
-    parent: Vec<u32>,
-}
-
-impl UnionFind {
-    pub(crate) fn push(&mut self) -> u32 {
-        let id = self.parent.len() as u32;
-        self.parent.push(id);
-        id
-    }
-
-    pub(crate) fn len(&self) -> usize {
-        self.parent.len()
-    }
-
-    pub(crate) fn find(&mut self, mut x: u32) -> u32 {
-        while self.parent[x as usize] != x {
-            let p = self.parent[x as usize];
-            self.parent[x as usize] = self.parent[p as usize];
-            x = p;
-        }
-        x
-    }
-
-    pub(crate) fn union(&mut self, a: u32, b: u32) {
-        let (ra, rb) = (self.find(a), self.find(b));
-        if ra != rb {
-            let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-            self.parent[hi as usize] = lo;
-        }
-    }
-}
-
-/// Row-by-row connected-component labelling (see the module docs). Label 0 is the background
-/// (pixels equal to `background`); provisional labels start at 1.
-#[derive(Debug)]
-pub(crate) struct RowLabeler {
-    width: usize,
-    background: Option<u8>,
-    conn: Connectivity,
-    prev_vals: Vec<u8>,
-    prev_ids: Vec<u32>,
-    cur_ids: Vec<u32>,
-    rows_seen: usize,
-    pub(crate) uf: UnionFind,
-}
-
-impl RowLabeler {
-    pub(crate) fn new(width: usize, background: Option<u8>, conn: Connectivity) -> Self {
-        let mut uf = UnionFind::default();
-        uf.push(); // id 0 = background
-        Self {
-            width,
-            background,
-            conn,
-            prev_vals: vec![0; width],
-            prev_ids: vec![0; width],
-            cur_ids: vec![0; width],
-            rows_seen: 0,
-            uf,
-        }
-    }
-
-    /// Labels the next row; returns its provisional labels.
-    pub(crate) fn push_row(&mut self, vals: &[u8]) -> &[u32] {
-        std::mem::swap(&mut self.prev_ids, &mut self.cur_ids);
-        let w = self.width;
-        let has_prev = self.rows_seen > 0;
-        for x in 0..w {
-            let v = vals[x];
-            if Some(v) == self.background {
-                self.cur_ids[x] = 0;
-                continue;
-            }
-            let mut id = 0u32;
-            let mut join = |cand: u32, uf: &mut UnionFind| {
-                if id == 0 {
-                    id = cand;
-                } else if cand != id {
-                    uf.union(id, cand);
-                }
-            };
-            if x > 0 && vals[x - 1] == v {
-                join(self.cur_ids[x - 1], &mut self.uf);
-            }
-            if has_prev {
-                let (lo, hi) = match self.conn {
-                    Connectivity::Four => (x, x),
-                    Connectivity::Eight => (x.saturating_sub(1), (x + 1).min(w - 1)),
-                };
-                for xx in lo..=hi {
-                    if self.prev_vals[xx] == v {
-                        join(self.prev_ids[xx], &mut self.uf);
-                    }
-                }
-            }
-            if id == 0 {
-                id = self.uf.push();
-            }
-            self.cur_ids[x] = id;
-        }
-        self.prev_vals.copy_from_slice(&vals[..w]);
-        self.rows_seen += 1;
-        &self.cur_ids
-    }
-}
 
 /// Rows per read when streaming a plane (about 4 MiB of u8 per band).
 fn band_rows(width: usize) -> usize {
@@ -183,7 +76,7 @@ pub fn remove_small_components_planes(
                 if p.1 == q.1 {
                     return;
                 }
-                let (a, b) = (lab.uf.find(p.0), lab.uf.find(q.0));
+                let (a, b) = (lab.find(p.0), lab.find(q.0));
                 *pairs.entry((a, b)).or_insert(0) += 1;
                 *pairs.entry((b, a)).or_insert(0) += 1;
             };
@@ -208,17 +101,17 @@ pub fn remove_small_components_planes(
             if pairs.len() > compact_at {
                 let mut re: HashMap<(u32, u32), u64> = HashMap::with_capacity(pairs.len());
                 for ((a, b), c) in pairs.drain() {
-                    *re.entry((lab.uf.find(a), lab.uf.find(b))).or_insert(0) += c;
+                    *re.entry((lab.find(a), lab.find(b))).or_insert(0) += c;
                 }
                 pairs = re;
                 compact_at = (2 * pairs.len()).max(1 << 20);
             }
         }
     }
-    let n_ids = lab.uf.len();
+    let n_ids = lab.id_count();
     sizes.resize(n_ids, 0);
     vals.resize(n_ids, NO_LABEL);
-    let roots: Vec<u32> = (0..n_ids as u32).map(|i| lab.uf.find(i)).collect();
+    let roots: Vec<u32> = (0..n_ids as u32).map(|i| lab.find(i)).collect();
     let mut root_size = vec![0u64; n_ids];
     for (i, &r) in roots.iter().enumerate() {
         root_size[r as usize] += sizes[i];
@@ -294,36 +187,6 @@ pub fn remove_small_components_planes(
 mod tests {
     use super::*;
     use rand::{Rng, SeedableRng};
-
-    #[test]
-    fn row_labeler_matches_label_components() {
-        let mut rng = rand_chacha::ChaCha8Rng::seed_from_u64(11);
-        for &(w, h, k) in &[(1, 1, 2), (7, 5, 2), (31, 17, 3), (64, 40, 2), (5, 60, 4)] {
-            let img: Vec<u8> = (0..w * h).map(|_| rng.random_range(0..k) as u8).collect();
-            for conn in [Connectivity::Four, Connectivity::Eight] {
-                for bg in [None, Some(0u8)] {
-                    let (want, _) = crate::morph::label_components(&img, w, h, bg, conn).unwrap();
-                    let mut lab = RowLabeler::new(w, bg, conn);
-                    let mut ids = Vec::new();
-                    for row in img.chunks_exact(w) {
-                        ids.extend_from_slice(lab.push_row(row));
-                    }
-                    let roots: Vec<u32> = ids.iter().map(|&i| lab.uf.find(i)).collect();
-                    // Same partition: equal roots <=> equal labels.
-                    let mut map = HashMap::new();
-                    for (i, (&r, &l)) in roots.iter().zip(&want).enumerate() {
-                        assert_eq!(r == 0, l == 0, "pixel {i} background");
-                        if let Some(&prev) = map.get(&r) {
-                            assert_eq!(prev, l, "pixel {i}");
-                        }
-                        map.insert(r, l);
-                    }
-                    let distinct: std::collections::HashSet<u32> = map.values().copied().collect();
-                    assert_eq!(distinct.len(), map.len(), "{w}x{h} {conn:?} {bg:?}");
-                }
-            }
-        }
-    }
 
     /// The former whole-map implementation (components labelled at once, neighbour histograms per
     /// pixel), kept as an independent reference.

@@ -663,10 +663,29 @@ pub fn dense_crf(
     params: &CrfParams,
 ) -> Result<CrfOutput> {
     check_inputs(probs, num_classes, width_px, height_px, rgb, params)?;
+    solve(
+        probs,
+        num_classes,
+        width_px,
+        height_px,
+        rgb,
+        params,
+        &|f, d| Ok(Box::new(Permutohedral::new(&f, d)?) as Box<dyn Filter>),
+    )
+}
+
+/// Mean-field inference on checked inputs, with the Gaussian filters that `make` builds.
+fn solve(
+    probs: &[f32],
+    num_classes: usize,
+    width_px: usize,
+    height_px: usize,
+    rgb: &[u8],
+    params: &CrfParams,
+    make: &dyn Fn(Vec<f32>, usize) -> Result<Box<dyn Filter>>,
+) -> Result<CrfOutput> {
     let n = width_px * height_px;
-    let kernels = build_kernels(width_px, height_px, rgb, params, &|f, d| {
-        Ok(Box::new(Permutohedral::new(&f, d)?) as Box<dyn Filter>)
-    })?;
+    let kernels = build_kernels(width_px, height_px, rgb, params, make)?;
     let unary = unary_point_major(probs, num_classes, n);
     let q = mean_field(&unary, num_classes, &kernels, params.n_iter);
     Ok(finish_output(&q, num_classes, width_px, height_px))
@@ -688,19 +707,30 @@ pub fn dense_crf_bruteforce(
             "dense_crf_bruteforce: {n} pixels is too many for O(N^2) (max 65536)"
         ));
     }
-    let kernels = build_kernels(width_px, height_px, rgb, params, &|features, d| {
-        Ok(Box::new(Brute { features, d }) as Box<dyn Filter>)
-    })?;
-    let unary = unary_point_major(probs, num_classes, n);
-    let q = mean_field(&unary, num_classes, &kernels, params.n_iter);
-    Ok(finish_output(&q, num_classes, width_px, height_px))
+    solve(
+        probs,
+        num_classes,
+        width_px,
+        height_px,
+        rgb,
+        params,
+        &|features, d| Ok(Box::new(Brute { features, d }) as Box<dyn Filter>),
+    )
+}
+
+/// Tiling of [`dense_crf_blockwise`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CrfBlocks {
+    /// Side of a tile's core (output px), >= 1.
+    pub block_px: usize,
+    /// Context added on every side of a core (output px), see [`suggested_halo_px`].
+    pub halo_px: usize,
 }
 
 /// Block-wise dense CRF: tiles of `block_px` x `block_px` output pixels, each run with `halo_px` of
 /// context on every side (clipped at the image border); only the tile cores are kept (see the module
 /// docs for how close this is to the global CRF). Tiles run in parallel (rayon); memory is bounded by
 /// one tile plus halo per worker thread.
-#[allow(clippy::too_many_arguments)]
 pub fn dense_crf_blockwise(
     probs: &[f32],
     num_classes: usize,
@@ -708,9 +738,9 @@ pub fn dense_crf_blockwise(
     height_px: usize,
     rgb: &[u8],
     params: &CrfParams,
-    block_px: usize,
-    halo_px: usize,
+    blocks: CrfBlocks,
 ) -> Result<CrfOutput> {
+    let CrfBlocks { block_px, halo_px } = blocks;
     check_inputs(probs, num_classes, width_px, height_px, rgb, params)?;
     if block_px == 0 {
         return invalid("CRF: block_px must be >= 1");
@@ -926,17 +956,11 @@ mod tests {
         let (w, h, c) = (90, 70, 3);
         let (probs, rgb) = problem(w, h, c, 9);
         let g = dense_crf(&probs, c, w, h, &rgb, &params).unwrap();
-        let b = dense_crf_blockwise(
-            &probs,
-            c,
-            w,
-            h,
-            &rgb,
-            &params,
-            32,
-            suggested_halo_px(&params),
-        )
-        .unwrap();
+        let blocks = CrfBlocks {
+            block_px: 32,
+            halo_px: suggested_halo_px(&params),
+        };
+        let b = dense_crf_blockwise(&probs, c, w, h, &rgb, &params, blocks).unwrap();
         let eq = g
             .labels
             .iter()
@@ -949,7 +973,19 @@ mod tests {
             w * h
         );
         // Without halo the agreement is worse or equal (sanity that the halo matters).
-        let b0 = dense_crf_blockwise(&probs, c, w, h, &rgb, &params, 32, 0).unwrap();
+        let b0 = dense_crf_blockwise(
+            &probs,
+            c,
+            w,
+            h,
+            &rgb,
+            &params,
+            CrfBlocks {
+                block_px: 32,
+                halo_px: 0,
+            },
+        )
+        .unwrap();
         let eq0 = g
             .labels
             .iter()

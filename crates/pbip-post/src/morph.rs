@@ -49,14 +49,8 @@ pub enum Footprint {
     Disk(usize),
 }
 
-/// Pixel connectivity.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Connectivity {
-    /// 4-connectivity (skimage `connectivity=1`).
-    Four,
-    /// 8-connectivity (skimage `connectivity=2`).
-    Eight,
-}
+/// Pixel connectivity (pbip-tiling's, the one labeller's).
+pub use pbip_tiling::Connectivity;
 
 fn check_len(len: usize, w: usize, h: usize, what: &str) -> Result<()> {
     if len != w * h {
@@ -68,19 +62,18 @@ fn check_len(len: usize, w: usize, h: usize, what: &str) -> Result<()> {
     Ok(())
 }
 
-/// 1-D "any"/"all" over windows `[i - a, i + b]` (clipped = ignore) via prefix sums.
-#[allow(clippy::too_many_arguments)]
-fn window_pass(
-    src: &[bool],
-    dst: &mut [bool],
+/// How the lines of a 1-D pass lie in a row-major image: `count` lines of `n` pixels, `stride`
+/// apart within a line; line `l` starts at `l * n` for rows (`stride == 1`), at `l` for columns.
+#[derive(Debug, Clone, Copy)]
+struct Lines {
     n: usize,
     stride: usize,
     count: usize,
-    a: usize,
-    b: usize,
-    any: bool,
-) {
-    // src/dst hold `count` lines of length n each, line l starts at l * (if stride == 1 {n} else 1)
+}
+
+/// 1-D "any"/"all" over windows `[i - a, i + b]` (clipped = ignore) via prefix sums.
+fn window_pass(src: &[bool], dst: &mut [bool], lines: Lines, a: usize, b: usize, any: bool) {
+    let Lines { n, stride, count } = lines;
     let mut pref = vec![0u32; n + 1];
     for l in 0..count {
         let base = if stride == 1 { l * n } else { l };
@@ -111,9 +104,19 @@ fn square_op(mask: &[bool], w: usize, h: usize, k: usize, dilate: bool) -> Vec<b
         (k / 2, k - 1 - k / 2)
     };
     let mut tmp = vec![false; w * h];
-    window_pass(mask, &mut tmp, w, 1, h, a, b, dilate);
+    let rows = Lines {
+        n: w,
+        stride: 1,
+        count: h,
+    };
+    window_pass(mask, &mut tmp, rows, a, b, dilate);
     let mut out = vec![false; w * h];
-    window_pass(&tmp, &mut out, h, w, w, a, b, dilate);
+    let cols = Lines {
+        n: h,
+        stride: w,
+        count: w,
+    };
+    window_pass(&tmp, &mut out, cols, a, b, dilate);
     out
 }
 
@@ -251,28 +254,6 @@ pub fn label_opening(
     Ok(out)
 }
 
-struct UnionFind {
-    parent: Vec<u32>,
-}
-
-impl UnionFind {
-    fn find(&mut self, mut x: u32) -> u32 {
-        while self.parent[x as usize] != x {
-            let p = self.parent[x as usize];
-            self.parent[x as usize] = self.parent[p as usize];
-            x = p;
-        }
-        x
-    }
-    fn union(&mut self, a: u32, b: u32) {
-        let (ra, rb) = (self.find(a), self.find(b));
-        if ra != rb {
-            let (lo, hi) = if ra < rb { (ra, rb) } else { (rb, ra) };
-            self.parent[hi as usize] = lo;
-        }
-    }
-}
-
 /// Connected components of equal-valued pixels (`skimage.measure.label(image, background,
 /// connectivity)`): returns `(labels, n)` with labels 0 (background) and 1..=n in raster order of
 /// first appearance. `background = None` labels every pixel.
@@ -290,48 +271,8 @@ pub fn label_components(
             "label_components: {w}x{h} is too large for u32 labels"
         ));
     }
-    let mut uf = UnionFind {
-        parent: (0..(w * h) as u32).collect(),
-    };
-    // Only "previous" neighbours (already visited in raster order) need a union.
-    let prev: &[(isize, isize)] = match conn {
-        Connectivity::Four => &[(-1, 0), (0, -1)],
-        Connectivity::Eight => &[(-1, 0), (-1, -1), (0, -1), (1, -1)],
-    };
-    for y in 0..h {
-        for x in 0..w {
-            let i = y * w + x;
-            let v = image[i];
-            if Some(v) == background {
-                continue;
-            }
-            for &(dx, dy) in prev {
-                let (xx, yy) = (x as isize + dx, y as isize + dy);
-                if xx < 0 || yy < 0 || xx >= w as isize {
-                    continue;
-                }
-                let j = yy as usize * w + xx as usize;
-                if image[j] == v {
-                    uf.union(i as u32, j as u32);
-                }
-            }
-        }
-    }
-    let mut out = vec![0u32; w * h];
-    let mut root_label = vec![0u32; w * h];
-    let mut n = 0u32;
-    for i in 0..w * h {
-        if Some(image[i]) == background {
-            continue;
-        }
-        let r = uf.find(i as u32) as usize;
-        if root_label[r] == 0 {
-            n += 1;
-            root_label[r] = n;
-        }
-        out[i] = root_label[r];
-    }
-    Ok((out, n as usize))
+    pbip_tiling::label_image(image, w, h, background, conn)
+        .or_else(|e| invalid(format!("label_components: {e}")))
 }
 
 /// Connected components of a binary mask (`skimage.measure.label(mask, connectivity)`).

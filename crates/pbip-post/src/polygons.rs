@@ -22,7 +22,8 @@
 
 use std::collections::{HashMap, VecDeque};
 
-use crate::components::RowLabeler;
+use pbip_tiling::{RowLabeler, UnionFind};
+
 use crate::error::{Result, invalid};
 use crate::morph::Connectivity;
 
@@ -78,9 +79,9 @@ pub struct PolygonTracer {
     prev: Vec<bool>,
     labeler: RowLabeler,
     prev_ids: Vec<u32>,
-    /// Chain slab; merged chains forward to their survivor (`parent`).
+    /// Chain slab; merged chains forward to their survivor (`chain_sets`).
     chains: Vec<Option<Chain>>,
-    parent: Vec<u32>,
+    chain_sets: UnionFind,
     /// Chain of the vertical crack `V(x, y-1)` entering the vertex row being processed, per x.
     open: Vec<Option<u32>>,
     rings: Vec<Ring>,
@@ -109,19 +110,10 @@ impl PolygonTracer {
             labeler: RowLabeler::new(width, Some(0), Connectivity::Four),
             prev_ids: vec![0; width],
             chains: Vec::new(),
-            parent: Vec::new(),
+            chain_sets: UnionFind::default(),
             open: vec![None; width + 1],
             rings: Vec::new(),
         }
-    }
-
-    fn find(&mut self, mut c: u32) -> u32 {
-        while self.parent[c as usize] != c {
-            let p = self.parent[c as usize];
-            self.parent[c as usize] = self.parent[p as usize];
-            c = p;
-        }
-        c
     }
 
     fn new_chain(&mut self, head_dir: Dir, tail_dir: Dir, comp: u32) -> u32 {
@@ -132,13 +124,13 @@ impl PolygonTracer {
             tail_dir,
             comp,
         }));
-        self.parent.push(id);
+        self.chain_sets.push();
         id
     }
 
     /// Links the end of crack-chain `inc` (its tail) at vertex `v` to the start of `out` (its head).
     fn link(&mut self, inc: u32, out: u32, v: (i64, i64)) -> Result<()> {
-        let (a, b) = (self.find(inc), self.find(out));
+        let (a, b) = (self.chain_sets.find(inc), self.chain_sets.find(out));
         if a == b {
             let Some(mut ch) = self.chains[a as usize].take() else {
                 return invalid("polygon tracer: chain vanished (internal error)");
@@ -166,7 +158,7 @@ impl PolygonTracer {
             }
             m.pts.extend(cb.pts);
             m.tail_dir = cb.tail_dir;
-            self.parent[b as usize] = a;
+            self.chain_sets.attach(b, a);
             (a, m)
         } else {
             let mut m = cb;
@@ -178,7 +170,7 @@ impl PolygonTracer {
             }
             m.head_dir = ca.head_dir;
             m.comp = ca.comp;
-            self.parent[a as usize] = b;
+            self.chain_sets.attach(a, b);
             (b, m)
         };
         self.chains[merged.0 as usize] = Some(merged.1);
@@ -305,7 +297,7 @@ impl PolygonTracer {
                 match (inc, out) {
                     (Crack::Old(a), Crack::Old(b)) => self.link(a, b, v)?,
                     (Crack::Old(a), Crack::New { slot, .. }) => {
-                        let r = self.find(a);
+                        let r = self.chain_sets.find(a);
                         let Some(ch) = self.chains[r as usize].as_mut() else {
                             return invalid("polygon tracer: chain vanished (internal error)");
                         };
@@ -316,7 +308,7 @@ impl PolygonTracer {
                         assign(slot, r);
                     }
                     (Crack::New { slot, .. }, Crack::Old(b)) => {
-                        let r = self.find(b);
+                        let r = self.chain_sets.find(b);
                         let Some(ch) = self.chains[r as usize].as_mut() else {
                             return invalid("polygon tracer: chain vanished (internal error)");
                         };
@@ -366,7 +358,7 @@ impl PolygonTracer {
         let mut outers: HashMap<u32, Vec<(i64, i64)>> = HashMap::new();
         let mut holes: HashMap<u32, Vec<Vec<(i64, i64)>>> = HashMap::new();
         for ring in std::mem::take(&mut self.rings) {
-            let root = self.labeler.uf.find(ring.comp);
+            let root = self.labeler.find(ring.comp);
             for pts in split_pinches(ring.pts) {
                 let pts = normalise_ring(pts);
                 if ring_area2(&pts) > 0 {

@@ -767,51 +767,18 @@ mod tests {
         }];
         let mut st = Stitcher::new(c, fps, |_b: StitchedBlock| Ok(())).unwrap();
         let d = [0f32; 3];
-        assert!(
-            st.add_patch(
-                0,
-                PatchMap {
-                    num_classes: 1,
-                    height_px: 2,
-                    width_px: 2,
-                    data: &d
-                }
-            )
-            .is_err()
-        );
-        assert!(
-            st.add_patch(
-                5,
-                PatchMap {
-                    num_classes: 1,
-                    height_px: 1,
-                    width_px: 3,
-                    data: &d
-                }
-            )
-            .is_err()
-        );
-        st.add_patch(
-            0,
-            PatchMap {
-                num_classes: 1,
-                height_px: 1,
-                width_px: 3,
-                data: &d,
-            },
-        )
-        .unwrap();
-        assert!(
-            st.add_patch(
-                0,
-                PatchMap {
-                    num_classes: 1,
-                    height_px: 1,
-                    width_px: 3,
-                    data: &d
-                }
-            )
-            .is_err()
-        );
+        // One class, `h x w` maps over the 3 values of `d`.
+        let map = |height_px: usize, width_px: usize| PatchMap {
+            num_classes: 1,
+            height_px,
+            width_px,
+            data: &d,
+        };
+        // 2 x 2 needs 4 values; patch 5 does not exist.
+        assert!(st.add_patch(0, map(2, 2)).is_err());
+        assert!(st.add_patch(5, map(1, 3)).is_err());
+        st.add_patch(0, map(1, 3)).unwrap();
+        // Patch 0 was added already.
+        assert!(st.add_patch(0, map(1, 3)).is_err());
     }
 }

@@ -235,6 +235,18 @@ fn label_planes_crf_tiles_match_dense_crf_blockwise() {
             probs[k * n + i] = (conf[k * n + i].max(0.0) + 1e-3) / sum;
         }
     }
-    let want = pbip_post::crf::dense_crf_blockwise(&probs, c, w, h, &rgb, &crf, 16, 18).unwrap();
+    let want = pbip_post::crf::dense_crf_blockwise(
+        &probs,
+        c,
+        w,
+        h,
+        &rgb,
+        &crf,
+        pbip_post::crf::CrfBlocks {
+            block_px: 16,
+            halo_px: 18,
+        },
+    )
+    .unwrap();
     assert_eq!(got, want.labels);
 }

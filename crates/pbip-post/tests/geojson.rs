@@ -155,24 +155,6 @@ fn geojson_round_trips_random_blobby_masks() {
     }
 }
 
-/// Runs `testdata/check_geojson_valid.py` (shapely) on `files`; fails with its report.
-fn assert_valid_per_shapely(files: &[std::path::PathBuf]) {
-    let python = std::env::var("PBIP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let manifest = std::env::var("CARGO_MANIFEST_DIR").expect("cargo sets CARGO_MANIFEST_DIR");
-    let script = std::path::Path::new(&manifest).join("../../testdata/check_geojson_valid.py");
-    let o = std::process::Command::new(&python)
-        .arg(&script)
-        .args(files)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {python} (set PBIP_PYTHON): {e}"));
-    assert!(
-        o.status.success(),
-        "shapely says invalid (or is missing):\n{}{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-}
-
 #[test]
 fn geojson_is_valid_ogc_geometry_per_shapely() {
     let classes = ClassInfo::from_names(&["a", "b", "c"]);
@@ -215,5 +197,5 @@ fn geojson_is_valid_ogc_geometry_per_shapely() {
         write_geojson(&path, &gj).unwrap();
         files.push(path);
     }
-    assert_valid_per_shapely(&files);
+    pbip_testdata::assert_geojson_valid(&files);
 }

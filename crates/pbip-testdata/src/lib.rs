@@ -5,8 +5,14 @@
 //! 1. `PBIP_SHARED_DIR`, when set;
 //! 2. else the first folder that has a `shared/fixtures` subfolder, walking up from the current
 //!    directory (cargo runs a test in its crate's folder), then from the test executable.
+//!
+//! It also holds the helpers the test files share: running the real binary ([`run`], [`run_ok`])
+//! and reading a run's outputs ([`output_files`]); and [`rel_err`], the measure of the parity tests.
 
 use std::path::{Path, PathBuf};
+
+mod cli;
+pub use cli::{assert_geojson_valid, expect_ok, output_files, path_str, run, run_ok, text};
 
 /// Environment variable naming the shared folder.
 pub const SHARED_DIR_ENV: &str = "PBIP_SHARED_DIR";
@@ -66,6 +72,25 @@ pub fn rel_err(a: &[f32], b: &[f32]) -> f64 {
         .sqrt();
     let den: f64 = b.iter().map(|y| f64::from(*y).powi(2)).sum::<f64>().sqrt();
     if den == 0.0 { num } else { num / den }
+}
+
+/// Environment variable naming the PyTorch parity fixture (see [`parity_fixture_stem`]).
+pub const PARITY_FIXTURE_ENV: &str = "PBIP_PARITY_FIXTURE";
+
+/// The stem of the PyTorch parity fixture of the model and encoder parity tests: from
+/// `PBIP_PARITY_FIXTURE` (with or without `.safetensors`; default the shared
+/// `upstream-mit_b0-seed1`), naming `<stem>.safetensors`, `<stem>.classnet.pth`,
+/// `<stem>.vision.pth`.
+pub fn parity_fixture_stem() -> String {
+    let p = std::env::var(PARITY_FIXTURE_ENV).unwrap_or_else(|_| {
+        fixtures_dir()
+            .join("upstream-mit_b0-seed1")
+            .to_string_lossy()
+            .into_owned()
+    });
+    p.strip_suffix(".safetensors")
+        .map(str::to_string)
+        .unwrap_or(p)
 }
 
 /// `shared/fixtures`.

@@ -21,6 +21,7 @@
 //!   island towards both contours, we count it towards the island's own component only.
 
 use crate::error::{TilingError, check_buffer};
+use crate::label::{Connectivity, label_image};
 
 /// Axis-aligned bounding box in mask pixels, inclusive on both ends.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -64,7 +65,8 @@ impl Labels {
 }
 
 /// Labels the pixels where `is_fg(value)` holds, with 8-connectivity (`eight = true`) or
-/// 4-connectivity. Labels are numbered in raster order of each component's first pixel.
+/// 4-connectivity. Labels are numbered in raster order of each component's first pixel
+/// ([`label_image`] on the foreground mask).
 pub fn label_components(
     width: u32,
     height: u32,
@@ -74,68 +76,43 @@ pub fn label_components(
 ) -> Result<Labels, TilingError> {
     check_buffer("mask", width, height, 1, mask)?;
     let (w, h) = (width as usize, height as usize);
-    let is_fg = |v: u8| (v != 0) == fg_value_nonzero;
-    let mut labels = vec![0u32; mask.len()];
-    let mut areas_px = Vec::new();
-    let mut bboxes = Vec::new();
-    let mut touches_border = Vec::new();
-    let mut stack: Vec<usize> = Vec::new();
-    let n4: [(isize, isize); 4] = [(-1, 0), (1, 0), (0, -1), (0, 1)];
-    let n8: [(isize, isize); 8] = [
-        (-1, -1),
-        (0, -1),
-        (1, -1),
-        (-1, 0),
-        (1, 0),
-        (-1, 1),
-        (0, 1),
-        (1, 1),
-    ];
-    let neigh: &[(isize, isize)] = if eight { &n8 } else { &n4 };
-    for start in 0..mask.len() {
-        if labels[start] != 0 || !is_fg(mask[start]) {
+    let fg: Vec<u8> = mask
+        .iter()
+        .map(|&v| u8::from((v != 0) == fg_value_nonzero))
+        .collect();
+    let conn = if eight {
+        Connectivity::Eight
+    } else {
+        Connectivity::Four
+    };
+    let (labels, n) = label_image(&fg, w, h, Some(0), conn)?;
+    let mut areas_px = vec![0u64; n];
+    let mut bboxes: Vec<Option<BBox>> = vec![None; n];
+    let mut touches_border = vec![false; n];
+    for (p, &l) in labels.iter().enumerate() {
+        let Some(i) = (l as usize).checked_sub(1) else {
             continue;
-        }
-        let id = areas_px.len() as u32 + 1;
-        labels[start] = id;
-        stack.push(start);
-        let mut area = 0u64;
-        let (sx, sy) = ((start % w) as u32, (start / w) as u32);
-        let mut bb = BBox {
-            x_min: sx,
-            y_min: sy,
-            x_max: sx,
-            y_max: sy,
         };
-        let mut border = false;
-        while let Some(p) = stack.pop() {
-            area += 1;
-            let (x, y) = (p % w, p / w);
-            bb.x_min = bb.x_min.min(x as u32);
-            bb.x_max = bb.x_max.max(x as u32);
-            bb.y_min = bb.y_min.min(y as u32);
-            bb.y_max = bb.y_max.max(y as u32);
-            if x == 0 || y == 0 || x + 1 == w || y + 1 == h {
-                border = true;
-            }
-            for &(dx, dy) in neigh {
-                let nx = x as isize + dx;
-                let ny = y as isize + dy;
-                if nx < 0 || ny < 0 || nx >= w as isize || ny >= h as isize {
-                    continue;
-                }
-                let q = ny as usize * w + nx as usize;
-                if labels[q] == 0 && is_fg(mask[q]) {
-                    labels[q] = id;
-                    stack.push(q);
-                }
-            }
+        let (x, y) = (p % w, p / w);
+        areas_px[i] += 1;
+        let (xu, yu) = (x as u32, y as u32);
+        let bb = bboxes[i].get_or_insert(BBox {
+            x_min: xu,
+            y_min: yu,
+            x_max: xu,
+            y_max: yu,
+        });
+        bb.x_min = bb.x_min.min(xu);
+        bb.x_max = bb.x_max.max(xu);
+        bb.y_min = bb.y_min.min(yu);
+        bb.y_max = bb.y_max.max(yu);
+        if x == 0 || y == 0 || x + 1 == w || y + 1 == h {
+            touches_border[i] = true;
         }
-        areas_px.push(area);
-        bboxes.push(bb);
-        touches_border.push(border);
     }
-    let contour_areas_px = contour_areas(width, height, &labels, areas_px.len());
+    // Every label 1..=n has at least one pixel.
+    let bboxes: Vec<BBox> = bboxes.into_iter().flatten().collect();
+    let contour_areas_px = contour_areas(width, height, &labels, n);
     Ok(Labels {
         labels,
         areas_px,

@@ -114,8 +114,14 @@ fn rank_filter(width: usize, height: usize, src: &[u8], k: usize, dilate: bool) 
     out
 }
 
-/// `cv2.dilate(img, np.ones((k, k), np.uint8))` with OpenCV's default anchor and border.
-pub fn dilate_square(width: u32, height: u32, img: &[u8], k: u32) -> Result<Vec<u8>, TilingError> {
+/// [`rank_filter`] over a `k x k` square (`dilate`, else erosion), inputs checked.
+fn square_filter(
+    width: u32,
+    height: u32,
+    img: &[u8],
+    k: u32,
+    dilate: bool,
+) -> Result<Vec<u8>, TilingError> {
     check_buffer("mask", width, height, 1, img)?;
     if k == 0 {
         return Err(TilingError::param("kernel size", "must be >= 1"));
@@ -128,26 +134,18 @@ pub fn dilate_square(width: u32, height: u32, img: &[u8], k: u32) -> Result<Vec<
         height as usize,
         img,
         k as usize,
-        true,
+        dilate,
     ))
+}
+
+/// `cv2.dilate(img, np.ones((k, k), np.uint8))` with OpenCV's default anchor and border.
+pub fn dilate_square(width: u32, height: u32, img: &[u8], k: u32) -> Result<Vec<u8>, TilingError> {
+    square_filter(width, height, img, k, true)
 }
 
 /// `cv2.erode(img, np.ones((k, k), np.uint8))` with OpenCV's default anchor and border.
 pub fn erode_square(width: u32, height: u32, img: &[u8], k: u32) -> Result<Vec<u8>, TilingError> {
-    check_buffer("mask", width, height, 1, img)?;
-    if k == 0 {
-        return Err(TilingError::param("kernel size", "must be >= 1"));
-    }
-    if img.is_empty() {
-        return Ok(Vec::new());
-    }
-    Ok(rank_filter(
-        width as usize,
-        height as usize,
-        img,
-        k as usize,
-        false,
-    ))
+    square_filter(width, height, img, k, false)
 }
 
 /// `cv2.morphologyEx(img, cv2.MORPH_CLOSE, np.ones((k, k), np.uint8))`: dilation then erosion

@@ -19,6 +19,7 @@ mod components;
 pub mod cv;
 mod error;
 mod grid;
+mod label;
 mod levels;
 mod mask;
 
@@ -28,6 +29,7 @@ pub use components::{
 };
 pub use error::TilingError;
 pub use grid::{SlideLevels, Tiling, TilingParams, tile_from_mask, tile_from_seg_image};
+pub use label::{Connectivity, RowLabeler, UnionFind, label_image};
 pub use levels::{
     LevelSelection, TilePlan, plan_tiles, read_tile_size_px, select_level_for_downsample,
     select_level_for_spacing, step_lv0, step_lv0_via_read_level, tile_size_lv0,

@@ -1,24 +1,11 @@
 //! Parity with hs2p 6.1.0 itself (`detect_contours` + `generate_tiles`, run by
 //! `testdata/make_expected.py`) and with OpenCV's contour areas.
 
-use std::io::Read;
-use std::path::PathBuf;
+mod common;
+
+use common::{load_gz, testdata};
 
 use pbip_tiling::{SlideLevels, TilingParams, contour_areas, label_components, tile_from_mask};
-
-fn testdata() -> PathBuf {
-    pbip_testdata::crate_dir().join("testdata")
-}
-
-fn load_gz(name: &str) -> Vec<u8> {
-    let path = testdata().join(name);
-    let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(f)
-        .read_to_end(&mut out)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    out
-}
 
 fn expected() -> serde_json::Value {
     let text = std::fs::read_to_string(testdata().join("expected.json")).expect("expected.json");

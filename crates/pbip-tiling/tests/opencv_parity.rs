@@ -1,24 +1,11 @@
 //! Exact parity with OpenCV (outputs of `testdata/make_expected.py`).
 
-use std::io::Read;
-use std::path::PathBuf;
+mod common;
+
+use common::{load_gz, testdata};
 
 use pbip_tiling::cv;
 use pbip_tiling::{HsvParams, TissueMethod, tissue_mask, tissue_mask_hsv};
-
-fn testdata() -> PathBuf {
-    pbip_testdata::crate_dir().join("testdata")
-}
-
-fn load_gz(name: &str) -> Vec<u8> {
-    let path = testdata().join(name);
-    let f = std::fs::File::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let mut out = Vec::new();
-    flate2::read::GzDecoder::new(f)
-        .read_to_end(&mut out)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    out
-}
 
 struct Case {
     name: String,

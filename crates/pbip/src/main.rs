@@ -179,25 +179,7 @@ enum Command {
     },
     /// Read a region and write it as PNG: X, Y in level-0 pixels (top-left), WIDTH x HEIGHT at LEVEL.
     #[command(allow_negative_numbers = true)]
-    ReadRegion {
-        /// Slide file.
-        slide: PathBuf,
-        /// Level-0 x of the top-left corner.
-        x: i64,
-        /// Level-0 y of the top-left corner.
-        y: i64,
-        /// Pyramid level.
-        level: usize,
-        /// Width in level pixels.
-        width: u32,
-        /// Height in level pixels.
-        height: u32,
-        /// Output PNG.
-        out: PathBuf,
-        /// Slide reader.
-        #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
-        backend: BackendArg,
-    },
+    ReadRegion(ReadRegionArgs),
     /// What this build has and this machine offers: compute backends and visible GPUs, OpenSlide, versions.
     Doctor {
         /// Print JSON ({"checks": [{section, name, ok, detail}, ...]}).
@@ -326,16 +308,7 @@ fn run(cli: Cli) -> Result<()> {
             json,
             backend,
         } => slide_info(&slides, json, backend),
-        Command::ReadRegion {
-            slide,
-            x,
-            y,
-            level,
-            width,
-            height,
-            out,
-            backend,
-        } => read_region(&slide, x, y, level, width, height, &out, backend),
+        Command::ReadRegion(args) => read_region(&args),
         Command::View(args) => view_cmd::run(&args),
         Command::Weights { cmd } => weights_cmd::run(&cmd),
         Command::Doctor { json } => doctor::run(json),
@@ -416,17 +389,40 @@ fn slide_info(slides: &[PathBuf], json: bool, backend: BackendArg) -> Result<()>
     Ok(())
 }
 
-#[allow(clippy::too_many_arguments)]
-fn read_region(
-    slide: &Path,
+// Arguments of `pbip read-region` (a plain comment: a doc comment here would replace the
+// subcommand help written on `Command::ReadRegion`).
+#[derive(Debug, Args)]
+struct ReadRegionArgs {
+    /// Slide file.
+    slide: PathBuf,
+    /// Level-0 x of the top-left corner.
     x: i64,
+    /// Level-0 y of the top-left corner.
     y: i64,
+    /// Pyramid level.
     level: usize,
+    /// Width in level pixels.
     width: u32,
+    /// Height in level pixels.
     height: u32,
-    out: &Path,
+    /// Output PNG.
+    out: PathBuf,
+    /// Slide reader.
+    #[arg(long, value_enum, default_value_t = BackendArg::Auto)]
     backend: BackendArg,
-) -> Result<()> {
+}
+
+fn read_region(args: &ReadRegionArgs) -> Result<()> {
+    let ReadRegionArgs {
+        ref slide,
+        x,
+        y,
+        level,
+        width,
+        height,
+        ref out,
+        backend,
+    } = *args;
     if width == 0 || height == 0 {
         bail!("WIDTH and HEIGHT must be > 0 (got {width} x {height})");
     }

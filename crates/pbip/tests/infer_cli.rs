@@ -6,28 +6,16 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
+use pbip_testdata::path_str as s;
+
+const PBIP: &str = env!("CARGO_BIN_EXE_pbip");
+
 fn pbip(args: &[&str]) -> Output {
-    Command::new(env!("CARGO_BIN_EXE_pbip"))
-        .args(args)
-        .output()
-        .expect("run pbip")
+    pbip_testdata::run(PBIP, args)
 }
 
 fn ok(args: &[&str]) -> String {
-    let o = pbip(args);
-    let (out, err) = (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    );
-    assert!(
-        o.status.success(),
-        "pbip {args:?} failed\nstdout:\n{out}\nstderr:\n{err}"
-    );
-    out
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().expect("utf-8 path")
+    pbip_testdata::run_ok(PBIP, args)
 }
 
 /// A randomly initialised MiT-b0 checkpoint with two classes (one prototype each).
@@ -57,34 +45,7 @@ fn checkpoint(path: &Path) {
 /// Every file under `dir` (relative path -> bytes); run-dependent fields of metadata.json
 /// (timestamp, processing time) and batch results are left out.
 fn files_of(dir: &Path) -> BTreeMap<String, Vec<u8>> {
-    let mut m = BTreeMap::new();
-    let mut stack = vec![dir.to_path_buf()];
-    while let Some(d) = stack.pop() {
-        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
-            let p = e.path();
-            if p.is_dir() {
-                stack.push(p);
-                continue;
-            }
-            let rel = p
-                .strip_prefix(dir)
-                .expect("prefix")
-                .to_string_lossy()
-                .into_owned();
-            if rel.starts_with("batch_results") {
-                continue;
-            }
-            let mut bytes = std::fs::read(&p).expect("read");
-            if rel.ends_with("metadata.json") {
-                let mut v: serde_json::Value = serde_json::from_slice(&bytes).expect("json");
-                v["timestamp"] = serde_json::Value::Null;
-                v["processing_time_sec"] = serde_json::Value::Null;
-                bytes = v.to_string().into_bytes();
-            }
-            m.insert(rel, bytes);
-        }
-    }
-    m
+    pbip_testdata::output_files(dir, &["batch_results"])
 }
 
 struct Setup {
@@ -183,7 +144,7 @@ fn killed_multi_slide_run_resumes_to_identical_outputs() {
     // The same run, killed (SIGKILL) as soon as its first slide is complete.
     let killed = st.root.join("killed");
     let args = infer_args(&st, &killed);
-    let mut child = Command::new(env!("CARGO_BIN_EXE_pbip"))
+    let mut child = Command::new(PBIP)
         .args(&args)
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -367,7 +328,7 @@ fn spawn_infer(st: &Setup, out: &Path, manifest: &Path) -> std::process::Child {
     let i = args.iter().position(|a| a == "--input-dir").expect("input");
     args[i] = "--manifest".into();
     args[i + 1] = s(manifest).into();
-    Command::new(env!("CARGO_BIN_EXE_pbip"))
+    Command::new(PBIP)
         .args(&args)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())

@@ -8,26 +8,12 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::OnceLock;
 
-fn pbip(args: &[&str]) -> std::process::Output {
-    Command::new(env!("CARGO_BIN_EXE_pbip"))
-        .args(args)
-        .output()
-        .expect("run pbip")
-}
+use pbip_testdata::path_str as s;
+
+const PBIP: &str = env!("CARGO_BIN_EXE_pbip");
 
 fn ok(args: &[&str]) -> String {
-    let o = pbip(args);
-    assert!(
-        o.status.success(),
-        "pbip {args:?} failed\nstdout:\n{}\nstderr:\n{}",
-        String::from_utf8_lossy(&o.stdout),
-        String::from_utf8_lossy(&o.stderr)
-    );
-    String::from_utf8_lossy(&o.stdout).into_owned()
-}
-
-fn s(p: &Path) -> &str {
-    p.to_str().unwrap()
+    pbip_testdata::run_ok(PBIP, args)
 }
 
 /// A small `pbip demo` run shared by the tests of this file: its slides and predictions.
@@ -86,7 +72,7 @@ struct Server {
 impl Server {
     /// Starts `pbip view ARGS --port 0` and waits for the URL it prints.
     fn start(args: &[&str], log: &Path) -> Server {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_pbip"))
+        let mut child = Command::new(PBIP)
             .arg("view")
             .args(args)
             .args(["--port", "0"])

@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
 use fake_hub::{FakeHub, model_repo};
+use pbip_testdata::text;
 
 /// Runs `pbip` with a clean hub environment plus `env`.
 fn pbip(args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -29,21 +30,8 @@ fn pbip(args: &[&str], env: &[(&str, &str)]) -> Output {
     c.output().expect("run pbip")
 }
 
-fn text(o: &Output) -> (String, String) {
-    (
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
-}
-
 fn ok(args: &[&str], env: &[(&str, &str)]) -> String {
-    let o = pbip(args, env);
-    let (out, err) = text(&o);
-    assert!(
-        o.status.success(),
-        "pbip {args:?} failed\nstdout:\n{out}\nstderr:\n{err}"
-    );
-    out
+    pbip_testdata::expect_ok(&pbip(args, env), args)
 }
 
 fn fails(args: &[&str], env: &[(&str, &str)]) -> String {

@@ -3,17 +3,14 @@
 
 use std::collections::BTreeMap;
 
-use burn::module::Param;
-use burn::nn::conv::Conv2d;
-use burn::nn::{LayerNorm, LayerNormConfig, Linear, PaddingConfig2d};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 use pbip_weights::{HostTensor, TensorMap, check_tensors, strip_prefix};
 use rand::SeedableRng;
 use rand_chacha::ChaCha8Rng;
 
 use super::{Vit, VitBlock, VitConfig, VitMlp};
 use crate::EncoderError;
-use crate::load::{host, lin_out, ln_out, std_normal};
+use crate::load::{Builder, Init, Source, host, lin_out, ln_out};
 
 /// The naming scheme of a ViT checkpoint.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,93 +46,11 @@ impl VitNames {
     }
 }
 
-#[derive(Debug, Clone, Copy)]
-enum Init {
-    Normal(f64),
-    Zeros,
-    Ones,
-    Const(f64),
-}
-
-#[allow(clippy::large_enum_variant)] // one per load, never stored
-enum Source<'a> {
-    Map(&'a TensorMap),
-    Random(ChaCha8Rng),
-}
-
-/// Creates parameters by timm name and remembers what it asked for.
-struct Builder<'a> {
-    src: Source<'a>,
-    device: Device,
-    expected: Vec<(String, Vec<usize>)>,
-}
-
-impl Builder<'_> {
-    fn values(&mut self, name: &str, shape: &[usize], init: Init) -> Vec<f32> {
-        let n: usize = shape.iter().product();
-        self.expected.push((name.to_string(), shape.to_vec()));
-        match &mut self.src {
-            Source::Map(m) => match m.get(name) {
-                Some(t) if t.shape == shape && t.data.len() == n => t.data.clone(),
-                _ => vec![0.0; n], // reported by check_tensors afterwards
-            },
-            Source::Random(rng) => match init {
-                Init::Zeros => vec![0.0; n],
-                Init::Ones => vec![1.0; n],
-                Init::Const(v) => vec![v as f32; n],
-                Init::Normal(s) => (0..n).map(|_| (s * std_normal(rng)) as f32).collect(),
-            },
-        }
-    }
-
-    fn tensor<const D: usize>(&mut self, name: &str, shape: [usize; D], init: Init) -> Tensor<D> {
-        let v = self.values(name, &shape, init);
-        Tensor::from_data(TensorData::new(v, shape), &self.device)
-    }
-
-    fn param<const D: usize>(
-        &mut self,
-        name: &str,
-        shape: [usize; D],
-        init: Init,
-    ) -> Param<Tensor<D>> {
-        Param::from_tensor(self.tensor(name, shape, init))
-    }
-
-    /// torch `nn.Linear(d_in, d_out)`: weight `[d_out, d_in]` (burn stores `[d_in, d_out]`).
-    fn linear(&mut self, p: &str, d_in: usize, d_out: usize, bias: bool) -> Linear {
-        let w: Tensor<2> = self.tensor(&format!("{p}.weight"), [d_out, d_in], Init::Normal(0.02));
-        Linear {
-            weight: Param::from_tensor(w.transpose()),
-            bias: bias.then(|| self.param(&format!("{p}.bias"), [d_out], Init::Zeros)),
-        }
-    }
-
-    fn layer_norm(&mut self, p: &str, d: usize, eps: f64) -> LayerNorm {
-        let mut ln = LayerNormConfig::new(d).with_epsilon(eps).init(&self.device);
-        ln.gamma = self.param(&format!("{p}.weight"), [d], Init::Ones);
-        ln.beta = Some(self.param(&format!("{p}.bias"), [d], Init::Zeros));
-        ln
-    }
-}
-
 impl Vit {
     fn build(b: &mut Builder<'_>, cfg: &VitConfig) -> Self {
         let d = cfg.embed_dim;
         let k = cfg.patch_size;
-        let patch_embed = Conv2d {
-            weight: b.param(
-                "patch_embed.proj.weight",
-                [d, cfg.in_chans, k, k],
-                Init::Normal(0.02),
-            ),
-            bias: Some(b.param("patch_embed.proj.bias", [d], Init::Zeros)),
-            stride: [k, k],
-            kernel_size: [k, k],
-            dilation: [1, 1],
-            groups: 1,
-            padding: PaddingConfig2d::Valid,
-        };
+        let patch_embed = b.conv("patch_embed.proj", cfg.in_chans, d, k);
         let cls_token = cfg
             .class_token
             .then(|| b.param("cls_token", [1, 1, d], Init::Normal(1e-6)));
@@ -220,11 +135,7 @@ impl Vit {
             VitNames::Timm => sub,
             VitNames::HuggingFace => hf_to_timm(&sub, cfg),
         };
-        let mut b = Builder {
-            src: Source::Map(&timm),
-            device: device.clone(),
-            expected: Vec::new(),
-        };
+        let mut b = Builder::new(Source::Map(&timm), device);
         let model = Vit::build(&mut b, cfg);
         let ctx = match names {
             VitNames::Timm => format!("ViT weights (timm names) under prefix {prefix:?}"),
@@ -248,11 +159,7 @@ impl Vit {
     /// RNG stream is not reproduced: save the weights with [`Vit::to_tensor_map`] to reuse them).
     pub fn random(cfg: &VitConfig, seed: u64, device: &Device) -> Result<Self, EncoderError> {
         cfg.validate()?;
-        let mut b = Builder {
-            src: Source::Random(ChaCha8Rng::seed_from_u64(seed)),
-            device: device.clone(),
-            expected: Vec::new(),
-        };
+        let mut b = Builder::new(Source::Random(ChaCha8Rng::seed_from_u64(seed)), device);
         Ok(Vit::build(&mut b, cfg))
     }
 
