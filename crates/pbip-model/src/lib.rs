@@ -30,7 +30,7 @@ pub use eval::{
 };
 pub use host::{HostTensor, TensorMap};
 pub use loss::{
-    LossConfig, LossOutput, bce_with_logits, cam_l1, cam_mean, cam_total_variation,
+    LossConfig, LossOutput, MilBags, bce_with_logits, cam_l1, cam_mean, cam_total_variation,
     classification_loss, classification_loss_excluding, fg_bg_images, info_nce_bg, info_nce_fg,
     mil_classification_loss, pbip_loss, select_subclasses, selected_pairs,
 };

@@ -180,6 +180,19 @@ pub fn classification_loss_excluding(
     total.ok_or_else(|| ModelError::Shape("no logits".into()))
 }
 
+/// How [`mil_classification_loss`] reads a batch as bags.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct MilBags {
+    /// Consecutive patches per bag (one slide each).
+    pub bag_size: usize,
+    /// Pooling of a bag's patch logits into the bag logit.
+    pub pooling: crate::pool::Pooling,
+    /// Every patch of a bag is also a negative for each class its bag lacks.
+    pub negative_instances: bool,
+    /// A class left out (present on every slide, e.g. the background class).
+    pub skip: Option<usize>,
+}
+
 /// Multiple-instance classification loss. The batch holds `B / bag_size` bags of `bag_size`
 /// consecutive patches, each bag from one slide and carrying that slide's label. Per scale `i`
 /// with weight `w_i ≠ 0`: the merged patch logits `z = merge(cls_i)` `[B,N]` are pooled over the
@@ -189,18 +202,20 @@ pub fn classification_loss_excluding(
 /// benign slide's patches are all clean negatives; a tumour slide's patches are never forced
 /// either way). `bag_labels` is `[B / bag_size, N]`; the class `skip` (present on every slide)
 /// is left out. Returns `Σ_i w_i · (L_bag + L_neg)`.
-#[allow(clippy::too_many_arguments)]
 pub fn mil_classification_loss(
     cls: &[Tensor<2>],
     bag_labels: Tensor<2>,
     k_list: &[usize],
     weights: &[f64; 4],
     merge: MergeMethod,
-    bag_size: usize,
-    pooling: crate::pool::Pooling,
-    negative_instances: bool,
-    skip: Option<usize>,
+    bags: &MilBags,
 ) -> Result<Tensor<1>, ModelError> {
+    let MilBags {
+        bag_size,
+        pooling,
+        negative_instances,
+        skip,
+    } = *bags;
     check_four_scales(cls)?;
     pooling.validate()?;
     let bag_labels = without_column(bag_labels, skip)?;
@@ -607,10 +622,12 @@ mod tests {
                 &[1, 1],
                 w,
                 MergeMethod::Mean,
-                bag_size,
-                pooling,
-                negatives,
-                skip,
+                &MilBags {
+                    bag_size,
+                    pooling,
+                    negative_instances: negatives,
+                    skip,
+                },
             )
             .unwrap()
         };

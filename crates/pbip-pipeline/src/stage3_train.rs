@@ -691,10 +691,12 @@ impl MilSettings {
             k_list,
             &lc.scale_weights,
             lc.merge,
-            self.bag_size,
-            self.pooling,
-            self.negative_instances,
-            self.background,
+            &pbip_model::MilBags {
+                bag_size: self.bag_size,
+                pooling: self.pooling,
+                negative_instances: self.negative_instances,
+                skip: self.background,
+            },
         )
         .map_err(model_err)
     }

@@ -264,3 +264,34 @@ fn bad_inputs_are_clear_errors_or_recorded_per_slide() {
     );
     assert_eq!(csv.lines().count(), 1 + test.len());
 }
+
+/// `inference.batch_size: auto` runs stage 4 end to end; on the CPU it means 32 patches per pass:
+/// the same confusion matrix and metrics as a run with `batch_size: 32`.
+#[test]
+fn batch_size_auto_on_the_cpu_evaluates_like_a_fixed_batch() {
+    let d = tempfile::tempdir().unwrap();
+    let base = setup(d.path());
+    let ckpt = d.path().join("ckpt.safetensors");
+    checkpoint(&base, &ckpt, 0.5);
+    let mut results = Vec::new();
+    for batch in ["auto", "32"] {
+        let mut cfg = base.clone();
+        cfg.inference.batch_size = serde_yaml::from_str(batch).unwrap();
+        let out_dir = d.path().join(format!("results-{batch}"));
+        let eo = EvaluateOptions {
+            weights: ckpt.clone(),
+            split: Split::Test,
+            output_dir: Some(out_dir.clone()),
+        };
+        s4::run(&cfg, &eo, &RunOptions::default()).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
+                .unwrap();
+        results.push((
+            read_cm(&out_dir.join("confusion_matrix.csv")),
+            m["deployable"]["miou"].clone(),
+        ));
+    }
+    assert!(results[0].0.1.iter().flatten().sum::<u64>() > 0);
+    assert_eq!(results[0], results[1], "auto vs 32");
+}

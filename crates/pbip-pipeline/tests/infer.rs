@@ -9,7 +9,7 @@ use std::sync::OnceLock;
 use pbip_config::Config;
 use pbip_pipeline::PipelineError;
 use pbip_pipeline::stage5_infer::slide::{
-    self as s5, InferSettings, Placement, labels_from_maps, predict_and_stitch,
+    self as s5, InferSettings, Placement, StitchTarget, labels_from_maps, predict_and_stitch,
 };
 use pbip_pipeline::stage5_infer::{
     self as infer, InferOptions, PatchMaps, PatchPredictor, PatchRef, SlideSource, merge_results,
@@ -252,9 +252,11 @@ fn stitched_known_function_both_weightings_no_seams() {
                 &placement,
                 &mut FnPredictor { map_px },
                 &s,
-                ds,
-                None,
-                None,
+                &StitchTarget {
+                    downsample: ds,
+                    tissue: None,
+                    scratch: None,
+                },
                 &indicatif::ProgressBar::hidden(),
             )
             .expect("stitch");
@@ -315,9 +317,11 @@ fn blockwise_equals_single_block() {
                 &placement,
                 &mut GtPredictor::new(),
                 &s,
-                8.0,
-                None,
-                dir,
+                &StitchTarget {
+                    downsample: 8.0,
+                    tissue: None,
+                    scratch: dir,
+                },
                 &indicatif::ProgressBar::hidden(),
             )
             .expect("stitch");

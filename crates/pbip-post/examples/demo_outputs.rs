@@ -134,7 +134,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             }
         })
         .collect();
-    let vis = export::overlay_labels(&thumb, ow, oh, &labels, ow, oh, &palette, 0.45)?;
+    let raster = |data| export::Raster {
+        data,
+        width_px: ow,
+        height_px: oh,
+    };
+    let vis = export::overlay_labels(raster(&thumb), raster(&labels), &palette, 0.45)?;
     export::write_rgb_png(&out.join("visualization.png"), &vis, ow as u32, oh as u32)?;
     let gj = export::label_map_to_geojson(&labels, ow, oh, ds, &classes)?;
     export::write_geojson(&out.join("annotations.geojson"), &gj)?;

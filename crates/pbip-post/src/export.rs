@@ -205,19 +205,28 @@ pub fn write_rgb_png(path: &Path, rgb: &[u8], width_px: u32, height_px: u32) -> 
     w.finish().map_err(png_err(path))
 }
 
-/// Overlay of a label map (`label_w x label_h`) on an RGB thumbnail (`thumb_w x thumb_h`), with class
-/// colours blended at `alpha` (0..=1) and a text-free legend (see the module docs). Returns RGB8.
-#[allow(clippy::too_many_arguments)]
+/// A borrowed row-major 8-bit raster: `width_px * height_px * channels` bytes.
+#[derive(Debug, Clone, Copy)]
+pub struct Raster<'a> {
+    /// The bytes, row-major, channels interleaved.
+    pub data: &'a [u8],
+    /// Width in pixels.
+    pub width_px: usize,
+    /// Height in pixels.
+    pub height_px: usize,
+}
+
+/// Overlay of a label map (one byte per pixel) on an RGB thumbnail (three bytes per pixel; the two
+/// may differ in size), with class colours blended at `alpha` (0..=1) and a text-free legend (see
+/// the module docs). Returns RGB8 of the thumbnail's size.
 pub fn overlay_labels(
-    thumb_rgb: &[u8],
-    thumb_w: usize,
-    thumb_h: usize,
-    labels: &[u8],
-    label_w: usize,
-    label_h: usize,
+    thumb: Raster<'_>,
+    labels: Raster<'_>,
     palette: &[[u8; 3]],
     alpha: f32,
 ) -> Result<Vec<u8>> {
+    let (thumb_rgb, thumb_w, thumb_h) = (thumb.data, thumb.width_px, thumb.height_px);
+    let (labels, label_w, label_h) = (labels.data, labels.width_px, labels.height_px);
     if thumb_rgb.len() != 3 * thumb_w * thumb_h || thumb_w == 0 || thumb_h == 0 {
         return invalid(format!(
             "overlay: thumbnail has {} bytes for {thumb_w}x{thumb_h}x3",
@@ -578,7 +587,21 @@ mod tests {
         let (w, h) = (64, 64);
         let thumb = vec![100u8; 3 * w * h];
         let labels = vec![1u8, 255, 255, 0];
-        let o = overlay_labels(&thumb, w, h, &labels, 2, 2, &DEFAULT_PALETTE[..2], 0.5).unwrap();
+        let o = overlay_labels(
+            Raster {
+                data: &thumb,
+                width_px: w,
+                height_px: h,
+            },
+            Raster {
+                data: &labels,
+                width_px: 2,
+                height_px: 2,
+            },
+            &DEFAULT_PALETTE[..2],
+            0.5,
+        )
+        .unwrap();
         // bottom-left quadrant is NO_LABEL -> unchanged
         assert_eq!(
             &o[3 * (50 * w + 10)..3 * (50 * w + 10) + 3],

@@ -437,21 +437,33 @@ pub fn output_size(w0: u64, h0: u64, downsample: f64) -> (usize, usize) {
     )
 }
 
+/// Where [`predict_and_stitch`] puts the stitched maps.
+#[derive(Debug, Clone, Copy)]
+pub struct StitchTarget<'a> {
+    /// Level-0 pixels per output pixel.
+    pub downsample: f64,
+    /// When given, `keep` is cleared outside tissue.
+    pub tissue: Option<&'a TissueMap>,
+    /// Folder of the output planes (memory when `None`).
+    pub scratch: Option<&'a Path>,
+}
+
 /// Predicts every patch (reading on a worker thread, `batch_size` per forward) and stitches the
-/// maps block-wise at `downsample` into planes in `scratch` (a folder, or memory when `None`).
-/// `tissue` (when given) clears `keep` outside tissue. Patches go in raster order.
-#[allow(clippy::too_many_arguments)]
+/// maps block-wise into the planes of `target`. Patches go in raster order.
 pub fn predict_and_stitch(
     slide: &Slide,
     slide_name: &str,
     placement: &Placement,
     predictor: &mut dyn PatchPredictor,
     s: &InferSettings,
-    downsample: f64,
-    tissue: Option<&TissueMap>,
-    scratch: Option<&Path>,
+    target: &StitchTarget<'_>,
     bar: &ProgressBar,
 ) -> Result<Stitched, PipelineError> {
+    let StitchTarget {
+        downsample,
+        tissue,
+        scratch,
+    } = *target;
     let (w0, h0) = slide.dimensions();
     let nc = predictor.num_classes();
     let cfg = StitchConfig {
@@ -774,9 +786,11 @@ pub fn infer_slide(
         &placement,
         predictor,
         s,
-        downsample,
-        tissue.as_ref(),
-        Some(&scratch.0),
+        &StitchTarget {
+            downsample,
+            tissue: tissue.as_ref(),
+            scratch: Some(&scratch.0),
+        },
         &bar,
     )?;
     bar.finish_and_clear();
@@ -899,7 +913,12 @@ fn write_outputs(
     .map_err(post_err)?;
     write_confidence_npz(&dir.join(CONFIDENCE_NPZ), st, band)?;
     // Visualization: overlay on the thumbnail.
-    let overlay = overlay_labels(&thumb.rgb, tw, th, &thumb_labels, tw, th, &palette, 0.45)
+    let raster = |data| pbip_post::export::Raster {
+        data,
+        width_px: tw,
+        height_px: th,
+    };
+    let overlay = overlay_labels(raster(&thumb.rgb), raster(&thumb_labels), &palette, 0.45)
         .map_err(post_err)?;
     write_rgb_png(&dir.join(VISUALIZATION_PNG), &overlay, tw as u32, th as u32)
         .map_err(post_err)?;
