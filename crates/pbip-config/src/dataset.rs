@@ -374,6 +374,22 @@ fn index_slides(
     Some(index)
 }
 
+/// The CSV record, or `None` with the problem (file and line) recorded.
+fn record_or_problem(
+    rec: csv::Result<csv::StringRecord>,
+    path: &Path,
+    line: usize,
+    problems: &mut Vec<DatasetProblem>,
+) -> Option<csv::StringRecord> {
+    rec.map_err(|e| {
+        problems.push(DatasetProblem {
+            kind: ProblemKind::Csv,
+            message: format!("{} line {line}: {e}", path.display()),
+        })
+    })
+    .ok()
+}
+
 fn open_csv(path: &Path, problems: &mut Vec<DatasetProblem>) -> Option<csv::Reader<std::fs::File>> {
     match csv::ReaderBuilder::new()
         .flexible(true)
@@ -443,15 +459,8 @@ fn parse_split_csv_inner(path: &Path, problems: &mut Vec<DatasetProblem>) -> Opt
     let mut seen: HashMap<String, (Split, usize)> = HashMap::new();
     for (r, rec) in rdr.records().enumerate() {
         let line = r + 2;
-        let rec = match rec {
-            Ok(rec) => rec,
-            Err(e) => {
-                problems.push(DatasetProblem {
-                    kind: ProblemKind::Csv,
-                    message: format!("{} line {line}: {e}", path.display()),
-                });
-                continue;
-            }
+        let Some(rec) = record_or_problem(rec, path, line, problems) else {
+            continue;
         };
         for (col, split) in &cols {
             let Some(cell) = rec.get(*col) else { continue };
@@ -628,15 +637,8 @@ fn parse_labels_csv_inner(
     let mut lines: HashMap<String, usize> = HashMap::new();
     for (r, rec) in rdr.records().enumerate() {
         let line = r + 2;
-        let rec = match rec {
-            Ok(rec) => rec,
-            Err(e) => {
-                problems.push(DatasetProblem {
-                    kind: ProblemKind::Csv,
-                    message: format!("{} line {line}: {e}", path.display()),
-                });
-                continue;
-            }
+        let Some(rec) = record_or_problem(rec, path, line, problems) else {
+            continue;
         };
         if rec.iter().all(str::is_empty) {
             continue;

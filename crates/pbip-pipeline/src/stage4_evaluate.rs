@@ -94,6 +94,25 @@ pub struct EvaluateOutcome {
     pub deployable_miou: Option<f64>,
 }
 
+impl EvaluateOutcome {
+    /// `None` when every slide was evaluated, else one message naming the failed slides, their
+    /// errors and the per-slide table.
+    pub fn failure_message(&self) -> Option<String> {
+        (!self.failed_slides.is_empty()).then(|| {
+            format!(
+                "{} slide(s) failed (see {}): {}",
+                self.failed_slides.len(),
+                self.report.output_dir.join("per_slide.csv").display(),
+                self.failed_slides
+                    .iter()
+                    .map(|(s, e)| format!("{s}: {e}"))
+                    .collect::<Vec<_>>()
+                    .join("; ")
+            )
+        })
+    }
+}
+
 fn err(message: String) -> PipelineError {
     PipelineError::Data {
         stage: STAGE,
@@ -1034,18 +1053,8 @@ pub fn run_default(cfg: &Config, opts: &RunOptions) -> Result<StageReport, Pipel
         output_dir: None,
     };
     let outcome = run(cfg, &eo, opts)?;
-    if !outcome.failed_slides.is_empty() {
-        return Err(err(format!(
-            "{} slide(s) failed (see {}): {}",
-            outcome.failed_slides.len(),
-            outcome.report.output_dir.join("per_slide.csv").display(),
-            outcome
-                .failed_slides
-                .iter()
-                .map(|(s, e)| format!("{s}: {e}"))
-                .collect::<Vec<_>>()
-                .join("; ")
-        )));
+    if let Some(message) = outcome.failure_message() {
+        return Err(err(message));
     }
     Ok(outcome.report)
 }

@@ -266,17 +266,8 @@ fn run(cli: Cli) -> Result<()> {
             };
             let outcome = pbip_pipeline::stage4_evaluate::run(&cfg, &eo, &progress())?;
             print_report(&outcome.report);
-            if !outcome.failed_slides.is_empty() {
-                bail!(
-                    "{} slide(s) failed (see per_slide.csv): {}",
-                    outcome.failed_slides.len(),
-                    outcome
-                        .failed_slides
-                        .iter()
-                        .map(|(s, e)| format!("{s}: {e}"))
-                        .collect::<Vec<_>>()
-                        .join("; ")
-                );
+            if let Some(message) = outcome.failure_message() {
+                bail!("{message}");
             }
             Ok(())
         }
