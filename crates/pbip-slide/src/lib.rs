@@ -86,6 +86,16 @@ impl RgbImage {
     }
 }
 
+/// A region to read: top-left corner in level-0 pixels, size in pixels of `level`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LevelRegion {
+    pub x_lv0: i64,
+    pub y_lv0: i64,
+    pub level: usize,
+    pub w: u32,
+    pub h: u32,
+}
+
 /// Which reader to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -754,7 +764,16 @@ impl Slide {
             return Ok(());
         }
         match &self.inner {
-            Inner::OpenSlide(o) => o.read_region(x_lv0, y_lv0, level, w, h, self.background, buf),
+            Inner::OpenSlide(o) => {
+                let r = LevelRegion {
+                    x_lv0,
+                    y_lv0,
+                    level,
+                    w,
+                    h,
+                };
+                o.read_region(&r, self.background, buf)
+            }
             Inner::Tiff(t) => {
                 fill(buf, self.background);
                 let ds = self.downsamples[level];

@@ -59,6 +59,38 @@ fn grid_order_reads_decode_each_tile_once() {
 }
 
 #[test]
+fn sparse_reads_decode_the_top_rows_only_and_later_reads_get_whole_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1024 x 768, 128 px tiles, JPEG with tables (what slide scanners write).
+    let p = write_tiff(
+        dir.path(),
+        "s.tif",
+        &pyramid(1024, 768, 1, Some(128), Comp::JpegYcbcrTables),
+        false,
+        false,
+    );
+    let fresh = open(&p, 0);
+    let s = open(&p, 64 << 20);
+    // A read of a cold cache crossing 20 rows into the second row of tiles: 2 x 2 tiles, the
+    // lower two decoded down to those rows only (and one MCU row more).
+    let a = s.read_region(100, 30, 0, 100, 118).unwrap();
+    assert_eq!(a, fresh.read_region(100, 30, 0, 100, 118).unwrap());
+    assert_eq!(s.tiles_decoded(), 4);
+    assert_eq!(s.cached_tiles(), 4);
+    // Reads within the decoded rows are answered by the cache.
+    let b = s.read_region(120, 128, 0, 100, 16).unwrap();
+    assert_eq!(b, fresh.read_region(120, 128, 0, 100, 16).unwrap());
+    assert_eq!(s.tiles_decoded(), 4);
+    // A read needing more rows of those tiles decodes them again, whole, and gets the same
+    // pixels as a slide without cache.
+    let c = s.read_region(64, 128, 0, 192, 128).unwrap();
+    assert_eq!(c, fresh.read_region(64, 128, 0, 192, 128).unwrap());
+    assert_eq!(s.tiles_decoded(), 6);
+    let d = s.read_region(0, 0, 0, 400, 300).unwrap();
+    assert_eq!(d, fresh.read_region(0, 0, 0, 400, 300).unwrap());
+}
+
+#[test]
 fn small_cache_budget_evicts() {
     let dir = tempfile::tempdir().unwrap();
     let p = write_tiff(
