@@ -768,30 +768,11 @@ mod tests {
         for level in [top, top - 1, top - 2, top - 4] {
             let dsz = dz.level_downsample(level);
             let (cols, rows) = dz.tile_grid(level).unwrap();
-            for (c, r) in [(0, 0), (cols - 1, rows - 1), (cols / 2, rows / 2)] {
-                let rect = dz.tile_rect(level, c, r).unwrap();
-                let a = tiff
-                    .tile(
-                        &dz,
-                        TileAddr {
-                            level,
-                            col: c,
-                            row: r,
-                        },
-                        4.0,
-                    )
-                    .unwrap();
-                let b = mem
-                    .tile(
-                        &dz,
-                        TileAddr {
-                            level,
-                            col: c,
-                            row: r,
-                        },
-                        4.0,
-                    )
-                    .unwrap();
+            for (col, row) in [(0, 0), (cols - 1, rows - 1), (cols / 2, rows / 2)] {
+                let rect = dz.tile_rect(level, col, row).unwrap();
+                let at = TileAddr { level, col, row };
+                let a = tiff.tile(&dz, at, 4.0).unwrap();
+                let b = mem.tile(&dz, at, 4.0).unwrap();
                 assert_eq!((a.width, a.height), (rect.width_px, rect.height_px));
                 let mut agree = 0usize;
                 for ty in 0..rect.height_px as u64 {
@@ -803,7 +784,7 @@ mod tests {
                         assert_eq!(
                             b.indices[i],
                             label(gx, gy),
-                            "png level {level} tile {c}_{r} px {tx},{ty}"
+                            "png level {level} tile {col}_{row} px {tx},{ty}"
                         );
                         agree += usize::from(a.indices[i] == label(gx, gy));
                     }
@@ -812,11 +793,11 @@ mod tests {
                 // Coarser mask levels keep the top-left sample of each block: at most the pixels
                 // next to a class edge differ.
                 if dsz <= 4.0 {
-                    assert_eq!(agree, n, "tiff level {level} tile {c}_{r}");
+                    assert_eq!(agree, n, "tiff level {level} tile {col}_{row}");
                 } else {
                     assert!(
                         agree * 10 >= n * 8,
-                        "tiff level {level} tile {c}_{r}: {agree}/{n}"
+                        "tiff level {level} tile {col}_{row}: {agree}/{n}"
                     );
                 }
             }
