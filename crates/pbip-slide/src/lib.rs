@@ -5,8 +5,9 @@
 //!   Aperio SVS (JPEG YCbCr or RGB, JPEGTables), deflate/LZW/PackBits/uncompressed tiles, and PNG
 //!   or JPEG files as single-level slides. Tile bytes are fetched with `pread` on one shared file
 //!   handle and decoded tiles are kept in a shared, byte-budgeted, sharded LRU cache
-//!   ([`OpenOptions::cache_bytes`]). Without a cache (`cache_bytes: 0`, best for sparse random
-//!   access) baseline JPEG tiles are decoded only down to the last row a read needs. JPEG tiles
+//!   ([`OpenOptions::cache_bytes`]). Without a cache (`cache_bytes: 0`), and with one for a read
+//!   that finds none of its tiles cached and needs at most the top half of a tile, baseline JPEG
+//!   tiles are decoded only down to the last row the read needs. JPEG tiles
 //!   are decoded in strict mode: truncated or corrupt data is an error, never a grey or black
 //!   patch. JPEG 2000 tiles are an "unsupported compression, install OpenSlide" error.
 //! - **openslide**: libopenslide loaded at run time (`libopenslide.so.1`, then `.so.0`); no
@@ -141,7 +142,8 @@ pub struct OpenOptions {
     /// Byte budget of the decoded-tile cache of the pure-Rust backend, shared by all threads
     /// (default [`DEFAULT_CACHE_BYTES`]). Keep it for grid-ordered or overlapping reads (a tile
     /// is decoded once while cached); 0 disables it, which suits sparse random reads: JPEG
-    /// tiles are then decoded only down to the last row each read needs.
+    /// tiles are then decoded only down to the last row each read needs (with a cache, only
+    /// where a read has found none of its tiles cached and needs at most half a tile's rows).
     pub cache_bytes: usize,
     /// Colour of pixels outside the slide (default white).
     pub background_rgb: [u8; 3],
