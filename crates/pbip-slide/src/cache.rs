@@ -30,6 +30,27 @@ struct Shard {
     free: Vec<Vec<u8>>,
 }
 
+/// What the cache holds for a tile.
+pub(crate) enum Lookup {
+    /// The tile, with the rows asked for.
+    Hit(Arc<Vec<u8>>),
+    /// The top rows of the tile, fewer than asked for.
+    TooFewRows,
+    /// Nothing.
+    Miss,
+}
+
+impl Lookup {
+    /// The tile, on a hit.
+    #[cfg(test)]
+    fn hit(self) -> Option<Arc<Vec<u8>>> {
+        match self {
+            Lookup::Hit(t) => Some(t),
+            _ => None,
+        }
+    }
+}
+
 /// Sharded LRU cache of decoded tiles (RGB8 buffers).
 pub(crate) struct TileCache {
     shards: Vec<Mutex<Shard>>,
@@ -63,22 +84,25 @@ impl TileCache {
     }
 
     /// Look a tile up whose top `need_rows` rows are valid, marking it most recently used.
-    pub(crate) fn get(&self, key: &TileKey, need_rows: u64) -> Option<Arc<Vec<u8>>> {
+    pub(crate) fn get(&self, key: &TileKey, need_rows: u64) -> Lookup {
         if !self.enabled() {
-            return None;
+            return Lookup::Miss;
         }
         let mut s = Self::lock(self.shard(key));
         s.clock += 1;
         let now = s.clock;
-        let old = {
-            let e = s.map.get_mut(key).filter(|e| e.rows >= need_rows)?;
-            let old = e.stamp;
-            e.stamp = now;
-            (old, Arc::clone(&e.data))
+        let old = match s.map.get_mut(key) {
+            None => return Lookup::Miss,
+            Some(e) if e.rows < need_rows => return Lookup::TooFewRows,
+            Some(e) => {
+                let old = e.stamp;
+                e.stamp = now;
+                (old, Arc::clone(&e.data))
+            }
         };
         s.order.remove(&old.0);
         s.order.insert(now, *key);
-        Some(old.1)
+        Lookup::Hit(old.1)
     }
 
     /// A buffer of `len` bytes to decode into, reused from evicted entries when possible (its
@@ -153,20 +177,20 @@ mod tests {
         }
         // each shard holds at most 2 entries of 40 bytes (budget 100)
         assert!(c.len() <= SHARDS * 2, "{}", c.len());
-        assert!(c.get(&(0, 999), 4).is_some());
-        assert!(c.get(&(0, 0), 1).is_none());
+        assert!(c.get(&(0, 999), 4).hit().is_some());
+        assert!(matches!(c.get(&(0, 0), 1), Lookup::Miss));
     }
 
     #[test]
     fn partial_tiles_answer_only_reads_of_their_valid_rows() {
         let c = TileCache::new(SHARDS * 1000);
         c.insert((1, 7), vec![1u8; 40], 2);
-        assert!(c.get(&(1, 7), 1).is_some());
-        assert!(c.get(&(1, 7), 2).is_some());
-        assert!(c.get(&(1, 7), 3).is_none());
+        assert!(c.get(&(1, 7), 1).hit().is_some());
+        assert!(c.get(&(1, 7), 2).hit().is_some());
+        assert!(matches!(c.get(&(1, 7), 3), Lookup::TooFewRows));
         // The whole tile replaces the partial one.
         c.insert((1, 7), vec![2u8; 40], 4);
-        assert_eq!(c.get(&(1, 7), 4).map(|t| t[0]), Some(2));
+        assert_eq!(c.get(&(1, 7), 4).hit().map(|t| t[0]), Some(2));
         assert_eq!(c.len(), 1);
     }
 
@@ -174,7 +198,7 @@ mod tests {
     fn disabled_cache_stores_nothing() {
         let c = TileCache::new(0);
         c.insert((0, 1), vec![0u8; 10], 1);
-        assert!(c.get(&(0, 1), 0).is_none());
+        assert!(matches!(c.get(&(0, 1), 0), Lookup::Miss));
         assert_eq!(c.len(), 0);
     }
 }

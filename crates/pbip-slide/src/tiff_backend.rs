@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tiff::decoder::{Decoder, Limits, ifd::Value};
 use tiff::tags::{IfdPointer, Tag};
 
-use crate::cache::TileCache;
+use crate::cache::{Lookup, TileCache};
 use crate::decode::{ChunkDims, ChunkFormat, comp, compression_name, decode_chunk};
 use crate::error::{Result, fmt_err, io_err, unsup_err};
 use crate::{MAX_DECODE_BYTES, RgbImage};
@@ -641,15 +641,16 @@ impl TiffSlide {
     }
 
     /// A decoded chunk of a level whose rows `0..need_rows` are valid (later rows may not be),
-    /// from the cache (then with `true`) or decoded now and cached (then with `false`).
+    /// and whether the cache held the chunk (all the rows needed, or fewer).
     ///
     /// Without a cache only the needed rows are decoded (JPEG). With one, the whole chunk is
     /// decoded (later reads may need any of its rows), except for a `sparse` read (one that has
-    /// found none of its chunks in the cache so far) that needs at most the top half of the
-    /// chunk: then only those rows are, and a later read of more rows decodes it again, whole.
-    /// Random reads, which cross into the next row of chunks by a few rows, so skip most of
-    /// those chunks' decoding; reads in grid order, which find the chunks above them cached,
-    /// still decode each chunk once.
+    /// found none of its chunks in the cache so far, not even partly) that needs at most the top
+    /// half of the chunk: then only those rows are, and a later read of more rows decodes it
+    /// again, whole. Random reads, which cross into the next row of chunks by a few rows, so
+    /// skip most of those chunks' decoding; reads in grid order, which find the chunks above
+    /// them cached, decode each chunk once (a sweep that starts cold: the first row of chunks
+    /// twice).
     fn chunk(
         &self,
         level: usize,
@@ -660,9 +661,11 @@ impl TiffSlide {
         let key = (level as u32, idx);
         let img = &self.levels[level];
         let rows = img.chunk_rows(idx);
-        if let Some(hit) = self.cache.get(&key, need_rows.min(rows)) {
-            return Ok(Some((hit, true)));
-        }
+        let seen = match self.cache.get(&key, need_rows.min(rows)) {
+            Lookup::Hit(tile) => return Ok(Some((tile, true))),
+            Lookup::TooFewRows => true,
+            Lookup::Miss => false,
+        };
         let buf = self
             .cache
             .take_buffer(&key, (img.chunk_w * rows * 3) as usize);
@@ -673,7 +676,7 @@ impl TiffSlide {
         };
         match self.decode_image_chunk(img, idx, &format!("level {level}"), buf, decode_rows)? {
             None => Ok(None),
-            Some((v, valid)) => Ok(Some((self.cache.insert(key, v, valid), false))),
+            Some((v, valid)) => Ok(Some((self.cache.insert(key, v, valid), seen))),
         }
     }
 
@@ -706,10 +709,11 @@ impl TiffSlide {
             for tx in (x0 / cw)..=((x1 - 1) / cw) {
                 let idx = (ty as u64) * img.across + tx as u64;
                 let (tx0, ty0) = (tx * cw, ty * ch);
-                let Some((tile, hit)) = self.chunk(level, idx, (y1 - ty0) as u64, sparse)? else {
+                let Some((tile, cached)) = self.chunk(level, idx, (y1 - ty0) as u64, sparse)?
+                else {
                     continue;
                 };
-                sparse &= !hit;
+                sparse &= !cached;
                 let rows = img.chunk_rows(idx) as i64;
                 let cx0 = x0.max(tx0);
                 let cx1 = x1.min(tx0 + cw);
