@@ -4,6 +4,9 @@
 //! the benchmark of record is `bench/tiles.sh`.
 //!
 //! `cargo run --release -p pbip-view --example view_tile_bench -- SLIDE [N] [QUALITY] [CACHE_MIB]`
+//!
+//! With `SWEEP=1` in the environment, the tiles are instead those of `bench/deepzoom_py.py`'s
+//! panning sweep at the highest level (1920 x 1080 views, row by row; N is ignored).
 
 use std::time::{Duration, Instant};
 
@@ -36,7 +39,24 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         s ^= s >> 27;
         s.wrapping_mul(0x2545_F491_4F6C_DD1D) % m
     };
-    let tiles: Vec<(u64, u64)> = (0..n).map(|_| (next(cols), next(rows))).collect();
+    let tiles: Vec<(u64, u64)> = if std::env::var("SWEEP").is_ok_and(|v| v == "1") {
+        let (lw, lh) = dz.level_dimensions(top).ok_or("no top level")?;
+        let (vw, vh, t) = (1920u64, 1080u64, 254u64);
+        let mut v = Vec::new();
+        for y in (0..lh).step_by((vh * 6) as usize) {
+            for x in (0..lw).step_by(vw as usize) {
+                for r in y / t..rows.min((y + vh) / t + 1) {
+                    for c in x / t..cols.min((x + vw) / t + 1) {
+                        v.push((c, r));
+                    }
+                }
+            }
+        }
+        v
+    } else {
+        (0..n).map(|_| (next(cols), next(rows))).collect()
+    };
+    let n = tiles.len();
     let (mut read, mut encode) = (Duration::ZERO, Duration::ZERO);
     let mut bytes = 0usize;
     for &(c, r) in &tiles {
