@@ -1,7 +1,9 @@
 //! Decoded-tile cache: a sharded LRU with a byte budget, shared by all threads of one slide.
 //!
-//! Entries are `Arc<Vec<u8>>` so readers copy pixels out without holding a lock. Evicted buffers
-//! that nobody else holds are kept in a small per-shard free list and reused by the next decode.
+//! Entries are `Arc<Vec<u8>>` so readers copy pixels out without holding a lock. An entry may hold
+//! only the top rows of its tile (a partial JPEG decode): it records how many rows are valid and
+//! answers only reads that need no more. Evicted buffers that nobody else holds are kept in a
+//! small per-shard free list and reused by the next decode.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
@@ -14,6 +16,8 @@ const MAX_FREE_PER_SHARD: usize = 4;
 
 struct Entry {
     data: Arc<Vec<u8>>,
+    /// Rows valid from the top of the tile.
+    rows: u64,
     stamp: u64,
 }
 
@@ -24,6 +28,27 @@ struct Shard {
     bytes: usize,
     clock: u64,
     free: Vec<Vec<u8>>,
+}
+
+/// What the cache holds for a tile.
+pub(crate) enum Lookup {
+    /// The tile, with the rows asked for.
+    Hit(Arc<Vec<u8>>),
+    /// The top rows of the tile, fewer than asked for.
+    TooFewRows,
+    /// Nothing.
+    Miss,
+}
+
+impl Lookup {
+    /// The tile, on a hit.
+    #[cfg(test)]
+    fn hit(self) -> Option<Arc<Vec<u8>>> {
+        match self {
+            Lookup::Hit(t) => Some(t),
+            _ => None,
+        }
+    }
 }
 
 /// Sharded LRU cache of decoded tiles (RGB8 buffers).
@@ -58,32 +83,35 @@ impl TileCache {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Look a tile up, marking it most recently used.
-    pub(crate) fn get(&self, key: &TileKey) -> Option<Arc<Vec<u8>>> {
+    /// Look a tile up whose top `need_rows` rows are valid, marking it most recently used.
+    pub(crate) fn get(&self, key: &TileKey, need_rows: u64) -> Lookup {
         if !self.enabled() {
-            return None;
+            return Lookup::Miss;
         }
         let mut s = Self::lock(self.shard(key));
         s.clock += 1;
         let now = s.clock;
-        let old = {
-            let e = s.map.get_mut(key)?;
-            let old = e.stamp;
-            e.stamp = now;
-            (old, Arc::clone(&e.data))
+        let old = match s.map.get_mut(key) {
+            None => return Lookup::Miss,
+            Some(e) if e.rows < need_rows => return Lookup::TooFewRows,
+            Some(e) => {
+                let old = e.stamp;
+                e.stamp = now;
+                (old, Arc::clone(&e.data))
+            }
         };
         s.order.remove(&old.0);
         s.order.insert(now, *key);
-        Some(old.1)
+        Lookup::Hit(old.1)
     }
 
-    /// A buffer of `len` bytes to decode into (reused from evicted entries when possible).
+    /// A buffer of `len` bytes to decode into, reused from evicted entries when possible (its
+    /// contents are then those of an old tile: the decoder overwrites what it produces).
     pub(crate) fn take_buffer(&self, key: &TileKey, len: usize) -> Vec<u8> {
         if self.enabled() {
             let mut s = Self::lock(self.shard(key));
             if let Some(pos) = s.free.iter().position(|b| b.capacity() >= len) {
                 let mut b = s.free.swap_remove(pos);
-                b.clear();
                 b.resize(len, 0);
                 return b;
             }
@@ -91,8 +119,8 @@ impl TileCache {
         vec![0u8; len]
     }
 
-    /// Insert a decoded tile; returns the shared handle.
-    pub(crate) fn insert(&self, key: TileKey, data: Vec<u8>) -> Arc<Vec<u8>> {
+    /// Insert a decoded tile whose top `rows` rows are valid; returns the shared handle.
+    pub(crate) fn insert(&self, key: TileKey, data: Vec<u8>, rows: u64) -> Arc<Vec<u8>> {
         let data = Arc::new(data);
         let len = data.len();
         if !self.enabled() || len > self.budget_per_shard {
@@ -105,6 +133,7 @@ impl TileCache {
             key,
             Entry {
                 data: Arc::clone(&data),
+                rows,
                 stamp: now,
             },
         ) {
@@ -144,19 +173,32 @@ mod tests {
     fn lru_evicts_oldest_and_respects_budget() {
         let c = TileCache::new(SHARDS * 100);
         for i in 0..1000u64 {
-            c.insert((0, i), vec![1u8; 40]);
+            c.insert((0, i), vec![1u8; 40], 4);
         }
         // each shard holds at most 2 entries of 40 bytes (budget 100)
         assert!(c.len() <= SHARDS * 2, "{}", c.len());
-        assert!(c.get(&(0, 999)).is_some());
-        assert!(c.get(&(0, 0)).is_none());
+        assert!(c.get(&(0, 999), 4).hit().is_some());
+        assert!(matches!(c.get(&(0, 0), 1), Lookup::Miss));
+    }
+
+    #[test]
+    fn partial_tiles_answer_only_reads_of_their_valid_rows() {
+        let c = TileCache::new(SHARDS * 1000);
+        c.insert((1, 7), vec![1u8; 40], 2);
+        assert!(c.get(&(1, 7), 1).hit().is_some());
+        assert!(c.get(&(1, 7), 2).hit().is_some());
+        assert!(matches!(c.get(&(1, 7), 3), Lookup::TooFewRows));
+        // The whole tile replaces the partial one.
+        c.insert((1, 7), vec![2u8; 40], 4);
+        assert_eq!(c.get(&(1, 7), 4).hit().map(|t| t[0]), Some(2));
+        assert_eq!(c.len(), 1);
     }
 
     #[test]
     fn disabled_cache_stores_nothing() {
         let c = TileCache::new(0);
-        c.insert((0, 1), vec![0u8; 10]);
-        assert!(c.get(&(0, 1)).is_none());
+        c.insert((0, 1), vec![0u8; 10], 1);
+        assert!(matches!(c.get(&(0, 1), 0), Lookup::Miss));
         assert_eq!(c.len(), 0);
     }
 }

@@ -121,27 +121,37 @@ impl ChunkFormat {
     }
 }
 
-/// Decode one compressed chunk of `w` x `h` pixels into `out` (RGB8, `w*h*3` bytes).
+/// The size of one chunk and how much of it a decode must produce.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct ChunkDims {
+    /// Width, px.
+    pub w: usize,
+    /// Height, px (a last strip may have fewer rows than the others).
+    pub h: usize,
+    /// Rows `0..need_rows` are needed (`h` or more: the whole chunk).
+    pub need_rows: usize,
+    /// The largest JPEG the chunk may hold (the full tile/strip size; a last strip's JPEG may
+    /// be taller than its `h` rows).
+    pub jpeg_max: (usize, usize),
+}
+
+/// Decode one compressed chunk of `dims.w` x `dims.h` pixels into `out` (RGB8, `w*h*3` bytes);
+/// returns the number of rows from the top that are decoded (≥ `need_rows` and ≤ `h`).
 ///
-/// `jpeg_max` is the largest JPEG a chunk may hold (the full tile/strip size; a last strip's
-/// JPEG may be taller than its `h` rows). Larger JPEG headers are corrupt and refused before
-/// anything is allocated. Pixels the chunk does not cover (a JPEG smaller than the chunk) are
-/// white.
+/// JPEG headers larger than `dims.jpeg_max` are corrupt and refused before anything is
+/// allocated. Pixels the chunk does not cover (a JPEG smaller than the chunk) are white.
 ///
-/// Only rows `0..need_rows` are guaranteed: a baseline JPEG chunk is decoded down to the MCU row
-/// after the last needed one and stops there (later rows are unspecified). Pass `h` for the
-/// whole chunk (always, when the chunk goes to the cache).
-#[allow(clippy::too_many_arguments)]
+/// With `need_rows < h`, a baseline JPEG chunk is decoded down to the MCU row after the last
+/// needed one and stops there: only the rows returned are valid (each equal to the same row of
+/// a whole decode), the later ones are unspecified. Other chunks are always decoded whole.
 pub(crate) fn decode_chunk(
     path: &Path,
     fmt: &ChunkFormat,
     raw: &[u8],
-    w: usize,
-    h: usize,
-    need_rows: usize,
-    jpeg_max: (usize, usize),
+    dims: ChunkDims,
     out: &mut [u8],
-) -> Result<()> {
+) -> Result<usize> {
+    let ChunkDims { w, h, .. } = dims;
     let npx = w
         .checked_mul(h)
         .ok_or_else(|| fmt_err(path, "chunk size overflows"))?;
@@ -149,7 +159,9 @@ pub(crate) fn decode_chunk(
         return Err(fmt_err(path, "internal: wrong chunk buffer size"));
     }
     if fmt.compression == comp::JPEG {
-        return decode_jpeg_chunk(path, fmt, raw, w, h, need_rows, jpeg_max, out);
+        // Photometric RGB: the JPEG components are already R,G,B -> no colour conversion.
+        let stream = jpeg_stream(path, fmt.jpeg_tables.as_deref(), raw)?;
+        return decode_jpeg_chunk(path, stream, fmt.photometric == 2, dims, out);
     }
     let spp = usize::from(fmt.samples_per_pixel);
     let expected = npx
@@ -160,7 +172,7 @@ pub(crate) fn decode_chunk(
         if fmt.predictor == 2 {
             undo_predictor(out, w, spp);
         }
-        return Ok(());
+        return Ok(h);
     }
     let mut tmp = vec![0u8; expected];
     decompress(path, fmt.compression, raw, &mut tmp)?;
@@ -177,7 +189,7 @@ pub(crate) fn decode_chunk(
             dst.copy_from_slice(&px[..3]);
         }
     }
-    Ok(())
+    Ok(h)
 }
 
 /// Undo TIFF horizontal differencing (predictor 2) for 8-bit samples.
@@ -387,22 +399,24 @@ fn sof_height_field(stream: &[u8]) -> Option<(usize, usize)> {
     }
 }
 
-#[allow(clippy::too_many_arguments)]
+/// [`decode_chunk`] of a JPEG chunk whose stream (tables merged) is `stream`.
 fn decode_jpeg_chunk(
     path: &Path,
-    fmt: &ChunkFormat,
-    raw: &[u8],
-    w: usize,
-    h: usize,
-    need_rows: usize,
-    jpeg_max: (usize, usize),
+    mut stream: std::borrow::Cow<'_, [u8]>,
+    components_are_rgb: bool,
+    dims: ChunkDims,
     out: &mut [u8],
-) -> Result<()> {
-    let mut stream = jpeg_stream(path, fmt.jpeg_tables.as_deref(), raw)?;
+) -> Result<usize> {
+    let ChunkDims {
+        w,
+        h,
+        need_rows,
+        jpeg_max,
+    } = dims;
     // Partial decode: rewrite the frame height so that the decoder stops one MCU row below the
     // last needed row (the extra MCU row keeps chroma upsampling of the needed rows identical
     // to a full decode); the rest of the entropy-coded data is never touched.
-    let mut cut = false;
+    let mut valid_rows = h;
     if need_rows < h
         && let Some((pos, mcu_h)) = sof_height_field(&stream)
     {
@@ -410,14 +424,14 @@ fn decode_jpeg_chunk(
         let new_h = (need_rows.div_ceil(mcu_h) + 1) * mcu_h;
         if jh >= h && new_h < jh {
             stream.to_mut()[pos..pos + 2].copy_from_slice(&(new_h as u16).to_be_bytes());
-            cut = true;
+            valid_rows = need_rows.div_ceil(mcu_h) * mcu_h;
         }
     }
-    // Photometric RGB: the JPEG components are already R,G,B -> no colour conversion.
+    let cut = valid_rows < h;
     let (jw, jh, comps, data) = decode_jpeg(
         path,
         &stream,
-        fmt.photometric == 2,
+        components_are_rgb,
         jpeg_max,
         Some((w, h, &mut *out)),
     )?;
@@ -431,7 +445,7 @@ fn decode_jpeg_chunk(
         None if jh < h && !cut => out[jw * jh * 3..].fill(255),
         None => {}
     }
-    Ok(())
+    Ok(valid_rows)
 }
 
 /// Decode a JPEG stream to RGB (or gray). If `direct` (w, h, buffer of w x h RGB) is given and
@@ -552,6 +566,15 @@ mod tests {
         (out, px)
     }
 
+    fn dims(w: usize, h: usize, need_rows: usize) -> ChunkDims {
+        ChunkDims {
+            w,
+            h,
+            need_rows,
+            jpeg_max: (w, h),
+        }
+    }
+
     fn fmt(photometric: u16) -> ChunkFormat {
         ChunkFormat {
             compression: comp::JPEG,
@@ -581,14 +604,20 @@ mod tests {
             );
             let f = fmt(photometric);
             let mut full = vec![0u8; w * h * 3];
-            decode_chunk(path, &f, &j, w, h, h, (w, h), &mut full).expect("full decode");
+            let rows = decode_chunk(path, &f, &j, dims(w, h, h), &mut full).expect("full decode");
+            assert_eq!(rows, h);
             for need in 1..h {
                 let mut part = vec![7u8; w * h * 3];
-                decode_chunk(path, &f, &j, w, h, need, (w, h), &mut part).expect("partial decode");
+                let rows = decode_chunk(path, &f, &j, dims(w, h, need), &mut part)
+                    .expect("partial decode");
+                assert!(
+                    (need..=h).contains(&rows),
+                    "{sampling:?}: {rows} rows for {need}"
+                );
                 assert_eq!(
-                    part[..need * w * 3],
-                    full[..need * w * 3],
-                    "{sampling:?}: rows 0..{need} differ"
+                    part[..rows * w * 3],
+                    full[..rows * w * 3],
+                    "{sampling:?}: rows 0..{rows} (for {need}) differ"
                 );
             }
         }
@@ -606,11 +635,11 @@ mod tests {
         );
         let cut = &j[..j.len() * 2 / 3];
         let mut out = vec![0u8; w * h * 3];
-        assert!(decode_chunk(path, &fmt(6), cut, w, h, h, (w, h), &mut out).is_err());
+        assert!(decode_chunk(path, &fmt(6), cut, dims(w, h, h), &mut out).is_err());
         // The cut lies in the lower third of the image: rows it still covers decode, rows it
         // does not are an error.
-        assert!(decode_chunk(path, &fmt(6), cut, w, h, 8, (w, h), &mut out).is_ok());
-        assert!(decode_chunk(path, &fmt(6), cut, w, h, h - 1, (w, h), &mut out).is_err());
+        assert!(decode_chunk(path, &fmt(6), cut, dims(w, h, 8), &mut out).is_ok());
+        assert!(decode_chunk(path, &fmt(6), cut, dims(w, h, h - 1), &mut out).is_err());
     }
 
     #[test]
@@ -618,8 +647,7 @@ mod tests {
         let path = Path::new("test.jpg");
         let (j, _) = jpeg(96, 80, jpeg_encoder::SamplingFactor::F_2_2, false);
         let mut out = vec![0u8; 64 * 64 * 3];
-        let e =
-            decode_chunk(path, &fmt(6), &j, 64, 64, 64, (64, 64), &mut out).expect_err("too large");
+        let e = decode_chunk(path, &fmt(6), &j, dims(64, 64, 64), &mut out).expect_err("too large");
         assert!(e.to_string().contains("test.jpg"), "{e}");
     }
 

@@ -5,8 +5,9 @@
 //!   Aperio SVS (JPEG YCbCr or RGB, JPEGTables), deflate/LZW/PackBits/uncompressed tiles, and PNG
 //!   or JPEG files as single-level slides. Tile bytes are fetched with `pread` on one shared file
 //!   handle and decoded tiles are kept in a shared, byte-budgeted, sharded LRU cache
-//!   ([`OpenOptions::cache_bytes`]). Without a cache (`cache_bytes: 0`, best for sparse random
-//!   access) baseline JPEG tiles are decoded only down to the last row a read needs. JPEG tiles
+//!   ([`OpenOptions::cache_bytes`]). Without a cache (`cache_bytes: 0`), and with one for a read
+//!   that finds none of its tiles cached and needs at most the top half of a tile, baseline JPEG
+//!   tiles are decoded only down to the last row the read needs. JPEG tiles
 //!   are decoded in strict mode: truncated or corrupt data is an error, never a grey or black
 //!   patch. JPEG 2000 tiles are an "unsupported compression, install OpenSlide" error.
 //! - **openslide**: libopenslide loaded at run time (`libopenslide.so.1`, then `.so.0`); no
@@ -86,6 +87,16 @@ impl RgbImage {
     }
 }
 
+/// A region to read: top-left corner in level-0 pixels, size in pixels of `level`.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct LevelRegion {
+    pub x_lv0: i64,
+    pub y_lv0: i64,
+    pub level: usize,
+    pub w: u32,
+    pub h: u32,
+}
+
 /// Which reader to use.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize)]
 #[serde(rename_all = "lowercase")]
@@ -131,7 +142,8 @@ pub struct OpenOptions {
     /// Byte budget of the decoded-tile cache of the pure-Rust backend, shared by all threads
     /// (default [`DEFAULT_CACHE_BYTES`]). Keep it for grid-ordered or overlapping reads (a tile
     /// is decoded once while cached); 0 disables it, which suits sparse random reads: JPEG
-    /// tiles are then decoded only down to the last row each read needs.
+    /// tiles are then decoded only down to the last row each read needs (with a cache, only
+    /// where a read has found none of its tiles cached and needs at most half a tile's rows).
     pub cache_bytes: usize,
     /// Colour of pixels outside the slide (default white).
     pub background_rgb: [u8; 3],
@@ -754,7 +766,16 @@ impl Slide {
             return Ok(());
         }
         match &self.inner {
-            Inner::OpenSlide(o) => o.read_region(x_lv0, y_lv0, level, w, h, self.background, buf),
+            Inner::OpenSlide(o) => {
+                let r = LevelRegion {
+                    x_lv0,
+                    y_lv0,
+                    level,
+                    w,
+                    h,
+                };
+                o.read_region(&r, self.background, buf)
+            }
             Inner::Tiff(t) => {
                 fill(buf, self.background);
                 let ds = self.downsamples[level];

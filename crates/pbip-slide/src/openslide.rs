@@ -9,8 +9,8 @@ use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
-use crate::RgbImage;
 use crate::error::{Result, SlideError};
+use crate::{LevelRegion, RgbImage};
 
 type OpenFn = unsafe extern "C" fn(*const c_char) -> *mut c_void;
 type CloseFn = unsafe extern "C" fn(*mut c_void);
@@ -279,18 +279,15 @@ impl OsSlide {
         }
     }
 
-    /// Read a region (level-0 x, y; level w, h) and composite it over `bg` into RGB `buf`.
-    #[allow(clippy::too_many_arguments)]
-    pub(crate) fn read_region(
-        &self,
-        x: i64,
-        y: i64,
-        level: usize,
-        w: u32,
-        h: u32,
-        bg: [u8; 3],
-        buf: &mut [u8],
-    ) -> Result<()> {
+    /// Read a region and composite it over `bg` into RGB `buf`.
+    pub(crate) fn read_region(&self, r: &LevelRegion, bg: [u8; 3], buf: &mut [u8]) -> Result<()> {
+        let &LevelRegion {
+            x_lv0: x,
+            y_lv0: y,
+            level,
+            w,
+            h,
+        } = r;
         let n = w as usize * h as usize;
         let mut argb = vec![0u32; n];
         // SAFETY: valid handle; argb has w*h elements.

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tiff::decoder::{Decoder, Limits, ifd::Value};
 use tiff::tags::{IfdPointer, Tag};
 
-use crate::cache::TileCache;
-use crate::decode::{ChunkFormat, comp, compression_name, decode_chunk};
+use crate::cache::{Lookup, TileCache};
+use crate::decode::{ChunkDims, ChunkFormat, comp, compression_name, decode_chunk};
 use crate::error::{Result, fmt_err, io_err, unsup_err};
 use crate::{MAX_DECODE_BYTES, RgbImage};
 
@@ -594,7 +594,7 @@ impl TiffSlide {
             .map_err(|e| io_err(&self.path, e))
     }
 
-    /// Decode one chunk of an image (no cache).
+    /// Decode one chunk of an image (no cache), with the number of rows decoded from its top.
     ///
     /// Only rows `0..need_rows` of the chunk are guaranteed (see [`decode_chunk`]); pass
     /// `u64::MAX` for the whole chunk.
@@ -605,7 +605,7 @@ impl TiffSlide {
         what: &str,
         out: Vec<u8>,
         need_rows: u64,
-    ) -> Result<Option<Vec<u8>>> {
+    ) -> Result<Option<(Vec<u8>, u64)>> {
         let i = idx as usize;
         let (off, cnt) = (img.offsets[i], img.counts[i]);
         if cnt == 0 {
@@ -624,47 +624,59 @@ impl TiffSlide {
         }
         let mut out = out;
         out.resize(bytes as usize, 0);
-        RAW.with(|raw| -> Result<()> {
+        let valid = RAW.with(|raw| -> Result<usize> {
             let mut raw = raw.borrow_mut();
             self.read_raw(off, cnt, &format!("{what} chunk {idx}"), &mut raw)?;
-            let jpeg_max = (img.chunk_w as usize, img.chunk_h as usize);
-            let need = need_rows.min(rows) as usize;
-            decode_chunk(
-                &self.path,
-                &img.fmt,
-                &raw,
-                img.chunk_w as usize,
-                rows as usize,
-                need,
-                jpeg_max,
-                &mut out,
-            )
-            .map_err(|e| annotate(e, &format!("{what} chunk {idx}")))
+            let dims = ChunkDims {
+                w: img.chunk_w as usize,
+                h: rows as usize,
+                need_rows: need_rows.min(rows) as usize,
+                jpeg_max: (img.chunk_w as usize, img.chunk_h as usize),
+            };
+            decode_chunk(&self.path, &img.fmt, &raw, dims, &mut out)
+                .map_err(|e| annotate(e, &format!("{what} chunk {idx}")))
         })?;
         self.decoded.fetch_add(1, Ordering::Relaxed);
-        Ok(Some(out))
+        Ok(Some((out, valid as u64)))
     }
 
-    /// A decoded chunk of a level, from the cache or decoded now (and cached). Without a cache,
-    /// only rows `0..need_rows` are decoded (JPEG) and valid.
-    fn chunk(&self, level: usize, idx: u64, need_rows: u64) -> Result<Option<Arc<Vec<u8>>>> {
+    /// A decoded chunk of a level whose rows `0..need_rows` are valid (later rows may not be),
+    /// and whether the cache held the chunk (all the rows needed, or fewer).
+    ///
+    /// Without a cache only the needed rows are decoded (JPEG). With one, the whole chunk is
+    /// decoded (later reads may need any of its rows), except for a `sparse` read (one that has
+    /// found none of its chunks in the cache so far, not even partly) that needs at most the top
+    /// half of the chunk: then only those rows are, and a later read of more rows decodes it
+    /// again, whole. Random reads, which cross into the next row of chunks by a few rows, so
+    /// skip most of those chunks' decoding; reads in grid order, which find the chunks above
+    /// them cached, decode each chunk once (a sweep that starts cold: the first row of chunks
+    /// twice).
+    fn chunk(
+        &self,
+        level: usize,
+        idx: u64,
+        need_rows: u64,
+        sparse: bool,
+    ) -> Result<Option<(Arc<Vec<u8>>, bool)>> {
         let key = (level as u32, idx);
-        if let Some(hit) = self.cache.get(&key) {
-            return Ok(Some(hit));
-        }
         let img = &self.levels[level];
+        let rows = img.chunk_rows(idx);
+        let seen = match self.cache.get(&key, need_rows.min(rows)) {
+            Lookup::Hit(tile) => return Ok(Some((tile, true))),
+            Lookup::TooFewRows => true,
+            Lookup::Miss => false,
+        };
         let buf = self
             .cache
-            .take_buffer(&key, (img.chunk_w * img.chunk_rows(idx) * 3) as usize);
-        // A cached chunk must be whole: later reads may need any of its rows.
-        let need_rows = if self.cache.enabled() {
-            u64::MAX
-        } else {
+            .take_buffer(&key, (img.chunk_w * rows * 3) as usize);
+        let decode_rows = if !self.cache.enabled() || (sparse && need_rows <= rows / 2) {
             need_rows
+        } else {
+            u64::MAX
         };
-        match self.decode_image_chunk(img, idx, &format!("level {level}"), buf, need_rows)? {
+        match self.decode_image_chunk(img, idx, &format!("level {level}"), buf, decode_rows)? {
             None => Ok(None),
-            Some(v) => Ok(Some(self.cache.insert(key, v))),
+            Some((v, valid)) => Ok(Some((self.cache.insert(key, v, valid), seen))),
         }
     }
 
@@ -692,13 +704,16 @@ impl TiffSlide {
         if !img.tiled && img.fmt.compression == comp::NONE && img.fmt.predictor == 1 {
             return self.read_raw_strips(img, lx, ly, (x0, y0, x1, y1), w, buf);
         }
+        let mut sparse = true;
         for ty in (y0 / ch)..=((y1 - 1) / ch) {
             for tx in (x0 / cw)..=((x1 - 1) / cw) {
                 let idx = (ty as u64) * img.across + tx as u64;
                 let (tx0, ty0) = (tx * cw, ty * ch);
-                let Some(tile) = self.chunk(level, idx, (y1 - ty0) as u64)? else {
+                let Some((tile, cached)) = self.chunk(level, idx, (y1 - ty0) as u64, sparse)?
+                else {
                     continue;
                 };
+                sparse &= !cached;
                 let rows = img.chunk_rows(idx) as i64;
                 let cx0 = x0.max(tx0);
                 let cx1 = x1.min(tx0 + cw);
@@ -791,7 +806,7 @@ impl TiffSlide {
         let mut data = vec![255u8; w * h * 3];
         let cw = img.chunk_w as usize;
         for idx in 0..img.across * img.down {
-            let Some(tile) = self.decode_image_chunk(
+            let Some((tile, _)) = self.decode_image_chunk(
                 img,
                 idx,
                 &format!("associated image {name}"),

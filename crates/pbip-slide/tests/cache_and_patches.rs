@@ -17,17 +17,22 @@ fn open(p: &std::path::Path, cache_bytes: usize) -> Slide {
     .expect("open")
 }
 
+/// A 1024 x 768 single-level slide of 128-px tiles (8 x 6 tiles), compressed with `comp`.
+fn grid_slide(dir: &std::path::Path, name: &str, comp: Comp) -> std::path::PathBuf {
+    write_tiff(
+        dir,
+        name,
+        &pyramid(1024, 768, 1, Some(128), comp),
+        false,
+        false,
+    )
+}
+
 #[test]
 fn grid_order_reads_decode_each_tile_once() {
     let dir = tempfile::tempdir().unwrap();
     // 1024 x 768, 128 px tiles -> 8 x 6 = 48 tiles at level 0.
-    let p = write_tiff(
-        dir.path(),
-        "g.tif",
-        &pyramid(1024, 768, 1, Some(128), Comp::JpegYcbcrTables),
-        false,
-        false,
-    );
+    let p = grid_slide(dir.path(), "g.tif", Comp::JpegYcbcrTables);
     let s = open(&p, 64 << 20);
     let mut n_patches = 0;
     for x in (0..1024 - 100).step_by(100) {
@@ -59,15 +64,38 @@ fn grid_order_reads_decode_each_tile_once() {
 }
 
 #[test]
+fn sparse_reads_decode_the_top_rows_only_and_later_reads_get_whole_tiles() {
+    let dir = tempfile::tempdir().unwrap();
+    // 1024 x 768, 128 px tiles, JPEG with tables (what slide scanners write).
+    let p = grid_slide(dir.path(), "s.tif", Comp::JpegYcbcrTables);
+    let fresh = open(&p, 0);
+    let s = open(&p, 64 << 20);
+    // Reads (x, y, w, h) at level 0 through the cache: the pixels must equal those of the slide
+    // without cache; the number of tiles decoded so far.
+    let read = |x: i64, y: i64, w: u32, h: u32| {
+        let got = s.read_region(x, y, 0, w, h).unwrap();
+        let want = fresh.read_region(x, y, 0, w, h).unwrap();
+        assert!(got == want, "read {x},{y} {w}x{h} differs");
+        s.tiles_decoded()
+    };
+    // A read of a cold cache crossing 20 rows into the second row of tiles: 2 x 2 tiles, the
+    // lower two decoded down to those rows only (and one MCU row more).
+    assert_eq!(read(100, 30, 100, 118), 4);
+    assert_eq!(s.cached_tiles(), 4);
+    // Reads within the decoded rows are answered by the cache.
+    assert_eq!(read(120, 128, 100, 16), 4);
+    // A read needing more rows of those tiles decodes them again, whole. Having found them
+    // cached (partly), it is not sparse: the tiles below, of which it needs 44 rows, are decoded
+    // whole too, and a read of all their rows decodes nothing.
+    assert_eq!(read(100, 200, 100, 100), 8);
+    assert_eq!(read(64, 128, 192, 256), 8);
+    read(0, 0, 400, 300);
+}
+
+#[test]
 fn small_cache_budget_evicts() {
     let dir = tempfile::tempdir().unwrap();
-    let p = write_tiff(
-        dir.path(),
-        "e.tif",
-        &pyramid(1024, 768, 1, Some(128), Comp::Deflate),
-        false,
-        false,
-    );
+    let p = grid_slide(dir.path(), "e.tif", Comp::Deflate);
     // 128*128*3 = 48 KiB per tile; a 16-shard cache of 16 tiles holds at most ~16.
     let s = open(&p, 16 * 128 * 128 * 3);
     s.read_region(0, 0, 0, 1024, 768).unwrap();

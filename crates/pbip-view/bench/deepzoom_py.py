@@ -1,11 +1,13 @@
 """Tile benchmark: `pbip view` over HTTP vs openslide-python's DeepZoomGenerator, same slide,
 same tiles, same run (see tiles.sh and RESULTS.md).
 
-Usage: python deepzoom_py.py SLIDE PBIP_BIN [N]     [env: TILE (254), OVERLAP (1)]
+Usage: python deepzoom_py.py SLIDE PBIP_BIN [N] [VIEW_LOAD_BIN]     [env: TILE (254), OVERLAP (1)]
 
 1. N random DeepZoom tiles of the highest level (TILE px + OVERLAP px, seeded), fetched
    - from `pbip view SLIDE --port 0` with keep-alive HTTP clients (1 and 2 client threads; a fresh
-     server for each row, so its caches start cold), and
+     server for each row, so its caches start cold): Python `http.client` connections, and, when
+     VIEW_LOAD_BIN (examples/view_load.rs) is given, that Rust client too (whose per-request
+     CPU is a few per cent of the Python one's, which shares the same cores with the server), and
    - with `DeepZoomGenerator(slide, TILE, OVERLAP, limit_bounds=False).get_tile(level, (col, row))` plus
      the JPEG encoding OpenSlide's deepzoom server does (`save(..., "jpeg", quality=75)`), in
      process (1 and 2 threads; a fresh OpenSlide handle per row).
@@ -36,6 +38,7 @@ QUALITY = 75
 
 slide_path, pbip_bin = sys.argv[1], sys.argv[2]
 n = int(sys.argv[3]) if len(sys.argv) > 3 else 1000
+load_bin = sys.argv[4] if len(sys.argv) > 4 else None
 slide_id = os.path.splitext(os.path.basename(slide_path))[0]
 
 osr = openslide.OpenSlide(slide_path)
@@ -95,6 +98,20 @@ def fetch_all(port, paths, threads):
         return sum(ex.map(run, chunks))
 
 
+def fetch_all_rust(port, paths, threads):
+    r = subprocess.run([load_bin, str(port), str(threads)], input="\n".join(paths) + "\n",
+                       capture_output=True, text=True)
+    if r.returncode != 0:
+        raise SystemExit(f"view_load failed: {r.stderr}")
+    return int(r.stdout.split()[0])
+
+
+def server_cpu_ms(pid):
+    with open(f"/proc/{pid}/stat") as f:
+        st = f.read().split()
+    return (int(st[13]) + int(st[14])) / os.sysconf("SC_CLK_TCK") * 1000.0
+
+
 def tile_path(level, c, r):
     return f"/slides/{slide_id}_files/{level}/{c}_{r}.jpeg"
 
@@ -123,17 +140,20 @@ for threads in (1, 2):
     )
     osr.close()
 
-    # pbip view over HTTP, fresh server.
-    p, port = start_server()
-    t0 = time.perf_counter()
-    nbytes = fetch_all(port, [tile_path(top, c, r) for c, r in tiles], threads)
-    dt = time.perf_counter() - t0
-    with open(f"/proc/{p.pid}/stat") as f:
-        st = f.read().split()
-    cpu = (int(st[13]) + int(st[14])) / os.sysconf("SC_CLK_TCK") * 1000.0 / n
-    peak[f"random tiles, {threads} client(s)"] = peak_rss_mib(p.pid)
-    stop(p)
-    rows_out.append((f"pbip view over HTTP (keep-alive clients), JPEG q{QUALITY}", threads, n / dt, f"{cpu:.2f} (server)", nbytes / n / 1024))
+    # pbip view over HTTP, a fresh server per client kind (cold caches).
+    clients = [("Python http.client", fetch_all)]
+    if load_bin:
+        clients.append(("Rust view_load", fetch_all_rust))
+    for client, fetch in clients:
+        p, port = start_server()
+        cpu0 = server_cpu_ms(p.pid)  # start-up: catalog, slide open
+        t0 = time.perf_counter()
+        nbytes = fetch(port, [tile_path(top, c, r) for c, r in tiles], threads)
+        dt = time.perf_counter() - t0
+        cpu = (server_cpu_ms(p.pid) - cpu0) / n
+        peak[f"random tiles, {threads} client(s), {client}"] = peak_rss_mib(p.pid)
+        stop(p)
+        rows_out.append((f"pbip view over HTTP, {client} keep-alive clients, JPEG q{QUALITY}", threads, n / dt, f"{cpu:.2f} (server)", nbytes / n / 1024))
 
 # Panning sweep on a fresh server.
 p, port = start_server()
@@ -177,7 +197,9 @@ for name, threads, rate, cpu, kib in rows_out:
 print()
 for t in (1, 2):
     a = [r for r in rows_out if r[1] == t]
-    print(f"speed-up, {t} thread(s): {a[1][2] / a[0][2]:.2f}x")
+    for r in a[1:]:
+        print(f"speed-up, {t} thread(s), {r[0].split(', ')[1]}: {r[2] / a[0][2]:.2f}x "
+              f"(tiles/s), {float(a[0][3]) / float(r[3].split()[0]):.2f}x (CPU ms/tile)")
 print()
 print("| pbip view peak RSS (VmHWM) | MiB |")
 print("|---|---|")

@@ -4,10 +4,12 @@
 # slide in the same run, plus the server's peak RSS while fetching random tiles and panning.
 # Not part of CI (a few minutes on 2 cores; the slide is written once, ~1 GB for 40k²).
 #
-#   crates/pbip-view/bench/tiles.sh   [env: SIDE (40000), N (1000), TILE (254), OVERLAP (1), WORK, VENV, PBIP_BIN]
+#   crates/pbip-view/bench/tiles.sh   [env: SIDE (40000), N (1000), TILE (254), OVERLAP (1), WORK, VENV, PBIP_BIN, VIEW_LOAD]
 #
 # openslide-python and openslide-bin (OpenSlide 4) are installed from PyPI into a throw-away venv
-# under /tmp. PBIP_BIN: a prebuilt pbip binary (skips `cargo build --release -p pbip`).
+# under /tmp. PBIP_BIN: a prebuilt pbip binary (skips `cargo build --release -p pbip`). VIEW_LOAD:
+# a prebuilt examples/view_load.rs, the Rust HTTP client of the second set of pbip rows (skips
+# `cargo build --release -p pbip-view --example view_load`).
 set -euo pipefail
 HERE="$(cd "$(dirname "$0")" && pwd)"
 ROOT="$(cd "$HERE/../../.." && pwd)"
@@ -29,6 +31,11 @@ if [ ! -f "$SLIDE" ]; then
   "$TARGET/release/examples/view_bench_slide" "$SLIDE" "$SIDE"
 fi
 
+if [ -z "${VIEW_LOAD:-}" ]; then
+  cargo build --release -p pbip-view --example view_load
+  VIEW_LOAD="$TARGET/release/examples/view_load"
+fi
+
 if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
 fi
@@ -37,4 +44,4 @@ fi
 
 echo "machine: $(nproc) CPUs, load average $(cut -d' ' -f1-3 /proc/loadavg), $(date -u +%FT%TZ)"
 echo "pbip: $("$PBIP_BIN" --version)"
-"$VENV/bin/python" "$HERE/deepzoom_py.py" "$SLIDE" "$PBIP_BIN" "$N"
+"$VENV/bin/python" "$HERE/deepzoom_py.py" "$SLIDE" "$PBIP_BIN" "$N" "$VIEW_LOAD"

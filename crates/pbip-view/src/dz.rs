@@ -23,6 +23,17 @@ pub struct DeepZoom {
     levels: Vec<(u64, u64)>,
 }
 
+/// The address of one DeepZoom tile: column `col`, row `row` of `level`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct TileAddr {
+    /// DeepZoom level (0 = 1 x 1 px).
+    pub level: usize,
+    /// Column.
+    pub col: u64,
+    /// Row.
+    pub row: u64,
+}
+
 /// A tile of a DeepZoom level, in pixels of that level (overlap included).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct TileRect {

@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use pbip_slide::{Backend, OpenOptions, Slide};
 use serde::Deserialize;
 
-use crate::dz::DeepZoom;
+use crate::dz::{DeepZoom, TileAddr};
 use crate::error::{Result, ViewError, format_err, io_err};
 use crate::render::{IndexedImage, Palette, lv0_for_level_px, sample_axis, tile_geometry};
 
@@ -228,17 +228,15 @@ impl LabelMask {
         }
     }
 
-    /// The labels under DeepZoom tile (`col`, `row`) of `level` of a slide pyramid `dz`, for an
-    /// output grid of `output_downsample` level-0 px per cell.
+    /// The labels under DeepZoom tile `at` of a slide pyramid `dz`, for an output grid of
+    /// `output_downsample` level-0 px per cell.
     pub fn tile(
         &self,
         dz: &DeepZoom,
-        level: usize,
-        col: u64,
-        row: u64,
+        at: TileAddr,
         output_downsample: f64,
     ) -> Result<IndexedImage> {
-        let (rect, d) = tile_geometry(dz, level, col, row)?;
+        let (rect, d) = tile_geometry(dz, at)?;
         let k = self.best_level(d / output_downsample);
         let (ds, (lw, lh)) = self.level(k)?;
         let cols = sample_axis(rect.x_px, rect.width_px, d, output_downsample * ds, lw);
@@ -471,15 +469,8 @@ impl ConfidenceMaps {
     }
 
     /// Grid cells of a DeepZoom tile (see [`LabelMask::tile`]).
-    fn cells(
-        &self,
-        dz: &DeepZoom,
-        level: usize,
-        col: u64,
-        row: u64,
-        output_downsample: f64,
-    ) -> Result<Cells> {
-        let (rect, d) = tile_geometry(dz, level, col, row)?;
+    fn cells(&self, dz: &DeepZoom, at: TileAddr, output_downsample: f64) -> Result<Cells> {
+        let (rect, d) = tile_geometry(dz, at)?;
         let (w, h) = self.dimensions();
         Ok((
             rect.width_px,
@@ -495,12 +486,10 @@ impl ConfidenceMaps {
         &self,
         k: usize,
         dz: &DeepZoom,
-        level: usize,
-        col: u64,
-        row: u64,
+        at: TileAddr,
         output_downsample: f64,
     ) -> Result<IndexedImage> {
-        let (w, h, cols, rows) = self.cells(dz, level, col, row, output_downsample)?;
+        let (w, h, cols, rows) = self.cells(dz, at, output_downsample)?;
         let v = self.sample(k, &cols, &rows)?;
         Ok(IndexedImage {
             width: w,
@@ -515,12 +504,10 @@ impl ConfidenceMaps {
     pub fn uncertainty_tile(
         &self,
         dz: &DeepZoom,
-        level: usize,
-        col: u64,
-        row: u64,
+        at: TileAddr,
         output_downsample: f64,
     ) -> Result<IndexedImage> {
-        let (w, h, cols, rows) = self.cells(dz, level, col, row, output_downsample)?;
+        let (w, h, cols, rows) = self.cells(dz, at, output_downsample)?;
         let maps = (0..self.class_count())
             .map(|k| self.sample(k, &cols, &rows))
             .collect::<Result<Vec<_>>>()?;
@@ -620,6 +607,15 @@ pub fn mask_palette(colors: &[[u8; 3]], hidden: &[bool]) -> Palette {
 mod tests {
     use super::*;
 
+    /// The first tile of `level`.
+    fn tile0(level: usize) -> TileAddr {
+        TileAddr {
+            level,
+            col: 0,
+            row: 0,
+        }
+    }
+
     fn write_npz(path: &Path, members: &[(&str, Vec<u8>)], deflate: bool) {
         use std::io::Write;
         let f = File::create(path).unwrap();
@@ -714,17 +710,17 @@ mod tests {
         let m = ConfidenceMaps::open(&p).unwrap();
         let dz = DeepZoom::new(32, 32, 254, 1).unwrap();
         let top = dz.level_count() - 1;
-        let t = m.class_tile(1, &dz, top, 0, 0, 4.0).unwrap();
+        let t = m.class_tile(1, &dz, tile0(top), 4.0).unwrap();
         assert_eq!((t.width, t.height), (32, 32));
         assert_eq!(t.indices[0], 254);
         assert_eq!(t.indices[31], 127);
-        let t0 = m.class_tile(0, &dz, top, 0, 0, 4.0).unwrap();
+        let t0 = m.class_tile(0, &dz, tile0(top), 4.0).unwrap();
         assert_eq!(t0.indices[0], NO_LABEL, "0 = no value");
-        let u = m.uncertainty_tile(&dz, top, 0, 0, 4.0).unwrap();
+        let u = m.uncertainty_tile(&dz, tile0(top), 4.0).unwrap();
         assert_eq!(u.indices[0], 0, "certain");
         assert_eq!(u.indices[31], 254, "tie");
         // A coarser DeepZoom level samples every other cell.
-        let t = m.class_tile(1, &dz, top - 1, 0, 0, 4.0).unwrap();
+        let t = m.class_tile(1, &dz, tile0(top - 1), 4.0).unwrap();
         assert_eq!((t.width, t.height), (16, 16));
         assert_eq!((t.indices[0], t.indices[15]), (254, 127));
     }
@@ -772,10 +768,11 @@ mod tests {
         for level in [top, top - 1, top - 2, top - 4] {
             let dsz = dz.level_downsample(level);
             let (cols, rows) = dz.tile_grid(level).unwrap();
-            for (c, r) in [(0, 0), (cols - 1, rows - 1), (cols / 2, rows / 2)] {
-                let rect = dz.tile_rect(level, c, r).unwrap();
-                let a = tiff.tile(&dz, level, c, r, 4.0).unwrap();
-                let b = mem.tile(&dz, level, c, r, 4.0).unwrap();
+            for (col, row) in [(0, 0), (cols - 1, rows - 1), (cols / 2, rows / 2)] {
+                let rect = dz.tile_rect(level, col, row).unwrap();
+                let at = TileAddr { level, col, row };
+                let a = tiff.tile(&dz, at, 4.0).unwrap();
+                let b = mem.tile(&dz, at, 4.0).unwrap();
                 assert_eq!((a.width, a.height), (rect.width_px, rect.height_px));
                 let mut agree = 0usize;
                 for ty in 0..rect.height_px as u64 {
@@ -787,7 +784,7 @@ mod tests {
                         assert_eq!(
                             b.indices[i],
                             label(gx, gy),
-                            "png level {level} tile {c}_{r} px {tx},{ty}"
+                            "png level {level} tile {col}_{row} px {tx},{ty}"
                         );
                         agree += usize::from(a.indices[i] == label(gx, gy));
                     }
@@ -796,11 +793,11 @@ mod tests {
                 // Coarser mask levels keep the top-left sample of each block: at most the pixels
                 // next to a class edge differ.
                 if dsz <= 4.0 {
-                    assert_eq!(agree, n, "tiff level {level} tile {c}_{r}");
+                    assert_eq!(agree, n, "tiff level {level} tile {col}_{row}");
                 } else {
                     assert!(
                         agree * 10 >= n * 8,
-                        "tiff level {level} tile {c}_{r}: {agree}/{n}"
+                        "tiff level {level} tile {col}_{row}: {agree}/{n}"
                     );
                 }
             }

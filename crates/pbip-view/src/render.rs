@@ -2,7 +2,7 @@
 
 use pbip_slide::{RgbImage, Slide, resize_rgb};
 
-use crate::dz::{DeepZoom, TileRect};
+use crate::dz::{DeepZoom, TileAddr, TileRect};
 use crate::error::{Result, ViewError};
 
 /// Largest region read from a slide for one tile, in pixels of the slide level read (a slide
@@ -174,7 +174,8 @@ pub fn sample_axis(
 }
 
 /// The tile rectangle and DeepZoom downsample of a tile, or an error naming it.
-pub fn tile_geometry(dz: &DeepZoom, level: usize, col: u64, row: u64) -> Result<(TileRect, f64)> {
+pub fn tile_geometry(dz: &DeepZoom, at: TileAddr) -> Result<(TileRect, f64)> {
+    let TileAddr { level, col, row } = at;
     let rect = dz
         .tile_rect(level, col, row)
         .ok_or_else(|| ViewError::Invalid(format!("no tile {col}_{row} at level {level}")))?;

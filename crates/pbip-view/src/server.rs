@@ -42,7 +42,7 @@ use serde::Serialize;
 use crate::assets;
 use crate::cache::{Layer, OpenSet, TileCache, TileKey};
 use crate::catalog::{Catalog, ClassInfo, Entry, LayerStatus, MaskFile, SlideMeta};
-use crate::dz::{DeepZoom, parse_tile_name};
+use crate::dz::{DeepZoom, TileAddr, parse_tile_name};
 use crate::error::{Result, ViewError};
 use crate::layers::{ConfidenceMaps, LabelMask, heat_color, heat_palette, mask_palette};
 use crate::render::{self, IndexedImage, Palette};
@@ -970,16 +970,13 @@ fn open_confidence(st: &AppState, i: usize, h: &Handles) -> Result<()> {
         .map_err(|e| ViewError::Invalid(e.clone()))
 }
 
-#[allow(clippy::too_many_arguments)]
 fn render_overlay(
     st: &AppState,
     i: usize,
     kind: OverlayKind,
     hidden: [u64; 4],
     dz: &DeepZoom,
-    level: usize,
-    col: u64,
-    row: u64,
+    at: TileAddr,
 ) -> Result<Vec<u8>> {
     let h = st.handles(i)?;
     let (ds, colors) = prediction_geometry(st, i)?;
@@ -992,10 +989,7 @@ fn render_overlay(
             let hidden: Vec<bool> = (0..colors.len())
                 .map(|k| hidden[k / 64] & (1 << (k % 64)) != 0)
                 .collect();
-            (
-                m.tile(dz, level, col, row, ds)?,
-                mask_palette(&colors, &hidden),
-            )
+            (m.tile(dz, at, ds)?, mask_palette(&colors, &hidden))
         }
         OverlayKind::Confidence(_) | OverlayKind::Uncertainty => {
             open_confidence(st, i, &h)?;
@@ -1003,10 +997,8 @@ fn render_overlay(
                 return Err(ViewError::Invalid("no confidence maps".into()));
             };
             let img = match kind {
-                OverlayKind::Confidence(k) => {
-                    c.class_tile(usize::from(k), dz, level, col, row, ds)?
-                }
-                _ => c.uncertainty_tile(dz, level, col, row, ds)?,
+                OverlayKind::Confidence(k) => c.class_tile(usize::from(k), dz, at, ds)?,
+                _ => c.uncertainty_tile(dz, at, ds)?,
             };
             (img, heat_palette())
         }
@@ -1052,7 +1044,7 @@ async fn overlay_tile(
         st,
         key,
         "image/png",
-        move |st| render_overlay(st, i, kind, hidden, &dz, level, col, row),
+        move |st| render_overlay(st, i, kind, hidden, &dz, TileAddr { level, col, row }),
         move || {
             let r = dz2
                 .tile_rect(level, col, row)

@@ -21,32 +21,29 @@ struct Fixture {
     port: u16,
 }
 
-/// Class of output pixel (x, y) of slide `a`: tumour (1) in a disc, benign (0) around it,
-/// no label (255) in the left 40 columns.
-fn label_a(x: u32, y: u32) -> u8 {
+/// Class of output pixel (x, y) of slide `a` for a tumour disc of `radius` output px: tumour (1)
+/// in the disc, benign (0) around it, no label (255) in the left 40 columns.
+fn disc_label(x: u32, y: u32, radius: i64) -> u8 {
     let (cx, cy) = (A_W / DS / 2, A_H / DS / 2);
     let d2 = (x as i64 - cx as i64).pow(2) + (y as i64 - cy as i64).pow(2);
     if x < 40 {
         255
-    } else if d2 < 80 * 80 {
+    } else if d2 < radius * radius {
         1
     } else {
         0
     }
 }
 
-/// GT of slide `a` at level 0: like the prediction, with a smaller tumour disc (radius 70).
+/// The prediction of slide `a` at output pixel (x, y): a tumour disc of radius 80.
+fn label_a(x: u32, y: u32) -> u8 {
+    disc_label(x, y, 80)
+}
+
+/// GT of slide `a` at level-0 pixel (x, y): like the prediction, with a smaller tumour disc
+/// (radius 70).
 fn gt_a(x: u32, y: u32) -> u8 {
-    let (gx, gy) = (x / DS, y / DS);
-    let (cx, cy) = (A_W / DS / 2, A_H / DS / 2);
-    let d2 = (gx as i64 - cx as i64).pow(2) + (gy as i64 - cy as i64).pow(2);
-    if gx < 40 {
-        255
-    } else if d2 < 70 * 70 {
-        1
-    } else {
-        0
-    }
+    disc_label(x / DS, y / DS, 70)
 }
 
 fn rgb_pattern(w: u32, h: u32, seed: u32) -> Vec<u8> {
