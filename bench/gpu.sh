@@ -9,7 +9,9 @@
 #      the upstream PyTorch fixture);
 #   2. MiT-b1 at 224 px: train step (batch 10: forward, BCE + CAM terms, backward, AdamW) and
 #      inference (batch 32) for pbip on libtorch CUDA (`tch`), pbip on wgpu (when built) and PyTorch
-#      CUDA eager, same model, same run;
+#      CUDA eager, same model, same run; each in f32 and in bf16 mixed precision (pbip
+#      `precision: bf16` vs torch.autocast(bfloat16)), every row compared with PyTorch's row of
+#      the same precision;
 #   3. `pbip infer` of a generated 40k x 40k slide on the GPU (wall time, patches/s).
 #
 # Needs a python whose torch is 2.9.0 (the version burn-tch links; a CUDA wheel from PyPI):
@@ -84,16 +86,19 @@ fi
 
 # --- 2. MiT-b1 train step and inference ----------------------------------------------------------
 echo "== MiT-b1 timings" >&2
-PBIP_BENCH_DEVICES=$BENCH_DEVICES PBIP_BENCH_ITERS=$ITERS \
+PBIP_BENCH_DEVICES=$BENCH_DEVICES PBIP_BENCH_ITERS=$ITERS PBIP_BENCH_PRECISION=f32,bf16 \
   cargo bench -p pbip-model --bench mit_bench --features tch -- mit_b1 2>&1 | tee "$DIR/burn.txt" >&2
 if [ -n "${WGPU_OK:-}" ]; then
   PBIP_BENCH_DEVICES=wgpu PBIP_BENCH_ITERS=$ITERS CARGO_TARGET_DIR="${CARGO_TARGET_DIR}-wgpu" \
     cargo bench -p pbip-model --bench mit_bench --features wgpu -- mit_b1 2>&1 | tee -a "$DIR/burn.txt" >&2
 fi
-"$PY" crates/pbip-model/bench/torch_mit_bench.py mit_b1 0 "$TORCH_DEV" 2>&1 | tee "$DIR/torch.txt" >&2
-REF=$(awk '/^RESULT pytorch/ {print $4}' "$DIR/torch.txt")
-REFI=$(awk '/^RESULT pytorch/ {print $5}' "$DIR/torch.txt")
+"$PY" crates/pbip-model/bench/torch_mit_bench.py mit_b1 0 "$TORCH_DEV" f32 2>&1 | tee "$DIR/torch.txt" >&2
+"$PY" crates/pbip-model/bench/torch_mit_bench.py mit_b1 0 "$TORCH_DEV" bf16 2>&1 | tee -a "$DIR/torch.txt" >&2
 while read -r _ name _ train infer ips; do
+  # the PyTorch row of the same precision
+  case "$name" in *-bf16) pat='^RESULT pytorch-[a-z]*-bf16 ' ;; *) pat='^RESULT pytorch-[a-z]* ' ;; esac
+  REF=$(grep -E "$pat" "$DIR/torch.txt" | awk '{print $4}' | head -1)
+  REFI=$(grep -E "$pat" "$DIR/torch.txt" | awk '{print $5}' | head -1)
   if [ -n "$REF" ]; then
     rel=$(awk -v a="$train" -v b="$REF" -v c="$infer" -v d="$REFI" 'BEGIN{printf "train %.2fx, inference %.2fx of PyTorch time", a/b, c/d}')
   else rel="no PyTorch reference"; fi

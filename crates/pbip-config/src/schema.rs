@@ -824,6 +824,20 @@ pub struct Training {
     pub normalize: Normalize,
     /// Multiple-instance learning: bags of patches from one slide carry the slide label.
     pub mil: Mil,
+    /// Compute precision of the backbone: `f32`, or `bf16` mixed precision (bf16 products,
+    /// f32 parameters, LayerNorm, softmax and losses; pays on GPUs).
+    pub precision: Precision,
+}
+
+/// `training.precision` / `inference.precision`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Precision {
+    /// Everything in f32.
+    #[default]
+    F32,
+    /// bf16 mixed precision (autocast) of the MiT backbone.
+    Bf16,
 }
 
 /// Multiple-instance learning options.
@@ -877,6 +891,7 @@ impl Default for Training {
             augment: Augment::default(),
             normalize: Normalize::default(),
             mil: Mil::default(),
+            precision: Precision::F32,
         }
     }
 }
@@ -1157,6 +1172,8 @@ pub struct Inference {
     pub min_component_size_um2: Option<f64>,
     /// Label only tissue: output pixels outside the HSV tissue mask (computed at the output level) become "no label".
     pub restrict_to_tissue: bool,
+    /// Compute precision of the backbone (stages 4 and 5): `f32`, or `bf16` mixed precision.
+    pub precision: Precision,
 }
 
 impl Default for Inference {
@@ -1177,6 +1194,7 @@ impl Default for Inference {
             crf: Crf::default(),
             min_component_size_um2: None,
             restrict_to_tissue: true,
+            precision: Precision::F32,
         }
     }
 }

@@ -119,6 +119,15 @@ def main():
     if len(sys.argv) > 2 and int(sys.argv[2]) > 0:
         torch.set_num_threads(int(sys.argv[2]))
     dev = torch.device(sys.argv[3] if len(sys.argv) > 3 else "cpu")
+    # argv[4] = f32 (default) or bf16: torch.autocast(bfloat16) around the forward passes (the
+    # losses outside it, in f32), the counterpart of pbip's `training.precision: bf16`.
+    precision = sys.argv[4] if len(sys.argv) > 4 else "f32"
+    if precision not in ("f32", "bf16"):
+        sys.exit(f"precision must be f32 or bf16, not {precision}")
+
+    def autocast():
+        return torch.autocast(dev.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
     sync = torch.cuda.synchronize if dev.type == "cuda" else (lambda: None)
     torch.manual_seed(0)
     k_list = [3, 3, 3, 3]
@@ -128,7 +137,9 @@ def main():
     y = torch.randint(0, 2, (10, 4), device=dev).float()
 
     def step():
-        outs = model(x)
+        with autocast():
+            outs = model(x)
+        outs = [o.float() for o in outs]
         loss = 0
         for w, o in zip([0.0, 0.1, 1.0, 1.0], outs):
             cls = o.mean((2, 3)).view(10, 4, 3).mean(2)
@@ -148,7 +159,7 @@ def main():
     train = (time.perf_counter() - t0) / n
     xi = torch.randn(32, 3, 224, 224, device=dev)
     model.eval()
-    with torch.no_grad():
+    with torch.no_grad(), autocast():
         model(xi)
         sync()
         t0 = time.perf_counter()
@@ -156,8 +167,9 @@ def main():
             model(xi)
         sync()
         inf = (time.perf_counter() - t0) / n
-    print(f"# pytorch {torch.__version__} threads={torch.get_num_threads()} device={dev}")
-    print(f"RESULT pytorch-{dev.type} {variant} {train*1000:.0f} {inf*1000:.0f} {32/inf:.2f}")
+    print(f"# pytorch {torch.__version__} threads={torch.get_num_threads()} device={dev} {precision}")
+    label = f"pytorch-{dev.type}" + ("-bf16" if precision == "bf16" else "")
+    print(f"RESULT {label} {variant} {train*1000:.0f} {inf*1000:.0f} {32/inf:.2f}")
 
 
 if __name__ == "__main__":

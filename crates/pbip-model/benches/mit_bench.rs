@@ -8,6 +8,9 @@
 //!   the encoder's cost, not the backbone's);
 //! * inference: batch 32 at 224 px, forward without autodiff.
 //!
+//! `PBIP_BENCH_PRECISION` (comma-separated `f32`, `bf16`; default `f32`) runs each device in
+//! each precision ([`pbip_model::Precision`]; bf16 rows are labelled `burn-<device>-bf16`).
+//!
 //! Run: `cargo bench -p pbip-model --bench mit_bench [-- mit_b1]`. `bench/run.sh` runs this and the
 //! same model in PyTorch (`bench/torch_mit_bench.py`) and prints one table.
 //! Output lines: `RESULT backend variant train_ms infer_ms img_per_s`.
@@ -18,7 +21,7 @@ use burn::module::Module;
 use burn::optim::{AdamWConfig, GradientsParams};
 use burn::tensor::{Device, Distribution, Tensor};
 use pbip_model::{
-    ClassNet, ClassNetConfig, HostTensor, MergeMethod, cam_mean, classification_loss,
+    ClassNet, ClassNetConfig, HostTensor, MergeMethod, Precision, cam_mean, classification_loss,
 };
 
 const WARMUP: usize = 1;
@@ -44,7 +47,7 @@ fn iters() -> usize {
         .unwrap_or(3)
 }
 
-fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
+fn run(backend: &str, base: Device, variant: &str, precision: Precision) -> Result<(), String> {
     let iters = iters();
     let k_list = vec![3, 3, 3, 3];
     let cfg =
@@ -57,6 +60,7 @@ fn run(backend: &str, base: Device, variant: &str) -> Result<(), String> {
     };
     let device = base.clone().autodiff();
     let mut model = ClassNet::init(&cfg, &protos, 0, &device).map_err(|e| e.to_string())?;
+    model.set_precision(precision);
     let mut optim = AdamWConfig::new()
         .with_epsilon(1e-8)
         .with_weight_decay(1e-3)
@@ -134,6 +138,18 @@ fn main() {
         .find(|a| a.starts_with("mit_b"))
         .unwrap_or_else(|| "mit_b1".into());
     let names = std::env::var("PBIP_BENCH_DEVICES").unwrap_or_else(|_| "cpu".into());
+    let mut precisions = Vec::new();
+    for p in std::env::var("PBIP_BENCH_PRECISION")
+        .unwrap_or_else(|_| "f32".into())
+        .split(',')
+        .map(str::trim)
+    {
+        match p {
+            "f32" => precisions.push(Precision::F32),
+            "bf16" => precisions.push(Precision::Bf16),
+            other => eprintln!("skipping precision {other}: f32 or bf16"),
+        }
+    }
     let mut backends: Vec<(String, Device)> = Vec::new();
     for name in names.split(',').map(str::trim).filter(|n| !n.is_empty()) {
         match pbip_model::backend::device_named(name) {
@@ -142,8 +158,14 @@ fn main() {
         }
     }
     for (name, device) in backends {
-        if let Err(e) = run(&name, device, &variant) {
-            eprintln!("burn-{name} {variant}: {e}");
+        for &p in &precisions {
+            let label = match p {
+                Precision::F32 => name.clone(),
+                Precision::Bf16 => format!("{name}-bf16"),
+            };
+            if let Err(e) = run(&label, device.clone(), &variant, p) {
+                eprintln!("burn-{label} {variant}: {e}");
+            }
         }
     }
 }

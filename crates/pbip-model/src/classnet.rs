@@ -345,6 +345,17 @@ impl ClassNet {
         true
     }
 
+    /// The backbone's compute precision from now on ([`crate::amp`]): `Bf16` runs the MiT
+    /// products in bf16 with f32 parameters, LayerNorm, softmax, head and losses.
+    pub fn set_precision(&mut self, precision: crate::Precision) {
+        self.encoder.precision = precision;
+    }
+
+    /// The backbone's compute precision.
+    pub fn precision(&self) -> crate::Precision {
+        self.encoder.precision
+    }
+
     /// [`ClassNet::forward_with`] after [`ClassNet::check_input`].
     pub fn try_forward(
         &self,

@@ -7,6 +7,7 @@
 //! All tensors use burn's run-time [`burn::tensor::Device`]; use `Device::flex().autodiff()` for
 //! training and gradients, `model.valid()` (or a plain `Device::flex()`) for inference.
 
+pub mod amp;
 pub mod autobatch;
 pub mod backend;
 pub mod classnet;
@@ -21,6 +22,7 @@ pub(crate) mod params;
 pub mod pool;
 pub mod util;
 
+pub use amp::Precision;
 pub use classnet::{
     AdaptiveLayer, ClassNet, ClassNetConfig, ClassNetOutput, HeadConfig, LOGIT_SCALE_INIT,
 };

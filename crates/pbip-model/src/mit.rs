@@ -11,6 +11,7 @@ use burn::tensor::{Distribution, Tensor};
 use serde::{Deserialize, Serialize};
 
 use crate::ModelError;
+use crate::amp::{self, Precision};
 use crate::fused::{layer_norm, softmax_last};
 use crate::params::{ConvShape, Loader, Visit, walk_conv, walk_linear, walk_ln};
 
@@ -101,9 +102,9 @@ impl OverlapPatchEmbed {
         }
     }
 
-    /// `[B,C,H,W]` -> (`[B,N,C']`, H', W').
-    pub fn forward(&self, x: Tensor<4>) -> (Tensor<3>, usize, usize) {
-        let x = self.proj.forward(x);
+    /// `[B,C,H,W]` -> (`[B,N,C']`, H', W'); the convolution in `precision`, the output f32.
+    pub fn forward(&self, x: Tensor<4>, precision: Precision) -> (Tensor<3>, usize, usize) {
+        let x = amp::leave(amp::conv2d(&self.proj, amp::enter(x, precision)));
         let [b, c, h, w] = x.dims();
         let x = x.reshape([b, c, h * w]).swap_dims(1, 2);
         (layer_norm(&self.norm, EPS_EMBED, x), h, w)
@@ -162,8 +163,10 @@ impl Attention {
         }
     }
 
-    /// `[B,N,C]` on an H×W grid -> `[B,N,C]`.
-    pub fn forward(&self, x: Tensor<3>, h: usize, w: usize) -> Tensor<3> {
+    /// `[B,N,C]` on an H×W grid -> `[B,N,C]` (f32 in and out; products in `precision`).
+    pub fn forward(&self, x: Tensor<3>, h: usize, w: usize, precision: Precision) -> Tensor<3> {
+        let x = amp::enter(x, precision);
+        let dtype = x.dtype();
         let [b, n, c] = x.dims();
         let heads = self.num_heads;
         let hd = c / heads;
@@ -172,25 +175,26 @@ impl Attention {
         // (x·(s·Wq) + s·bq)·kᵀ, no pass over the [B,heads,N,M] scores or the queries.
         let q = linear(
             x.clone().reshape([b * n, c]),
-            self.q.weight.val() * scale,
-            self.q.bias.as_ref().map(|bias| bias.val() * scale),
+            amp::cast(self.q.weight.val() * scale, dtype),
+            self.q
+                .bias
+                .as_ref()
+                .map(|bias| amp::cast(bias.val() * scale, dtype)),
         )
         .reshape([b, n, heads, hd])
         .swap_dims(1, 2);
         let xkv = match (&self.sr, &self.norm) {
             (Some(sr), Some(norm)) => {
                 let x_ = x.swap_dims(1, 2).reshape([b, c, h, w]);
-                let x_ = sr.forward(x_);
+                let x_ = amp::leave(amp::conv2d(sr, x_));
                 let [_, _, h2, w2] = x_.dims();
-                layer_norm(norm, EPS_EMBED, x_.reshape([b, c, h2 * w2]).swap_dims(1, 2))
+                let t = layer_norm(norm, EPS_EMBED, x_.reshape([b, c, h2 * w2]).swap_dims(1, 2));
+                amp::enter(t, precision)
             }
             _ => x,
         };
         let m = xkv.dims()[1];
-        let kv = self
-            .kv
-            .forward(xkv.reshape([b * m, c]))
-            .reshape([b, m, 2, heads, hd]);
+        let kv = amp::linear(&self.kv, xkv.reshape([b * m, c])).reshape([b, m, 2, heads, hd]);
         let k = kv
             .clone()
             .narrow(2, 0, 1)
@@ -200,9 +204,10 @@ impl Attention {
             .narrow(2, 1, 1)
             .reshape([b, m, heads, hd])
             .swap_dims(1, 2);
-        let attn = softmax_last(q.matmul(k.swap_dims(2, 3)));
+        // softmax in f32 (as under torch.autocast)
+        let attn = amp::cast(softmax_last(amp::leave(q.matmul(k.swap_dims(2, 3)))), dtype);
         let out = attn.matmul(v).swap_dims(1, 2).reshape([b * n, c]);
-        self.proj.forward(out).reshape([b, n, c])
+        amp::leave(amp::linear(&self.proj, out).reshape([b, n, c]))
     }
 
     fn walk(&self, p: &str, f: &mut Visit<'_>) {
@@ -261,40 +266,42 @@ impl MixFfn {
     /// * few tokens (`N < 4C`): `Linear`s on the `[B·N, C]` token matrix (one large GEMM each,
     ///   faster there than per-image products) with the hidden tensor transposed to the conv
     ///   grid and back (small at these stages).
-    pub fn forward(&self, x: Tensor<3>, h: usize, w: usize) -> Tensor<3> {
+    ///
+    /// f32 in and out; the products, the conv and GELU in `precision`.
+    pub fn forward(&self, x: Tensor<3>, h: usize, w: usize, precision: Precision) -> Tensor<3> {
+        let x = amp::enter(x, precision);
+        let dtype = x.dtype();
         let [b, n, c_in] = x.dims();
         // Linear weights are stored [d_in, d_out].
-        let w1 = self.fc1.weight.val();
+        let w1 = amp::cast(self.fc1.weight.val(), dtype);
         let hidden = w1.dims()[1];
         if n < hidden {
-            let t = self
-                .fc1
-                .forward(x.reshape([b * n, c_in]))
+            let t = amp::linear(&self.fc1, x.reshape([b * n, c_in]))
                 .reshape([b, n, hidden])
                 .swap_dims(1, 2)
                 .reshape([b, hidden, h, w]);
-            let t = gelu(self.dwconv.forward(t));
+            let t = gelu(amp::conv2d(&self.dwconv, t));
             let t = t
                 .reshape([b, hidden, n])
                 .swap_dims(1, 2)
                 .reshape([b * n, hidden]);
-            let y = self.fc2.forward(t);
+            let y = amp::linear(&self.fc2, t);
             let c = y.dims()[1];
-            return y.reshape([b, n, c]);
+            return amp::leave(y.reshape([b, n, c]));
         }
         let mut t = w1.transpose().unsqueeze::<3>().matmul(x.swap_dims(1, 2));
         if let Some(bias) = &self.fc1.bias {
-            t = t + bias.val().reshape([1, hidden, 1]);
+            t = t + amp::cast(bias.val(), dtype).reshape([1, hidden, 1]);
         }
-        let t = self.dwconv.forward(t.reshape([b, hidden, h, w]));
+        let t = amp::conv2d(&self.dwconv, t.reshape([b, hidden, h, w]));
         let t = gelu(t.reshape([b, hidden, n]));
-        let w2 = self.fc2.weight.val();
+        let w2 = amp::cast(self.fc2.weight.val(), dtype);
         let c = w2.dims()[1];
         let mut y = w2.transpose().unsqueeze::<3>().matmul(t);
         if let Some(bias) = &self.fc2.bias {
-            y = y + bias.val().reshape([1, c, 1]);
+            y = y + amp::cast(bias.val(), dtype).reshape([1, c, 1]);
         }
-        y.swap_dims(1, 2)
+        amp::leave(y.swap_dims(1, 2))
     }
 
     fn walk(&self, p: &str, f: &mut Visit<'_>) {
@@ -351,14 +358,19 @@ impl Block {
     }
 
     /// Block forward; stochastic depth only when `stochastic` is true.
-    pub fn forward(&self, x: Tensor<3>, h: usize, w: usize, stochastic: bool) -> Tensor<3> {
-        let a = self
-            .attn
-            .forward(layer_norm(&self.norm1, EPS_BLOCK, x.clone()), h, w);
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        h: usize,
+        w: usize,
+        stochastic: bool,
+        precision: Precision,
+    ) -> Tensor<3> {
+        let ln1 = layer_norm(&self.norm1, EPS_BLOCK, x.clone());
+        let a = self.attn.forward(ln1, h, w, precision);
         let x = x + drop_path(a, self.drop_path, stochastic);
-        let m = self
-            .mlp
-            .forward(layer_norm(&self.norm2, EPS_BLOCK, x.clone()), h, w);
+        let ln2 = layer_norm(&self.norm2, EPS_BLOCK, x.clone());
+        let m = self.mlp.forward(ln2, h, w, precision);
         x + drop_path(m, self.drop_path, stochastic)
     }
 
@@ -386,6 +398,9 @@ pub struct Stage {
 pub struct MixTransformer {
     /// Four stages.
     pub stages: Vec<Stage>,
+    /// Compute precision of the forward pass ([`crate::amp`]); parameters are always f32.
+    #[module(skip)]
+    pub precision: Precision,
 }
 
 impl MixTransformer {
@@ -436,7 +451,10 @@ impl MixTransformer {
                 norm,
             });
         }
-        Self { stages }
+        Self {
+            stages,
+            precision: Precision::F32,
+        }
     }
 
     /// Returns the four stage feature maps `[B,C_i,H_i,W_i]`. Stochastic depth is applied only
@@ -445,9 +463,9 @@ impl MixTransformer {
         let mut x = x;
         let mut outs = Vec::with_capacity(4);
         for st in &self.stages {
-            let (mut t, h, w) = st.patch_embed.forward(x);
+            let (mut t, h, w) = st.patch_embed.forward(x, self.precision);
             for blk in &st.blocks {
-                t = blk.forward(t, h, w, stochastic);
+                t = blk.forward(t, h, w, stochastic, self.precision);
             }
             let t = layer_norm(&st.norm, EPS_BLOCK, t);
             let [b, _, c] = t.dims();

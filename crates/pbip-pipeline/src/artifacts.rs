@@ -368,7 +368,7 @@ pub mod checkpoints {
                 path.display()
             )));
         }
-        let (model, config, meta) = ClassNet::load_safetensors(path, device).map_err(|e| {
+        let (mut model, config, meta) = ClassNet::load_safetensors(path, device).map_err(|e| {
             let e = e.to_string();
             let shown = path.display().to_string();
             // The model crate's errors may already start with the path.
@@ -408,6 +408,11 @@ pub mod checkpoints {
                 cfg.prototypes.k_list
             );
         }
+        model.set_precision(crate::settings::precision(
+            cfg,
+            cfg.inference.precision,
+            "inference.precision",
+        ));
         let gate_threshold = gate_threshold(&meta).unwrap_or_else(|| {
             tracing::warn!(
                 "{} carries no gate_threshold; the deployable gate uses {DEFAULT_GATE_THRESHOLD}",

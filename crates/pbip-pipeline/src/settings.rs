@@ -45,6 +45,25 @@ pub fn compute_device(cfg: &Config) -> Result<Device, PipelineError> {
     Ok(device)
 }
 
+/// The model crate's compute precision for `training.precision` / `inference.precision`
+/// (`key`). bf16 on the CPU backend runs (flex converts bf16 products through f32) but is
+/// slower than f32 there: that is warned about, not refused.
+pub fn precision(cfg: &Config, p: pbip_config::Precision, key: &str) -> pbip_model::Precision {
+    match p {
+        pbip_config::Precision::F32 => pbip_model::Precision::F32,
+        pbip_config::Precision::Bf16 => {
+            if cfg.device == pbip_config::Device::Cpu {
+                tracing::warn!(
+                    "{key}: bf16 on device cpu is slower than f32 (the CPU backend has no bf16 \
+                     kernels); mixed precision is meant for GPUs (device: cuda)"
+                );
+            }
+            tracing::info!("{key}: bf16 mixed precision of the MiT backbone");
+            pbip_model::Precision::Bf16
+        }
+    }
+}
+
 /// The model crate's pooling for a config pooling.
 pub fn pooling(p: &Pool) -> Pooling {
     match p.kind {

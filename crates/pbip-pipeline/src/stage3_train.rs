@@ -173,6 +173,9 @@ pub struct Throughput {
     pub model_step_secs: f64,
     /// Fraction of the training-loop time spent waiting for data.
     pub data_wait_fraction: f64,
+    /// Compute precision of the backbone in this invocation (`f32`, `bf16`).
+    #[serde(default)]
+    pub precision: String,
 }
 
 /// Summary written to `checkpoints/train_summary.json`.
@@ -1482,7 +1485,12 @@ impl<'a> Trainer<'a> {
         } else {
             (fresh_model(cfg, &ncfg, &bank, &device)?, None)
         };
-        let model = optim::materialize(model).map_err(data_err)?;
+        let mut model = optim::materialize(model).map_err(data_err)?;
+        model.set_precision(crate::settings::precision(
+            cfg,
+            t.precision,
+            "training.precision",
+        ));
         let objective = Objective::new(cfg, lc, &device)?;
 
         // Sampler, schedule, loader.
@@ -1899,6 +1907,7 @@ impl<'a> Trainer<'a> {
                 0.0
             },
             data_wait_fraction: (stats.wait_secs / loop_secs).clamp(0.0, 1.0),
+            precision: self.model.precision().as_str().to_string(),
         };
         summarize(
             self.cfg,

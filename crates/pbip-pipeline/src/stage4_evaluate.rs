@@ -829,6 +829,7 @@ impl<'a> Results<'a> {
             "checkpoint": eo.weights,
             "evaluation": cfg.evaluation,
             "gate_threshold": self.threshold,
+            "precision": cfg.inference.precision,
             "patches": totals.total_patches,
             "slides": totals.rows.len(),
             "failed_slides": totals.failed.len(),

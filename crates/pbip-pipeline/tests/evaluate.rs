@@ -295,3 +295,67 @@ fn batch_size_auto_on_the_cpu_evaluates_like_a_fixed_batch() {
     assert!(results[0].0.1.iter().flatten().sum::<u64>() > 0);
     assert_eq!(results[0], results[1], "auto vs 32");
 }
+
+/// `inference.precision: bf16` evaluates like f32 within bf16 rounding: the same patches and
+/// pixels are counted, every slide probability within 0.02 of the f32 run's and at least one
+/// different (the backbone ran in bf16); metrics.json records the precision.
+#[test]
+fn bf16_inference_evaluates_like_f32_within_rounding() {
+    let d = tempfile::tempdir().unwrap();
+    let base = setup(d.path());
+    let ckpt = d.path().join("ckpt.safetensors");
+    checkpoint(&base, &ckpt, 0.5);
+    let mut runs = Vec::new();
+    for precision in ["f32", "bf16"] {
+        let mut cfg = base.clone();
+        cfg.inference.precision = serde_yaml::from_str(precision).unwrap();
+        let out_dir = d.path().join(format!("results-{precision}"));
+        let eo = EvaluateOptions {
+            weights: ckpt.clone(),
+            split: Split::Test,
+            output_dir: Some(out_dir.clone()),
+        };
+        s4::run(&cfg, &eo, &RunOptions::default()).unwrap();
+        let m: serde_json::Value =
+            serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
+                .unwrap();
+        assert_eq!(m["precision"], precision);
+        let cm = read_cm(&out_dir.join("confusion_matrix.csv"));
+        let pixels: u64 = cm.1.iter().flatten().sum();
+        let csv = std::fs::read_to_string(out_dir.join("per_slide.csv")).unwrap();
+        let header: Vec<&str> = csv.lines().next().unwrap().split(',').collect();
+        let prob_cols: Vec<usize> = (0..header.len())
+            .filter(|&i| header[i].starts_with("prob_"))
+            .collect();
+        let probs: Vec<f64> = csv
+            .lines()
+            .skip(1)
+            .flat_map(|l| {
+                let cells: Vec<&str> = l.split(',').collect();
+                prob_cols
+                    .iter()
+                    .map(|&i| cells[i].parse::<f64>().unwrap())
+                    .collect::<Vec<_>>()
+            })
+            .collect();
+        runs.push((m["patches"].clone(), pixels, probs));
+    }
+    assert!(runs[0].1 > 0);
+    assert_eq!((&runs[0].0, runs[0].1), (&runs[1].0, runs[1].1));
+    let (a, b) = (&runs[0].2, &runs[1].2);
+    assert!(!a.is_empty() && a.len() == b.len());
+    let worst = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f64::max);
+    eprintln!("slide probabilities f32 {a:?}\nbf16 {b:?}\nworst difference {worst:.2e}");
+    assert!(
+        worst <= 0.02,
+        "bf16 vs f32 slide probability difference {worst}"
+    );
+    assert!(
+        worst > 0.0,
+        "bf16 probabilities equal the f32 ones: not run in bf16"
+    );
+}
