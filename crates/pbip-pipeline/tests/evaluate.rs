@@ -297,7 +297,7 @@ fn batch_size_auto_on_the_cpu_evaluates_like_a_fixed_batch() {
 }
 
 /// `inference.precision: bf16` evaluates like f32 within bf16 rounding: the same patches and
-/// pixels are counted, every slide probability within 0.02 of the f32 run's and at least one
+/// pixels are counted, every slide probability within 5e-3 of the f32 run's (measured: 5.6e-5) and at least one
 /// different (the backbone ran in bf16); metrics.json records the precision.
 #[test]
 fn bf16_inference_evaluates_like_f32_within_rounding() {
@@ -351,7 +351,7 @@ fn bf16_inference_evaluates_like_f32_within_rounding() {
         .fold(0.0, f64::max);
     eprintln!("slide probabilities f32 {a:?}\nbf16 {b:?}\nworst difference {worst:.2e}");
     assert!(
-        worst <= 0.02,
+        worst <= 5e-3,
         "bf16 vs f32 slide probability difference {worst}"
     );
     assert!(
