@@ -297,8 +297,8 @@ fn batch_size_auto_on_the_cpu_evaluates_like_a_fixed_batch() {
 }
 
 /// `inference.precision: bf16` evaluates like f32 within bf16 rounding: the same patches and
-/// pixels are counted, every slide probability within 5e-3 of the f32 run's (measured: 5.6e-5) and at least one
-/// different (the backbone ran in bf16); metrics.json records the precision.
+/// pixels are counted, every slide probability within 5e-3 of the f32 run's (measured: 5.6e-5)
+/// and at least one different (the backbone ran in bf16); metrics.json records the precision.
 #[test]
 fn bf16_inference_evaluates_like_f32_within_rounding() {
     let d = tempfile::tempdir().unwrap();
