@@ -169,16 +169,28 @@ pub fn first_gpu_kind() -> BackendKind {
 
 /// The burn device for a configured `device:` (see [`pbip_config::Device`] for the spellings).
 pub fn device_for(choice: pbip_config::Device) -> Result<Device, BackendError> {
+    let (kind, index) = kind_of(choice);
+    device(kind, index, &choice.to_string())
+}
+
+/// The backend (and GPU index) a `device:` choice runs on in this build.
+pub fn kind_of(choice: pbip_config::Device) -> (BackendKind, Option<usize>) {
     use pbip_config::Device as D;
-    let name = choice.to_string();
-    let (kind, index) = match choice {
+    match choice {
         D::Cpu => (BackendKind::Flex, None),
         D::TchCpu => (BackendKind::TchCpu, None),
         D::Cuda(i) => (BackendKind::Cuda, i),
         D::Wgpu(i) => (BackendKind::Wgpu, i),
         D::Gpu => (first_gpu_kind(), None),
-    };
-    device(kind, index, &name)
+    }
+}
+
+impl BackendKind {
+    /// Whether the backend computes in bf16 ([`crate::Precision::Bf16`]): flex (through f32
+    /// conversions), libtorch CPU and CUDA, CubeCL CUDA do; wgpu does not (WGSL has no bf16).
+    pub fn supports_bf16(self) -> bool {
+        !matches!(self, BackendKind::Wgpu)
+    }
 }
 
 /// Free and total memory of a GPU, in bytes.

@@ -412,7 +412,7 @@ pub mod checkpoints {
             cfg,
             cfg.inference.precision,
             "inference.precision",
-        ));
+        )?);
         let gate_threshold = gate_threshold(&meta).unwrap_or_else(|| {
             tracing::warn!(
                 "{} carries no gate_threshold; the deployable gate uses {DEFAULT_GATE_THRESHOLD}",

@@ -47,11 +47,27 @@ pub fn compute_device(cfg: &Config) -> Result<Device, PipelineError> {
 
 /// The model crate's compute precision for `training.precision` / `inference.precision`
 /// (`key`). bf16 on the CPU backend runs (flex converts bf16 products through f32) but is
-/// slower than f32 there: that is warned about, not refused.
-pub fn precision(cfg: &Config, p: pbip_config::Precision, key: &str) -> pbip_model::Precision {
-    match p {
+/// slower than f32 there: that is warned about, not refused. A backend without bf16 (wgpu) is
+/// an error naming the key.
+pub fn precision(
+    cfg: &Config,
+    p: pbip_config::Precision,
+    key: &'static str,
+) -> Result<pbip_model::Precision, PipelineError> {
+    Ok(match p {
         pbip_config::Precision::F32 => pbip_model::Precision::F32,
         pbip_config::Precision::Bf16 => {
+            let (kind, _) = pbip_model::backend::kind_of(cfg.device);
+            if !kind.supports_bf16() {
+                return Err(PipelineError::Data {
+                    stage: key,
+                    message: format!(
+                        "bf16 mixed precision is not available on device `{}` (wgpu has no \
+                         bf16); use device: cuda (a build with `tch`) or {key}: f32",
+                        cfg.device
+                    ),
+                });
+            }
             if cfg.device == pbip_config::Device::Cpu {
                 tracing::warn!(
                     "{key}: bf16 on device cpu is slower than f32 (the CPU backend has no bf16 \
@@ -61,7 +77,7 @@ pub fn precision(cfg: &Config, p: pbip_config::Precision, key: &str) -> pbip_mod
             tracing::info!("{key}: bf16 mixed precision of the MiT backbone");
             pbip_model::Precision::Bf16
         }
-    }
+    })
 }
 
 /// The model crate's pooling for a config pooling.
@@ -199,6 +215,35 @@ mod tests {
         assert_eq!(training_labels(&c, &[0, 1]), vec![0, 1]);
         let c = cfg("background_class: tumor\n");
         assert_eq!(training_labels(&c, &[1, 0]), vec![1, 1]);
+    }
+
+    #[test]
+    fn precision_maps_the_config_and_refuses_bf16_on_wgpu() {
+        let c = cfg("training: {precision: bf16}\n");
+        let p = |c: &Config, p| precision(c, p, "training.precision");
+        assert_eq!(
+            p(&c, c.training.precision).unwrap(),
+            pbip_model::Precision::Bf16
+        );
+        assert_eq!(
+            p(&c, c.inference.precision).unwrap(),
+            pbip_model::Precision::F32
+        );
+        let c = cfg("device: wgpu\ntraining: {precision: bf16}\n");
+        let e = p(&c, c.training.precision).unwrap_err().to_string();
+        assert!(
+            e.contains("training.precision") && e.contains("wgpu") && e.contains("f32"),
+            "{e}"
+        );
+        assert!(p(&c, pbip_config::Precision::F32).is_ok());
+        let bad = Config::from_yaml_str(
+            "paths: {split_csv: s.csv, labels_csv: l.csv, wsi_dir: w, coordinates_dir: c}\n\
+             training: {precision: fp16}\n",
+            std::path::Path::new("/tmp"),
+            "test",
+            &[],
+        );
+        assert!(bad.unwrap_err().to_string().contains("precision"));
     }
 
     #[test]

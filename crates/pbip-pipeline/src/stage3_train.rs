@@ -1490,7 +1490,7 @@ impl<'a> Trainer<'a> {
             cfg,
             t.precision,
             "training.precision",
-        ));
+        )?);
         let objective = Objective::new(cfg, lc, &device)?;
 
         // Sampler, schedule, loader.
