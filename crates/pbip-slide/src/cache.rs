@@ -8,19 +8,8 @@
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
 
-use crate::colour::ColourSpace;
-
-/// Cache key: a chunk of a level, decoded to a colour space. The same chunk decoded to RGB and
-/// to YCbCr are two entries: a read in one space never gets pixels of the other.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub(crate) struct TileKey {
-    /// Level index.
-    pub level: u32,
-    /// Chunk index within the level.
-    pub idx: u64,
-    /// Colour space of the decoded pixels.
-    pub space: ColourSpace,
-}
+/// Cache key: (level index, chunk index within the level).
+pub(crate) type TileKey = (u32, u64);
 
 const SHARDS: usize = 16;
 const MAX_FREE_PER_SHARD: usize = 4;
@@ -62,7 +51,7 @@ impl Lookup {
     }
 }
 
-/// Sharded LRU cache of decoded tiles (3 bytes per pixel, RGB or YCbCr as the key says).
+/// Sharded LRU cache of decoded tiles (RGB8 buffers).
 pub(crate) struct TileCache {
     shards: Vec<Mutex<Shard>>,
     budget_per_shard: usize,
@@ -84,9 +73,7 @@ impl TileCache {
 
     fn shard(&self, key: &TileKey) -> &Mutex<Shard> {
         // Neighbouring tiles land in different shards.
-        let space = u64::from(key.space == ColourSpace::YCbCr) << 55;
-        let h =
-            (key.idx ^ (u64::from(key.level) << 56) ^ space).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let h = (key.1 ^ (u64::from(key.0) << 56)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
         &self.shards[(h >> 59) as usize % SHARDS]
     }
 
@@ -182,63 +169,36 @@ impl TileCache {
 mod tests {
     use super::*;
 
-    fn key(level: u32, idx: u64) -> TileKey {
-        TileKey {
-            level,
-            idx,
-            space: ColourSpace::Rgb,
-        }
-    }
-
     #[test]
     fn lru_evicts_oldest_and_respects_budget() {
         let c = TileCache::new(SHARDS * 100);
         for i in 0..1000u64 {
-            c.insert(key(0, i), vec![1u8; 40], 4);
+            c.insert((0, i), vec![1u8; 40], 4);
         }
         // each shard holds at most 2 entries of 40 bytes (budget 100)
         assert!(c.len() <= SHARDS * 2, "{}", c.len());
-        assert!(c.get(&key(0, 999), 4).hit().is_some());
-        assert!(matches!(c.get(&key(0, 0), 1), Lookup::Miss));
+        assert!(c.get(&(0, 999), 4).hit().is_some());
+        assert!(matches!(c.get(&(0, 0), 1), Lookup::Miss));
     }
 
     #[test]
     fn partial_tiles_answer_only_reads_of_their_valid_rows() {
         let c = TileCache::new(SHARDS * 1000);
-        c.insert(key(1, 7), vec![1u8; 40], 2);
-        assert!(c.get(&key(1, 7), 1).hit().is_some());
-        assert!(c.get(&key(1, 7), 2).hit().is_some());
-        assert!(matches!(c.get(&key(1, 7), 3), Lookup::TooFewRows));
+        c.insert((1, 7), vec![1u8; 40], 2);
+        assert!(c.get(&(1, 7), 1).hit().is_some());
+        assert!(c.get(&(1, 7), 2).hit().is_some());
+        assert!(matches!(c.get(&(1, 7), 3), Lookup::TooFewRows));
         // The whole tile replaces the partial one.
-        c.insert(key(1, 7), vec![2u8; 40], 4);
-        assert_eq!(c.get(&key(1, 7), 4).hit().map(|t| t[0]), Some(2));
+        c.insert((1, 7), vec![2u8; 40], 4);
+        assert_eq!(c.get(&(1, 7), 4).hit().map(|t| t[0]), Some(2));
         assert_eq!(c.len(), 1);
-    }
-
-    #[test]
-    fn entries_of_different_colour_spaces_never_mix() {
-        let c = TileCache::new(SHARDS * 1000);
-        let rgb = key(2, 5);
-        let ycc = TileKey {
-            space: ColourSpace::YCbCr,
-            ..rgb
-        };
-        c.insert(rgb, vec![1u8; 40], 4);
-        assert!(matches!(c.get(&ycc, 1), Lookup::Miss));
-        c.insert(ycc, vec![2u8; 40], 2);
-        assert_eq!(c.get(&rgb, 4).hit().map(|t| t[0]), Some(1));
-        assert_eq!(c.get(&ycc, 2).hit().map(|t| t[0]), Some(2));
-        // A partial YCbCr entry does not make the whole RGB one partial, nor the reverse.
-        assert!(matches!(c.get(&ycc, 3), Lookup::TooFewRows));
-        assert!(c.get(&rgb, 3).hit().is_some());
-        assert_eq!(c.len(), 2);
     }
 
     #[test]
     fn disabled_cache_stores_nothing() {
         let c = TileCache::new(0);
-        c.insert(key(0, 1), vec![0u8; 10], 1);
-        assert!(matches!(c.get(&key(0, 1), 0), Lookup::Miss));
+        c.insert((0, 1), vec![0u8; 10], 1);
+        assert!(matches!(c.get(&(0, 1), 0), Lookup::Miss));
         assert_eq!(c.len(), 0);
     }
 }

@@ -1,4 +1,4 @@
-//! Decoding of one TIFF chunk (tile or strip) into RGB8 or YCbCr (see [`ColourSpace`]).
+//! Decoding of one TIFF chunk (tile or strip) into RGB8.
 
 use std::io::Read;
 use std::path::Path;
@@ -8,7 +8,6 @@ use zune_core::colorspace::ColorSpace;
 use zune_core::options::DecoderOptions;
 use zune_jpeg::JpegDecoder;
 
-use crate::colour::{ColourSpace, fill_px, in_space, rgb_to_ycbcr_in_place};
 use crate::error::{Result, fmt_err, unsup_err};
 
 /// TIFF compression codes this crate knows about.
@@ -136,14 +135,11 @@ pub(crate) struct ChunkDims {
     pub jpeg_max: (usize, usize),
 }
 
-/// Decode one compressed chunk of `dims.w` x `dims.h` pixels into `out` (`w*h*3` bytes of
-/// `space`); returns the number of rows from the top that are decoded (≥ `need_rows` and ≤ `h`).
+/// Decode one compressed chunk of `dims.w` x `dims.h` pixels into `out` (RGB8, `w*h*3` bytes);
+/// returns the number of rows from the top that are decoded (≥ `need_rows` and ≤ `h`).
 ///
 /// JPEG headers larger than `dims.jpeg_max` are corrupt and refused before anything is
 /// allocated. Pixels the chunk does not cover (a JPEG smaller than the chunk) are white.
-///
-/// In [`ColourSpace::YCbCr`], a YCbCr JPEG chunk is decoded without colour conversion; every
-/// other chunk is decoded to RGB (or grey) and converted.
 ///
 /// With `need_rows < h`, a baseline JPEG chunk is decoded down to the MCU row after the last
 /// needed one and stops there: only the rows returned are valid (each equal to the same row of
@@ -153,7 +149,6 @@ pub(crate) fn decode_chunk(
     fmt: &ChunkFormat,
     raw: &[u8],
     dims: ChunkDims,
-    space: ColourSpace,
     out: &mut [u8],
 ) -> Result<usize> {
     let ChunkDims { w, h, .. } = dims;
@@ -166,24 +161,8 @@ pub(crate) fn decode_chunk(
     if fmt.compression == comp::JPEG {
         // Photometric RGB: the JPEG components are already R,G,B -> no colour conversion.
         let stream = jpeg_stream(path, fmt.jpeg_tables.as_deref(), raw)?;
-        return decode_jpeg_chunk(path, stream, fmt.photometric == 2, dims, space, out);
+        return decode_jpeg_chunk(path, stream, fmt.photometric == 2, dims, out);
     }
-    decode_plain_chunk(path, fmt, raw, w, out)?;
-    if space == ColourSpace::YCbCr {
-        rgb_to_ycbcr_in_place(out);
-    }
-    Ok(h)
-}
-
-/// A chunk that is not JPEG, decoded into `out` (RGB8, `out.len() / 3` pixels, `w` per row).
-fn decode_plain_chunk(
-    path: &Path,
-    fmt: &ChunkFormat,
-    raw: &[u8],
-    w: usize,
-    out: &mut [u8],
-) -> Result<()> {
-    let npx = out.len() / 3;
     let spp = usize::from(fmt.samples_per_pixel);
     let expected = npx
         .checked_mul(spp)
@@ -193,7 +172,7 @@ fn decode_plain_chunk(
         if fmt.predictor == 2 {
             undo_predictor(out, w, spp);
         }
-        return Ok(());
+        return Ok(h);
     }
     let mut tmp = vec![0u8; expected];
     decompress(path, fmt.compression, raw, &mut tmp)?;
@@ -210,7 +189,7 @@ fn decode_plain_chunk(
             dst.copy_from_slice(&px[..3]);
         }
     }
-    Ok(())
+    Ok(h)
 }
 
 /// Undo TIFF horizontal differencing (predictor 2) for 8-bit samples.
@@ -426,7 +405,6 @@ fn decode_jpeg_chunk(
     mut stream: std::borrow::Cow<'_, [u8]>,
     components_are_rgb: bool,
     dims: ChunkDims,
-    space: ColourSpace,
     out: &mut [u8],
 ) -> Result<usize> {
     let ChunkDims {
@@ -456,28 +434,23 @@ fn decode_jpeg_chunk(
         components_are_rgb,
         jpeg_max,
         Some((w, h, &mut *out)),
-        space,
     )?;
-    let white = in_space([255; 3], space);
     match data {
         Some(data) => {
             if jw < w || jh < h {
-                fill_px(out, white);
+                out.fill(255);
             }
-            copy_into(&data, (jw, jh, comps), w, h, space, out);
+            copy_into_rgb(&data, jw, jh, comps, w, h, out);
         }
-        None if jh < h && !cut => fill_px(&mut out[jw * jh * 3..], white),
+        None if jh < h && !cut => out[jw * jh * 3..].fill(255),
         None => {}
     }
     Ok(valid_rows)
 }
 
-/// Decode a JPEG stream to `space` (three components) or grey (one). If `direct` (w, h, buffer
-/// of w x h pixels) is given and the JPEG is `w` wide, at most `h` tall and has three output
-/// components, decode straight into the first rows of the buffer and return `None` as data.
-///
-/// A YCbCr JPEG decoded to [`ColourSpace::YCbCr`] is not colour converted; RGB JPEGs (Adobe
-/// marker, or `components_are_rgb`) decoded to YCbCr are converted after decoding.
+/// Decode a JPEG stream to RGB (or gray). If `direct` (w, h, buffer of w x h RGB) is given and
+/// the JPEG is `w` wide, at most `h` tall and has three output components, decode straight into
+/// the first rows of the buffer and return `None` as data.
 ///
 /// The decoder runs in strict mode: truncated entropy data, stray markers and other
 /// non-conformance are errors (the lenient default would silently fill the rest of the image
@@ -488,7 +461,6 @@ pub(crate) fn decode_jpeg(
     components_are_rgb: bool,
     max: (usize, usize),
     direct: Option<(usize, usize, &mut [u8])>,
-    space: ColourSpace,
 ) -> Result<(usize, usize, usize, Option<Vec<u8>>)> {
     let opts = DecoderOptions::default()
         .set_max_width(max.0.clamp(1, 1 << 16))
@@ -498,14 +470,10 @@ pub(crate) fn decode_jpeg(
     dec.decode_headers()
         .map_err(|e| fmt_err(path, format!("corrupt JPEG data: {e:?}")))?;
     let input = dec.input_colorspace().unwrap_or(ColorSpace::YCbCr);
-    // The decoder's output colour space, and whether its three components are RGB where
-    // `space` wants YCbCr (converted below).
-    let (out_cs, convert) = match input {
-        ColorSpace::Luma => (ColorSpace::Luma, false),
-        // Identity (no conversion): the components are R, G, B.
-        ColorSpace::YCbCr if components_are_rgb => (ColorSpace::YCbCr, space == ColourSpace::YCbCr),
-        ColorSpace::YCbCr if space == ColourSpace::YCbCr => (ColorSpace::YCbCr, false),
-        ColorSpace::YCbCr | ColorSpace::RGB => (ColorSpace::RGB, space == ColourSpace::YCbCr),
+    let out_cs = match input {
+        ColorSpace::Luma => ColorSpace::Luma,
+        ColorSpace::YCbCr if components_are_rgb => ColorSpace::YCbCr, // identity: no conversion
+        ColorSpace::YCbCr | ColorSpace::RGB => ColorSpace::RGB,
         other => return Err(unsup_err(path, format!("JPEG colour space {other:?}"))),
     };
     dec.set_options(opts.jpeg_set_out_colorspace(out_cs));
@@ -531,28 +499,22 @@ pub(crate) fn decode_jpeg(
     {
         dec.decode_into(&mut buf[..need])
             .map_err(|e| fmt_err(path, format!("corrupt JPEG data: {e:?}")))?;
-        if convert {
-            rgb_to_ycbcr_in_place(&mut buf[..need]);
-        }
         return Ok((jw, jh, comps, None));
     }
     let mut v = vec![0u8; need];
     dec.decode_into(&mut v)
         .map_err(|e| fmt_err(path, format!("corrupt JPEG data: {e:?}")))?;
-    if convert && comps == 3 {
-        rgb_to_ycbcr_in_place(&mut v);
-    }
     Ok((jw, jh, comps, Some(v)))
 }
 
-/// Copy a decoded image of `(jw, jh, comps)` (width, height, components: three already in
-/// `space`, one grey) into a `w` x `h` buffer of `space`.
-pub(crate) fn copy_into(
+/// Copy a decoded `jw` x `jh` image with `comps` components into an RGB `w` x `h` buffer.
+pub(crate) fn copy_into_rgb(
     src: &[u8],
-    (jw, jh, comps): (usize, usize, usize),
+    jw: usize,
+    jh: usize,
+    comps: usize,
     w: usize,
     h: usize,
-    space: ColourSpace,
     out: &mut [u8],
 ) {
     let cw = jw.min(w);
@@ -565,8 +527,6 @@ pub(crate) fn copy_into(
             for (d, s) in drow.chunks_exact_mut(3).zip(srow.chunks_exact(comps)) {
                 if comps >= 3 {
                     d.copy_from_slice(&s[..3]);
-                } else if space == ColourSpace::YCbCr {
-                    d.copy_from_slice(&[s[0], 128, 128]);
                 } else {
                     d.fill(s[0]);
                 }
@@ -643,104 +603,23 @@ mod tests {
                 "{sampling:?}: SOF0 not found"
             );
             let f = fmt(photometric);
-            for space in [ColourSpace::Rgb, ColourSpace::YCbCr] {
-                let mut full = vec![0u8; w * h * 3];
-                let rows = decode_chunk(path, &f, &j, dims(w, h, h), space, &mut full)
-                    .expect("full decode");
-                assert_eq!(rows, h);
-                for need in 1..h {
-                    let mut part = vec![7u8; w * h * 3];
-                    let rows = decode_chunk(path, &f, &j, dims(w, h, need), space, &mut part)
-                        .expect("partial decode");
-                    assert!(
-                        (need..=h).contains(&rows),
-                        "{sampling:?}: {rows} rows for {need}"
-                    );
-                    assert_eq!(
-                        part[..rows * w * 3],
-                        full[..rows * w * 3],
-                        "{sampling:?} {space:?}: rows 0..{rows} (for {need}) differ"
-                    );
-                }
+            let mut full = vec![0u8; w * h * 3];
+            let rows = decode_chunk(path, &f, &j, dims(w, h, h), &mut full).expect("full decode");
+            assert_eq!(rows, h);
+            for need in 1..h {
+                let mut part = vec![7u8; w * h * 3];
+                let rows = decode_chunk(path, &f, &j, dims(w, h, need), &mut part)
+                    .expect("partial decode");
+                assert!(
+                    (need..=h).contains(&rows),
+                    "{sampling:?}: {rows} rows for {need}"
+                );
+                assert_eq!(
+                    part[..rows * w * 3],
+                    full[..rows * w * 3],
+                    "{sampling:?}: rows 0..{rows} (for {need}) differ"
+                );
             }
-        }
-    }
-
-    #[test]
-    fn ycbcr_decode_equals_rgb_decode_after_conversion() {
-        let path = Path::new("test.jpg");
-        let (w, h) = (96usize, 80usize);
-        for (sampling, rgb, photometric) in [
-            (jpeg_encoder::SamplingFactor::F_2_2, false, 6),
-            (jpeg_encoder::SamplingFactor::F_2_1, false, 6),
-            (jpeg_encoder::SamplingFactor::F_1_1, false, 6),
-            (jpeg_encoder::SamplingFactor::F_1_1, true, 2),
-        ] {
-            let (j, _) = jpeg(w as u16, h as u16, sampling, rgb);
-            let f = fmt(photometric);
-            let mut rgb_px = vec![0u8; w * h * 3];
-            let mut ycc = vec![0u8; w * h * 3];
-            decode_chunk(path, &f, &j, dims(w, h, h), ColourSpace::Rgb, &mut rgb_px).unwrap();
-            decode_chunk(path, &f, &j, dims(w, h, h), ColourSpace::YCbCr, &mut ycc).unwrap();
-            if photometric == 2 {
-                // RGB components: the YCbCr read is the conversion of the RGB one, exactly.
-                let mut want = rgb_px.clone();
-                rgb_to_ycbcr_in_place(&mut want);
-                assert_eq!(ycc, want, "{sampling:?}");
-                continue;
-            }
-            assert_ne!(
-                ycc, rgb_px,
-                "{sampling:?}: no colour conversion was skipped"
-            );
-            let mut back = ycc.clone();
-            crate::colour::ycbcr_to_rgb_in_place(&mut back);
-            let worst = back
-                .iter()
-                .zip(&rgb_px)
-                .map(|(a, b)| (i32::from(*a) - i32::from(*b)).abs())
-                .max()
-                .unwrap_or(0);
-            assert!(worst <= 2, "{sampling:?}: worst difference {worst}");
-        }
-    }
-
-    #[test]
-    fn plain_chunks_decode_to_ycbcr_by_conversion() {
-        let path = Path::new("t.tif");
-        let (w, h) = (5usize, 3usize);
-        let px: Vec<u8> = (0..w * h * 3).map(|i| (i * 37 % 256) as u8).collect();
-        let f = ChunkFormat {
-            compression: comp::NONE,
-            photometric: 2,
-            ..fmt(2)
-        };
-        let mut ycc = vec![0u8; w * h * 3];
-        let rows = decode_chunk(path, &f, &px, dims(w, h, h), ColourSpace::YCbCr, &mut ycc);
-        assert_eq!(rows.unwrap(), h);
-        let mut want = px.clone();
-        rgb_to_ycbcr_in_place(&mut want);
-        assert_eq!(ycc, want);
-    }
-
-    #[test]
-    fn grey_jpeg_decodes_to_ycbcr_with_neutral_chroma() {
-        let path = Path::new("test.jpg");
-        let (w, h) = (24u16, 16u16);
-        let grey: Vec<u8> = (0..usize::from(w) * usize::from(h))
-            .map(|i| (i * 5 % 256) as u8)
-            .collect();
-        let mut j = Vec::new();
-        jpeg_encoder::Encoder::new(&mut j, 90)
-            .encode(&grey, w, h, jpeg_encoder::ColorType::Luma)
-            .unwrap();
-        let n = usize::from(w) * usize::from(h);
-        let (mut rgb_px, mut ycc) = (vec![0u8; n * 3], vec![0u8; n * 3]);
-        let d = dims(usize::from(w), usize::from(h), usize::from(h));
-        decode_chunk(path, &fmt(1), &j, d, ColourSpace::Rgb, &mut rgb_px).unwrap();
-        decode_chunk(path, &fmt(1), &j, d, ColourSpace::YCbCr, &mut ycc).unwrap();
-        for (r, y) in rgb_px.chunks_exact(3).zip(ycc.chunks_exact(3)) {
-            assert_eq!(y, [r[0], 128, 128]);
         }
     }
 
@@ -756,13 +635,11 @@ mod tests {
         );
         let cut = &j[..j.len() * 2 / 3];
         let mut out = vec![0u8; w * h * 3];
-        for space in [ColourSpace::Rgb, ColourSpace::YCbCr] {
-            assert!(decode_chunk(path, &fmt(6), cut, dims(w, h, h), space, &mut out).is_err());
-            // The cut lies in the lower third of the image: rows it still covers decode, rows
-            // it does not are an error.
-            assert!(decode_chunk(path, &fmt(6), cut, dims(w, h, 8), space, &mut out).is_ok());
-            assert!(decode_chunk(path, &fmt(6), cut, dims(w, h, h - 1), space, &mut out).is_err());
-        }
+        assert!(decode_chunk(path, &fmt(6), cut, dims(w, h, h), &mut out).is_err());
+        // The cut lies in the lower third of the image: rows it still covers decode, rows it
+        // does not are an error.
+        assert!(decode_chunk(path, &fmt(6), cut, dims(w, h, 8), &mut out).is_ok());
+        assert!(decode_chunk(path, &fmt(6), cut, dims(w, h, h - 1), &mut out).is_err());
     }
 
     #[test]
@@ -770,15 +647,7 @@ mod tests {
         let path = Path::new("test.jpg");
         let (j, _) = jpeg(96, 80, jpeg_encoder::SamplingFactor::F_2_2, false);
         let mut out = vec![0u8; 64 * 64 * 3];
-        let e = decode_chunk(
-            path,
-            &fmt(6),
-            &j,
-            dims(64, 64, 64),
-            ColourSpace::Rgb,
-            &mut out,
-        )
-        .expect_err("too large");
+        let e = decode_chunk(path, &fmt(6), &j, dims(64, 64, 64), &mut out).expect_err("too large");
         assert!(e.to_string().contains("test.jpg"), "{e}");
     }
 

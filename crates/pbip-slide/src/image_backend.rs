@@ -4,8 +4,7 @@ use std::fs::File;
 use std::io::BufReader;
 use std::path::Path;
 
-use crate::colour::ColourSpace;
-use crate::decode::{copy_into, decode_jpeg};
+use crate::decode::{copy_into_rgb, decode_jpeg};
 use crate::error::{Result, fmt_err, io_err};
 use crate::{MAX_DECODE_BYTES, RgbImage};
 
@@ -61,17 +60,10 @@ pub(crate) fn read_png(path: &Path) -> Result<RgbImage> {
 /// Decode a JPEG file to RGB8.
 pub(crate) fn read_jpeg(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    let (w, h, comps, data) = decode_jpeg(
-        path,
-        &bytes,
-        false,
-        (1 << 16, 1 << 16),
-        None,
-        ColourSpace::Rgb,
-    )?;
+    let (w, h, comps, data) = decode_jpeg(path, &bytes, false, (1 << 16, 1 << 16), None)?;
     let data = data.ok_or_else(|| fmt_err(path, "internal: JPEG decode returned no data"))?;
     let mut out = vec![0u8; w * h * 3];
-    copy_into(&data, (w, h, comps), w, h, ColourSpace::Rgb, &mut out);
+    copy_into_rgb(&data, w, h, comps, w, h, &mut out);
     Ok(RgbImage {
         width: w as u32,
         height: h as u32,

@@ -25,7 +25,6 @@
 //! `Slide` is `Send + Sync`: open it once and share it (`&Slide` or `Arc<Slide>`) between threads.
 
 mod cache;
-mod colour;
 mod decode;
 mod error;
 mod image_backend;
@@ -41,9 +40,6 @@ use std::path::{Path, PathBuf};
 use rayon::prelude::*;
 use serde::Serialize;
 
-pub use colour::{
-    ColourSpace, rgb_to_ycbcr_in_place, rgb_to_ycbcr_px, ycbcr_to_rgb_in_place, ycbcr_to_rgb_px,
-};
 pub use error::{Result, SlideError};
 pub use openslide::{openslide_available, openslide_load_error, openslide_version};
 pub use resize::resize_rgb;
@@ -758,32 +754,6 @@ impl Slide {
         h: u32,
         buf: &mut [u8],
     ) -> Result<()> {
-        self.read_region_in_space(x_lv0, y_lv0, level, (w, h), ColourSpace::Rgb, buf)
-    }
-
-    /// The colour space in which reads of `level` are cheapest: [`ColourSpace::YCbCr`] where
-    /// the pure-Rust backend decodes YCbCr JPEG tiles (a YCbCr read skips their colour
-    /// conversion), else [`ColourSpace::Rgb`].
-    pub fn native_colour_space(&self, level: usize) -> ColourSpace {
-        match &self.inner {
-            Inner::Tiff(t) if t.ycbcr_native(level) => ColourSpace::YCbCr,
-            _ => ColourSpace::Rgb,
-        }
-    }
-
-    /// [`Slide::read_region_into`] with the pixels in `space`: in [`ColourSpace::YCbCr`] the
-    /// JFIF YCbCr of the RGB read (within rounding: YCbCr JPEG tiles are decoded without
-    /// conversion, everything else is read as RGB and converted, background included). For
-    /// consumers that encode JPEG; decoded tiles of the two spaces are cached separately.
-    pub fn read_region_in_space(
-        &self,
-        x_lv0: i64,
-        y_lv0: i64,
-        level: usize,
-        (w, h): (u32, u32),
-        space: ColourSpace,
-        buf: &mut [u8],
-    ) -> Result<()> {
         self.check_level(level)?;
         let n = self.region_bytes(w, h)?;
         if buf.len() != n {
@@ -804,25 +774,18 @@ impl Slide {
                     w,
                     h,
                 };
-                o.read_region(&r, self.background, buf)?;
-                if space == ColourSpace::YCbCr {
-                    rgb_to_ycbcr_in_place(buf);
-                }
-                Ok(())
+                o.read_region(&r, self.background, buf)
             }
             Inner::Tiff(t) => {
-                colour::fill_px(buf, colour::in_space(self.background, space));
+                fill(buf, self.background);
                 let ds = self.downsamples[level];
                 let lx = (x_lv0 as f64 / ds).floor() as i64;
                 let ly = (y_lv0 as f64 / ds).floor() as i64;
-                t.read_level_region(level, (lx, ly), (w, h), space, buf)
+                t.read_level_region(level, lx, ly, w, h, buf)
             }
             Inner::Image { img, .. } => {
-                colour::fill_px(buf, self.background);
+                fill(buf, self.background);
                 copy_region(img, x_lv0, y_lv0, w, h, buf);
-                if space == ColourSpace::YCbCr {
-                    rgb_to_ycbcr_in_place(buf);
-                }
                 Ok(())
             }
         }
@@ -890,6 +853,16 @@ impl Slide {
 
 thread_local! {
     static PATCH_TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
+}
+
+fn fill(buf: &mut [u8], rgb: [u8; 3]) {
+    if rgb[0] == rgb[1] && rgb[1] == rgb[2] {
+        buf.fill(rgb[0]);
+    } else {
+        for p in buf.chunks_exact_mut(3) {
+            p.copy_from_slice(&rgb);
+        }
+    }
 }
 
 fn copy_region(img: &RgbImage, x: i64, y: i64, w: u32, h: u32, buf: &mut [u8]) {

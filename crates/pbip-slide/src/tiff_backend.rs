@@ -14,8 +14,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use tiff::decoder::{Decoder, Limits, ifd::Value};
 use tiff::tags::{IfdPointer, Tag};
 
-use crate::cache::{Lookup, TileCache, TileKey};
-use crate::colour::ColourSpace;
+use crate::cache::{Lookup, TileCache};
 use crate::decode::{ChunkDims, ChunkFormat, comp, compression_name, decode_chunk};
 use crate::error::{Result, fmt_err, io_err, unsup_err};
 use crate::{MAX_DECODE_BYTES, RgbImage};
@@ -562,14 +561,6 @@ impl TiffSlide {
         })
     }
 
-    /// Whether the chunks of `level` are YCbCr JPEGs: decoding them to YCbCr skips the colour
-    /// conversion that decoding them to RGB does.
-    pub(crate) fn ycbcr_native(&self, level: usize) -> bool {
-        self.levels
-            .get(level)
-            .is_some_and(|l| l.fmt.compression == comp::JPEG && l.fmt.photometric == 6)
-    }
-
     /// Compression name of a level.
     pub(crate) fn compression(&self, level: usize) -> Option<String> {
         self.levels
@@ -603,8 +594,7 @@ impl TiffSlide {
             .map_err(|e| io_err(&self.path, e))
     }
 
-    /// Decode one chunk of an image (no cache) to `space`, with the number of rows decoded from
-    /// its top.
+    /// Decode one chunk of an image (no cache), with the number of rows decoded from its top.
     ///
     /// Only rows `0..need_rows` of the chunk are guaranteed (see [`decode_chunk`]); pass
     /// `u64::MAX` for the whole chunk.
@@ -614,7 +604,7 @@ impl TiffSlide {
         idx: u64,
         what: &str,
         out: Vec<u8>,
-        (need_rows, space): (u64, ColourSpace),
+        need_rows: u64,
     ) -> Result<Option<(Vec<u8>, u64)>> {
         let i = idx as usize;
         let (off, cnt) = (img.offsets[i], img.counts[i]);
@@ -643,7 +633,7 @@ impl TiffSlide {
                 need_rows: need_rows.min(rows) as usize,
                 jpeg_max: (img.chunk_w as usize, img.chunk_h as usize),
             };
-            decode_chunk(&self.path, &img.fmt, &raw, dims, space, &mut out)
+            decode_chunk(&self.path, &img.fmt, &raw, dims, &mut out)
                 .map_err(|e| annotate(e, &format!("{what} chunk {idx}")))
         })?;
         self.decoded.fetch_add(1, Ordering::Relaxed);
@@ -663,12 +653,12 @@ impl TiffSlide {
     /// twice).
     fn chunk(
         &self,
-        key: TileKey,
+        level: usize,
+        idx: u64,
         need_rows: u64,
         sparse: bool,
     ) -> Result<Option<(Arc<Vec<u8>>, bool)>> {
-        let level = key.level as usize;
-        let idx = key.idx;
+        let key = (level as u32, idx);
         let img = &self.levels[level];
         let rows = img.chunk_rows(idx);
         let seen = match self.cache.get(&key, need_rows.min(rows)) {
@@ -684,21 +674,20 @@ impl TiffSlide {
         } else {
             u64::MAX
         };
-        let what = format!("level {level}");
-        match self.decode_image_chunk(img, idx, &what, buf, (decode_rows, key.space))? {
+        match self.decode_image_chunk(img, idx, &format!("level {level}"), buf, decode_rows)? {
             None => Ok(None),
             Some((v, valid)) => Ok(Some((self.cache.insert(key, v, valid), seen))),
         }
     }
 
-    /// Read a `w` x `h` region at `level` whose top-left corner is (lx, ly) in level
-    /// coordinates into `buf` (pixels of `space`), already filled with background.
+    /// Read a region at `level` (level coordinates lx, ly) into `buf`, already filled with background.
     pub(crate) fn read_level_region(
         &self,
         level: usize,
-        (lx, ly): (i64, i64),
-        (w, h): (u32, u32),
-        space: ColourSpace,
+        lx: i64,
+        ly: i64,
+        w: u32,
+        h: u32,
         buf: &mut [u8],
     ) -> Result<()> {
         let img = &self.levels[level];
@@ -713,29 +702,15 @@ impl TiffSlide {
         let (cw, ch) = (img.chunk_w as i64, img.chunk_h as i64);
         let out_stride = w as usize * 3;
         if !img.tiled && img.fmt.compression == comp::NONE && img.fmt.predictor == 1 {
-            self.read_raw_strips(img, lx, ly, (x0, y0, x1, y1), w, buf)?;
-            if space == ColourSpace::YCbCr {
-                // Only the pixels read: the rest is background, already in `space`.
-                for y in y0..y1 {
-                    let dst = (y - ly) as usize * out_stride + ((x0 - lx) * 3) as usize;
-                    crate::colour::rgb_to_ycbcr_in_place(
-                        &mut buf[dst..dst + (x1 - x0) as usize * 3],
-                    );
-                }
-            }
-            return Ok(());
+            return self.read_raw_strips(img, lx, ly, (x0, y0, x1, y1), w, buf);
         }
         let mut sparse = true;
         for ty in (y0 / ch)..=((y1 - 1) / ch) {
             for tx in (x0 / cw)..=((x1 - 1) / cw) {
-                let key = TileKey {
-                    level: level as u32,
-                    idx: (ty as u64) * img.across + tx as u64,
-                    space,
-                };
-                let idx = key.idx;
+                let idx = (ty as u64) * img.across + tx as u64;
                 let (tx0, ty0) = (tx * cw, ty * ch);
-                let Some((tile, cached)) = self.chunk(key, (y1 - ty0) as u64, sparse)? else {
+                let Some((tile, cached)) = self.chunk(level, idx, (y1 - ty0) as u64, sparse)?
+                else {
                     continue;
                 };
                 sparse &= !cached;
@@ -836,7 +811,7 @@ impl TiffSlide {
                 idx,
                 &format!("associated image {name}"),
                 Vec::new(),
-                (u64::MAX, ColourSpace::Rgb),
+                u64::MAX,
             )?
             else {
                 continue;

@@ -6,15 +6,12 @@
 //! `cargo run --release -p pbip-view --example view_tile_bench -- SLIDE [N] [QUALITY] [CACHE_MIB]`
 //!
 //! With `SWEEP=1` in the environment, the tiles are instead those of `bench/deepzoom_py.py`'s
-//! panning sweep at the highest level (1920 x 1080 views, row by row; N is ignored). With
-//! `RGB=1`, tiles are read and encoded in RGB even where the slide's native colour space is
-//! YCbCr (the path before YCbCr reads, for A/B comparisons).
+//! panning sweep at the highest level (1920 x 1080 views, row by row; N is ignored).
 
 use std::time::{Duration, Instant};
 
-use pbip_slide::ColourSpace;
 use pbip_slide::{OpenOptions, Slide};
-use pbip_view::dz::{DeepZoom, TileAddr};
+use pbip_view::dz::DeepZoom;
 use pbip_view::render;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -60,21 +57,13 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         (0..n).map(|_| (next(cols), next(rows))).collect()
     };
     let n = tiles.len();
-    let space = std::env::var("RGB")
-        .is_ok_and(|v| v == "1")
-        .then_some(ColourSpace::Rgb);
     let (mut read, mut encode) = (Duration::ZERO, Duration::ZERO);
     let mut bytes = 0usize;
     for &(c, r) in &tiles {
         let t0 = Instant::now();
-        let at = TileAddr {
-            level: top,
-            col: c,
-            row: r,
-        };
-        let px = render::slide_tile_in(&slide, &dz, at, space)?;
+        let img = render::slide_tile(&slide, &dz, top, c, r)?;
         let t1 = Instant::now();
-        bytes += render::encode_jpeg_pixels(&px, quality)?.len();
+        bytes += render::encode_jpeg(&img, quality)?.len();
         encode += t1.elapsed();
         read += t1 - t0;
     }

@@ -1,6 +1,6 @@
-//! Tile rendering: slide tiles (RGB or YCbCr → JPEG), indexed overlay tiles (PNG), error tiles.
+//! Tile rendering: slide tiles (RGB → JPEG), indexed overlay tiles (PNG), error tiles.
 
-use pbip_slide::{ColourSpace, RgbImage, Slide, resize_rgb};
+use pbip_slide::{RgbImage, Slide, resize_rgb};
 
 use crate::dz::{DeepZoom, TileAddr, TileRect};
 use crate::error::{Result, ViewError};
@@ -26,19 +26,6 @@ pub fn lv0_for_level_px(px: u64, ds: f64) -> i64 {
     x
 }
 
-/// The pixels of a slide tile: 3 bytes per pixel of `space`, row-major.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TilePixels {
-    /// Width, px.
-    pub width: u32,
-    /// Height, px.
-    pub height: u32,
-    /// Colour space of `data`.
-    pub space: ColourSpace,
-    /// `width * height * 3` bytes.
-    pub data: Vec<u8>,
-}
-
 /// The RGB pixels of DeepZoom tile (`col`, `row`) of `level` of `slide`.
 ///
 /// As OpenSlide's `DeepZoomGenerator`: the slide level read is the one whose downsample is the
@@ -52,29 +39,6 @@ pub fn slide_tile(
     col: u64,
     row: u64,
 ) -> Result<RgbImage> {
-    let t = slide_tile_in(
-        slide,
-        dz,
-        TileAddr { level, col, row },
-        Some(ColourSpace::Rgb),
-    )?;
-    Ok(RgbImage {
-        width: t.width,
-        height: t.height,
-        data: t.data,
-    })
-}
-
-/// [`slide_tile`] in `space`, or (None) in the slide level's native colour space
-/// ([`Slide::native_colour_space`]: YCbCr for YCbCr JPEG tiles, which are then decoded without
-/// colour conversion). Resizing works on either space alike (a linear filter per channel).
-pub fn slide_tile_in(
-    slide: &Slide,
-    dz: &DeepZoom,
-    at: TileAddr,
-    space: Option<ColourSpace>,
-) -> Result<TilePixels> {
-    let TileAddr { level, col, row } = at;
     let rect = dz
         .tile_rect(level, col, row)
         .ok_or_else(|| ViewError::Invalid(format!("no tile {col}_{row} at level {level}")))?;
@@ -99,82 +63,43 @@ pub fn slide_tile_in(
             slide.path().display()
         )));
     }
-    let space = space.unwrap_or_else(|| slide.native_colour_space(s));
-    let mut img = vec![0u8; rw as usize * rh as usize * 3];
-    slide.read_region_in_space(
+    let img = slide.read_region(
         lv0_for_level_px(px, ds),
         lv0_for_level_px(py, ds),
         s,
-        (rw, rh),
-        space,
-        &mut img,
+        rw,
+        rh,
     )?;
-    let (width, height) = (rect.width_px, rect.height_px);
-    if (rw, rh) == (width, height) {
-        return Ok(TilePixels {
-            width,
-            height,
-            space,
-            data: img,
-        });
+    if (rw, rh) == (rect.width_px, rect.height_px) {
+        return Ok(img);
     }
-    let mut data = vec![0u8; width as usize * height as usize * 3];
+    let mut data = vec![0u8; rect.width_px as usize * rect.height_px as usize * 3];
     resize_rgb(
-        &img,
+        &img.data,
         rw as usize,
         rh as usize,
         &mut data,
-        width as usize,
-        height as usize,
+        rect.width_px as usize,
+        rect.height_px as usize,
     );
-    Ok(TilePixels {
-        width,
-        height,
-        space,
+    Ok(RgbImage {
+        width: rect.width_px,
+        height: rect.height_px,
         data,
     })
 }
 
-/// The JPEG of DeepZoom tile `at` of `slide` (see [`slide_tile_in`]), read and encoded in the
-/// slide level's native colour space.
-pub fn slide_tile_jpeg(slide: &Slide, dz: &DeepZoom, at: TileAddr, quality: u8) -> Result<Vec<u8>> {
-    encode_jpeg_pixels(&slide_tile_in(slide, dz, at, None)?, quality)
-}
-
 /// Baseline JPEG (4:2:0) of an RGB image.
 pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
-    encode_jpeg_raw(
-        &img.data,
-        (img.width, img.height),
-        ColourSpace::Rgb,
-        quality,
-    )
-}
-
-/// Baseline JPEG (4:2:0) of tile pixels; YCbCr pixels are encoded without colour conversion
-/// (the JPEG is the same kind as that of their RGB: JFIF, YCbCr components).
-pub fn encode_jpeg_pixels(px: &TilePixels, quality: u8) -> Result<Vec<u8>> {
-    encode_jpeg_raw(&px.data, (px.width, px.height), px.space, quality)
-}
-
-fn encode_jpeg_raw(
-    data: &[u8],
-    (width, height): (u32, u32),
-    space: ColourSpace,
-    quality: u8,
-) -> Result<Vec<u8>> {
     let (w, h) = (
-        u16::try_from(width).map_err(|_| ViewError::Encode("tile too wide for JPEG".into()))?,
-        u16::try_from(height).map_err(|_| ViewError::Encode("tile too tall for JPEG".into()))?,
+        u16::try_from(img.width).map_err(|_| ViewError::Encode("tile too wide for JPEG".into()))?,
+        u16::try_from(img.height)
+            .map_err(|_| ViewError::Encode("tile too tall for JPEG".into()))?,
     );
-    let colour = match space {
-        ColourSpace::Rgb => jpeg_encoder::ColorType::Rgb,
-        ColourSpace::YCbCr => jpeg_encoder::ColorType::Ycbcr,
-    };
-    let mut out = Vec::with_capacity(data.len() / 8);
+    let mut out = Vec::with_capacity(img.data.len() / 8);
     let mut enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
     enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
-    enc.encode(data, w, h, colour)
+    enc.encode(&img.data, w, h, jpeg_encoder::ColorType::Rgb)
         .map_err(|e| ViewError::Encode(e.to_string()))?;
     Ok(out)
 }
