@@ -843,8 +843,7 @@ async fn slide_tile(
         "image/jpeg",
         move |st| {
             let h = st.handles(i)?;
-            let img = render::slide_tile(&h.slide, &dz, level, col, row)?;
-            render::encode_jpeg(&img, q)
+            render::slide_tile_jpeg(&h.slide, &dz, TileAddr { level, col, row }, q)
         },
         move || {
             let r = dz2
