@@ -1,7 +1,5 @@
 //! Tile rendering: slide tiles (RGB → JPEG), indexed overlay tiles (PNG), error tiles.
 
-use std::cell::RefCell;
-
 use pbip_slide::{RgbImage, Slide, resize_rgb};
 
 use crate::dz::{DeepZoom, TileAddr, TileRect};
@@ -41,83 +39,6 @@ pub fn slide_tile(
     col: u64,
     row: u64,
 ) -> Result<RgbImage> {
-    let r = tile_read(slide, dz, TileAddr { level, col, row })?;
-    let img = slide.read_region(r.x_lv0, r.y_lv0, r.level, r.w, r.h)?;
-    if (r.w, r.h) == (r.tile_w, r.tile_h) {
-        return Ok(img);
-    }
-    let mut data = vec![0u8; r.tile_w as usize * r.tile_h as usize * 3];
-    resize_rgb(
-        &img.data,
-        r.w as usize,
-        r.h as usize,
-        &mut data,
-        r.tile_w as usize,
-        r.tile_h as usize,
-    );
-    Ok(RgbImage {
-        width: r.tile_w,
-        height: r.tile_h,
-        data,
-    })
-}
-
-/// The JPEG (see [`encode_jpeg`]) of [`slide_tile`]: the same bytes, read and resized in
-/// buffers kept per thread (no fresh region buffer to allocate and zero per tile).
-pub fn slide_tile_jpeg(slide: &Slide, dz: &DeepZoom, at: TileAddr, quality: u8) -> Result<Vec<u8>> {
-    let r = tile_read(slide, dz, at)?;
-    TILE_BUFFERS.with(|b| {
-        let mut b = b.borrow_mut();
-        let (region, resized) = &mut *b;
-        // Every byte is written by the read (background included): no zeroing needed.
-        region.resize(r.w as usize * r.h as usize * 3, 0);
-        slide.read_region_into(r.x_lv0, r.y_lv0, r.level, r.w, r.h, region)?;
-        let out = if (r.w, r.h) == (r.tile_w, r.tile_h) {
-            encode_jpeg_rgb(region, r.w, r.h, quality)
-        } else {
-            resized.resize(r.tile_w as usize * r.tile_h as usize * 3, 0);
-            resize_rgb(
-                region,
-                r.w as usize,
-                r.h as usize,
-                resized,
-                r.tile_w as usize,
-                r.tile_h as usize,
-            );
-            encode_jpeg_rgb(resized, r.tile_w, r.tile_h, quality)
-        };
-        // Do not keep the buffers of an unusually large read for the life of the thread.
-        for v in [region, resized] {
-            if v.capacity() > KEEP_TILE_BUFFER_BYTES {
-                *v = Vec::new();
-            }
-        }
-        out
-    })
-}
-
-/// Per-thread buffers of [`slide_tile_jpeg`] larger than this are freed after use.
-const KEEP_TILE_BUFFER_BYTES: usize = 4 << 20;
-
-thread_local! {
-    /// The region read and the resized tile of [`slide_tile_jpeg`].
-    static TILE_BUFFERS: RefCell<(Vec<u8>, Vec<u8>)> = const { RefCell::new((Vec::new(), Vec::new())) };
-}
-
-/// The slide read of one DeepZoom tile: `w` x `h` px of slide level `level` at level-0
-/// (`x_lv0`, `y_lv0`), resized to `tile_w` x `tile_h` when that differs.
-struct TileRead {
-    level: usize,
-    x_lv0: i64,
-    y_lv0: i64,
-    w: u32,
-    h: u32,
-    tile_w: u32,
-    tile_h: u32,
-}
-
-fn tile_read(slide: &Slide, dz: &DeepZoom, at: TileAddr) -> Result<TileRead> {
-    let TileAddr { level, col, row } = at;
     let rect = dz
         .tile_rect(level, col, row)
         .ok_or_else(|| ViewError::Invalid(format!("no tile {col}_{row} at level {level}")))?;
@@ -142,32 +63,43 @@ fn tile_read(slide: &Slide, dz: &DeepZoom, at: TileAddr) -> Result<TileRead> {
             slide.path().display()
         )));
     }
-    Ok(TileRead {
-        level: s,
-        x_lv0: lv0_for_level_px(px, ds),
-        y_lv0: lv0_for_level_px(py, ds),
-        w: rw,
-        h: rh,
-        tile_w: rect.width_px,
-        tile_h: rect.height_px,
+    let img = slide.read_region(
+        lv0_for_level_px(px, ds),
+        lv0_for_level_px(py, ds),
+        s,
+        rw,
+        rh,
+    )?;
+    if (rw, rh) == (rect.width_px, rect.height_px) {
+        return Ok(img);
+    }
+    let mut data = vec![0u8; rect.width_px as usize * rect.height_px as usize * 3];
+    resize_rgb(
+        &img.data,
+        rw as usize,
+        rh as usize,
+        &mut data,
+        rect.width_px as usize,
+        rect.height_px as usize,
+    );
+    Ok(RgbImage {
+        width: rect.width_px,
+        height: rect.height_px,
+        data,
     })
 }
 
 /// Baseline JPEG (4:2:0) of an RGB image.
 pub fn encode_jpeg(img: &RgbImage, quality: u8) -> Result<Vec<u8>> {
-    encode_jpeg_rgb(&img.data, img.width, img.height, quality)
-}
-
-/// [`encode_jpeg`] of `width` x `height` RGB pixels.
-fn encode_jpeg_rgb(rgb: &[u8], width: u32, height: u32, quality: u8) -> Result<Vec<u8>> {
     let (w, h) = (
-        u16::try_from(width).map_err(|_| ViewError::Encode("tile too wide for JPEG".into()))?,
-        u16::try_from(height).map_err(|_| ViewError::Encode("tile too tall for JPEG".into()))?,
+        u16::try_from(img.width).map_err(|_| ViewError::Encode("tile too wide for JPEG".into()))?,
+        u16::try_from(img.height)
+            .map_err(|_| ViewError::Encode("tile too tall for JPEG".into()))?,
     );
-    let mut out = Vec::with_capacity(rgb.len() / 8);
+    let mut out = Vec::with_capacity(img.data.len() / 8);
     let mut enc = jpeg_encoder::Encoder::new(&mut out, quality.clamp(1, 100));
     enc.set_sampling_factor(jpeg_encoder::SamplingFactor::F_2_2);
-    enc.encode(rgb, w, h, jpeg_encoder::ColorType::Rgb)
+    enc.encode(&img.data, w, h, jpeg_encoder::ColorType::Rgb)
         .map_err(|e| ViewError::Encode(e.to_string()))?;
     Ok(out)
 }
@@ -360,49 +292,6 @@ mod tests {
                     .unwrap();
                 assert!(one == t, "level {level} tile {c}_{r}");
             }
-        }
-    }
-
-    #[test]
-    fn tile_jpeg_is_the_jpeg_of_the_tile_with_reused_buffers() {
-        let d = tempfile::tempdir().unwrap();
-        let p = d.path().join("s.tif");
-        let (w, h) = (1100u32, 900u32);
-        let px: Vec<u8> = (0..h)
-            .flat_map(|y| {
-                (0..w).flat_map(move |x| {
-                    [
-                        (x % 251) as u8,
-                        (y % 241) as u8,
-                        ((x * 7 + y * 3) % 256) as u8,
-                    ]
-                })
-            })
-            .collect();
-        let opts = pbip_pyramid::PyramidOptions::rgb_jpeg(Some(0.5));
-        pbip_pyramid::write_pyramid_from_image(&p, w, h, &px, &opts).unwrap();
-        // A background other than white: the reused buffers must not keep old pixels where
-        // the slide ends (edge tiles) either.
-        let o = pbip_slide::OpenOptions {
-            background_rgb: [10, 200, 30],
-            ..pbip_slide::OpenOptions::default()
-        };
-        let s = Slide::open(&p, &o).unwrap();
-        let dz = DeepZoom::new(u64::from(w), u64::from(h), 254, 1).unwrap();
-        let top = dz.level_count() - 1;
-        // Full-size, edge (smaller) and resized tiles, one after the other on this thread.
-        for (level, col, row) in [
-            (top, 1, 1),
-            (top, 4, 3),
-            (top, 0, 0),
-            (top - 1, 2, 1),
-            (top, 2, 2),
-            (top - 3, 0, 0),
-            (top, 3, 1),
-        ] {
-            let want = encode_jpeg(&slide_tile(&s, &dz, level, col, row).unwrap(), 75).unwrap();
-            let got = slide_tile_jpeg(&s, &dz, TileAddr { level, col, row }, 75).unwrap();
-            assert!(got == want, "level {level} tile {col}_{row}");
         }
     }
 

@@ -843,7 +843,8 @@ async fn slide_tile(
         "image/jpeg",
         move |st| {
             let h = st.handles(i)?;
-            render::slide_tile_jpeg(&h.slide, &dz, TileAddr { level, col, row }, q)
+            let img = render::slide_tile(&h.slide, &dz, level, col, row)?;
+            render::encode_jpeg(&img, q)
         },
         move || {
             let r = dz2
