@@ -777,11 +777,10 @@ impl Slide {
                 o.read_region(&r, self.background, buf)
             }
             Inner::Tiff(t) => {
-                fill(buf, self.background);
                 let ds = self.downsamples[level];
                 let lx = (x_lv0 as f64 / ds).floor() as i64;
                 let ly = (y_lv0 as f64 / ds).floor() as i64;
-                t.read_level_region(level, lx, ly, w, h, buf)
+                t.read_level_region(level, (lx, ly), (w, h), self.background, buf)
             }
             Inner::Image { img, .. } => {
                 fill(buf, self.background);
@@ -851,11 +850,8 @@ impl Slide {
     }
 }
 
-thread_local! {
-    static PATCH_TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
-}
-
-fn fill(buf: &mut [u8], rgb: [u8; 3]) {
+/// Fill interleaved RGB pixels with one colour.
+pub(crate) fn fill(buf: &mut [u8], rgb: [u8; 3]) {
     if rgb[0] == rgb[1] && rgb[1] == rgb[2] {
         buf.fill(rgb[0]);
     } else {
@@ -863,6 +859,10 @@ fn fill(buf: &mut [u8], rgb: [u8; 3]) {
             p.copy_from_slice(&rgb);
         }
     }
+}
+
+thread_local! {
+    static PATCH_TMP: RefCell<Vec<u8>> = const { RefCell::new(Vec::new()) };
 }
 
 fn copy_region(img: &RgbImage, x: i64, y: i64, w: u32, h: u32, buf: &mut [u8]) {

@@ -17,7 +17,7 @@ use tiff::tags::{IfdPointer, Tag};
 use crate::cache::{Lookup, TileCache};
 use crate::decode::{ChunkDims, ChunkFormat, comp, compression_name, decode_chunk};
 use crate::error::{Result, fmt_err, io_err, unsup_err};
-use crate::{MAX_DECODE_BYTES, RgbImage};
+use crate::{MAX_DECODE_BYTES, RgbImage, fill};
 
 const MAX_IFDS: usize = 4096;
 
@@ -587,7 +587,7 @@ impl TiffSlide {
                 format!("{what}: {len} bytes of compressed data is too large"),
             ));
         }
-        buf.clear();
+        // No clear(): the read overwrites every byte, so only a grown tail is zeroed.
         buf.resize(len as usize, 0);
         self.file
             .read_exact_at(buf, offset)
@@ -680,14 +680,15 @@ impl TiffSlide {
         }
     }
 
-    /// Read a region at `level` (level coordinates lx, ly) into `buf`, already filled with background.
+    /// Read a `w` x `h` region at `level` whose top-left corner is (lx, ly) in level
+    /// coordinates into `buf`; pixels no chunk covers (outside the level, chunks without data)
+    /// are `background`.
     pub(crate) fn read_level_region(
         &self,
         level: usize,
-        lx: i64,
-        ly: i64,
-        w: u32,
-        h: u32,
+        (lx, ly): (i64, i64),
+        (w, h): (u32, u32),
+        background: [u8; 3],
         buf: &mut [u8],
     ) -> Result<()> {
         let img = &self.levels[level];
@@ -696,12 +697,22 @@ impl TiffSlide {
         let y0 = ly.max(0);
         let x1 = lx.saturating_add(i64::from(w)).min(lw);
         let y1 = ly.saturating_add(i64::from(h)).min(lh);
+        let (cw, ch) = (img.chunk_w as i64, img.chunk_h as i64);
+        let out_stride = w as usize * 3;
+        let raw_strips = !img.tiled && img.fmt.compression == comp::NONE && img.fmt.predictor == 1;
+        // A region inside the level is covered by its chunks' pixels: only the parts of
+        // chunks without data need the background (filled below), not the whole buffer first.
+        let inside = lx >= 0
+            && ly >= 0
+            && lx.saturating_add(i64::from(w)) <= lw
+            && ly.saturating_add(i64::from(h)) <= lh;
+        if !inside || raw_strips {
+            fill(buf, background);
+        }
         if x0 >= x1 || y0 >= y1 {
             return Ok(());
         }
-        let (cw, ch) = (img.chunk_w as i64, img.chunk_h as i64);
-        let out_stride = w as usize * 3;
-        if !img.tiled && img.fmt.compression == comp::NONE && img.fmt.predictor == 1 {
+        if raw_strips {
             return self.read_raw_strips(img, lx, ly, (x0, y0, x1, y1), w, buf);
         }
         let mut sparse = true;
@@ -709,17 +720,23 @@ impl TiffSlide {
             for tx in (x0 / cw)..=((x1 - 1) / cw) {
                 let idx = (ty as u64) * img.across + tx as u64;
                 let (tx0, ty0) = (tx * cw, ty * ch);
-                let Some((tile, cached)) = self.chunk(level, idx, (y1 - ty0) as u64, sparse)?
-                else {
-                    continue;
-                };
-                sparse &= !cached;
                 let rows = img.chunk_rows(idx) as i64;
                 let cx0 = x0.max(tx0);
                 let cx1 = x1.min(tx0 + cw);
                 let cy0 = y0.max(ty0);
                 let cy1 = y1.min(ty0 + rows);
                 let n = ((cx1 - cx0) * 3) as usize;
+                let Some((tile, cached)) = self.chunk(level, idx, (y1 - ty0) as u64, sparse)?
+                else {
+                    if inside {
+                        for y in cy0..cy1 {
+                            let dst = (y - ly) as usize * out_stride + ((cx0 - lx) * 3) as usize;
+                            fill(&mut buf[dst..dst + n], background);
+                        }
+                    }
+                    continue;
+                };
+                sparse &= !cached;
                 for y in cy0..cy1 {
                     let src = (((y - ty0) * cw + (cx0 - tx0)) * 3) as usize;
                     let dst = (y - ly) as usize * out_stride + ((cx0 - lx) * 3) as usize;

@@ -452,3 +452,47 @@ fn vendor_tiff_variants_are_left_to_openslide() {
         }
     }
 }
+
+/// A tile without data (byte count 0) reads as the background colour, also inside the level
+/// (where the other tiles cover every pixel and the buffer is not filled first) and into a
+/// buffer that holds other pixels before the read.
+#[test]
+fn tile_without_data_is_background_inside_the_level() {
+    let b = small_tiff(Comp::JpegYcbcrTables);
+    let (_, _, count, field) = common::ifd0_entry(&b, 325).expect("TileByteCounts");
+    assert_eq!(count, 6, "3 x 2 tiles of 32 px");
+    let mut c = b.clone();
+    // Tile 1: x 32..64, y 0..32.
+    let at = field as usize + 4;
+    c[at..at + 4].copy_from_slice(&0u32.to_le_bytes());
+    let dir = tempfile::tempdir().unwrap();
+    let (orig, holed) = (dir.path().join("orig.tif"), dir.path().join("holed.tif"));
+    std::fs::write(&orig, &b).unwrap();
+    std::fs::write(&holed, &c).unwrap();
+    let bg = [1u8, 2, 3];
+    let opts = OpenOptions {
+        background_rgb: bg,
+        ..rust()
+    };
+    let want = Slide::open(&orig, &opts).unwrap();
+    let s = Slide::open(&holed, &opts).unwrap();
+    // Inside the level, crossing tiles 0, 1 and 2 and both rows of tiles.
+    let (x, y, w, h) = (20i64, 10i64, 60u32, 40u32);
+    let mut got = vec![77u8; w as usize * h as usize * 3];
+    s.read_region_into(x, y, 0, w, h, &mut got).unwrap();
+    let full = want.read_region(x, y, 0, w, h).unwrap();
+    for yy in 0..h as i64 {
+        for xx in 0..w as i64 {
+            let (lx, ly) = (x + xx, y + yy);
+            let i = ((yy * i64::from(w) + xx) * 3) as usize;
+            let px = &got[i..i + 3];
+            if (32..64).contains(&lx) && ly < 32 {
+                assert_eq!(px, bg, "({lx}, {ly}) lies in the tile without data");
+            } else {
+                assert_eq!(px, &full.data[i..i + 3], "({lx}, {ly}) differs");
+            }
+        }
+    }
+    // The same read into a fresh buffer.
+    assert_eq!(s.read_region(x, y, 0, w, h).unwrap().data, got);
+}
