@@ -237,6 +237,30 @@ fn parity_forward_eval_and_losses_with_upstream_fixture() {
     );
 }
 
+/// `model`'s forward pass on the fixture's input and the full objective through the frozen
+/// vision tower of `vis_map` (the `.vision.pth` state dict) on `device`.
+fn forward_and_loss(
+    fx: &Fixture,
+    model: &ClassNet,
+    vis_map: &TensorMap,
+    device: &Device,
+) -> (pbip_model::ClassNetOutput, pbip_model::LossOutput) {
+    let cfg = config(fx);
+    let loss_cfg = LossConfig::from_json(&fx.meta["loss"]).expect("loss JSON");
+    let swin_cfg = pbip_encoder::SwinConfig::from_json(&fx.meta["swin"]).expect("swin JSON");
+    let prefix = pbip_encoder::MedClipVision::detect_prefix(vis_map).expect("vision tower names");
+    let tower = pbip_encoder::MedClipVision::from_tensor_map(vis_map, prefix, &swin_cfg, device)
+        .expect("load vision .pth")
+        .frozen();
+    let images: Tensor<4> = tensor(&fx.map["input.image"], device);
+    let labels: Tensor<2> = tensor(&fx.map["input.label"], device);
+    let out = model.forward(images.clone());
+    let enc = |x: Tensor<4>| tower.forward(x);
+    let loss =
+        pbip_model::pbip_loss(&out, images, labels, &cfg.k_list, &loss_cfg, &enc).expect("loss");
+    (out, loss)
+}
+
 /// The full objective through the (frozen, differentiable) vision tower and its gradients, with
 /// every weight read from the two PyTorch pickles (`<stem>.classnet.pth` = `{"model": state_dict}`,
 /// `<stem>.vision.pth` = the tower's state dict): `loss.*`, `out.fg_features`, `out.bg_features`
@@ -245,8 +269,6 @@ fn parity_forward_eval_and_losses_with_upstream_fixture() {
 fn parity_loss_and_gradients_from_pth_files() {
     let fx = read_fixture();
     let cfg = config(&fx);
-    let loss_cfg = LossConfig::from_json(&fx.meta["loss"]).expect("loss JSON");
-    let swin_cfg = pbip_encoder::SwinConfig::from_json(&fx.meta["swin"]).expect("swin JSON");
     let cls_pth = fixture_file("classnet.pth");
     let vis_pth = fixture_file("vision.pth");
     let cls_map = pbip_weights::read_pth(&cls_pth).unwrap_or_else(|e| panic!("{e}"));
@@ -266,16 +288,7 @@ fn parity_loss_and_gradients_from_pth_files() {
     let device = test_device().autodiff();
     let model = ClassNet::load_upstream_file(&cls_pth, &cfg, &fx.map["prototypes"], &device)
         .expect("load .pth");
-    let prefix = pbip_encoder::MedClipVision::detect_prefix(&vis_map).expect("vision tower names");
-    let tower = pbip_encoder::MedClipVision::from_tensor_map(&vis_map, prefix, &swin_cfg, &device)
-        .expect("load vision .pth")
-        .frozen();
-    let images: Tensor<4> = tensor(&fx.map["input.image"], &device);
-    let labels: Tensor<2> = tensor(&fx.map["input.label"], &device);
-    let out = model.forward(images.clone());
-    let enc = |x: Tensor<4>| tower.forward(x);
-    let loss =
-        pbip_model::pbip_loss(&out, images, labels, &cfg.k_list, &loss_cfg, &enc).expect("loss");
+    let (_, loss) = forward_and_loss(&fx, &model, &vis_map, &device);
 
     let mut failures = Vec::new();
     check(
@@ -380,8 +393,6 @@ fn parity_loss_and_gradients_from_pth_files() {
 fn parity_bf16_autocast_within_bf16_tolerance_of_upstream_f32() {
     let fx = read_fixture();
     let cfg = config(&fx);
-    let loss_cfg = LossConfig::from_json(&fx.meta["loss"]).expect("loss JSON");
-    let swin_cfg = pbip_encoder::SwinConfig::from_json(&fx.meta["swin"]).expect("swin JSON");
     let device = test_device().autodiff();
     let mut model =
         ClassNet::load_upstream(&model_weights(&fx), &cfg, &fx.map["prototypes"], &device)
@@ -389,16 +400,7 @@ fn parity_bf16_autocast_within_bf16_tolerance_of_upstream_f32() {
     model.set_precision(pbip_model::Precision::Bf16);
     let vis_map =
         pbip_weights::read_pth(&fixture_file("vision.pth")).unwrap_or_else(|e| panic!("{e}"));
-    let prefix = pbip_encoder::MedClipVision::detect_prefix(&vis_map).expect("vision tower names");
-    let tower = pbip_encoder::MedClipVision::from_tensor_map(&vis_map, prefix, &swin_cfg, &device)
-        .expect("load vision .pth")
-        .frozen();
-    let images: Tensor<4> = tensor(&fx.map["input.image"], &device);
-    let labels: Tensor<2> = tensor(&fx.map["input.label"], &device);
-    let out = model.forward(images.clone());
-    let enc = |x: Tensor<4>| tower.forward(x);
-    let loss =
-        pbip_model::pbip_loss(&out, images, labels, &cfg.k_list, &loss_cfg, &enc).expect("loss");
+    let (out, loss) = forward_and_loss(&fx, &model, &vis_map, &device);
 
     let mut failures = Vec::new();
     let cam4 = host(out.cam[3].clone());

@@ -265,6 +265,29 @@ fn bad_inputs_are_clear_errors_or_recorded_per_slide() {
     assert_eq!(csv.lines().count(), 1 + test.len());
 }
 
+/// Stage 4 of `ckpt` on the test split with `edit` applied to `base`, into `<dir>/results-<name>`:
+/// that folder and its metrics.json.
+fn evaluate_with(
+    dir: &Path,
+    base: &Config,
+    ckpt: &Path,
+    name: &str,
+    edit: impl FnOnce(&mut Config),
+) -> (std::path::PathBuf, serde_json::Value) {
+    let mut cfg = base.clone();
+    edit(&mut cfg);
+    let out_dir = dir.join(format!("results-{name}"));
+    let eo = EvaluateOptions {
+        weights: ckpt.to_path_buf(),
+        split: Split::Test,
+        output_dir: Some(out_dir.clone()),
+    };
+    s4::run(&cfg, &eo, &RunOptions::default()).unwrap();
+    let m = serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
+        .unwrap();
+    (out_dir, m)
+}
+
 /// `inference.batch_size: auto` runs stage 4 end to end; on the CPU it means 32 patches per pass:
 /// the same confusion matrix and metrics as a run with `batch_size: 32`.
 #[test]
@@ -275,18 +298,9 @@ fn batch_size_auto_on_the_cpu_evaluates_like_a_fixed_batch() {
     checkpoint(&base, &ckpt, 0.5);
     let mut results = Vec::new();
     for batch in ["auto", "32"] {
-        let mut cfg = base.clone();
-        cfg.inference.batch_size = serde_yaml::from_str(batch).unwrap();
-        let out_dir = d.path().join(format!("results-{batch}"));
-        let eo = EvaluateOptions {
-            weights: ckpt.clone(),
-            split: Split::Test,
-            output_dir: Some(out_dir.clone()),
-        };
-        s4::run(&cfg, &eo, &RunOptions::default()).unwrap();
-        let m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
-                .unwrap();
+        let (out_dir, m) = evaluate_with(d.path(), &base, &ckpt, batch, |cfg| {
+            cfg.inference.batch_size = serde_yaml::from_str(batch).unwrap();
+        });
         results.push((
             read_cm(&out_dir.join("confusion_matrix.csv")),
             m["deployable"]["miou"].clone(),
@@ -307,18 +321,9 @@ fn bf16_inference_evaluates_like_f32_within_rounding() {
     checkpoint(&base, &ckpt, 0.5);
     let mut runs = Vec::new();
     for precision in ["f32", "bf16"] {
-        let mut cfg = base.clone();
-        cfg.inference.precision = serde_yaml::from_str(precision).unwrap();
-        let out_dir = d.path().join(format!("results-{precision}"));
-        let eo = EvaluateOptions {
-            weights: ckpt.clone(),
-            split: Split::Test,
-            output_dir: Some(out_dir.clone()),
-        };
-        s4::run(&cfg, &eo, &RunOptions::default()).unwrap();
-        let m: serde_json::Value =
-            serde_json::from_str(&std::fs::read_to_string(out_dir.join("metrics.json")).unwrap())
-                .unwrap();
+        let (out_dir, m) = evaluate_with(d.path(), &base, &ckpt, precision, |cfg| {
+            cfg.inference.precision = serde_yaml::from_str(precision).unwrap();
+        });
         assert_eq!(m["precision"], precision);
         let cm = read_cm(&out_dir.join("confusion_matrix.csv"));
         let pixels: u64 = cm.1.iter().flatten().sum();
