@@ -273,8 +273,7 @@ impl MixFfn {
         let dtype = x.dtype();
         let [b, n, c_in] = x.dims();
         // Linear weights are stored [d_in, d_out].
-        let w1 = amp::cast(self.fc1.weight.val(), dtype);
-        let hidden = w1.dims()[1];
+        let hidden = self.fc1.weight.dims()[1];
         if n < hidden {
             let t = amp::linear(&self.fc1, x.reshape([b * n, c_in]))
                 .reshape([b, n, hidden])
@@ -289,6 +288,7 @@ impl MixFfn {
             let c = y.dims()[1];
             return amp::leave(y.reshape([b, n, c]));
         }
+        let w1 = amp::cast(self.fc1.weight.val(), dtype);
         let mut t = w1.transpose().unsqueeze::<3>().matmul(x.swap_dims(1, 2));
         if let Some(bias) = &self.fc1.bias {
             t = t + amp::cast(bias.val(), dtype).reshape([1, hidden, 1]);

@@ -68,10 +68,10 @@ pub fn precision(
                     ),
                 });
             }
-            if cfg.device == pbip_config::Device::Cpu {
+            if kind == pbip_model::backend::BackendKind::Flex {
                 tracing::warn!(
-                    "{key}: bf16 on device cpu is slower than f32 (the CPU backend has no bf16 \
-                     kernels); mixed precision is meant for GPUs (device: cuda)"
+                    "{key}: bf16 on device cpu is slower than f32 (the CPU backend computes bf16 \
+                     through f32 conversions); mixed precision is meant for GPUs (device: cuda)"
                 );
             }
             tracing::info!("{key}: bf16 mixed precision of the MiT backbone");
