@@ -1,12 +1,14 @@
 //! Decoded-tile cache: a sharded LRU with a byte budget, shared by all threads of one slide.
 //!
 //! Entries are `Arc<Vec<u8>>` so readers copy pixels out without holding a lock. An entry may hold
-//! only the top rows of its tile (a partial JPEG decode): it records how many rows are valid and
-//! answers only reads that need no more. Evicted buffers that nobody else holds are kept in a
+//! only part of its tile (a partial JPEG decode): it records which pixels are valid and answers
+//! only reads that need no others. Evicted buffers that nobody else holds are kept in a
 //! small per-shard free list and reused by the next decode.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::{Arc, Mutex};
+
+use crate::decode::Window;
 
 /// Cache key: (level index, chunk index within the level).
 pub(crate) type TileKey = (u32, u64);
@@ -16,8 +18,8 @@ const MAX_FREE_PER_SHARD: usize = 4;
 
 struct Entry {
     data: Arc<Vec<u8>>,
-    /// Rows valid from the top of the tile.
-    rows: u64,
+    /// The pixels of the tile that are valid.
+    valid: Window,
     stamp: u64,
 }
 
@@ -32,10 +34,10 @@ struct Shard {
 
 /// What the cache holds for a tile.
 pub(crate) enum Lookup {
-    /// The tile, with the rows asked for.
+    /// The tile, with the pixels asked for.
     Hit(Arc<Vec<u8>>),
-    /// The top rows of the tile, fewer than asked for.
-    TooFewRows,
+    /// Part of the tile, without all the pixels asked for.
+    Partial,
     /// Nothing.
     Miss,
 }
@@ -83,8 +85,8 @@ impl TileCache {
         m.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Look a tile up whose top `need_rows` rows are valid, marking it most recently used.
-    pub(crate) fn get(&self, key: &TileKey, need_rows: u64) -> Lookup {
+    /// Look a tile up whose pixels `need` are valid, marking it most recently used.
+    pub(crate) fn get(&self, key: &TileKey, need: &Window) -> Lookup {
         if !self.enabled() {
             return Lookup::Miss;
         }
@@ -93,7 +95,7 @@ impl TileCache {
         let now = s.clock;
         let old = match s.map.get_mut(key) {
             None => return Lookup::Miss,
-            Some(e) if e.rows < need_rows => return Lookup::TooFewRows,
+            Some(e) if !e.valid.contains(need) => return Lookup::Partial,
             Some(e) => {
                 let old = e.stamp;
                 e.stamp = now;
@@ -119,21 +121,25 @@ impl TileCache {
         vec![0u8; len]
     }
 
-    /// Insert a decoded tile whose top `rows` rows are valid; returns the shared handle.
-    pub(crate) fn insert(&self, key: TileKey, data: Vec<u8>, rows: u64) -> Arc<Vec<u8>> {
+    /// Insert a decoded tile whose pixels `valid` are valid; returns the shared handle.
+    pub(crate) fn insert(&self, key: TileKey, data: Vec<u8>, valid: Window) -> Arc<Vec<u8>> {
         let data = Arc::new(data);
         let len = data.len();
         if !self.enabled() || len > self.budget_per_shard {
             return data;
         }
         let mut s = Self::lock(self.shard(&key));
+        // Another thread may have cached more of the tile meanwhile: keep that.
+        if s.map.get(&key).is_some_and(|e| e.valid.contains(&valid)) {
+            return data;
+        }
         s.clock += 1;
         let now = s.clock;
         if let Some(old) = s.map.insert(
             key,
             Entry {
                 data: Arc::clone(&data),
-                rows,
+                valid,
                 stamp: now,
             },
         ) {
@@ -169,36 +175,64 @@ impl TileCache {
 mod tests {
     use super::*;
 
+    /// Columns 0..4, rows 0..`rows`.
+    fn top(rows: usize) -> Window {
+        Window::full(4, rows)
+    }
+
     #[test]
     fn lru_evicts_oldest_and_respects_budget() {
         let c = TileCache::new(SHARDS * 100);
         for i in 0..1000u64 {
-            c.insert((0, i), vec![1u8; 40], 4);
+            c.insert((0, i), vec![1u8; 40], top(4));
         }
         // each shard holds at most 2 entries of 40 bytes (budget 100)
         assert!(c.len() <= SHARDS * 2, "{}", c.len());
-        assert!(c.get(&(0, 999), 4).hit().is_some());
-        assert!(matches!(c.get(&(0, 0), 1), Lookup::Miss));
+        assert!(c.get(&(0, 999), &top(4)).hit().is_some());
+        assert!(matches!(c.get(&(0, 0), &top(1)), Lookup::Miss));
     }
 
     #[test]
     fn partial_tiles_answer_only_reads_of_their_valid_rows() {
         let c = TileCache::new(SHARDS * 1000);
-        c.insert((1, 7), vec![1u8; 40], 2);
-        assert!(c.get(&(1, 7), 1).hit().is_some());
-        assert!(c.get(&(1, 7), 2).hit().is_some());
-        assert!(matches!(c.get(&(1, 7), 3), Lookup::TooFewRows));
+        c.insert((1, 7), vec![1u8; 40], top(2));
+        assert!(c.get(&(1, 7), &top(1)).hit().is_some());
+        assert!(c.get(&(1, 7), &top(2)).hit().is_some());
+        assert!(matches!(c.get(&(1, 7), &top(3)), Lookup::Partial));
         // The whole tile replaces the partial one.
-        c.insert((1, 7), vec![2u8; 40], 4);
-        assert_eq!(c.get(&(1, 7), 4).hit().map(|t| t[0]), Some(2));
+        c.insert((1, 7), vec![2u8; 40], top(4));
+        assert_eq!(c.get(&(1, 7), &top(4)).hit().map(|t| t[0]), Some(2));
         assert_eq!(c.len(), 1);
+    }
+
+    #[test]
+    fn partial_tiles_answer_only_reads_inside_their_window() {
+        let c = TileCache::new(SHARDS * 1000);
+        let w = |x0, y0, x1, y1| Window { x0, y0, x1, y1 };
+        c.insert((2, 3), vec![1u8; 48], w(1, 2, 3, 4));
+        assert!(c.get(&(2, 3), &w(1, 2, 3, 4)).hit().is_some());
+        assert!(c.get(&(2, 3), &w(2, 3, 3, 4)).hit().is_some());
+        for outside in [w(0, 2, 3, 4), w(1, 1, 3, 4), w(1, 2, 4, 4), w(1, 2, 3, 5)] {
+            assert!(
+                matches!(c.get(&(2, 3), &outside), Lookup::Partial),
+                "{outside:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn part_of_a_tile_does_not_replace_more_of_it() {
+        let c = TileCache::new(SHARDS * 1000);
+        c.insert((0, 5), vec![1u8; 40], top(4));
+        c.insert((0, 5), vec![2u8; 40], top(2));
+        assert_eq!(c.get(&(0, 5), &top(4)).hit().map(|t| t[0]), Some(1));
     }
 
     #[test]
     fn disabled_cache_stores_nothing() {
         let c = TileCache::new(0);
-        c.insert((0, 1), vec![0u8; 10], 1);
-        assert!(matches!(c.get(&(0, 1), 0), Lookup::Miss));
+        c.insert((0, 1), vec![0u8; 10], top(1));
+        assert!(matches!(c.get(&(0, 1), &top(0)), Lookup::Miss));
         assert_eq!(c.len(), 0);
     }
 }

@@ -122,35 +122,78 @@ impl ChunkFormat {
 }
 
 /// The size of one chunk and how much of it a decode must produce.
+/// A rectangle of pixels of a chunk: columns `x0..x1`, rows `y0..y1` (chunk coordinates).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Window {
+    pub x0: usize,
+    pub y0: usize,
+    pub x1: usize,
+    pub y1: usize,
+}
+
+impl Window {
+    /// The whole of a `w` x `h` chunk.
+    pub(crate) fn full(w: usize, h: usize) -> Self {
+        Self {
+            x0: 0,
+            y0: 0,
+            x1: w,
+            y1: h,
+        }
+    }
+
+    /// Whether every pixel of `other` lies in `self` (an empty `other` lies anywhere).
+    pub(crate) fn contains(&self, other: &Window) -> bool {
+        other.x0 >= other.x1
+            || other.y0 >= other.y1
+            || (other.x0 >= self.x0
+                && other.x1 <= self.x1
+                && other.y0 >= self.y0
+                && other.y1 <= self.y1)
+    }
+
+    /// `self` clipped to a `w` x `h` chunk.
+    fn clip(&self, w: usize, h: usize) -> Self {
+        Self {
+            x0: self.x0.min(w),
+            y0: self.y0.min(h),
+            x1: self.x1.min(w),
+            y1: self.y1.min(h),
+        }
+    }
+}
+
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChunkDims {
     /// Width, px.
     pub w: usize,
     /// Height, px (a last strip may have fewer rows than the others).
     pub h: usize,
-    /// Rows `0..need_rows` are needed (`h` or more: the whole chunk).
-    pub need_rows: usize,
+    /// The pixels needed ([`Window::full`]: the whole chunk).
+    pub need: Window,
     /// The largest JPEG the chunk may hold (the full tile/strip size; a last strip's JPEG may
     /// be taller than its `h` rows).
     pub jpeg_max: (usize, usize),
 }
 
 /// Decode one compressed chunk of `dims.w` x `dims.h` pixels into `out` (RGB8, `w*h*3` bytes);
-/// returns the number of rows from the top that are decoded (≥ `need_rows` and ≤ `h`).
+/// returns the pixels that are decoded (they contain `dims.need`, clipped to the chunk).
 ///
 /// JPEG headers larger than `dims.jpeg_max` are corrupt and refused before anything is
 /// allocated. Pixels the chunk does not cover (a JPEG smaller than the chunk) are white.
 ///
-/// With `need_rows < h`, a baseline JPEG chunk is decoded down to the MCU row after the last
-/// needed one and stops there: only the rows returned are valid (each equal to the same row of
-/// a whole decode), the later ones are unspecified. Other chunks are always decoded whole.
+/// With a `need` smaller than the chunk, a baseline JPEG chunk is decoded down to the MCU row
+/// after the last needed one and stops there, and of the rows before, only the needed pixels
+/// are transformed and colour-converted (every block is still entropy-decoded): only the
+/// pixels of the window returned are valid (each equal to the same pixel of a whole decode),
+/// the others are unspecified. Other chunks are always decoded whole.
 pub(crate) fn decode_chunk(
     path: &Path,
     fmt: &ChunkFormat,
     raw: &[u8],
     dims: ChunkDims,
     out: &mut [u8],
-) -> Result<usize> {
+) -> Result<Window> {
     let ChunkDims { w, h, .. } = dims;
     let npx = w
         .checked_mul(h)
@@ -172,7 +215,7 @@ pub(crate) fn decode_chunk(
         if fmt.predictor == 2 {
             undo_predictor(out, w, spp);
         }
-        return Ok(h);
+        return Ok(Window::full(w, h));
     }
     let mut tmp = vec![0u8; expected];
     decompress(path, fmt.compression, raw, &mut tmp)?;
@@ -189,7 +232,7 @@ pub(crate) fn decode_chunk(
             dst.copy_from_slice(&px[..3]);
         }
     }
-    Ok(h)
+    Ok(Window::full(w, h))
 }
 
 /// Undo TIFF horizontal differencing (predictor 2) for 8-bit samples.
@@ -406,13 +449,15 @@ fn decode_jpeg_chunk(
     components_are_rgb: bool,
     dims: ChunkDims,
     out: &mut [u8],
-) -> Result<usize> {
+) -> Result<Window> {
     let ChunkDims {
         w,
         h,
-        need_rows,
+        need,
         jpeg_max,
     } = dims;
+    let need = need.clip(w, h);
+    let need_rows = need.y1;
     // Partial decode: rewrite the frame height so that the decoder stops one MCU row below the
     // last needed row (the extra MCU row keeps chroma upsampling of the needed rows identical
     // to a full decode); the rest of the entropy-coded data is never touched.
@@ -428,12 +473,15 @@ fn decode_jpeg_chunk(
         }
     }
     let cut = valid_rows < h;
+    // Of the rows decoded, only the needed columns and rows are transformed (crop hint).
+    let crop = need != Window::full(w, h) && (need.x0 > 0 || need.x1 < w || need.y0 > 0);
     let (jw, jh, comps, data) = decode_jpeg(
         path,
         &stream,
         components_are_rgb,
         jpeg_max,
         Some((w, h, &mut *out)),
+        crop.then_some(need),
     )?;
     match data {
         Some(data) => {
@@ -445,12 +493,17 @@ fn decode_jpeg_chunk(
         None if jh < h && !cut => out[jw * jh * 3..].fill(255),
         None => {}
     }
-    Ok(valid_rows)
+    Ok(if crop {
+        need
+    } else {
+        Window::full(w, valid_rows)
+    })
 }
 
 /// Decode a JPEG stream to RGB (or gray). If `direct` (w, h, buffer of w x h RGB) is given and
 /// the JPEG is `w` wide, at most `h` tall and has three output components, decode straight into
-/// the first rows of the buffer and return `None` as data.
+/// the first rows of the buffer and return `None` as data. With a `crop` window, only its
+/// pixels are guaranteed (see [`JpegDecoder::set_crop_hint`]).
 ///
 /// The decoder runs in strict mode: truncated entropy data, stray markers and other
 /// non-conformance are errors (the lenient default would silently fill the rest of the image
@@ -461,6 +514,7 @@ pub(crate) fn decode_jpeg(
     components_are_rgb: bool,
     max: (usize, usize),
     direct: Option<(usize, usize, &mut [u8])>,
+    crop: Option<Window>,
 ) -> Result<(usize, usize, usize, Option<Vec<u8>>)> {
     let opts = DecoderOptions::default()
         .set_max_width(max.0.clamp(1, 1 << 16))
@@ -477,6 +531,9 @@ pub(crate) fn decode_jpeg(
         other => return Err(unsup_err(path, format!("JPEG colour space {other:?}"))),
     };
     dec.set_options(opts.jpeg_set_out_colorspace(out_cs));
+    if let Some(c) = crop {
+        dec.set_crop_hint(c.x0, c.y0, c.x1, c.y1);
+    }
     let (jw, jh) = dec
         .dimensions()
         .ok_or_else(|| fmt_err(path, "JPEG without dimensions"))?;
@@ -570,7 +627,7 @@ mod tests {
         ChunkDims {
             w,
             h,
-            need_rows,
+            need: Window::full(w, need_rows),
             jpeg_max: (w, h),
         }
     }
@@ -604,12 +661,14 @@ mod tests {
             );
             let f = fmt(photometric);
             let mut full = vec![0u8; w * h * 3];
-            let rows = decode_chunk(path, &f, &j, dims(w, h, h), &mut full).expect("full decode");
-            assert_eq!(rows, h);
+            let all = decode_chunk(path, &f, &j, dims(w, h, h), &mut full).expect("full decode");
+            assert_eq!(all, Window::full(w, h));
             for need in 1..h {
                 let mut part = vec![7u8; w * h * 3];
-                let rows = decode_chunk(path, &f, &j, dims(w, h, need), &mut part)
+                let valid = decode_chunk(path, &f, &j, dims(w, h, need), &mut part)
                     .expect("partial decode");
+                assert_eq!((valid.x0, valid.y0, valid.x1), (0, 0, w));
+                let rows = valid.y1;
                 assert!(
                     (need..=h).contains(&rows),
                     "{sampling:?}: {rows} rows for {need}"
@@ -620,6 +679,70 @@ mod tests {
                     "{sampling:?}: rows 0..{rows} (for {need}) differ"
                 );
             }
+        }
+    }
+
+    #[test]
+    fn cropped_jpeg_decode_matches_full_decode_in_its_window() {
+        let path = Path::new("test.jpg");
+        let (w, h) = (200usize, 120usize);
+        for (sampling, rgb, photometric) in [
+            (jpeg_encoder::SamplingFactor::F_2_2, false, 6),
+            (jpeg_encoder::SamplingFactor::F_2_1, false, 6),
+            (jpeg_encoder::SamplingFactor::F_1_2, false, 6),
+            (jpeg_encoder::SamplingFactor::F_1_1, false, 6),
+            (jpeg_encoder::SamplingFactor::F_1_1, true, 2),
+        ] {
+            let (j, _) = jpeg(w as u16, h as u16, sampling, rgb);
+            let f = fmt(photometric);
+            let mut full = vec![0u8; w * h * 3];
+            decode_chunk(path, &f, &j, dims(w, h, h), &mut full).expect("full decode");
+            // Windows touching every edge, corners, thin strips, one pixel, MCU boundaries.
+            let mut windows = vec![
+                Window { x0: 0, y0: 0, x1: 1, y1: 1 },
+                Window { x0: w - 1, y0: h - 1, x1: w, y1: h },
+                Window { x0: 17, y0: 0, x1: w, y1: 3 },
+                Window { x0: 0, y0: 31, x1: 5, y1: h },
+                Window { x0: 16, y0: 16, x1: 32, y1: 32 },
+                Window { x0: 15, y0: 15, x1: 33, y1: 33 },
+                Window { x0: 100, y0: 60, x1: w, y1: h },
+                Window { x0: 0, y0: 60, x1: 100, y1: h },
+                Window { x0: 100, y0: 0, x1: w, y1: 60 },
+            ];
+            let mut s = 0x9E37_79B9u64;
+            for _ in 0..40 {
+                let mut r = |m: usize| {
+                    s = s.wrapping_mul(6_364_136_223_846_793_005).wrapping_add(1);
+                    ((s >> 33) as usize) % m
+                };
+                let (x0, y0) = (r(w), r(h));
+                let (x1, y1) = (x0 + 1 + r(w - x0), y0 + 1 + r(h - y0));
+                windows.push(Window { x0, y0, x1, y1 });
+            }
+            let mut untouched = 0;
+            for need in windows {
+                let mut part = vec![7u8; w * h * 3];
+                let d = ChunkDims {
+                    w,
+                    h,
+                    need,
+                    jpeg_max: (w, h),
+                };
+                let valid = decode_chunk(path, &f, &j, d, &mut part).expect("cropped decode");
+                assert!(valid.contains(&need), "{sampling:?}: {valid:?} for {need:?}");
+                for y in valid.y0..valid.y1 {
+                    let row = (y * w + valid.x0) * 3..(y * w + valid.x1) * 3;
+                    assert_eq!(
+                        part[row.clone()],
+                        full[row],
+                        "{sampling:?}: row {y} of {valid:?} (for {need:?}) differs"
+                    );
+                }
+                // The crop is applied: the top-left pixel lies outside most windows and is
+                // then not written at all.
+                untouched += usize::from(part[..3] == [7, 7, 7]);
+            }
+            assert!(untouched > 30, "{sampling:?}: crop not applied ({untouched})");
         }
     }
 

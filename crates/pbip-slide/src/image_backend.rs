@@ -60,7 +60,7 @@ pub(crate) fn read_png(path: &Path) -> Result<RgbImage> {
 /// Decode a JPEG file to RGB8.
 pub(crate) fn read_jpeg(path: &Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).map_err(|e| io_err(path, e))?;
-    let (w, h, comps, data) = decode_jpeg(path, &bytes, false, (1 << 16, 1 << 16), None)?;
+    let (w, h, comps, data) = decode_jpeg(path, &bytes, false, (1 << 16, 1 << 16), None, None)?;
     let data = data.ok_or_else(|| fmt_err(path, "internal: JPEG decode returned no data"))?;
     let mut out = vec![0u8; w * h * 3];
     copy_into_rgb(&data, w, h, comps, w, h, &mut out);

@@ -15,7 +15,7 @@ use tiff::decoder::{Decoder, Limits, ifd::Value};
 use tiff::tags::{IfdPointer, Tag};
 
 use crate::cache::{Lookup, TileCache};
-use crate::decode::{ChunkDims, ChunkFormat, comp, compression_name, decode_chunk};
+use crate::decode::{ChunkDims, ChunkFormat, Window, comp, compression_name, decode_chunk};
 use crate::error::{Result, fmt_err, io_err, unsup_err};
 use crate::{MAX_DECODE_BYTES, RgbImage, fill};
 
@@ -594,18 +594,18 @@ impl TiffSlide {
             .map_err(|e| io_err(&self.path, e))
     }
 
-    /// Decode one chunk of an image (no cache), with the number of rows decoded from its top.
+    /// Decode one chunk of an image (no cache), with the pixels decoded.
     ///
-    /// Only rows `0..need_rows` of the chunk are guaranteed (see [`decode_chunk`]); pass
-    /// `u64::MAX` for the whole chunk.
+    /// Only the pixels `need` of the chunk are guaranteed (see [`decode_chunk`]); `None` for the
+    /// whole chunk.
     fn decode_image_chunk(
         &self,
         img: &TiffImage,
         idx: u64,
         what: &str,
         out: Vec<u8>,
-        need_rows: u64,
-    ) -> Result<Option<(Vec<u8>, u64)>> {
+        need: Option<Window>,
+    ) -> Result<Option<(Vec<u8>, Window)>> {
         let i = idx as usize;
         let (off, cnt) = (img.offsets[i], img.counts[i]);
         if cnt == 0 {
@@ -624,57 +624,61 @@ impl TiffSlide {
         }
         let mut out = out;
         out.resize(bytes as usize, 0);
-        let valid = RAW.with(|raw| -> Result<usize> {
+        let valid = RAW.with(|raw| -> Result<Window> {
             let mut raw = raw.borrow_mut();
             self.read_raw(off, cnt, &format!("{what} chunk {idx}"), &mut raw)?;
+            let (w, h) = (img.chunk_w as usize, rows as usize);
             let dims = ChunkDims {
-                w: img.chunk_w as usize,
-                h: rows as usize,
-                need_rows: need_rows.min(rows) as usize,
+                w,
+                h,
+                need: need.unwrap_or(Window::full(w, h)),
                 jpeg_max: (img.chunk_w as usize, img.chunk_h as usize),
             };
             decode_chunk(&self.path, &img.fmt, &raw, dims, &mut out)
                 .map_err(|e| annotate(e, &format!("{what} chunk {idx}")))
         })?;
         self.decoded.fetch_add(1, Ordering::Relaxed);
-        Ok(Some((out, valid as u64)))
+        Ok(Some((out, valid)))
     }
 
-    /// A decoded chunk of a level whose rows `0..need_rows` are valid (later rows may not be),
-    /// and whether the cache held the chunk (all the rows needed, or fewer).
+    /// A decoded chunk of a level whose pixels `need` are valid (others may not be), and
+    /// whether the cache held the chunk (with all the pixels needed, or part of them).
     ///
-    /// Without a cache only the needed rows are decoded (JPEG). With one, the whole chunk is
-    /// decoded (later reads may need any of its rows), except for a `sparse` read (one that has
-    /// found none of its chunks in the cache so far, not even partly) that needs at most the top
-    /// half of the chunk: then only those rows are, and a later read of more rows decodes it
-    /// again, whole. Random reads, which cross into the next row of chunks by a few rows, so
-    /// skip most of those chunks' decoding; reads in grid order, which find the chunks above
-    /// them cached, decode each chunk once (a sweep that starts cold: the first row of chunks
-    /// twice).
+    /// Without a cache only the needed pixels are decoded (JPEG: rows below them are not
+    /// decoded at all, columns and rows above them only entropy-decoded). With one, the whole
+    /// chunk is decoded (later reads may need any of its pixels), except for a `sparse` read
+    /// (one that has found none of its chunks in the cache so far, not even partly) of a chunk
+    /// the cache does not hold at all: then only the needed pixels are, and a later read of
+    /// others decodes it again, whole. Random reads, which need a corner or an edge of most
+    /// chunks they touch, so skip most of those chunks' decoding; reads in grid order, which
+    /// find the chunks before them cached, decode each chunk once (a sweep that starts cold:
+    /// the chunks of its first read twice).
     fn chunk(
         &self,
         level: usize,
         idx: u64,
-        need_rows: u64,
+        need: Window,
         sparse: bool,
     ) -> Result<Option<(Arc<Vec<u8>>, bool)>> {
         let key = (level as u32, idx);
         let img = &self.levels[level];
         let rows = img.chunk_rows(idx);
-        let seen = match self.cache.get(&key, need_rows.min(rows)) {
+        let seen = match self.cache.get(&key, &need) {
             Lookup::Hit(tile) => return Ok(Some((tile, true))),
-            Lookup::TooFewRows => true,
+            Lookup::Partial => true,
             Lookup::Miss => false,
         };
         let buf = self
             .cache
             .take_buffer(&key, (img.chunk_w * rows * 3) as usize);
-        let decode_rows = if !self.cache.enabled() || (sparse && need_rows <= rows / 2) {
-            need_rows
-        } else {
-            u64::MAX
-        };
-        match self.decode_image_chunk(img, idx, &format!("level {level}"), buf, decode_rows)? {
+        let only_needed = !self.cache.enabled() || (sparse && !seen);
+        match self.decode_image_chunk(
+            img,
+            idx,
+            &format!("level {level}"),
+            buf,
+            only_needed.then_some(need),
+        )? {
             None => Ok(None),
             Some((v, valid)) => Ok(Some((self.cache.insert(key, v, valid), seen))),
         }
@@ -726,7 +730,13 @@ impl TiffSlide {
                 let cy0 = y0.max(ty0);
                 let cy1 = y1.min(ty0 + rows);
                 let n = ((cx1 - cx0) * 3) as usize;
-                let Some((tile, cached)) = self.chunk(level, idx, (y1 - ty0) as u64, sparse)?
+                let need = Window {
+                    x0: (cx0 - tx0) as usize,
+                    y0: (cy0 - ty0) as usize,
+                    x1: (cx1 - tx0) as usize,
+                    y1: (cy1 - ty0) as usize,
+                };
+                let Some((tile, cached)) = self.chunk(level, idx, need, sparse)?
                 else {
                     if inside {
                         for y in cy0..cy1 {
@@ -828,7 +838,7 @@ impl TiffSlide {
                 idx,
                 &format!("associated image {name}"),
                 Vec::new(),
-                u64::MAX,
+                None,
             )?
             else {
                 continue;

@@ -59,18 +59,30 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let n = tiles.len();
     let (mut read, mut encode) = (Duration::ZERO, Duration::ZERO);
     let mut bytes = 0usize;
+    // FNV-1a of every tile's JPEG and pixels: equal between two builds = the same tiles.
+    let mut hash = 0xcbf2_9ce4_8422_2325u64;
+    let mut fnv = |data: &[u8]| {
+        for &b in data {
+            hash = (hash ^ u64::from(b)).wrapping_mul(0x100_0000_01b3);
+        }
+    };
     for &(c, r) in &tiles {
         let t0 = Instant::now();
         let img = render::slide_tile(&slide, &dz, top, c, r)?;
         let t1 = Instant::now();
-        bytes += render::encode_jpeg(&img, quality)?.len();
+        let jpeg = render::encode_jpeg(&img, quality)?;
         encode += t1.elapsed();
         read += t1 - t0;
+        bytes += jpeg.len();
+        if std::env::var("HASH").is_ok_and(|v| v == "1") {
+            fnv(&img.data);
+            fnv(&jpeg);
+        }
     }
     let ms = |d: Duration| d.as_secs_f64() * 1000.0 / n as f64;
     println!(
         "{n} tiles of level {top}: read {:.3} ms/tile, encode {:.3} ms/tile, total {:.3} ms/tile, \
-         {:.1} KiB/tile, {} slide tiles decoded",
+         {:.1} KiB/tile, {} slide tiles decoded, hash {hash:016x}",
         ms(read),
         ms(encode),
         ms(read + encode),
