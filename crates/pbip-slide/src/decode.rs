@@ -699,15 +699,60 @@ mod tests {
             decode_chunk(path, &f, &j, dims(w, h, h), &mut full).expect("full decode");
             // Windows touching every edge, corners, thin strips, one pixel, MCU boundaries.
             let mut windows = vec![
-                Window { x0: 0, y0: 0, x1: 1, y1: 1 },
-                Window { x0: w - 1, y0: h - 1, x1: w, y1: h },
-                Window { x0: 17, y0: 0, x1: w, y1: 3 },
-                Window { x0: 0, y0: 31, x1: 5, y1: h },
-                Window { x0: 16, y0: 16, x1: 32, y1: 32 },
-                Window { x0: 15, y0: 15, x1: 33, y1: 33 },
-                Window { x0: 100, y0: 60, x1: w, y1: h },
-                Window { x0: 0, y0: 60, x1: 100, y1: h },
-                Window { x0: 100, y0: 0, x1: w, y1: 60 },
+                Window {
+                    x0: 0,
+                    y0: 0,
+                    x1: 1,
+                    y1: 1,
+                },
+                Window {
+                    x0: w - 1,
+                    y0: h - 1,
+                    x1: w,
+                    y1: h,
+                },
+                Window {
+                    x0: 17,
+                    y0: 0,
+                    x1: w,
+                    y1: 3,
+                },
+                Window {
+                    x0: 0,
+                    y0: 31,
+                    x1: 5,
+                    y1: h,
+                },
+                Window {
+                    x0: 16,
+                    y0: 16,
+                    x1: 32,
+                    y1: 32,
+                },
+                Window {
+                    x0: 15,
+                    y0: 15,
+                    x1: 33,
+                    y1: 33,
+                },
+                Window {
+                    x0: 100,
+                    y0: 60,
+                    x1: w,
+                    y1: h,
+                },
+                Window {
+                    x0: 0,
+                    y0: 60,
+                    x1: 100,
+                    y1: h,
+                },
+                Window {
+                    x0: 100,
+                    y0: 0,
+                    x1: w,
+                    y1: 60,
+                },
             ];
             let mut s = 0x9E37_79B9u64;
             for _ in 0..40 {
@@ -729,7 +774,10 @@ mod tests {
                     jpeg_max: (w, h),
                 };
                 let valid = decode_chunk(path, &f, &j, d, &mut part).expect("cropped decode");
-                assert!(valid.contains(&need), "{sampling:?}: {valid:?} for {need:?}");
+                assert!(
+                    valid.contains(&need),
+                    "{sampling:?}: {valid:?} for {need:?}"
+                );
                 for y in valid.y0..valid.y1 {
                     let row = (y * w + valid.x0) * 3..(y * w + valid.x1) * 3;
                     assert_eq!(
@@ -742,7 +790,10 @@ mod tests {
                 // then not written at all.
                 untouched += usize::from(part[..3] == [7, 7, 7]);
             }
-            assert!(untouched > 30, "{sampling:?}: crop not applied ({untouched})");
+            assert!(
+                untouched > 30,
+                "{sampling:?}: crop not applied ({untouched})"
+            );
         }
     }
 

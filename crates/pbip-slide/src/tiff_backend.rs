@@ -736,8 +736,7 @@ impl TiffSlide {
                     x1: (cx1 - tx0) as usize,
                     y1: (cy1 - ty0) as usize,
                 };
-                let Some((tile, cached)) = self.chunk(level, idx, need, sparse)?
-                else {
+                let Some((tile, cached)) = self.chunk(level, idx, need, sparse)? else {
                     if inside {
                         for y in cy0..cy1 {
                             let dst = (y - ly) as usize * out_stride + ((cx0 - lx) * 3) as usize;

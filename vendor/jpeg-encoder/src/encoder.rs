@@ -1195,18 +1195,46 @@ fn get_block(
     row_stride: usize,
     width: usize,
 ) -> [i16; 64] {
-    let mut block = [0i16; 64];
-
-    for y in 0..8 {
-        for x in 0..8 {
-            let ix = start_x + (x * col_stride);
-            let iy = start_y + (y * row_stride);
-
-            block[y * 8 + x] = (data[iy * width + ix] as i16) - 128;
+    // pbip: the common strides (1: full-resolution components, 2: 2x subsampled chroma) as
+    // bounds-checked row slices of constant length (vectorised), the others as before.
+    #[inline(always)]
+    fn strided<const S: usize>(
+        data: &[u8],
+        start_x: usize,
+        start_y: usize,
+        row_stride: usize,
+        width: usize,
+    ) -> [i16; 64] {
+        let mut block = [0i16; 64];
+        for (y, out) in block.chunks_exact_mut(8).enumerate() {
+            let start = (start_y + y * row_stride) * width + start_x;
+            // The pixels the generic loop reads: start, start + S, ..., start + 7 S.
+            let row = &data[start..start + 7 * S + 1];
+            for (o, &px) in out.iter_mut().zip(row.iter().step_by(S)) {
+                *o = (px as i16) - 128;
+            }
         }
+        block
     }
 
-    block
+    match col_stride {
+        1 => strided::<1>(data, start_x, start_y, row_stride, width),
+        2 => strided::<2>(data, start_x, start_y, row_stride, width),
+        _ => {
+            let mut block = [0i16; 64];
+
+            for y in 0..8 {
+                for x in 0..8 {
+                    let ix = start_x + (x * col_stride);
+                    let iy = start_y + (y * row_stride);
+
+                    block[y * 8 + x] = (data[iy * width + ix] as i16) - 128;
+                }
+            }
+
+            block
+        }
+    }
 }
 
 fn ceil_div(value: usize, div: usize) -> usize {

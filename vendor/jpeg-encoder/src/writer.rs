@@ -142,7 +142,7 @@ impl<W: JfifWrite> JfifWriter<W> {
         }
     }
 
-    #[inline]
+    #[inline(always)]
     pub fn write_bits(&mut self, value: u32, size: u8) -> Result<(), EncodingError> {
         let size = size as i8;
         let value = value as usize;
