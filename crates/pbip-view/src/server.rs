@@ -1,4 +1,4 @@
-//! The HTTP server: routes, handlers, tile rendering on a bounded pool of blocking threads.
+//! The HTTP server: routes, handlers, tile rendering on the runtime's workers (bounded).
 //!
 //! Routes (ids are slide file stems, percent-encoded in URLs):
 //!
@@ -79,7 +79,7 @@ pub struct ViewOptions {
     pub slide_cache_bytes: usize,
     /// Slides held open at once (default 4); memory ≤ this × `slide_cache_bytes` + tile cache.
     pub max_open_slides: usize,
-    /// Tiles rendered at once (default: the number of CPUs).
+    /// Tiles rendered at once (default: the number of CPUs; at most 8).
     pub render_threads: usize,
     /// Slide reader.
     pub backend: Backend,
@@ -244,7 +244,7 @@ impl Viewer {
             scores: RwLock::new(scores),
             open: OpenSet::new(opts.max_open_slides),
             tiles: TileCache::new(opts.tile_cache_bytes),
-            permits: tokio::sync::Semaphore::new(opts.render_threads.max(1)),
+            permits: tokio::sync::Semaphore::new(opts.render_threads.clamp(1, 8)),
             allowed_hosts,
             warned: std::sync::Mutex::new(std::collections::HashSet::new()),
             catalog,
