@@ -602,6 +602,17 @@ mod tests {
         sampling: jpeg_encoder::SamplingFactor,
         rgb_components: bool,
     ) -> (Vec<u8>, Vec<u8>) {
+        jpeg_with_restarts(w, h, sampling, rgb_components, 0)
+    }
+
+    /// A JPEG with a restart marker every `restart_mcus` MCUs (0: none).
+    fn jpeg_with_restarts(
+        w: u16,
+        h: u16,
+        sampling: jpeg_encoder::SamplingFactor,
+        rgb_components: bool,
+        restart_mcus: u16,
+    ) -> (Vec<u8>, Vec<u8>) {
         let mut px = Vec::with_capacity(usize::from(w) * usize::from(h) * 3);
         for y in 0..h {
             for x in 0..w {
@@ -614,6 +625,9 @@ mod tests {
         let mut out = Vec::new();
         let mut enc = jpeg_encoder::Encoder::new(&mut out, 90);
         enc.set_sampling_factor(sampling);
+        if restart_mcus > 0 {
+            enc.set_restart_interval(restart_mcus);
+        }
         let ct = if rgb_components {
             jpeg_encoder::ColorType::Ycbcr
         } else {
@@ -686,14 +700,18 @@ mod tests {
     fn cropped_jpeg_decode_matches_full_decode_in_its_window() {
         let path = Path::new("test.jpg");
         let (w, h) = (200usize, 120usize);
-        for (sampling, rgb, photometric) in [
-            (jpeg_encoder::SamplingFactor::F_2_2, false, 6),
-            (jpeg_encoder::SamplingFactor::F_2_1, false, 6),
-            (jpeg_encoder::SamplingFactor::F_1_2, false, 6),
-            (jpeg_encoder::SamplingFactor::F_1_1, false, 6),
-            (jpeg_encoder::SamplingFactor::F_1_1, true, 2),
+        for (sampling, rgb, photometric, restarts) in [
+            (jpeg_encoder::SamplingFactor::F_2_2, false, 6, 0),
+            (jpeg_encoder::SamplingFactor::F_2_2, false, 6, 5),
+            (jpeg_encoder::SamplingFactor::F_2_1, false, 6, 0),
+            (jpeg_encoder::SamplingFactor::F_1_2, false, 6, 0),
+            (jpeg_encoder::SamplingFactor::F_1_1, false, 6, 0),
+            (jpeg_encoder::SamplingFactor::F_1_1, false, 6, 7),
+            (jpeg_encoder::SamplingFactor::F_1_1, true, 2, 0),
         ] {
-            let (j, _) = jpeg(w as u16, h as u16, sampling, rgb);
+            let (j, _) = jpeg_with_restarts(w as u16, h as u16, sampling, rgb, restarts);
+            let has_dri = j.windows(2).any(|m| m == [0xFF, 0xDD]);
+            assert_eq!(has_dri, restarts > 0, "{sampling:?}: restart interval");
             let f = fmt(photometric);
             let mut full = vec![0u8; w * h * 3];
             decode_chunk(path, &f, &j, dims(w, h, h), &mut full).expect("full decode");
@@ -776,14 +794,14 @@ mod tests {
                 let valid = decode_chunk(path, &f, &j, d, &mut part).expect("cropped decode");
                 assert!(
                     valid.contains(&need),
-                    "{sampling:?}: {valid:?} for {need:?}"
+                    "{sampling:?} rst {restarts}: {valid:?} for {need:?}"
                 );
                 for y in valid.y0..valid.y1 {
                     let row = (y * w + valid.x0) * 3..(y * w + valid.x1) * 3;
                     assert_eq!(
                         part[row.clone()],
                         full[row],
-                        "{sampling:?}: row {y} of {valid:?} (for {need:?}) differs"
+                        "{sampling:?} rst {restarts}: row {y} of {valid:?} (for {need:?}) differs"
                     );
                 }
                 // The crop is applied: the top-left pixel lies outside most windows and is
@@ -792,7 +810,7 @@ mod tests {
             }
             assert!(
                 untouched > 30,
-                "{sampling:?}: crop not applied ({untouched})"
+                "{sampling:?} rst {restarts}: crop not applied ({untouched})"
             );
         }
     }
