@@ -20,7 +20,7 @@ pub const HUFF_LOOKAHEAD: u8 = 9;
 
 /// A struct which contains necessary tables for decoding a JPEG
 /// huffman encoded bitstream
-
+#[derive(Clone)]
 pub struct HuffmanTable {
     // element `[0]` of each array is unused
     /// largest code of length k
@@ -50,6 +50,24 @@ pub struct HuffmanTable {
 
 impl HuffmanTable {
     pub fn new(
+        codes: &[u8; 17], values: [u8; 256], is_dc: bool, is_progressive: bool
+    ) -> Result<HuffmanTable, DecodeErrors> {
+        #[cfg(feature = "std")]
+        {
+            // pbip: the tiles of a slide share their tables (TIFF JPEGTables), and building
+            // the lookup tables costs more than copying them: keep the last few of each thread.
+            if let Some(t) = recent::find(codes, &values, is_dc, is_progressive) {
+                return Ok(t);
+            }
+            let t = Self::build(codes, values, is_dc, is_progressive)?;
+            recent::insert(codes, &values, is_dc, is_progressive, &t);
+            Ok(t)
+        }
+        #[cfg(not(feature = "std"))]
+        Self::build(codes, values, is_dc, is_progressive)
+    }
+
+    fn build(
         codes: &[u8; 17], values: [u8; 256], is_dc: bool, is_progressive: bool
     ) -> Result<HuffmanTable, DecodeErrors> {
         let too_long_code = (i32::from(HUFF_LOOKAHEAD) + 1) << HUFF_LOOKAHEAD;
@@ -250,5 +268,64 @@ impl HuffmanTable {
         }
 
         Ok(())
+    }
+}
+
+/// pbip: per-thread cache of the Huffman tables built last (the inputs of
+/// [`HuffmanTable::new`] as the key; equal inputs build equal tables).
+#[cfg(feature = "std")]
+mod recent {
+    use alloc::vec::Vec;
+    use core::cell::RefCell;
+
+    use super::HuffmanTable;
+
+    const CAPACITY: usize = 8;
+
+    struct Entry {
+        codes:          [u8; 17],
+        values:         [u8; 256],
+        is_dc:          bool,
+        is_progressive: bool,
+        table:          HuffmanTable
+    }
+
+    std::thread_local! {
+        static RECENT: RefCell<Vec<Entry>> = const { RefCell::new(Vec::new()) };
+    }
+
+    pub(super) fn find(
+        codes: &[u8; 17], values: &[u8; 256], is_dc: bool, is_progressive: bool
+    ) -> Option<HuffmanTable> {
+        RECENT.with(|r| {
+            r.borrow()
+                .iter()
+                .find(|e| {
+                    e.is_dc == is_dc
+                        && e.is_progressive == is_progressive
+                        && e.codes == *codes
+                        && e.values == *values
+                })
+                .map(|e| e.table.clone())
+        })
+    }
+
+    pub(super) fn insert(
+        codes: &[u8; 17], values: &[u8; 256], is_dc: bool, is_progressive: bool,
+        table: &HuffmanTable
+    ) {
+        RECENT.with(|r| {
+            let mut r = r.borrow_mut();
+            if r.len() == CAPACITY {
+                r.remove(0);
+            }
+            r.push(Entry {
+                codes: *codes,
+                values: *values,
+                is_dc,
+                is_progressive,
+                table: table.clone()
+            });
+        });
     }
 }
