@@ -648,11 +648,11 @@ impl TiffSlide {
     /// decoded at all, columns and rows above them only entropy-decoded). With one, the whole
     /// chunk is decoded (later reads may need any of its pixels), except for a `sparse` read
     /// (one that has found none of its chunks in the cache so far, not even partly) of a chunk
-    /// the cache does not hold at all: then only the needed pixels are, and a later read of
-    /// others decodes it again, whole. Random reads, which need a corner or an edge of most
-    /// chunks they touch, so skip most of those chunks' decoding; reads in grid order, which
-    /// find the chunks before them cached, decode each chunk once (a sweep that starts cold:
-    /// the chunks of its first read twice).
+    /// the cache does not hold at all and of which it needs at most half the pixels: then only
+    /// those are, and a later read of others decodes it again, whole. Random reads, which need
+    /// a corner or an edge of most chunks they touch, so skip most of those chunks' decoding;
+    /// reads in grid order, which find the chunks before them cached, decode each chunk once
+    /// (if their first read needs a small corner of a chunk, that chunk twice).
     fn chunk(
         &self,
         level: usize,
@@ -671,7 +671,9 @@ impl TiffSlide {
         let buf = self
             .cache
             .take_buffer(&key, (img.chunk_w * rows * 3) as usize);
-        let only_needed = !self.cache.enabled() || (sparse && !seen);
+        let small = 2 * need.x1.saturating_sub(need.x0) * need.y1.saturating_sub(need.y0)
+            <= img.chunk_w as usize * rows as usize;
+        let only_needed = !self.cache.enabled() || (sparse && !seen && small);
         match self.decode_image_chunk(
             img,
             idx,

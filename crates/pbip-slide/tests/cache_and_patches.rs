@@ -64,7 +64,7 @@ fn grid_order_reads_decode_each_tile_once() {
 }
 
 #[test]
-fn sparse_reads_decode_the_top_rows_only_and_later_reads_get_whole_tiles() {
+fn sparse_reads_decode_only_their_windows_and_later_reads_get_whole_tiles() {
     let dir = tempfile::tempdir().unwrap();
     // 1024 x 768, 128 px tiles, JPEG with tables (what slide scanners write).
     let p = grid_slide(dir.path(), "s.tif", Comp::JpegYcbcrTables);
@@ -78,17 +78,24 @@ fn sparse_reads_decode_the_top_rows_only_and_later_reads_get_whole_tiles() {
         assert!(got == want, "read {x},{y} {w}x{h} differs");
         s.tiles_decoded()
     };
-    // A read of a cold cache crossing 20 rows into the second row of tiles: 2 x 2 tiles, the
-    // lower two decoded down to those rows only (and one MCU row more).
+    // A read of a cold cache across 2 x 2 tiles, needing at most half of each (28 x 98, 72 x 98,
+    // 28 x 20 and 72 x 20 px): each is decoded in that window only.
     assert_eq!(read(100, 30, 100, 118), 4);
     assert_eq!(s.cached_tiles(), 4);
-    // Reads within the decoded rows are answered by the cache.
-    assert_eq!(read(120, 128, 100, 16), 4);
-    // A read needing more rows of those tiles decodes them again, whole. Having found them
+    // Reads inside those windows are answered by the cache.
+    assert_eq!(read(110, 40, 60, 100), 4);
+    // A read needing other pixels of the lower two decodes them again, whole. Having found them
     // cached (partly), it is not sparse: the tiles below, of which it needs 44 rows, are decoded
-    // whole too, and a read of all their rows decodes nothing.
+    // whole too, and a read of all the pixels of those four decodes nothing.
     assert_eq!(read(100, 200, 100, 100), 8);
     assert_eq!(read(64, 128, 192, 256), 8);
+    // A cold read needing more than half of a tile decodes it whole: a read of other pixels of
+    // it later finds them cached.
+    let s2 = open(&p, 64 << 20);
+    s2.read_region(260, 260, 0, 100, 100).unwrap();
+    assert_eq!(s2.tiles_decoded(), 1);
+    s2.read_region(256, 256, 0, 128, 128).unwrap();
+    assert_eq!(s2.tiles_decoded(), 1);
     read(0, 0, 400, 300);
 }
 
