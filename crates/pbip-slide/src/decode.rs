@@ -121,7 +121,6 @@ impl ChunkFormat {
     }
 }
 
-/// The size of one chunk and how much of it a decode must produce.
 /// A rectangle of pixels of a chunk: columns `x0..x1`, rows `y0..y1` (chunk coordinates).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Window {
@@ -152,6 +151,11 @@ impl Window {
                 && other.y1 <= self.y1)
     }
 
+    /// Number of pixels.
+    pub(crate) fn pixels(&self) -> usize {
+        self.x1.saturating_sub(self.x0) * self.y1.saturating_sub(self.y0)
+    }
+
     /// `self` clipped to a `w` x `h` chunk.
     fn clip(&self, w: usize, h: usize) -> Self {
         Self {
@@ -163,6 +167,7 @@ impl Window {
     }
 }
 
+/// The size of one chunk and how much of it a decode must produce.
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ChunkDims {
     /// Width, px.
@@ -474,7 +479,7 @@ fn decode_jpeg_chunk(
     }
     let cut = valid_rows < h;
     // Of the rows decoded, only the needed columns and rows are transformed (crop hint).
-    let crop = need != Window::full(w, h) && (need.x0 > 0 || need.x1 < w || need.y0 > 0);
+    let crop = need.x0 > 0 || need.x1 < w || need.y0 > 0;
     let (jw, jh, comps, data) = decode_jpeg(
         path,
         &stream,

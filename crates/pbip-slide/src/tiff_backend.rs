@@ -671,8 +671,7 @@ impl TiffSlide {
         let buf = self
             .cache
             .take_buffer(&key, (img.chunk_w * rows * 3) as usize);
-        let small = 2 * need.x1.saturating_sub(need.x0) * need.y1.saturating_sub(need.y0)
-            <= img.chunk_w as usize * rows as usize;
+        let small = 2 * need.pixels() <= img.chunk_w as usize * rows as usize;
         let only_needed = !self.cache.enabled() || (sparse && !seen && small);
         match self.decode_image_chunk(
             img,

@@ -382,6 +382,31 @@ impl BitStream {
     where
         T: ZByteReaderTrait
     {
+        self.decode_mcu_block_impl::<T, true>(
+            reader,
+            dc_table,
+            ac_table,
+            qt_table,
+            block,
+            dc_prediction
+        )
+    }
+
+    /// pbip: the body of [`Self::decode_mcu_block`] (`STORE`) and [`Self::skip_mcu_block`]
+    /// (not `STORE`: the coefficient writes compile away).
+    #[allow(
+        clippy::many_single_char_names,
+        clippy::cast_possible_truncation,
+        clippy::cast_sign_loss
+    )]
+    #[inline(always)]
+    fn decode_mcu_block_impl<T, const STORE: bool>(
+        &mut self, reader: &mut ZReader<T>, dc_table: &HuffmanTable, ac_table: &HuffmanTable,
+        qt_table: &[i32; DCT_BLOCK], block: &mut [i32; 64], dc_prediction: &mut i32
+    ) -> Result<u16, DecodeErrors>
+    where
+        T: ZByteReaderTrait
+    {
         // Get fast AC table as a reference before we enter the hot path
         let ac_lookup = ac_table.ac_lookup.as_ref().unwrap();
 
@@ -397,7 +422,9 @@ impl BitStream {
         self.decode_dc(reader, dc_table, dc_prediction)?;
 
         // set dc to be the dc prediction.
-        block[0] = *dc_prediction * qt_table[0];
+        if STORE {
+            block[0] = *dc_prediction * qt_table[0];
+        }
 
         while pos < 64 {
             self.refill(reader)?;
@@ -408,9 +435,11 @@ impl BitStream {
             if fast_ac != 0 {
                 //  FAST AC path
                 pos += ((fast_ac >> 4) & 15) as usize; // run
-                let t_pos = UN_ZIGZAG[min(pos, 63)] & 63;
+                if STORE {
+                    let t_pos = UN_ZIGZAG[min(pos, 63)] & 63;
 
-                block[t_pos] = i32::from(fast_ac >> 8) * (qt_table[t_pos]); // Value
+                    block[t_pos] = i32::from(fast_ac >> 8) * (qt_table[t_pos]); // Value
+                }
                 self.drop_bits((fast_ac & 15) as u8);
                 pos += 1;
             } else {
@@ -422,10 +451,12 @@ impl BitStream {
                 if symbol != 0 {
                     pos += r as usize;
                     r = self.get_bits(symbol as u8);
-                    symbol = huff_extend(r, symbol);
-                    let t_pos = UN_ZIGZAG[pos & 63] & 63;
+                    if STORE {
+                        symbol = huff_extend(r, symbol);
+                        let t_pos = UN_ZIGZAG[pos & 63] & 63;
 
-                    block[t_pos] = symbol * qt_table[t_pos];
+                        block[t_pos] = symbol * qt_table[t_pos];
+                    }
 
                     pos += 1;
                 } else if r != 15 {
@@ -441,58 +472,25 @@ impl BitStream {
 
     /// pbip: advance the bitstream over a block of a component whose samples are needed, without
     /// storing its coefficients (a block outside the region asked for with
-    /// `JpegDecoder::set_crop_hint`). Decodes exactly what [`Self::decode_mcu_block`] decodes,
-    /// with the same errors, and updates the DC prediction the same way; only the
-    /// dequantised, de-zig-zagged writes into a block are left out.
-    #[allow(clippy::cast_possible_truncation, clippy::cast_sign_loss)]
+    /// `JpegDecoder::set_crop_hint`): [`Self::decode_mcu_block`] without the dequantised,
+    /// de-zig-zagged writes into `block` (left untouched); the same errors, the same DC
+    /// prediction update.
     #[inline(never)]
     pub fn skip_mcu_block<T>(
         &mut self, reader: &mut ZReader<T>, dc_table: &HuffmanTable, ac_table: &HuffmanTable,
-        dc_prediction: &mut i32
+        qt_table: &[i32; DCT_BLOCK], block: &mut [i32; 64], dc_prediction: &mut i32
     ) -> Result<u16, DecodeErrors>
     where
         T: ZByteReaderTrait
     {
-        let ac_lookup = ac_table.ac_lookup.as_ref().unwrap();
-
-        let (mut symbol, mut r, mut fast_ac);
-        let mut pos: usize = 1;
-        if self.bits_left < 1 && self.marker.is_some() {
-            return Err(DecodeErrors::Format(
-                "No more bytes left in stream before marker".to_string()
-            ));
-        }
-        self.decode_dc(reader, dc_table, dc_prediction)?;
-
-        while pos < 64 {
-            self.refill(reader)?;
-            symbol = self.peek_bits::<HUFF_LOOKAHEAD>();
-            fast_ac = ac_lookup[symbol as usize];
-            symbol = ac_table.lookup[symbol as usize];
-
-            if fast_ac != 0 {
-                pos += ((fast_ac >> 4) & 15) as usize;
-                self.drop_bits((fast_ac & 15) as u8);
-                pos += 1;
-            } else {
-                decode_huff!(self, symbol, ac_table);
-
-                r = symbol >> 4;
-                symbol &= 15;
-
-                if symbol != 0 {
-                    pos += r as usize;
-                    let _ = self.get_bits(symbol as u8);
-                    pos += 1;
-                } else if r != 15 {
-                    return Ok(pos as u16);
-                } else {
-                    pos += 16;
-                }
-            }
-        }
-
-        return Ok(64);
+        self.decode_mcu_block_impl::<T, false>(
+            reader,
+            dc_table,
+            ac_table,
+            qt_table,
+            block,
+            dc_prediction
+        )
     }
 
     /// Advance the bitstream over a block but ignore the data contained.

@@ -858,8 +858,8 @@ where
     /// output of the next decode; the others may hold anything (they are not written, or are
     /// written from stale data). A baseline decode then still entropy-decodes every block (the
     /// stream is sequential) but skips dequantisation and the IDCT of the blocks of MCUs that
-    /// lie outside the region by more than one MCU, the upsampling of MCU rows above it by more
-    /// than one MCU row, and the colour conversion of pixels outside it (from the 16-pixel
+    /// lie outside the region by more than one MCU, the upsampling of MCU rows outside it by
+    /// more than one MCU row, and the colour conversion of pixels outside it (from the 16-pixel
     /// group that holds `x0` on). The pixels inside are those of a decode without the hint.
     /// Progressive images, multi-scan baseline images and grayscale output of colour images
     /// ignore the hint (they are decoded whole). An empty region is treated as no hint.

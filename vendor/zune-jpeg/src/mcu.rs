@@ -558,6 +558,8 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
                                 &mut self.stream,
                                 dc_table,
                                 ac_table,
+                                qt_table,
+                                tmp,
                                 &mut component.dc_pred
                             )
                         } else if component_samples_needed {
@@ -924,7 +926,10 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
         };
 
         if self.is_interleaved && self.options.jpeg_get_out_colorspace() != ColorSpace::Luma {
-            for comp in comps.iter_mut().filter(|_| !skip_upsample) {
+            for comp in comps.iter_mut() {
+                if skip_upsample {
+                    break;
+                }
                 upsample(
                     comp,
                     mcu_height,
