@@ -328,10 +328,7 @@ impl<W: JfifWrite> JfifWriter<W> {
         if start >= end {
             return Ok(());
         }
-        let mut nonzero = 0u64;
-        for (i, &value) in block.iter().enumerate() {
-            nonzero |= u64::from(value != 0) << i;
-        }
+        let mut nonzero = nonzero_mask(block);
         let range = (u64::MAX >> (64 - (end - start))) << start;
         nonzero &= range;
 
@@ -426,6 +423,43 @@ impl<W: JfifWrite> JfifWriter<W> {
 }
 
 #[inline]
+/// pbip: bit `i` set when `block[i] != 0`.
+#[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
+#[inline(always)]
+fn nonzero_mask(block: &[i16; 64]) -> u64 {
+    let mut nonzero = 0u64;
+    for (i, &value) in block.iter().enumerate() {
+        nonzero |= u64::from(value != 0) << i;
+    }
+    nonzero
+}
+
+/// pbip: bit `i` set when `block[i] != 0`, 16 coefficients at a time with SSE2 (part of every
+/// x86-64 CPU): saturating packing to bytes keeps zero and non-zero apart, then a byte compare
+/// and a move mask. The loop above compiled to shifts of 64-bit lanes, a third of the time
+/// of writing a block.
+#[cfg(all(feature = "simd", target_arch = "x86_64"))]
+#[inline(always)]
+fn nonzero_mask(block: &[i16; 64]) -> u64 {
+    use core::arch::x86_64::{
+        __m128i, _mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_packs_epi16,
+        _mm_setzero_si128,
+    };
+    let p = block.as_ptr().cast::<__m128i>();
+    let mut nonzero = 0u64;
+    for k in 0..4 {
+        // SAFETY: SSE2 is enabled on every x86-64 target; `p.add(2 * k)` and `p.add(2 * k + 1)`
+        // (k < 4) address the eight 16-byte quarters of the 128-byte block, read unaligned.
+        let zero_bytes = unsafe {
+            let a = _mm_loadu_si128(p.add(2 * k));
+            let b = _mm_loadu_si128(p.add(2 * k + 1));
+            _mm_movemask_epi8(_mm_cmpeq_epi8(_mm_packs_epi16(a, b), _mm_setzero_si128()))
+        };
+        nonzero |= u64::from(!(zero_bytes as u32) & 0xFFFF) << (16 * k);
+    }
+    nonzero
+}
+
 pub(crate) fn get_code(value: i16) -> (u8, u16) {
     let temp = value - (value.is_negative() as i16);
     let temp2 = value.abs();

@@ -328,7 +328,10 @@ impl<T: ZByteReaderTrait> JpegDecoder<T> {
         // SOI markers, it may happen that we do not reach this image end of image
         // So this ensures we reach it
         // Ensure we read EOI
-        if !stream.seen_eoi {
+        // pbip: not with a crop hint: the caller wants the pixels of one image, and when the
+        // frame ends early (rows below the region never decoded) the search for EOI would
+        // read the rest of the entropy-coded data byte by byte; its result is ignored anyway.
+        if !stream.seen_eoi && self.crop.is_none() {
             let marker = get_marker(&mut self.stream, &mut stream);
             match marker {
                 Ok(_m) => {

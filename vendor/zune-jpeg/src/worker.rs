@@ -349,32 +349,18 @@ fn color_convert_ycbcr(
         //move pointer back a little bit to get last 16 bytes,
         //color convert, and overwrite
         //This means some values will be color converted twice.
-        for ((y, cb), cr) in y_width[width - 16..]
-            .chunks_exact(16)
-            .zip(cb_width[width - 16..].chunks_exact(16))
-            .zip(cr_width[width - 16..].chunks_exact(16))
-            .take(1)
-        {
+        // pbip: only when the width is not a multiple of 16 (otherwise the main loop has
+        // converted every pixel), and straight into the last 16 pixels of the line (the values
+        // written twice are equal) instead of through `temp` and a copy, which the compiler
+        // made a call to memcpy per line.
+        if width % 16 != 0 {
             (color_convert_16)(
-                y.try_into().unwrap(),
-                cb.try_into().unwrap(),
-                cr.try_into().unwrap(),
-                &mut temp,
+                y_width[width - 16..width].try_into().unwrap(),
+                cb_width[width - 16..width].try_into().unwrap(),
+                cr_width[width - 16..width].try_into().unwrap(),
+                &mut out[(width - 16) * num_components..width * num_components],
                 &mut 0
             );
-        }
-
-        let rem = out[(width - 16) * num_components..]
-            .chunks_exact_mut(16 * num_components)
-            .next()
-            .unwrap();
-
-        // pbip: a copy of a constant length for RGB output (inline moves, not a call to
-        // memcpy per line).
-        if num_components == 3 {
-            rem[..48].copy_from_slice(&temp[..48]);
-        } else {
-            rem.copy_from_slice(&temp[0..rem.len()]);
         }
     }
 }

@@ -17,6 +17,21 @@ impl<T: io::BufRead + io::Seek> ZByteReaderTrait for T {
     fn read_exact_bytes(&mut self, buf: &mut [u8]) -> Result<(), ZByteIoError> {
         let mut bytes_read = 0;
 
+        // pbip: the first read asks for the whole buffer outside the loop, so that a read of a
+        // constant size (e.g. zune-jpeg's 4-byte bit-reader refill from a `ZCursor`) copies a
+        // constant length (a load) instead of calling memcpy with `buf[bytes_read..]`'s
+        // variable one. The loop below is unchanged and continues a short first read.
+        if !buf.is_empty() {
+            match self.read(buf) {
+                Ok(0) => {
+                    self.seek(SeekFrom::Current(0)).map_err(ZByteIoError::from)?;
+                    return Err(ZByteIoError::NotEnoughBytes(0, buf.len()));
+                }
+                Ok(bytes) => bytes_read = bytes,
+                Err(e) => return Err(ZByteIoError::from(e))
+            }
+        }
+
         while bytes_read < buf.len() {
             match self.read(&mut buf[bytes_read..]) {
                 Ok(0) => {
