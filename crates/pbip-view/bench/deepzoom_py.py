@@ -11,6 +11,13 @@ Usage: python deepzoom_py.py SLIDE PBIP_BIN [N] [VIEW_LOAD_BIN]     [env: TILE (
    - with `DeepZoomGenerator(slide, TILE, OVERLAP, limit_bounds=False).get_tile(level, (col, row))` plus
      the JPEG encoding OpenSlide's deepzoom server does (`save(..., "jpeg", quality=75)`), in
      process (1 and 2 threads; a fresh OpenSlide handle per row).
+   and, on a machine with two or more CPUs, once more with one core for the tile work on each
+   side ("one core each"): OpenSlide's loop pinned to the first CPU, and `pbip view` pinned to
+   that CPU while the Rust client (4 keep-alive connections, so that requests are always
+   waiting even when the client's core stalls for a moment) runs on the second one, three
+   alternations. In the rows above, the HTTP client shares the cores with the server (a
+   benchmark's load generator competing with what it measures); these rows give each
+   implementation the same compute.
 2. Panning: a 1920 x 1080 viewport swept across the slide at the four most detailed levels
    (every tile of each view fetched, 2 clients) on a fresh server; the server's peak RSS
    (VmHWM) is read from /proc after the random runs and after the sweep.
@@ -50,13 +57,19 @@ tiles = [(rng.randrange(cols), rng.randrange(rows)) for _ in range(n)]
 osr.close()
 
 
-def start_server():
+def pinned_to(cpus):
+    """A `preexec_fn` that pins the child to `cpus` (None: no pinning)."""
+    return None if cpus is None else (lambda: os.sched_setaffinity(0, cpus))
+
+
+def start_server(cpus=None):
     p = subprocess.Popen(
         [pbip_bin, "view", slide_path, "--port", "0", "--quality", str(QUALITY),
          "--tile-size", str(TILE), "--overlap", str(OVERLAP)],
         stdout=subprocess.PIPE,
         stderr=subprocess.DEVNULL,
         text=True,
+        preexec_fn=pinned_to(cpus),
     )
     for line in p.stdout:
         if line.startswith("serving "):
@@ -98,9 +111,9 @@ def fetch_all(port, paths, threads):
         return sum(ex.map(run, chunks))
 
 
-def fetch_all_rust(port, paths, threads):
+def fetch_all_rust(port, paths, threads, cpus=None):
     r = subprocess.run([load_bin, str(port), str(threads)], input="\n".join(paths) + "\n",
-                       capture_output=True, text=True)
+                       capture_output=True, text=True, preexec_fn=pinned_to(cpus))
     if r.returncode != 0:
         raise SystemExit(f"view_load failed: {r.stderr}")
     return int(r.stdout.split()[0])
@@ -116,10 +129,9 @@ def tile_path(level, c, r):
     return f"/slides/{slide_id}_files/{level}/{c}_{r}.jpeg"
 
 
-rows_out = []
-peak = {}
-for threads in (1, 2):
-    # openslide-python: DeepZoomGenerator.get_tile + JPEG encoding, in process.
+def openslide_run(threads):
+    """openslide-python: DeepZoomGenerator.get_tile + JPEG encoding, in process, on a fresh
+    handle. Returns (tiles/s, CPU ms per tile, bytes)."""
     osr = openslide.OpenSlide(slide_path)
     gen = DeepZoomGenerator(osr, tile_size=TILE, overlap=OVERLAP, limit_bounds=False)
 
@@ -134,11 +146,18 @@ for threads in (1, 2):
         nbytes = sum(ex.map(os_tile, tiles))
     dt = time.perf_counter() - t0
     cpu = (time.process_time() - c0) * 1000.0 / n
-    rows_out.append(
-        (f"openslide-python {openslide.__version__} (OpenSlide {openslide.__library_version__}) "
-         f"DeepZoomGenerator.get_tile + JPEG q{QUALITY}, in process", threads, n / dt, f"{cpu:.2f}", nbytes / n / 1024)
-    )
     osr.close()
+    return n / dt, cpu, nbytes
+
+
+OS_NAME = (f"openslide-python {openslide.__version__} (OpenSlide {openslide.__library_version__}) "
+           f"DeepZoomGenerator.get_tile + JPEG q{QUALITY}, in process")
+
+rows_out = []
+peak = {}
+for threads in (1, 2):
+    rate, cpu, nbytes = openslide_run(threads)
+    rows_out.append((OS_NAME, threads, rate, f"{cpu:.2f}", nbytes / n / 1024))
 
     # pbip view over HTTP, a fresh server per client kind (cold caches).
     clients = [("Python http.client", fetch_all)]
@@ -154,6 +173,38 @@ for threads in (1, 2):
         peak[f"random tiles, {threads} client(s), {client}"] = peak_rss_mib(p.pid)
         stop(p)
         rows_out.append((f"pbip view over HTTP, {client} keep-alive clients, JPEG q{QUALITY}", threads, n / dt, f"{cpu:.2f} (server)", nbytes / n / 1024))
+
+# One core each: OpenSlide's loop on the first CPU; pbip view on it, its client on the second.
+# Three alternations (a VM's speed drifts within a run), each pair compared on its own.
+one_core = []
+cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+if len(cpus) >= 2:
+    core, other = {cpus[0]}, {cpus[1]}
+    saved = os.sched_getaffinity(0)
+    paths_top = [tile_path(top, c, r) for c, r in tiles]
+    for _ in range(3):
+        os.sched_setaffinity(0, core)
+        try:
+            os_rate, os_cpu, _ = openslide_run(1)
+        finally:
+            os.sched_setaffinity(0, saved)
+        p, port = start_server(core)
+        cpu0 = server_cpu_ms(p.pid)
+        t0 = time.perf_counter()
+        if load_bin:
+            client = f"Rust view_load, 4 connections, on CPU {cpus[1]}"
+            nbytes = fetch_all_rust(port, paths_top, 4, other)
+        else:
+            client = f"Python http.client, 4 connections, on CPU {cpus[1]}"
+            os.sched_setaffinity(0, other)
+            try:
+                nbytes = fetch_all(port, paths_top, 4)
+            finally:
+                os.sched_setaffinity(0, saved)
+        dt = time.perf_counter() - t0
+        cpu = (server_cpu_ms(p.pid) - cpu0) / n
+        stop(p)
+        one_core.append((os_rate, os_cpu, n / dt, cpu))
 
 # Panning sweep on a fresh server.
 p, port = start_server()
@@ -200,6 +251,21 @@ for t in (1, 2):
     for r in a[1:]:
         print(f"speed-up, {t} thread(s), {r[0].split(', ')[1]}: {r[2] / a[0][2]:.2f}x "
               f"(tiles/s), {float(a[0][3]) / float(r[3].split()[0]):.2f}x (CPU ms/tile)")
+if one_core:
+    print()
+    print(f"One core each for the tile work, CPU {cpus[0]}: OpenSlide's loop (1 thread) and "
+          f"pbip view (its client: {client}); three alternations:")
+    print()
+    print("| alternation | OpenSlide tiles/s | OpenSlide CPU ms/tile | pbip view tiles/s | "
+          "pbip view CPU ms/tile (server) | speed-up tiles/s | speed-up CPU |")
+    print("|---|---|---|---|---|---|---|")
+    ups = []
+    for i, (r0, c0_, r1, c1_) in enumerate(one_core, 1):
+        ups.append(r1 / r0)
+        print(f"| {i} | {r0:.0f} | {c0_:.2f} | {r1:.0f} | {c1_:.2f} | {r1 / r0:.2f}x | "
+              f"{c0_ / c1_:.2f}x |")
+    print()
+    print(f"speed-up, one core each: {sorted(ups)[1]:.2f}x (tiles/s, median of 3)")
 print()
 print("| pbip view peak RSS (VmHWM) | MiB |")
 print("|---|---|")
