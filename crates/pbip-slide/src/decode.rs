@@ -463,18 +463,26 @@ fn decode_jpeg_chunk(
     } = dims;
     let need = need.clip(w, h);
     let need_rows = need.y1;
-    // Partial decode: rewrite the frame height so that the decoder stops one MCU row below the
-    // last needed row (the extra MCU row keeps chroma upsampling of the needed rows identical
-    // to a full decode); the rest of the entropy-coded data is never touched.
+    // Partial decode: rewrite the frame height so that the decoder stops after the MCU row of
+    // the last needed row; the rest of the entropy-coded data is never touched. Rows of that
+    // MCU row equal a full decode's, except, with vertically subsampled chroma (MCUs 16 rows
+    // tall), its last row, whose chroma neighbour below lies in the next MCU row: when that row
+    // is needed, one more MCU row is decoded (the fancy upsampling then sees the same context
+    // as in a full decode). Taller MCUs always get the extra row.
     let mut valid_rows = h;
     if need_rows < h
         && let Some((pos, mcu_h)) = sof_height_field(&stream)
     {
         let jh = usize::from(u16::from_be_bytes([stream[pos], stream[pos + 1]]));
-        let new_h = (need_rows.div_ceil(mcu_h) + 1) * mcu_h;
+        let rows_mcu = need_rows.div_ceil(mcu_h) * mcu_h;
+        let (new_h, exact_rows) = match mcu_h {
+            8 => (rows_mcu, rows_mcu),
+            16 if need_rows < rows_mcu => (rows_mcu, rows_mcu - 1),
+            _ => (rows_mcu + mcu_h, rows_mcu),
+        };
         if jh >= h && new_h < jh {
             stream.to_mut()[pos..pos + 2].copy_from_slice(&(new_h as u16).to_be_bytes());
-            valid_rows = need_rows.div_ceil(mcu_h) * mcu_h;
+            valid_rows = exact_rows;
         }
     }
     let cut = valid_rows < h;
