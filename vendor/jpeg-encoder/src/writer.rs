@@ -422,7 +422,6 @@ impl<W: JfifWrite> JfifWriter<W> {
     }
 }
 
-#[inline]
 /// pbip: bit `i` set when `block[i] != 0`.
 #[cfg(not(all(feature = "simd", target_arch = "x86_64")))]
 #[inline(always)]
@@ -460,6 +459,7 @@ fn nonzero_mask(block: &[i16; 64]) -> u64 {
     nonzero
 }
 
+#[inline]
 pub(crate) fn get_code(value: i16) -> (u8, u16) {
     let temp = value - (value.is_negative() as i16);
     let temp2 = value.abs();
