@@ -188,7 +188,8 @@ pub(crate) struct ChunkDims {
 /// allocated. Pixels the chunk does not cover (a JPEG smaller than the chunk) are white.
 ///
 /// With a `need` smaller than the chunk, a baseline JPEG chunk is decoded down to the MCU row
-/// after the last needed one and stops there, and of the rows before, only the needed pixels
+/// of the last needed row (one more when the chroma upsampling of that row needs it) and stops
+/// there, and of the rows before, only the needed pixels
 /// are transformed and colour-converted (every block is still entropy-decoded): only the
 /// pixels of the window returned are valid (each equal to the same pixel of a whole decode),
 /// the others are unspecified. Other chunks are always decoded whole.

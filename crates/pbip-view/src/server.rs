@@ -85,6 +85,13 @@ pub struct ViewOptions {
     pub backend: Backend,
 }
 
+impl ViewOptions {
+    /// Tiles rendered at once: `render_threads` within 1..=8.
+    fn render_slots(&self) -> usize {
+        self.render_threads.clamp(1, 8)
+    }
+}
+
 impl Default for ViewOptions {
     fn default() -> Self {
         Self {
@@ -244,7 +251,7 @@ impl Viewer {
             scores: RwLock::new(scores),
             open: OpenSet::new(opts.max_open_slides),
             tiles: TileCache::new(opts.tile_cache_bytes),
-            permits: tokio::sync::Semaphore::new(opts.render_threads.clamp(1, 8)),
+            permits: tokio::sync::Semaphore::new(opts.render_slots()),
             allowed_hosts,
             warned: std::sync::Mutex::new(std::collections::HashSet::new()),
             catalog,
@@ -285,7 +292,7 @@ impl Viewer {
 
     /// Serves until the process ends (or the listener fails).
     pub fn serve(self) -> Result<()> {
-        let threads = self.state.opts.render_threads.clamp(1, 8);
+        let threads = self.state.opts.render_slots();
         let rt = tokio::runtime::Builder::new_multi_thread()
             // Tiles render on the workers (see `render_tile`): one per render thread, plus one.
             .worker_threads(threads + 1)
